@@ -1,0 +1,26 @@
+"""Errors of the packager, as subclasses of the core hierarchy in :mod:`edgeops.errors`::
+
+    InputError (4)
+    ├── DynamicShapeError          dynamic input dims on a static-shapes profile
+    └── CalibrationMissingError    static quantization asked for without calibration data
+    ConfigError (3)
+    └── ToolUnavailableError       a pass needs a package that is not installed or fails
+
+Each message names the input / option / package at fault and the way out.
+"""
+
+from __future__ import annotations
+
+from edgeops.errors import ConfigError, InputError
+
+
+class DynamicShapeError(InputError):
+    """The model has dynamic input dimensions and the profile needs static shapes."""
+
+
+class CalibrationMissingError(InputError):
+    """Static or full-integer quantization needs calibration data and none was given."""
+
+
+class ToolUnavailableError(ConfigError):
+    """A pass needs an optional package (e.g. litert-torch) that is missing or unusable."""

@@ -1,0 +1,335 @@
+"""The bundle: one tar file holding a built model and everything needed to trust and test it.
+
+Layout (members in this order, all regular files, mode 0644, mtime 0, owner 0:0)::
+
+    manifest.json        Manifest: identity, profile, runtime, I/O schema, files, provenance
+    golden.json          golden vectors for the on-device self-test
+    model/<artifact>     the model (model.onnx or model.tflite)
+    report.json          the validation report written at build time
+
+The manifest lists the sha256 and size of every other member. Bundles are deterministic:
+the same inputs give byte-identical files. Reading is safe by construction: only regular
+files listed in the manifest are accepted, each checked for size and sha256 while streaming,
+with a cap on the total; links, devices, absolute paths and `..` are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeops.errors import BundleError
+
+BUNDLE_FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+GOLDEN_NAME = "golden.json"
+REPORT_NAME = "report.json"
+MAX_MANIFEST_BYTES = 1 << 20
+DEFAULT_MAX_TOTAL_BYTES = 4 << 30
+
+
+class TensorSpec(BaseModel):
+    """One model input or output: name, element type and shape (ints, or strings for dynamic dims)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+class FileEntry(BaseModel):
+    """Hash and size of one bundle member."""
+
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Provenance(BaseModel):
+    """Where the bundle came from, so a build can be reproduced and audited."""
+
+    model_config = ConfigDict(extra="forbid")
+    source_model_sha256: str
+    source_format: Literal["onnx", "pytorch", "torchscript", "exported-program", "tflite"]
+    calibration_sha256: str | None = None
+    validation_sha256: str | None = None
+    toolchain: dict[str, str] = Field(default_factory=dict)
+    git_commit: str | None = None
+    options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class ManifestBudgets(BaseModel):
+    """The profile budgets the device checks during self-test and probation."""
+
+    model_config = ConfigDict(extra="forbid")
+    latency_p95_ms: float
+    max_memory_mb: float | None = None
+
+
+class Manifest(BaseModel):
+    """manifest.json of a bundle."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal[1] = BUNDLE_FORMAT
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")
+    release: int = Field(ge=0, description="monotonic release counter: devices refuse a lower one")
+    profile: str
+    profile_sha256: str = ""
+    runtime: Literal["onnxruntime", "litert"]
+    providers: list[str]
+    artifact: str = Field(description="path of the model file inside the bundle")
+    quantization: str
+    task: Literal["classifier", "generic"] = "generic"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    budgets: ManifestBudgets
+    files: dict[str, FileEntry]
+    provenance: Provenance
+
+    def to_json_bytes(self) -> bytes:
+        """Deterministic JSON encoding."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_json_bytes(cls, raw: bytes, source: str = "manifest.json") -> "Manifest":
+        """Parse and validate manifest bytes; errors name the field."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BundleError(f"{source}: invalid manifest field '{field}': {first['msg']}") from e
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def write_bundle(out_path: str | Path, manifest: Manifest, payload: dict[str, bytes]) -> Path:
+    """Write a bundle atomically. ``payload`` maps member paths to bytes; the manifest's
+    ``files`` must already describe them exactly (see :func:`describe_files`)."""
+    expected = describe_files(payload)
+    if manifest.files != expected:
+        raise BundleError("manifest.files does not match the payload; build it with describe_files()")
+    for name in payload:
+        _check_member_name(name)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    order = [GOLDEN_NAME] if GOLDEN_NAME in payload else []
+    order += sorted(n for n in payload if n != GOLDEN_NAME)
+    with open(tmp, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            mbytes = manifest.to_json_bytes()
+            tar.addfile(_tar_info(MANIFEST_NAME, len(mbytes)), io.BytesIO(mbytes))
+            for name in order:
+                tar.addfile(_tar_info(name, len(payload[name])), io.BytesIO(payload[name]))
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def describe_files(payload: dict[str, bytes]) -> dict[str, FileEntry]:
+    """The manifest's ``files`` for a payload: sha256 and size of every member."""
+    return {name: FileEntry(sha256=sha256_bytes(data), size=len(data)) for name, data in sorted(payload.items())}
+
+
+def _check_member_name(name: str) -> None:
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or ".." in p.parts or "\\" in name or name != str(p) or "\x00" in name:
+        raise BundleError(f"bundle member name {name!r} is not a plain relative path")
+
+
+@dataclass
+class BundleContents:
+    """A bundle read into memory or extracted: its manifest and the files it holds."""
+
+    manifest: Manifest
+    files: dict[str, bytes]
+
+
+def read_bundle(source: str | Path | BinaryIO, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> BundleContents:
+    """Read and check a bundle in memory (for inspect and small bundles)."""
+    return _read(source, max_total_bytes, dest=None)
+
+
+def extract_bundle(source: str | Path | BinaryIO, dest: str | Path, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> Manifest:
+    """Safely extract a bundle into ``dest`` (created; must not exist yet), verifying every file.
+
+    Only regular files listed in the manifest are written, each checked for size and sha256
+    while streaming. On any error nothing is left at ``dest``.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise BundleError(f"{dest}: extraction target already exists")
+    staging = dest.with_name(dest.name + ".partial")
+    if staging.exists():
+        _rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        contents = _read(source, max_total_bytes, dest=staging)
+        for entry in sorted(staging.rglob("*"), reverse=True):
+            if entry.is_file():
+                with open(entry, "rb") as f:
+                    os.fsync(f.fileno())
+        os.replace(staging, dest)
+    except BaseException:
+        _rmtree(staging)
+        raise
+    return contents.manifest
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _read(source, max_total_bytes: int, dest: Path | None) -> BundleContents:
+    opened = None
+    try:
+        if isinstance(source, (str, Path)):
+            try:
+                opened = open(source, "rb")
+            except OSError as e:
+                raise BundleError(f"{source}: cannot open bundle ({e.strerror or e})") from e
+            fileobj = opened
+            label = str(source)
+        else:
+            fileobj = source
+            label = getattr(source, "name", "bundle")
+        try:
+            tar = tarfile.open(fileobj=fileobj, mode="r:")
+        except (tarfile.TarError, OSError, ValueError, EOFError) as e:
+            raise BundleError(f"{label}: not a bundle (not an uncompressed tar file): {e}") from e
+        return _read_members(tar, label, max_total_bytes, dest)
+    finally:
+        if opened:
+            opened.close()
+
+
+def _read_members(tar: tarfile.TarFile, label: str, max_total_bytes: int, dest: Path | None) -> BundleContents:
+    manifest: Manifest | None = None
+    files: dict[str, bytes] = {}
+    seen: set[str] = set()
+    total = 0
+    try:
+        for index, member in enumerate(_iter_members(tar, label)):
+            if not member.isreg():
+                raise BundleError(f"{label}: member {member.name!r} is not a regular file (links and devices are refused)")
+            _check_member_name(member.name)
+            if member.name in seen:
+                raise BundleError(f"{label}: member {member.name!r} appears twice")
+            seen.add(member.name)
+            if index == 0:
+                if member.name != MANIFEST_NAME:
+                    raise BundleError(f"{label}: first member must be {MANIFEST_NAME}, found {member.name!r}")
+                if member.size > MAX_MANIFEST_BYTES:
+                    raise BundleError(f"{label}: manifest.json is {member.size} bytes, over the {MAX_MANIFEST_BYTES} cap")
+                raw = _read_exact(tar, member, member.size, label)
+                manifest = Manifest.from_json_bytes(raw, f"{label}: manifest.json")
+                for name in manifest.files:
+                    _check_member_name(name)
+                if manifest.artifact not in manifest.files:
+                    raise BundleError(f"{label}: manifest artifact {manifest.artifact!r} is not listed in files")
+                declared = sum(e.size for e in manifest.files.values())
+                if declared > max_total_bytes:
+                    raise BundleError(f"{label}: bundle declares {declared} bytes, over the cap of {max_total_bytes}")
+                continue
+            assert manifest is not None
+            entry = manifest.files.get(member.name)
+            if entry is None:
+                raise BundleError(f"{label}: member {member.name!r} is not listed in the manifest")
+            if member.size != entry.size:
+                raise BundleError(f"{label}: member {member.name!r} is {member.size} bytes, manifest says {entry.size}")
+            total += member.size
+            if total > max_total_bytes:
+                raise BundleError(f"{label}: bundle exceeds the cap of {max_total_bytes} bytes")
+            if dest is None:
+                data = _read_exact(tar, member, entry.size, label)
+                if sha256_bytes(data) != entry.sha256:
+                    raise BundleError(f"{label}: sha256 of {member.name!r} does not match the manifest (tampered or corrupt)")
+                files[member.name] = data
+            else:
+                _stream_to_file(tar, member, entry, dest, label)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{label}: corrupt bundle: {e}") from e
+    if manifest is None:
+        raise BundleError(f"{label}: empty bundle (no manifest.json)")
+    missing = sorted(set(manifest.files) - seen)
+    if missing:
+        raise BundleError(f"{label}: files listed in the manifest are missing: {', '.join(missing)}")
+    return BundleContents(manifest=manifest, files=files)
+
+
+def _iter_members(tar: tarfile.TarFile, label: str):
+    while True:
+        member = tar.next()
+        if member is None:
+            return
+        yield member
+
+
+def _read_exact(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int, label: str) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:
+        raise BundleError(f"{label}: cannot read member {member.name!r}")
+    data = f.read(size + 1)
+    if len(data) != size:
+        raise BundleError(f"{label}: member {member.name!r} is truncated or longer than declared")
+    return data
+
+
+def _stream_to_file(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, dest: Path, label: str) -> None:
+    f = tar.extractfile(member)
+    if f is None:
+        raise BundleError(f"{label}: cannot read member {member.name!r}")
+    target = dest / member.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    written = 0
+    with open(target, "xb") as out:
+        while block := f.read(1 << 20):
+            written += len(block)
+            if written > entry.size:
+                raise BundleError(f"{label}: member {member.name!r} is longer than the manifest says")
+            h.update(block)
+            out.write(block)
+    if written != entry.size:
+        raise BundleError(f"{label}: member {member.name!r} is truncated")
+    if h.hexdigest() != entry.sha256:
+        raise BundleError(f"{label}: sha256 of {member.name!r} does not match the manifest (tampered or corrupt)")
+    os.chmod(target, 0o444)

@@ -1,0 +1,1 @@
+"""CLI commands that belong to the core (profiles, inspect)."""

@@ -1,0 +1,256 @@
+"""The MQTT protocol between devices and the console, version 1.
+
+Topics (``{d}`` is the device id; each device's ACL confines it to ``edgeops/v1/{d}/#``)::
+
+    edgeops/v1/{d}/state          device → retained, QoS 1: DeviceState; the LWT sets online=false
+    edgeops/v1/{d}/events         device → QoS 1: DeviceEvent (install, self-test, probation, rollback…)
+    edgeops/v1/{d}/telemetry      device → QoS 1: TelemetryBatch with a per-device sequence number
+    edgeops/v1/{d}/cmd            console → device, QoS 1: a DSSE envelope whose payload is a Command
+    edgeops/v1/{d}/fetch/req      device → console: FetchRequest (JSON)
+    edgeops/v1/{d}/fetch/resp     console → device: one chunk of a repository file (see encode_fetch_response)
+
+Every message body is JSON except fetch responses, which carry a length-prefixed JSON header
+(FetchResponse) followed by the raw chunk. Request/response is correlated by ``request_id`` in
+the body rather than MQTT 5 properties, so the protocol runs unchanged on MQTT 3.1.1 brokers
+(the embedded amqtt broker) and MQTT 5 brokers (mosquitto, EMQX, RabbitMQ, NATS). Receivers
+validate with these models; anything that does not validate is counted and dropped, never
+raised into the receive loop.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROTOCOL = "edgeops/v1"
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+FETCH_CHUNK_BYTES = 256 * 1024
+
+
+def valid_device_id(device_id: str) -> bool:
+    """True when the id is usable in a topic and as a broker username."""
+    return bool(_DEVICE_ID_RE.match(device_id))
+
+
+def state_topic(device_id: str) -> str:
+    """Retained device state."""
+    return f"{PROTOCOL}/{device_id}/state"
+
+
+def events_topic(device_id: str) -> str:
+    """Device events."""
+    return f"{PROTOCOL}/{device_id}/events"
+
+
+def telemetry_topic(device_id: str) -> str:
+    """Telemetry batches."""
+    return f"{PROTOCOL}/{device_id}/telemetry"
+
+
+def cmd_topic(device_id: str) -> str:
+    """Signed commands to one device."""
+    return f"{PROTOCOL}/{device_id}/cmd"
+
+
+def fetch_request_topic(device_id: str) -> str:
+    """Repository file requests from one device."""
+    return f"{PROTOCOL}/{device_id}/fetch/req"
+
+
+def fetch_response_topic(device_id: str) -> str:
+    """Repository file chunks to one device."""
+    return f"{PROTOCOL}/{device_id}/fetch/resp"
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """Split ``edgeops/v1/{device}/{kind...}`` into (device, kind); None when it is not ours."""
+    parts = topic.split("/")
+    if len(parts) < 4 or "/".join(parts[:2]) != PROTOCOL or not valid_device_id(parts[2]):
+        return None
+    return parts[2], "/".join(parts[3:])
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VersionRef(_Msg):
+    """A bundle as devices and the console name it."""
+
+    name: str
+    version: str
+    release: int = 0
+    sha256: str | None = None
+
+
+class DeviceState(_Msg):
+    """Retained state of a device. ``state`` is the agent's install state machine state."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    online: bool
+    state: str = "idle"
+    profile: str | None = None
+    active: VersionRef | None = None
+    previous: VersionRef | None = None
+    pending: VersionRef | None = None
+    last_command_seq: int = 0
+    agent_version: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    ts: float = Field(default_factory=time.time)
+
+
+class EventKind(str, Enum):
+    """What happened on a device."""
+
+    COMMAND_ACCEPTED = "command_accepted"
+    COMMAND_REJECTED = "command_rejected"
+    FETCH_STARTED = "fetch_started"
+    BUNDLE_REJECTED = "bundle_rejected"
+    INSTALLED = "installed"
+    SELF_TEST_PASSED = "self_test_passed"
+    SELF_TEST_FAILED = "self_test_failed"
+    ACTIVATED = "activated"
+    PROBATION_PASSED = "probation_passed"
+    PROBATION_FAILED = "probation_failed"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    INSTALL_FAILED = "install_failed"
+    TELEMETRY_DROPPED = "telemetry_dropped"
+    AGENT_STARTED = "agent_started"
+
+
+class GateResult(_Msg):
+    """One health gate's verdict with the measured value and its threshold."""
+
+    gate: str
+    passed: bool
+    measured: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+class DeviceEvent(_Msg):
+    """One event from a device, QoS 1; ``seq`` de-duplicates redeliveries."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    seq: int = Field(ge=0)
+    kind: EventKind
+    ts: float = Field(default_factory=time.time)
+    target: VersionRef | None = None
+    command_id: str | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+    detail: str = ""
+
+
+class OutputStats(_Msg):
+    """Summary statistics of one output over a batch interval, for drift detection."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    nan_count: int = 0
+
+
+class TelemetryBatch(_Msg):
+    """Metrics of one interval from one device; ``seq`` is gap-free per device."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    seq: int = Field(ge=0)
+    ts_start: float
+    ts_end: float
+    active: VersionRef | None = None
+    state: str = "idle"
+    inference_count: int = Field(default=0, ge=0)
+    error_count: int = Field(default=0, ge=0)
+    nan_count: int = Field(default=0, ge=0)
+    latency_buckets_ms: list[float] = Field(default_factory=list, description="upper bounds of histogram buckets")
+    latency_counts: list[int] = Field(default_factory=list, description="counts per bucket, plus one overflow bucket")
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    agreement: float | None = Field(default=None, description="shadow agreement with the previous model, during probation")
+    outputs: dict[str, OutputStats] = Field(default_factory=dict)
+    cpu_percent: float | None = None
+    memory_rss_mb: float | None = None
+    temperature_c: float | None = None
+    dropped_batches: int = Field(default=0, ge=0, description="batches the spool dropped (oldest first) since the last report")
+
+
+CommandKind = Literal["assign", "rollback", "self_test", "report"]
+COMMAND_PAYLOAD_TYPE = "application/vnd.edgeops.command+json"
+
+
+class Command(_Msg):
+    """A console → device command; travels as the payload of a DSSE envelope.
+
+    ``target_name``/``target_sha256``/``target_length`` (assign, self_test) must match a
+    TUF-verified target exactly. ``seq`` is monotonic per device; ``expires`` is a unix time.
+    """
+
+    device_id: str = Field(description="a device id, or 'cohort:<name>' for a group")
+    command_id: str = Field(min_length=1, max_length=128)
+    seq: int = Field(ge=1)
+    expires: float
+    kind: CommandKind
+    target_name: str | None = None
+    target_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    target_length: int | None = Field(default=None, ge=0)
+    bundle: VersionRef | None = None
+    rollout_id: str | None = None
+    reason: str = ""
+
+
+class FetchRequest(_Msg):
+    """Ask for ``length`` bytes of a repository file from ``offset``.
+
+    ``path`` is a TUF metadata file name (e.g. ``timestamp.json``, ``3.snapshot.json``) under
+    ``metadata/`` or a consistent-snapshot target path under ``targets/``.
+    """
+
+    request_id: str
+    path: str = Field(pattern=r"^(metadata|targets)/[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]{0,511}$")
+    offset: int = Field(default=0, ge=0)
+    length: int = Field(default=FETCH_CHUNK_BYTES, ge=1, le=4 * FETCH_CHUNK_BYTES)
+
+
+class FetchResponse(_Msg):
+    """Header of one fetch response chunk; the chunk bytes follow it in the payload."""
+
+    request_id: str
+    status: Literal["ok", "not_found", "error"]
+    offset: int = 0
+    total: int = 0
+    eof: bool = False
+    error: str = ""
+
+
+def encode_fetch_response(header: FetchResponse, chunk: bytes = b"") -> bytes:
+    """Payload of a fetch response: 4-byte big-endian header length, JSON header, chunk."""
+    head = header.model_dump_json().encode()
+    return len(head).to_bytes(4, "big") + head + chunk
+
+
+def decode_fetch_response(payload: bytes) -> tuple[FetchResponse, bytes] | None:
+    """Split a fetch response payload; None when malformed (count and drop)."""
+    if len(payload) < 4:
+        return None
+    n = int.from_bytes(payload[:4], "big")
+    if n > 4096 or len(payload) < 4 + n:
+        return None
+    header = parse_message(FetchResponse, payload[4 : 4 + n])
+    if header is None:
+        return None
+    return header, payload[4 + n :]  # type: ignore[return-value]
+
+
+def parse_message(model: type[BaseModel], payload: bytes) -> BaseModel | None:
+    """Validate a JSON payload against ``model``; None when malformed (the caller counts and drops)."""
+    try:
+        return model.model_validate_json(payload)
+    except (ValidationError, ValueError):
+        return None

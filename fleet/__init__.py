@@ -1,0 +1,1 @@
+"""The fleet console: device registry, repository server, staged rollouts with gates, simulator."""

@@ -1,0 +1,44 @@
+"""Protocol: topics, message validation, fetch response framing."""
+
+from __future__ import annotations
+
+from edgeops.protocol import (
+    Command,
+    DeviceState,
+    FetchResponse,
+    TelemetryBatch,
+    cmd_topic,
+    decode_fetch_response,
+    encode_fetch_response,
+    parse_message,
+    parse_topic,
+    telemetry_topic,
+    valid_device_id,
+)
+
+
+def test_topics_roundtrip():
+    assert parse_topic(telemetry_topic("pi-01")) == ("pi-01", "telemetry")
+    assert parse_topic(cmd_topic("pi-01")) == ("pi-01", "cmd")
+    assert parse_topic("edgeops/v1/pi-01/fetch/req") == ("pi-01", "fetch/req")
+    assert parse_topic("other/v1/pi-01/state") is None
+    assert parse_topic("edgeops/v1/+/state") is None
+    assert not valid_device_id("a/b") and not valid_device_id("") and valid_device_id("cam_7.lab-2")
+
+
+def test_malformed_messages_are_none_not_exceptions():
+    assert parse_message(DeviceState, b"{") is None
+    assert parse_message(DeviceState, b'{"device_id": "x"}') is None
+    assert parse_message(TelemetryBatch, b'{"device_id":"d","seq":-1,"ts_start":0,"ts_end":1}') is None
+    assert parse_message(Command, b"\xff\xfe") is None
+    ok = parse_message(TelemetryBatch, b'{"device_id":"d","seq":3,"ts_start":0,"ts_end":1}')
+    assert ok is not None and ok.seq == 3
+
+
+def test_fetch_response_framing():
+    payload = encode_fetch_response(FetchResponse(request_id="r1", status="ok", offset=10, total=20, eof=True), b"\x00\x01chunk")
+    header, chunk = decode_fetch_response(payload)
+    assert header.request_id == "r1" and header.eof and chunk == b"\x00\x01chunk"
+    assert decode_fetch_response(b"\x00\x00") is None
+    assert decode_fetch_response(b"\x00\x00\x00\x05{}") is None
+    assert decode_fetch_response(b"\xff\xff\xff\xff" + b"x" * 10) is None
