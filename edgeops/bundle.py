@@ -246,8 +246,10 @@ def _read_members(tar: tarfile.TarFile, label: str, max_total_bytes: int, dest: 
     total = 0
     try:
         for index, member in enumerate(_iter_members(tar, label)):
-            if not member.isreg():
-                raise BundleError(f"{label}: member {member.name!r} is not a regular file (links and devices are refused)")
+            # isreg() also accepts GNU sparse and contiguous members, whose stored bytes do not
+            # equal their size: only plain regular files are allowed.
+            if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.issparse():
+                raise BundleError(f"{label}: member {member.name!r} is not a regular file (links, devices and sparse files are refused)")
             _check_member_name(member.name)
             if member.name in seen:
                 raise BundleError(f"{label}: member {member.name!r} appears twice")
@@ -267,7 +269,8 @@ def _read_members(tar: tarfile.TarFile, label: str, max_total_bytes: int, dest: 
                 if declared > max_total_bytes:
                     raise BundleError(f"{label}: bundle declares {declared} bytes, over the cap of {max_total_bytes}")
                 continue
-            assert manifest is not None
+            if manifest is None:  # unreachable: index 0 either set it or raised
+                raise BundleError(f"{label}: no manifest before {member.name!r}")
             entry = manifest.files.get(member.name)
             if entry is None:
                 raise BundleError(f"{label}: member {member.name!r} is not listed in the manifest")
@@ -283,9 +286,7 @@ def _read_members(tar: tarfile.TarFile, label: str, max_total_bytes: int, dest: 
                 files[member.name] = data
             else:
                 _stream_to_file(tar, member, entry, dest, label)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, BundleError):
-            raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, RecursionError) as e:
         raise BundleError(f"{label}: corrupt bundle: {e}") from e
     if manifest is None:
         raise BundleError(f"{label}: empty bundle (no manifest.json)")

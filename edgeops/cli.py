@@ -90,7 +90,8 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map edgeops errors to their exit codes."""
     try:
-        cli.main(args=argv, standalone_mode=False)
+        # With standalone_mode=False, click returns ctx.exit(code)'s code instead of exiting.
+        rc = cli.main(args=argv, standalone_mode=False)
     except EdgeopsError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) and not isinstance(rc, bool) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

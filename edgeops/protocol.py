@@ -179,6 +179,7 @@ class TelemetryBatch(_Msg):
     memory_rss_mb: float | None = None
     temperature_c: float | None = None
     dropped_batches: int = Field(default=0, ge=0, description="batches the spool dropped (oldest first) since the last report")
+    rejected_messages: int = Field(default=0, ge=0, description="malformed, unsigned or refused messages (commands, fetch responses) dropped in the interval")
 
 
 CommandKind = Literal["assign", "rollback", "self_test", "report"]

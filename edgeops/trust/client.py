@@ -40,6 +40,8 @@ from edgeops.trust.transport import RepositoryTransport
 _METADATA_PREFIX = "metadata/"
 _TARGETS_PREFIX = "targets/"
 BUNDLE_SUFFIX = ".bundle"
+# Field of root.json's signed part that lists the console's command keys ({keyid: key dict}).
+COMMAND_KEYS_FIELD = "x-edgeops-command-keys"
 
 
 def target_path(name: str, version: str) -> str:
@@ -109,6 +111,8 @@ class _TransportFetcher(FetcherInterface):
 
     def __init__(self, transport: RepositoryTransport):
         self.transport = transport
+        # Set by TrustClient once the Updater exists: the currently trusted root.
+        self.trusted_root: Callable[[], Any] | None = None
 
     def _fetch(self, url: str):  # pragma: no cover - download_file below is what ngclient uses
         return self._open(url, 1 << 40)
@@ -124,6 +128,17 @@ class _TransportFetcher(FetcherInterface):
 
     @contextlib.contextmanager
     def download_file(self, url: str, max_length: int):
+        with self._download(url, max_length) as tmp:
+            if url.startswith(_METADATA_PREFIX):
+                data = tmp.read()
+                check_canonical_encoding(data, url)
+                if self.trusted_root is not None:
+                    check_no_bad_signatures(data, url, self.trusted_root())
+                tmp.seek(0)
+            yield tmp
+
+    @contextlib.contextmanager
+    def _download(self, url: str, max_length: int):
         import tempfile
 
         received = 0
@@ -149,6 +164,71 @@ class _TransportFetcher(FetcherInterface):
             yield tmp
 
 
+def check_canonical_encoding(data: bytes, source: str) -> None:
+    """Refuse metadata bytes that are not exactly how a python-tuf repository writes them.
+
+    Signatures cover the canonical JSON of ``signed``, not the file bytes, so whitespace,
+    escapes and the hex case of signatures could otherwise change without breaking them.
+    Accepting exactly one encoding (indented or compact, sorted keys, lowercase hex
+    signatures) removes that malleability: a file either is byte-for-byte what the publisher
+    wrote or is refused. Raises MalformedMetadataError.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise errors.MalformedMetadataError(f"{source}: not JSON: {e}") from e
+    encodings = (
+        json.dumps(doc, indent=1, separators=(",", ": "), sort_keys=True).encode(),
+        json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(),
+    )
+    if data not in encodings:
+        raise errors.MalformedMetadataError(f"{source}: metadata is not in the canonical encoding the repository writes (altered in transit?)")
+    sigs = doc.get("signatures") if isinstance(doc, dict) else None
+    if isinstance(sigs, list):
+        for sig in sigs:
+            value = sig.get("sig") if isinstance(sig, dict) else None
+            if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]*", value):
+                raise errors.MalformedMetadataError(f"{source}: signature is not lowercase hex")
+
+
+def check_no_bad_signatures(data: bytes, source: str, trusted_root) -> None:
+    """Refuse top-level metadata with any signature that is not a good one by a key of its role.
+
+    TUF only needs a threshold of good signatures, so a corrupted or foreign surplus signature
+    would pass; but this repository only ever signs with the role's own keys, so such a
+    signature means the file was altered, and an altered file is refused whole. Keys are those
+    of the trusted root (for a new root, also its own root keys, as rotation signs with both).
+    Raises SignatureError / MalformedMetadataError.
+    """
+    from tuf.api.metadata import Metadata
+
+    try:
+        md = Metadata.from_bytes(data)
+    except Exception as e:  # noqa: BLE001 - tuf raises DeserializationError wrapping anything
+        raise errors.MalformedMetadataError(f"{source}: not TUF metadata: {e}") from e
+    role = md.signed.type
+    if role not in ("root", "timestamp", "snapshot", "targets"):
+        return
+    roots = [trusted_root] + ([md.signed] if role == "root" else [])
+    payload = md.signed_bytes
+    trusted_keys = {}
+    for root in roots:
+        try:
+            for keyid in root.roles[role].keyids:
+                if keyid in root.keys:
+                    trusted_keys[keyid] = root.keys[keyid]
+        except (KeyError, AttributeError):
+            continue
+    for keyid, sig in md.signatures.items():
+        key = trusted_keys.get(keyid)
+        if key is None:
+            raise errors.SignatureError(f"{source}: carries a signature by {keyid[:12]}, which is not a trusted {role} key (altered file)")
+        try:
+            key.verify_signature(sig, payload)
+        except Exception as e:  # noqa: BLE001 - securesystemslib raises several types
+            raise errors.SignatureError(f"{source}: signature by trusted {role} key {keyid[:12]} does not verify (altered file)") from e
+
+
 class _Updater(Updater):
     """ngclient Updater whose metadata cache writes are durable (fsync before os.replace)."""
 
@@ -165,7 +245,7 @@ def translate_tuf_error(e: BaseException, context: str) -> errors.TrustError:
     while cause is not None:
         # A typed error raised by our own transport or code travels through ngclient unchanged.
         if isinstance(cause, errors.TrustError) and not isinstance(cause, errors.NotFoundError):
-            return cause
+            return type(cause)(f"{context}: {cause}")
         cause = cause.__cause__
     msg = f"{context}: {e}"
     if isinstance(e, tuf_exc.DownloadLengthMismatchError):
@@ -245,18 +325,20 @@ class TrustClient:
             raise errors.KeyFileError(f"{self.metadata_dir}: no root.json cached and no trusted root given; provision the device with the repository's root.json")
 
     def _new_updater(self) -> _Updater:
+        fetcher = _TransportFetcher(self.transport)
         try:
             updater = _Updater(
                 str(self.metadata_dir),
                 _METADATA_PREFIX,
                 None,
                 _TARGETS_PREFIX,
-                fetcher=_TransportFetcher(self.transport),
+                fetcher=fetcher,
                 config=self.config,
                 bootstrap=self._bootstrap,
             )
         except _TUF_FAILURES as e:
             raise translate_tuf_error(e, f"{self.metadata_dir}: trusted root") from e
+        fetcher.trusted_root = lambda: updater._trusted_set.root
         if self.clock is not None:
             # ngclient takes its reference time once at construction; a frozen clock replaces it.
             updater._trusted_set.reference_time = self.clock().astimezone(timezone.utc)
@@ -302,6 +384,21 @@ class TrustClient:
         """The signed record of a bundle by name and version (target path convention)."""
         return self.get_target(target_path(bundle_name, version))
 
+    def command_keys(self) -> list:
+        """The console's command-signing public keys, as signed into the trusted root.json.
+
+        Rotating the command key is a root rotation, so devices learn the new key through TUF
+        (see :data:`COMMAND_KEYS_FIELD`). Empty when the repository publishes none.
+        """
+        from securesystemslib.signer import SSlibKey
+
+        root = self._ready()._trusted_set.root
+        field_value = root.unrecognized_fields.get(COMMAND_KEYS_FIELD, {})
+        try:
+            return [SSlibKey.from_dict(keyid, dict(d)) for keyid, d in field_value.items()]
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise errors.MalformedMetadataError(f"root.json: malformed {COMMAND_KEYS_FIELD}: {e}") from e
+
     def targets(self) -> list[TargetRecord]:
         """Every target the top-level targets role signs."""
         targets = self._ready()._trusted_set.targets
@@ -337,9 +434,13 @@ class TrustClient:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, dest)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, Exception) and not isinstance(e, errors.TrustError):
+                # A transport that broke its contract (raised something untyped) is still a
+                # transport failure to the caller.
+                raise errors.RepositoryUnavailableError(f"{record.name}: download failed: {e!r}") from e
             raise
         return dest
 

@@ -9,6 +9,11 @@ Variants misbehave the way models do on devices:
 - ``crash``: loads fine, but every inference fails in the runtime (Reshape to an impossible shape)
 
 ``golden_ok=False`` stores golden outputs that the model does not produce, so self-test fails.
+
+``trigger=T`` (with a misbehaving variant) misbehaves only on inputs whose largest value is
+above ``T`` and acts as the good model otherwise (an ONNX ``If``): the golden vectors (values
+around 0..3) pass the device self-test, and live traffic with a value above ``T`` shows the fault,
+which is what probation must catch.
 """
 
 from __future__ import annotations
@@ -76,7 +81,46 @@ def sample_inputs(n: int = 4, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, N_FEATURES)).astype(np.float32)
 
 
-def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: bool = True) -> tuple[bytes, list[tuple[dict, dict]]]:
+def make_triggered_model(variant: str, seed: int = 0, trigger: float = 100.0) -> bytes:
+    """A model that acts as ``variant`` when max(input) > ``trigger`` and as ``good`` otherwise."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(v: str, suffix: str):
+        m = onnx.load_from_string(make_onnx_model(v, seed))
+        g = m.graph
+        names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output}
+        rename = {n: f"{n}_{suffix}" for n in names}
+        for init in g.initializer:
+            init.name = rename[init.name]
+        for node in g.node:
+            node.input[:] = [rename.get(i, i) for i in node.input]
+            node.output[:] = [rename.get(o, o) for o in node.output]
+        out = rename["probs"]
+        body = helper.make_graph(list(g.node), f"{v}_{suffix}", [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+        return body, list(g.initializer)
+
+    then_g, then_inits = branch(variant, "t")
+    else_g, else_inits = branch("good", "e")
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["in_max"], keepdims=0),
+        helper.make_node("Greater", ["in_max", "TRIGGER"], ["triggered"]),
+        helper.make_node("If", ["triggered"], ["probs"], then_branch=then_g, else_branch=else_g),
+    ]
+    inits = then_inits + else_inits + [numpy_helper.from_array(np.array(trigger, np.float32), "TRIGGER")]
+    graph = helper.make_graph(
+        nodes,
+        f"edgeops_test_{variant}_triggered",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", N_FEATURES])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgeops-tests")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: bool = True, trigger: float | None = None) -> tuple[bytes, list[tuple[dict, dict]]]:
     """The model bytes and golden cases computed with onnxruntime from the GOOD model of this seed.
 
     Golden vectors always describe the good model, as a real build would; a misbehaving variant
@@ -84,7 +128,7 @@ def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: b
     """
     import onnxruntime as ort
 
-    model = make_onnx_model(variant, seed)
+    model = make_onnx_model(variant, seed) if trigger is None or variant == "good" else make_triggered_model(variant, seed, trigger)
     good = ort.InferenceSession(make_onnx_model("good", seed), providers=["CPUExecutionProvider"])
     cases = []
     for i in range(3):
@@ -96,11 +140,11 @@ def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: b
     return model, cases
 
 
-def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0):
+def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None):
     """Write a complete, valid bundle of a test model to ``path`` and return its Manifest."""
     import json
 
-    model, cases = make_bundle_bytes_payload(variant, seed, golden_ok)
+    model, cases = make_bundle_bytes_payload(variant, seed, golden_ok, trigger)
     golden = GoldenVectors(cases=cases, tolerances={"probs": Tolerance(atol=1e-4, rtol=1e-3)})
     payload = {
         "model/model.onnx": model,
