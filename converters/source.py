@@ -55,7 +55,13 @@ def load_source(reference: str) -> SourceModel:
             raise ModelLoadError(f"{path}: cannot read model file ({e.strerror or e})") from e
         digest = hashlib.sha256(raw).hexdigest()
         if suffix in ONNX_SUFFIXES:
-            return SourceModel(reference, "onnx", digest, path=path, data=_check_onnx(path, raw))
+            data, external = _check_onnx(path, raw)
+            notes = []
+            if external:
+                # Weights stored beside the file: hash the self-contained model we actually use.
+                digest = hashlib.sha256(data).hexdigest()
+                notes.append(f"{path.name}: weights in external data files were inlined; source sha256 is that of the inlined model")
+            return SourceModel(reference, "onnx", digest, path=path, data=data, notes=notes)
         if suffix in TFLITE_SUFFIXES:
             return SourceModel(reference, "tflite", digest, path=path, data=_check_tflite(path, raw))
         if suffix in EXPORTED_PROGRAM_SUFFIXES:
@@ -70,13 +76,25 @@ def load_source(reference: str) -> SourceModel:
     raise ModelLoadError(f"{reference}: no such model file (and not a module:factory reference)")
 
 
-def _check_onnx(path: Path, raw: bytes) -> bytes:
+def _check_onnx(path: Path, raw: bytes) -> tuple[bytes, bool]:
+    """The model as self-contained bytes (external data inlined), and whether it had external data."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as e:  # protobuf raises DecodeError and friends
         raise ModelLoadError(f"{path}: not a valid ONNX file ({type(e).__name__}: {e}); re-export it or check the download") from e
+    external = any(uses_external_data(t) for t in model.graph.initializer)
+    if external:
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as e:
+            raise ModelLoadError(f"{path}: cannot read the model's external data files next to it ({e}); keep the .onnx and its .data files together") from e
+        for t in model.graph.initializer:
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+        raw = model.SerializeToString()
     if not model.graph.node:
         raise ModelLoadError(f"{path}: ONNX file has an empty graph (no nodes)")
     try:
@@ -84,7 +102,7 @@ def _check_onnx(path: Path, raw: bytes) -> bytes:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: ONNX model does not pass onnx.checker: {first}") from e
-    return raw
+    return raw, external
 
 
 def _check_tflite(path: Path, raw: bytes) -> bytes:
@@ -153,9 +171,14 @@ def _load_factory(reference: str) -> SourceModel:
 
 def _module_digest(module) -> str:
     """sha256 of a module's state (parameter names, dtypes, shapes and bytes) plus its class."""
+    import torch
+
     h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.dtype.is_floating_point or not t.is_complex() else b"")
+        try:
+            h.update(t.numpy().tobytes())
+        except TypeError:  # dtypes numpy lacks (bfloat16): hash the raw bits
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -1,0 +1,551 @@
+"""The packager's pipeline: source model -> passes -> validation -> golden vectors -> bundle.
+
+:func:`build` is what `edgeops build` runs. The passes are picked per profile (artifact
+format, quantization preferences, constraints) and per model (conv net or Linear-heavy, see
+:mod:`edgeops.converters.choose`). The result is deterministic: the same model, data, options
+and toolchain give a byte-identical bundle (host latency, which varies run to run, is reported
+on stdout and in ``--json`` but kept out of the bundle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import re
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeops.bundle import GOLDEN_NAME, REPORT_NAME, Manifest, ManifestBudgets, Provenance, TensorSpec, describe_files, write_bundle
+from edgeops.converters import checks
+from edgeops.converters.choose import Choice, choose_scheme
+from edgeops.converters.data import Dataset, ImageOptions, generated_dataset, load_dataset
+from edgeops.converters.errors import CalibrationMissingError
+from edgeops.converters.graph import ModelKind, classify_onnx, classify_torch, graph_inputs, set_input_shapes
+from edgeops.converters.passes import Artifact, PassContext, create_pass
+from edgeops.converters.runtime import make_runner, measure_latency
+from edgeops.converters.source import SourceModel, load_source
+from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier
+from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError
+from edgeops.golden import GoldenVectors, Tolerance
+from edgeops.profiles import load_profile
+
+GOLDEN_CASES = 3
+MAX_VALIDATION_FEEDS = 2000
+REPORT_FORMAT = 1
+
+
+class BuildOptions(BaseModel):
+    """Everything `edgeops build` takes; validated before any work starts."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="model file or module:factory")
+    profile: str = Field(description="profile name or path to a profile .toml")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")
+    release: int = Field(default=1, ge=0)
+    output: str
+    calibration: str | None = None
+    validation: str | None = None
+    quantize: str = Field(default="auto", pattern=r"^(auto|static-int8|dynamic-int8|full-int8|fp16|none)$")
+    calibration_method: str | None = Field(default=None, pattern=r"^(minmax|entropy|percentile)$")
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    max_accuracy_drop: float | None = Field(default=None, ge=0)
+    max_size_mb: float | None = Field(default=None, gt=0)
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    allow_gate_failures: bool = False
+    image: ImageOptions = Field(default_factory=ImageOptions)
+    latency_runs: int = Field(default=200, ge=1)
+
+    @classmethod
+    def parse(cls, **kwargs) -> "BuildOptions":
+        """Validate options; errors name the option."""
+        try:
+            return cls(**kwargs)
+        except ValidationError as e:
+            first = e.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"option '{key}': {first['msg']} (got {first.get('input')!r})") from e
+
+
+def parse_input_shape(text: str) -> tuple[str, list[int]]:
+    """'name=1,3,32,32' -> ('name', [1, 3, 32, 32])."""
+    m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*(\d+(?:\s*,\s*\d+)*)\s*", text)
+    if not m:
+        raise ConfigError(f"--input-shape '{text}': expected NAME=D0,D1,... with positive integers, e.g. input=1,3,224,224")
+    dims = [int(d) for d in m.group(2).split(",")]
+    if any(d <= 0 for d in dims):
+        raise ConfigError(f"--input-shape '{text}': dims must be positive")
+    return m.group(1), dims
+
+
+@dataclass
+class BuildResult:
+    """What a build produced: the bundle path, manifest, report and (not in the bundle) host latency."""
+
+    path: Path | None
+    manifest: Manifest
+    report: dict
+    host_latency: dict
+    gates_passed: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+StepFn = Callable[[str], contextlib.AbstractContextManager]
+
+
+def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
+    """Run the whole build. ``step(text)`` is a context manager the CLI uses for progress."""
+    step = step or (lambda text: contextlib.nullcontext())
+    with step("loading profile and model"):
+        profile = load_profile(options.profile)
+        source = load_source(options.model)
+        checks.check_input_format(source.family, profile)
+    ctx = PassContext(profile=profile, step=step)
+    ctx.warnings.extend(source.notes)
+    target = profile.artifact_format
+    if target == "onnx":
+        reference, built, choice, kind, calib = _onnx_path(source, profile, options, ctx, step)
+    else:
+        reference, built, choice, kind, calib = _tflite_path(source, profile, options, ctx, step)
+
+    with step("validating against the original"):
+        threads = profile.runtime.threads
+        ref_runner = make_runner(target, reference.data, threads=1, label="original model")
+        emulate = _needs_vnni_emulation(profile, choice)
+        if emulate:
+            from edgeops.converters.runtime import OnnxRunner
+
+            ctx.warn(
+                "this host has no VNNI, the profile's device has: onnxruntime's u8 x s8 kernels saturate without VNNI, so the built model "
+                "was validated with its QDQ graph unfused (exact integer semantics, as a VNNI CPU computes them); host latency of the built model "
+                "uses non-VNNI kernels"
+            )
+            built_runner = OnnxRunner(built.data, threads=1, label="built model", optimize=False)
+        else:
+            built_runner = make_runner(target, built.data, threads=1, label="built model")
+        if options.validation:
+            validation = load_dataset(options.validation, ref_runner.inputs, "validation", options.image)
+        else:
+            validation = generated_dataset(ref_runner.inputs)
+            ctx.warn("no --validation data: compared on generated random inputs, so accuracy is NOT measured; pass --validation DATA (.npz with 'labels' for accuracy)")
+        feeds = validation.batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
+        labels = validation.label_batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
+        classifier = is_classifier(built_runner.outputs)
+        try:
+            metrics, built_outputs = compare_models(ref_runner, built_runner, feeds, labels, classifier)
+        except ValueError as e:
+            raise ModelLoadError(f"built model does not match the original: {e}") from e
+        if labels is not None and not classifier:
+            ctx.warn("validation data has 'labels' but the model is not a classifier (one [N, classes] output): accuracy not computed")
+
+    with step("measuring host latency"):
+        latency = {
+            "threads": threads,
+            "original": measure_latency(make_runner(target, reference.data, threads=threads), feeds[0], runs=options.latency_runs),
+            "built": measure_latency(make_runner(target, built.data, threads=threads), _first_feed(built_runner, feeds[0]), runs=options.latency_runs),
+            "note": "measured on the build host, not on the device; kept out of the bundle so builds are reproducible",
+        }
+
+    golden = _golden(feeds[:GOLDEN_CASES], built_runner, built_outputs[:GOLDEN_CASES], metrics)
+    golden_bytes = golden.to_json_bytes()
+    artifact_name = f"model/model.{target}"
+    limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
+    # The size gate counts every member but the report (whose own size cannot depend on the gate).
+    gates = evaluate_gates(metrics, len(built.data) + len(golden_bytes), limits)
+    passed = all(g["passed"] for g in gates)
+    report = {
+        "format": REPORT_FORMAT,
+        "status": "passed" if passed else "gates_failed",
+        "model": {"source": _display_name(source), "source_format": source.format, "task": "classifier" if classifier else "generic", "kind": kind.kind},
+        "profile": profile.name,
+        "runtime": {"name": profile.runtime.name, "host_providers": ["CPUExecutionProvider"] if target == "onnx" else ["XNNPACK"], "device_providers": profile.runtime.providers},
+        "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe()},
+        "passes": ctx.log,
+        "warnings": ctx.warnings,
+        "data": {
+            "validation": _data_doc(validation, len(feeds)),
+            "calibration": _data_doc(calib, None) if calib else None,
+        },
+        "metrics": metrics,
+        "size": {
+            "original_bytes": len(reference.data),
+            "built_bytes": len(built.data),
+            "ratio": round(len(built.data) / max(len(reference.data), 1), 4),
+        },
+        "gates": gates,
+        "accuracy_measured": labels is not None and classifier,
+    }
+    if not passed and not options.allow_gate_failures:
+        raise GateFailedError(
+            "build gates failed (no bundle written; pass --allow-gate-failures to write it anyway):\n" + format_gate_failures(gates),
+            failures=[g for g in gates if not g["passed"]],
+        )
+    if not passed:
+        ctx.warn("gates failed and --allow-gate-failures was given: the bundle is written with status 'gates_failed'")
+        report["warnings"] = ctx.warnings
+    report_bytes = _json_bytes(report)
+    payload = {artifact_name: built.data, GOLDEN_NAME: golden_bytes, REPORT_NAME: report_bytes}
+    manifest = Manifest(
+        name=options.name, version=options.version, release=options.release, profile=profile.name, profile_sha256=profile.sha256,
+        runtime=profile.runtime.name, providers=list(profile.runtime.providers), artifact=artifact_name, quantization=choice.scheme,
+        task="classifier" if classifier else "generic", inputs=built_runner.inputs, outputs=built_runner.outputs,
+        budgets=ManifestBudgets(latency_p95_ms=profile.budgets.latency_p95_ms, max_memory_mb=profile.budgets.max_memory_mb),
+        files=describe_files(payload),
+        provenance=Provenance(
+            source_model_sha256=source.sha256, source_format=source.format,
+            calibration_sha256=calib.sha256 if calib else None,
+            validation_sha256=validation.sha256 or None,
+            toolchain=_toolchain(target, source),
+            git_commit=_git_commit(source),
+            options=_provenance_options(options, choice, validation, calib),
+        ),
+    )
+    with step("writing bundle"):
+        path = write_bundle(options.output, manifest, payload)
+    return BuildResult(path, manifest, report, latency, passed, list(ctx.warnings))
+
+
+# --- the ONNX path ---------------------------------------------------------------------------
+
+def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn):
+    import onnx
+
+    if source.family == "tflite":
+        raise ConfigError(f"profile '{profile.name}' runs onnxruntime; a .tflite model cannot be converted to ONNX here. Give the ONNX or PyTorch model, or use a LiteRT profile")
+    if source.family == "pytorch":
+        torch_art = _torch_artifact(source, options)
+        kind = classify_torch(torch_art.module if not _is_exported_program(torch_art.module) else torch_art.module.module())
+        with step("exporting PyTorch -> ONNX"):
+            opset = min(max(18, profile.constraints.min_opset), profile.constraints.max_opset)
+            reference = create_pass("export-onnx", opset=opset)(torch_art, ctx)
+        label = f"{source.reference} (exported)"
+    else:
+        reference = Artifact("onnx", data=source.data)
+        label = str(source.path)
+    model = onnx.load_model_from_string(reference.data)
+    if options.input_shapes:
+        try:
+            set_input_shapes(model, options.input_shapes)
+        except KeyError as e:
+            raise ConfigError(f"--input-shape names input {e}, the model's inputs are {', '.join(s.name for s in graph_inputs(model))}") from e
+        except ValueError as e:
+            raise ConfigError(f"--input-shape: {e}") from e
+        reference = Artifact("onnx", data=model.SerializeToString())
+    checks.check_onnx_opset(model, profile, label)
+    checks.check_onnx_ops(model, profile, label)
+    specs = graph_inputs(model)
+    checks.check_static_shapes(specs, profile, label)
+    if source.family == "onnx":
+        kind = classify_onnx(model)
+    choice = _choice(options, kind, profile)
+    if choice.scheme == "full-int8":
+        raise ConfigError(f"--quantize full-int8 is the fully integer TFLite scheme for LiteRT / Edge TPU profiles; profile '{profile.name}' runs onnxruntime: use static-int8")
+    calib = _load_calibration(options, choice, specs)
+    ctx.calibration = calib
+    with step("pre-processing (shape inference, graph optimization)"):
+        # onnxruntime's optimizer fuses MatMul+Add into Gemm, which quantize_dynamic leaves float:
+        # for dynamic int8 only shape inference runs, the optimizer runs at session start on the device.
+        built = create_pass("preprocess", optimize=choice.scheme != "dynamic-int8")(reference, ctx)
+    q = profile.quantization
+    if choice.scheme == "static-int8":
+        reduce_range = _needs_reduce_range(profile)
+        if reduce_range:
+            ctx.log.append(f"quantize-static: reduce_range on: profile '{profile.name}' is x86-64 without VNNI, where u8 x s8 products saturate at 8-bit weights")
+        with step(f"static int8 quantization ({options.calibration_method or q.calibration_method} calibration)"):
+            built = create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=q.per_channel,
+                                calibration_method=options.calibration_method or q.calibration_method, reduce_range=reduce_range)(built, ctx)
+    elif choice.scheme == "dynamic-int8":
+        with step("dynamic int8 quantization"):
+            # Per-tensor: onnxruntime's per-channel dynamic MatMul lost accuracy in our measurements
+            # (digits transformer: 91.9% per-channel vs 93.0% per-tensor, fp32 93.9%).
+            built = create_pass("quantize-dynamic", weight_type=q.weight_type, per_channel=False)(built, ctx)
+    elif choice.scheme == "fp16":
+        with step("float16 conversion"):
+            built = create_pass("fp16")(built, ctx)
+    checks.check_onnx_ops(onnx.load_model_from_string(built.data), profile, "built model")
+    return reference, built, choice, kind, calib
+
+
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def host_cpu_flags() -> set[str]:
+    """CPU feature flags of the build host (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _u8s8(profile) -> bool:
+    q = profile.quantization
+    return profile.device.arch == "x86_64" and q.activation_type == "uint8" and q.weight_type == "int8"
+
+
+def _needs_reduce_range(profile) -> bool:
+    """x86-64 targets without VNNI need 7-bit weights for u8 x s8 (onnxruntime's documented remedy)."""
+    return _u8s8(profile) and not (VNNI_FLAGS & set(profile.device.cpu_features))
+
+
+def _needs_vnni_emulation(profile, choice: Choice) -> bool:
+    """Validating a full-range u8 x s8 model on a host without VNNI would show saturation the device never has."""
+    if profile.artifact_format != "onnx" or choice.scheme != "static-int8" or not _u8s8(profile) or _needs_reduce_range(profile):
+        return False
+    flags = host_cpu_flags()
+    return bool(flags) and not (VNNI_FLAGS & flags) and ("avx2" in flags or "sse4_2" in flags)
+
+
+# --- the LiteRT path -------------------------------------------------------------------------
+
+def _tflite_path(source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn):
+    from edgeops.converters.runtime import TfliteRunner
+
+    if source.family == "onnx":
+        raise ConfigError(
+            f"profile '{profile.name}' runs LiteRT; ONNX -> TFLite conversion is not supported. Give the PyTorch model "
+            "(module:factory, TorchScript .pt or ExportedProgram .pt2) or a .tflite file, or use an onnxruntime profile"
+        )
+    if source.family == "pytorch":
+        torch_art = _torch_artifact(source, options)
+        module = torch_art.module.module() if _is_exported_program(torch_art.module) else torch_art.module
+        kind = classify_torch(module)
+        choice = _choice(options, kind, profile)
+        _check_litert_scheme(choice, profile)
+        with step("converting PyTorch -> TFLite (litert-torch)"):
+            reference = create_pass("export-tflite")(torch_art, ctx)
+    else:
+        reference = Artifact("tflite", data=source.data)
+        kind = ModelKind("other", 0.0, 0.0, False)
+        already = _tflite_is_quantized(source.data)
+        if options.quantize == "auto" and already:
+            choice = Choice("none", "the .tflite model is already quantized: packaged as is")
+        else:
+            choice = _choice(options, kind, profile)
+            if options.quantize == "auto":
+                choice = Choice(profile.quantization.scheme, f"float .tflite model: re-quantized with the profile's scheme {profile.quantization.scheme}")
+            _check_litert_scheme(choice, profile)
+    ref_runner = TfliteRunner(reference.data, label="original model")
+    checks.check_static_shapes(ref_runner.inputs, profile, "tflite model")
+    checks.check_tflite_ops(_tflite_ops(reference.data), profile, "tflite model")
+    calib = _load_calibration(options, choice, ref_runner.inputs)
+    ctx.calibration = calib
+    built = reference
+    if choice.scheme in ("dynamic-int8", "static-int8", "full-int8"):
+        with step(f"{choice.scheme} quantization (ai-edge-quantizer)"):
+            built = create_pass("quantize-tflite", scheme=choice.scheme)(reference, ctx)
+        if choice.scheme == "full-int8" and "EdgeTpuDelegate" in profile.runtime.providers:
+            ctx.warn("full-int8 model built; compile it for the Edge TPU with edgetpu_compiler on a supported host (not run here)")
+    else:
+        ctx.log.append("tflite: packaged without quantization")
+    return reference, built, choice, kind, calib
+
+
+def _check_litert_scheme(choice: Choice, profile) -> None:
+    if choice.scheme == "fp16":
+        raise ConfigError(f"--quantize fp16 is not available on the LiteRT path (profile '{profile.name}'); use dynamic-int8, static-int8, full-int8 or none")
+
+
+def _tflite_is_quantized(data: bytes) -> bool:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    return any(np.dtype(t["dtype"]).kind in "iu" and t.get("quantization", (0.0, 0))[0] for t in it.get_tensor_details())
+
+
+def _tflite_ops(data: bytes) -> list[tuple[str, str]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    try:
+        return [(str(op.get("index")), str(op.get("op_name"))) for op in it._get_ops_details()]  # the public API has no op list
+    except AttributeError:
+        return []
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+def _choice(options: BuildOptions, kind: ModelKind, profile) -> Choice:
+    return choose_scheme(options.quantize, kind, profile)
+
+
+def _load_calibration(options: BuildOptions, choice: Choice, specs: list[TensorSpec]) -> Dataset | None:
+    needs = choice.scheme in ("static-int8", "full-int8")
+    if needs and not options.calibration:
+        alternatives = "dynamic-int8 or none" if choice.scheme == "full-int8" else "dynamic-int8, fp16 or none"
+        raise CalibrationMissingError(
+            f"{choice.scheme} quantization ({choice.reason}) needs calibration data: pass --calibration DATA "
+            f"(.npy, .npz keyed by input name {', '.join(repr(s.name) for s in specs)}, or an image folder; 100-500 representative samples), "
+            f"or choose --quantize {alternatives}"
+        )
+    if not options.calibration:
+        return None
+    return load_dataset(options.calibration, specs, "calibration", options.image)
+
+
+def _is_exported_program(obj) -> bool:
+    import torch
+
+    return isinstance(obj, torch.export.ExportedProgram)
+
+
+def _torch_artifact(source: SourceModel, options: BuildOptions) -> Artifact:
+    """The torch module with input names and example inputs (factory, --input-shape or data)."""
+    import torch
+
+    module = source.module
+    names = _torch_input_names(module)
+    example = source.example_inputs
+    if example is None and _is_exported_program(module):
+        ex = getattr(module, "example_inputs", None)
+        if ex and ex[0]:
+            example = tuple(ex[0])
+    if example is None and options.input_shapes:
+        missing = [n for n in names if n not in options.input_shapes]
+        if missing and len(options.input_shapes) == len(names) == 1:
+            names = list(options.input_shapes)
+        elif missing:
+            raise ConfigError(f"--input-shape must give every input of the PyTorch model: missing {', '.join(missing)} (inputs: {', '.join(names)})")
+        gen = torch.Generator().manual_seed(0)
+        example = tuple(torch.randn(*options.input_shapes[n], generator=gen) for n in names)
+    if example is None:
+        example = _example_from_data(options.calibration or options.validation, names)
+    if example is None:
+        raise ConfigError(f"{source.reference}: cannot tell the input shape of the PyTorch model; pass --input-shape {names[0] if names else 'input'}=1,3,224,224 (one per input), "
+                          "or --calibration / --validation data, or give the module an `example_inputs` attribute")
+    if len(names) != len(example):
+        names = [f"input_{i}" for i in range(len(example))]
+    return Artifact("torch", module=module, example_inputs=tuple(example), input_names=names)
+
+
+def _torch_input_names(module) -> list[str]:
+    import torch
+
+    if _is_exported_program(module):
+        return [s.arg.name for s in module.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    if isinstance(module, torch.jit.ScriptModule):
+        try:
+            return [a.name for a in module.forward.schema.arguments[1:]]
+        except Exception:
+            return ["input"]
+    params = [p for p in inspect.signature(module.forward).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in params] or ["input"]
+
+
+def _example_from_data(path: str | None, names: list[str]) -> tuple | None:
+    """First sample of .npy/.npz data as example inputs (so the shape comes from the data)."""
+    import torch
+
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        if path.endswith(".npy"):
+            arrays = [np.load(path, allow_pickle=False)]
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                keyed = {k: z[k] for k in z.files if k != "labels"}
+            arrays = [keyed[n] for n in names] if all(n in keyed for n in names) else (list(keyed.values()) if len(keyed) == len(names) else None)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: cannot read data ({e})") from e
+    if not arrays:
+        return None
+    return tuple(torch.from_numpy(np.ascontiguousarray(a[:1]).astype(np.float32 if a.dtype.kind == "f" else a.dtype)) for a in arrays)
+
+
+def _first_feed(runner, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [i.name for i in runner.inputs]
+    return feed if set(names) == set(feed) else dict(zip(names, feed.values()))
+
+
+def _golden(feeds, built_runner, outputs, metrics: dict) -> GoldenVectors:
+    """Golden cases from the first validation feeds; tolerances from the observed error.
+
+    A device's kernels differ from the host's (other SIMD, other int8 rounding), so outputs
+    will not match bit for bit. The tolerance per output is the larger of a quarter of the
+    quantization error observed against the original (an error of that order is already
+    accepted by the gates) and 1e-3 of the output's magnitude, rounded up to two significant digits.
+    """
+    cases = [(_first_feed(built_runner, f), o) for f, o in zip(feeds, outputs)]
+    tolerances = {}
+    for spec in built_runner.outputs:
+        magnitude = max((float(np.max(np.abs(o[spec.name]))) for _, o in cases if o[spec.name].size), default=1.0)
+        observed = metrics["outputs"].get(spec.name, {}).get("max_abs_error") or 0.0
+        atol = _round_up(max(0.25 * observed, 1e-3 * magnitude, 1e-5))
+        tolerances[spec.name] = Tolerance(atol=atol, rtol=1e-3)
+    return GoldenVectors(cases=cases, tolerances=tolerances)
+
+
+def _round_up(x: float) -> float:
+    exp = math.floor(math.log10(x)) - 1
+    return round(math.ceil(x / 10**exp) * 10**exp, 12)
+
+
+def _data_doc(ds: Dataset | None, feeds: int | None) -> dict | None:
+    if ds is None:
+        return None
+    doc = {"source": Path(ds.source).name if ds.source != "generated" else "generated", "sha256": ds.sha256 or None, "samples": ds.count, "labels": ds.labels is not None, "notes": ds.notes}
+    if feeds is not None:
+        doc["feeds_compared"] = feeds
+    return doc
+
+
+def _display_name(source: SourceModel) -> str:
+    return source.path.name if source.path else source.reference
+
+
+def _json_bytes(doc: dict) -> bytes:
+    import json
+
+    return json.dumps(doc, sort_keys=True, indent=2, allow_nan=False).encode() + b"\n"
+
+
+def _toolchain(target: str, source: SourceModel) -> dict[str, str]:
+    packages = ["edgeops", "numpy"]
+    if source.family == "pytorch":
+        packages.append("torch")
+    packages += ["onnx", "onnxruntime"] + (["onnxscript"] if source.family == "pytorch" else []) if target == "onnx" else ["ai-edge-litert", "ai-edge-quantizer"] + (["litert-torch"] if source.family == "pytorch" else [])
+    out = {}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _git_commit(source: SourceModel) -> str | None:
+    """HEAD of the git repository holding the model file (or the current directory)."""
+    where = source.path.resolve().parent if source.path else Path.cwd()
+    try:
+        out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def _provenance_options(options: BuildOptions, choice: Choice, validation: Dataset, calib: Dataset | None) -> dict:
+    doc = {
+        "quantize": options.quantize,
+        "scheme": choice.scheme,
+        "calibration_method": options.calibration_method,
+        "input_shapes": ";".join(f"{k}={','.join(map(str, v))}" for k, v in sorted(options.input_shapes.items())) or None,
+        "validation": "generated" if not options.validation else "given",
+        "max_accuracy_drop": options.max_accuracy_drop,
+        "max_size_mb": options.max_size_mb,
+        "allow_gate_failures": options.allow_gate_failures,
+    }
+    if (options.calibration and Path(options.calibration).is_dir()) or (options.validation and Path(options.validation).is_dir()):
+        doc["image_preprocessing"] = options.image.describe()
+    return doc
