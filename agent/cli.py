@@ -1,0 +1,106 @@
+"""`edgeops agent run --config agent.toml` and `edgeops agent status`.
+
+This module (and only this one) installs signal handlers: SIGTERM/SIGINT stop the agent
+cleanly (retained state online=false). Heavy dependencies load inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_CONFIG = "/etc/edgeops/agent.toml"
+
+
+@click.group("agent")
+def agent() -> None:
+    """Run the device agent, or show its status."""
+
+
+@agent.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True, help="agent TOML file")
+def run(config_path: str) -> None:
+    """Run the agent in the foreground until SIGTERM/SIGINT."""
+    from edgeops.agent.config import load_config
+    from edgeops.agent.core import Agent
+
+    cfg = load_config(config_path)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    agent_ = Agent(cfg).start()
+    click.echo(f"edgeops agent {cfg.device_id}: state {agent_.persisted.state.value}, api {agent_.api_address or 'off'}", err=True)
+
+    def _stop(signum, frame) -> None:
+        agent_._stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not agent_.wait_stopped(1.0):
+            pass
+    finally:
+        agent_.stop()
+
+
+@agent.command("status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True, help="agent TOML file")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(config_path: str, as_json: bool) -> None:
+    """Show the agent's state: live from its API when it runs, else from its state file."""
+    from edgeops.agent.config import load_config
+
+    cfg = load_config(config_path)
+    info = _live_status(cfg.api.listen) if cfg.api.listen else None
+    if info is None:
+        info = _offline_status(cfg)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"edgeops agent {info['device_id']} ({'running' if info.get('running') else 'not running'})", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key in ("state", "profile", "active", "previous", "update", "failed_versions", "connected", "spool", "counters"):
+        if key in info:
+            value = info[key]
+            if isinstance(value, dict) and {"name", "version"} <= set(value):
+                value = f"{value['name']} {value['version']} (release {value.get('release')}, {str(value.get('sha256') or '')[:12]})"
+            elif isinstance(value, dict):
+                value = ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, "", [], {}))
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _live_status(listen: str) -> dict | None:
+    from edgeops.agent.client import AgentClient
+
+    try:
+        info = AgentClient(listen, timeout=3).status()
+    except Exception:  # not running (or not reachable): fall back to the files
+        return None
+    info["running"] = True
+    return info
+
+
+def _offline_status(cfg) -> dict:
+    from edgeops.agent.statefile import StateFile
+    from edgeops.agent.store import ModelStore
+
+    data_dir = Path(cfg.data_dir)
+    persisted = StateFile(data_dir / "state.json").load()
+    info: dict = {"device_id": cfg.device_id, "running": False, "state": persisted.state.value, "profile": cfg.profile, "update": persisted.update.model_dump(mode="json") if persisted.update else None, "failed_versions": sorted(persisted.failed)}
+    if (data_dir / "store").is_dir():
+        store = ModelStore(data_dir / "store")
+        for key, sha in (("active", store.current()), ("previous", store.previous())):
+            if sha:
+                m = store.manifest(sha)
+                info[key] = {"name": m.name, "version": m.version, "release": m.release, "sha256": sha}
+            else:
+                info[key] = None
+    return info

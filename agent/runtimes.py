@@ -1,0 +1,157 @@
+"""Inference runtimes: onnxruntime and LiteRT (ai-edge-litert, or tflite_runtime), loaded lazily.
+
+A runtime takes a dict of named numpy arrays and returns a dict of named outputs. The agent
+creates runtimes through a *runtime factory* (``(model_path, manifest, providers, threads) ->
+Runtime``) so tests and the fleet simulator can inject light in-process ones; the default
+factory is :func:`load_runtime`. Runtime libraries are imported inside functions: importing
+this module imports neither.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from edgeops.bundle import Manifest
+from edgeops.errors import AgentError
+
+
+class RuntimeLoadError(AgentError):
+    """The model could not be loaded by its runtime on this device."""
+
+
+class InferenceError(AgentError):
+    """An inference failed inside the runtime (bad input, or a model that breaks at run time)."""
+
+
+class Runtime(Protocol):
+    """What the agent needs from an inference runtime."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference; raises InferenceError."""
+        ...
+
+    def close(self) -> None:
+        """Release the model."""
+        ...
+
+
+RuntimeFactory = Callable[[Path, Manifest, list[str], int], Runtime]
+
+
+def available_onnx_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def choose_providers(wanted: list[str], available: list[str]) -> list[str]:
+    """The wanted providers this device has, in the wanted order; CPU as the last resort."""
+    chosen = [p for p in wanted if p in available]
+    if "CPUExecutionProvider" not in chosen and "CPUExecutionProvider" in available:
+        chosen.append("CPUExecutionProvider")
+    if not chosen:
+        raise RuntimeLoadError(f"none of the providers {wanted} is available (this onnxruntime has {available})")
+    return chosen
+
+
+class OnnxRuntime:
+    """An onnxruntime InferenceSession (``run`` is thread-safe)."""
+
+    def __init__(self, model_path: Path, providers: list[str], threads: int = 1):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - onnxruntime is in the agent extra
+            raise RuntimeLoadError("onnxruntime is not installed: pip install 'edgeops[agent]'") from e
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.providers = choose_providers(providers, available_onnx_providers())
+        try:
+            self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own exception types; wrap at the boundary
+            raise RuntimeLoadError(f"{model_path}: onnxruntime cannot load the model: {e}") from e
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference."""
+        try:
+            outs = self._session.run(None, inputs)
+        except Exception as e:
+            raise InferenceError(f"onnxruntime: {e}") from e
+        return dict(zip(self.output_names, outs))
+
+    def close(self) -> None:
+        """Drop the session."""
+        self._session = None
+
+
+def _litert_interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # the LiteRT package
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # older devices ship this one
+
+        return Interpreter
+    except ImportError as e:
+        raise RuntimeLoadError("no LiteRT runtime: pip install ai-edge-litert (or tflite-runtime)") from e
+
+
+class LiteRtRuntime:
+    """A LiteRT (TFLite) interpreter; calls are serialized because interpreters are not thread-safe."""
+
+    def __init__(self, model_path: Path, threads: int = 1):
+        Interpreter = _litert_interpreter_class()
+        try:
+            self._interp = Interpreter(model_path=str(model_path), num_threads=threads)
+            self._interp.allocate_tensors()
+        except Exception as e:
+            raise RuntimeLoadError(f"{model_path}: LiteRT cannot load the model: {e}") from e
+        self._lock = threading.Lock()
+        self._inputs = self._interp.get_input_details()
+        self._outputs = self._interp.get_output_details()
+        self.input_names = [d["name"] for d in self._inputs]
+        self.output_names = [d["name"] for d in self._outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference (resizing inputs whose shape differs from the current one)."""
+        with self._lock:
+            try:
+                for d in self._inputs:
+                    x = np.asarray(inputs[d["name"]], dtype=d["dtype"])
+                    if list(x.shape) != list(d["shape"]):
+                        self._interp.resize_tensor_input(d["index"], list(x.shape))
+                        self._interp.allocate_tensors()
+                    self._interp.set_tensor(d["index"], x)
+                self._interp.invoke()
+                return {d["name"]: np.array(self._interp.get_tensor(d["index"])) for d in self._outputs}
+            except KeyError as e:
+                raise InferenceError(f"LiteRT: missing input {e}") from e
+            except Exception as e:
+                raise InferenceError(f"LiteRT: {e}") from e
+
+    def close(self) -> None:
+        """Drop the interpreter."""
+        self._interp = None
+
+
+def load_runtime(model_path: Path, manifest: Manifest, providers: list[str], threads: int = 1) -> Runtime:
+    """The default runtime factory: the manifest's runtime with the profile's providers."""
+    if manifest.runtime == "onnxruntime":
+        return OnnxRuntime(model_path, providers or manifest.providers, threads)
+    if manifest.runtime == "litert":
+        return LiteRtRuntime(model_path, threads)
+    raise RuntimeLoadError(f"runtime {manifest.runtime!r} is not supported by this agent")

@@ -1,0 +1,116 @@
+"""The persisted install state: which state the machine is in, and the update it works on.
+
+The state is stored **by name** in ``<data_dir>/state.json``. Every write goes to a temporary
+file that is fsynced and then renamed over the old one (``os.replace``), and the directory is
+fsynced too, so after a crash the file is either the old or the new version, never a mix.
+The machine writes the next state *before* it acts on it (see :mod:`edgeops.agent.machine`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeops.errors import AgentError
+
+
+class State(str, Enum):
+    """The install state machine's states."""
+
+    IDLE = "idle"
+    FETCHING = "fetching"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    SELF_TESTING = "self-testing"
+    ACTIVATING = "activating"
+    PROBATION = "probation"
+    COMMITTED = "committed"
+    ROLLING_BACK = "rolling-back"
+    FAILED = "failed"
+
+
+# States in which no update is in progress: a new assignment may start from these.
+RESTING = frozenset({State.IDLE, State.COMMITTED, State.FAILED})
+
+
+class UpdateRecord(BaseModel):
+    """The update in progress (or the last one): what, why, and how far it got."""
+
+    model_config = ConfigDict(extra="forbid")
+    command_id: str
+    command_seq: int = 0
+    target_name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    length: int = Field(ge=0)
+    name: str | None = None
+    version: str | None = None
+    release: int | None = None
+    previous_sha256: str | None = None
+    reason: str = ""
+    failure: str = ""
+    rollback_reason: str = ""
+    target: dict | None = Field(default=None, description="the TUF-verified target record (TargetRecord.to_dict())")
+    gates: list[dict] = Field(default_factory=list, description="gate results that decided probation")
+    reported: bool = False
+    probation_started: float | None = None
+    probation_restarts: int = 0
+    attempts: int = 0
+
+
+class PersistedState(BaseModel):
+    """Contents of state.json."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: int = 1
+    state: State = State.IDLE
+    update: UpdateRecord | None = None
+    # sha256 -> command id that installed it: versions refused until a new command re-assigns them.
+    failed: dict[str, str] = Field(default_factory=dict)
+    last_command_seq: int = 0
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, os.replace, dir fsync)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename in it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StateFile:
+    """Load and save :class:`PersistedState` at ``<data_dir>/state.json``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> PersistedState:
+        """The stored state, or a fresh idle one when there is no file yet."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return PersistedState()
+        try:
+            return PersistedState.model_validate_json(raw)
+        except (ValidationError, ValueError) as e:
+            # Cannot happen through atomic writes; if it does (disk corruption), say where and how to recover.
+            raise AgentError(f"{self.path}: state file is corrupt ({e}); move it aside to start idle") from e
+
+    def save(self, state: PersistedState) -> None:
+        """Persist atomically."""
+        atomic_write(self.path, json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True).encode())

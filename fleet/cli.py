@@ -1,0 +1,331 @@
+"""`edgeops fleet ...` and `edgeops rollout ...`.
+
+``fleet init|serve|enroll`` work on the console host (files, database); ``fleet devices`` and
+every ``rollout`` command talk to the running console's REST API, so they work from any
+machine and against any replica. The API is found through ``--url``/``--token``, the
+``EDGEOPS_FLEET_URL``/``EDGEOPS_FLEET_TOKEN`` environment, or ``--config fleet.toml``.
+Heavy imports (sqlalchemy, paho, aiohttp) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+import click
+
+from edgeops.errors import ConfigError
+
+DEFAULT_CONFIG = "fleet.toml"
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _ts(value) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "-"
+
+
+def _api_options(fn):
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="fleet.toml to read the API address and token from")(fn)
+    fn = click.option("--token", envvar="EDGEOPS_FLEET_TOKEN", default=None, help="API bearer token [env EDGEOPS_FLEET_TOKEN]")(fn)
+    fn = click.option("--url", envvar="EDGEOPS_FLEET_URL", default=None, help="console URL, e.g. http://127.0.0.1:8780 [env EDGEOPS_FLEET_URL]")(fn)
+    return fn
+
+
+def _client(url, token, config_path):
+    from edgeops.fleet.client import FleetClient
+
+    if not url and not config_path and Path(DEFAULT_CONFIG).exists():
+        config_path = DEFAULT_CONFIG
+    return FleetClient.from_options(url, token, config_path)
+
+
+# --------------------------------------------------------------------------- fleet
+@click.group()
+def fleet() -> None:
+    """The fleet console: serve, enroll devices, list them."""
+
+
+@fleet.command("init")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True, help="folder for fleet.toml, keys/, repo/, enroll/")
+@click.option("--broker-url", default="mqtt://127.0.0.1:1883", show_default=True)
+@click.option("--database-url", default="sqlite:///fleet.db", show_default=True, help="or postgresql+psycopg://user@host/db")
+@click.option("--api-bind", default="127.0.0.1:8780", show_default=True)
+@click.option("--no-keys", is_flag=True, help="do not create keys/ and repo/ (use existing ones; edit fleet.toml)")
+@click.option("--force", is_flag=True, help="overwrite an existing fleet.toml")
+@click.option("--json", "as_json", is_flag=True)
+def init_cmd(directory, broker_url, database_url, api_bind, no_keys, force, as_json) -> None:
+    """Write fleet.toml (with a fresh API token and console broker password), keys and a TUF repository."""
+    import os
+
+    from edgeops.fleet.config import config_from_dict, render_toml
+    from edgeops.fleet.enroll import set_console_password
+
+    base = Path(directory)
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / DEFAULT_CONFIG
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists already; pass --force to overwrite it")
+    token = secrets.token_urlsafe(32)
+    console_password = secrets.token_urlsafe(24)
+    data = {
+        "broker": {"url": broker_url, "username": "edgeops-console", "password": console_password, "client_id": "edgeops-console"},
+        "database": {"url": database_url},
+        "repository": {"dir": "repo", "keys_dir": "keys"},
+        "api": {"bind": api_bind, "tokens": [token]},
+        "rollouts": {"reconcile_interval_s": 2.0, "offline_timeout_s": 300.0},
+        "enroll": {"dir": "enroll", "password_file": "enroll/mosquitto.passwd", "acl_file": "enroll/mosquitto.acl", "ca_dir": "enroll/ca"},
+    }
+    config = config_from_dict({**data, "base_dir": str(base.resolve())}, source=str(path))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds secrets
+    with os.fdopen(fd, "w") as f:
+        f.write("# edgeops fleet console configuration (edgeops fleet init)\n" + render_toml(data))
+    made = [str(path)]
+    if not no_keys:
+        from edgeops.trust.keys import Keyring, passphrase_from_env
+        from edgeops.trust.repository import Repository
+
+        keys = config.path("keys")
+        if not (keys / "keyring.json").exists():
+            Keyring.create(keys, root_keys=1, root_threshold=1, passphrase=passphrase_from_env())
+            made.append(str(keys))
+        repo = config.path("repo")
+        if not (repo / "metadata" / "timestamp.json").exists():
+            Repository.init(repo, Keyring.load(keys, passphrase_from_env()))
+            made.append(str(repo))
+    set_console_password(config, console_password)
+    made.append(str(config.path(config.enroll.dir)))
+    if as_json:
+        _echo_json({"config": str(path), "created": made, "api_url": f"http://{api_bind}"})
+        return
+    click.echo(f"wrote {', '.join(made)}")
+    click.echo(f"broker: include {config.path(config.enroll.dir) / 'mosquitto.conf.snippet'} in mosquitto.conf (password file + ACL)")
+    click.echo(f"next: edgeops fleet serve --config {path}")
+
+
+@fleet.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+def serve_cmd(config_path, log_level) -> None:
+    """Run the console: ingest, repository server, reconciler, REST API, /metrics."""
+    import logging
+    import signal
+    import threading
+
+    from edgeops.fleet.config import load_config
+    from edgeops.fleet.console import FleetConsole
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+    console = FleetConsole(config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    console.start()
+    click.echo(f"edgeops fleet console: api {console.api_url}, broker {config.broker.url} (MQTT {console.mqtt.protocol}), database {console.db.dialect}", err=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        console.stop()
+
+
+@fleet.command("enroll")
+@click.argument("device_id")
+@click.option("--tags", default="", help="k=v,k2=v2")
+@click.option("--profile", default=None, help="hardware profile name")
+@click.option("--method", type=click.Choice(["password", "cert"]), default="password", show_default=True, help="broker authentication")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--no-register", is_flag=True, help="write credentials only; do not add the device to the database")
+@click.option("--json", "as_json", is_flag=True)
+def enroll_cmd(device_id, tags, profile, method, config_path, no_register, as_json) -> None:
+    """Create DEVICE_ID's broker credentials, update the ACL, write its agent.toml, register it."""
+    from edgeops.fleet.config import load_config
+    from edgeops.fleet.enroll import enroll_device, parse_tags
+
+    config = load_config(config_path)
+    result = enroll_device(config, device_id, parse_tags(tags), profile, method, register=not no_register)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    click.echo(f"enrolled {device_id} ({method}); agent config: {result.agent_toml}")
+    click.echo("reload the broker so it reads the new password file / ACL (e.g. kill -HUP $(pidof mosquitto))")
+
+
+@fleet.command("devices")
+@_api_options
+@click.option("--online/--offline", "online", default=None, help="only online / offline devices")
+@click.option("--version", "version", default=None, help="NAME@VERSION of the active bundle")
+@click.option("--json", "as_json", is_flag=True)
+def devices_cmd(url, token, config_path, online, version, as_json) -> None:
+    """List devices with their versions, state and health."""
+    devices = _client(url, token, config_path).devices(online=None if online is None else str(online).lower(), version=version)
+    if as_json:
+        _echo_json(devices)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("device", "online", "active", "state", "health", "profile", "tags", "last seen")
+    for d in devices:
+        active = f"{d['active']['name']}@{d['active']['version']}" if d["active"] else "-"
+        table.add_row(d["id"], "yes" if d["online"] else "no", active, d["state"], d["health"], d["profile"] or "-", ",".join(f"{k}={v}" for k, v in d["tags"].items()), _ts(d["last_seen"]))
+    Console().print(table)
+    click.echo(f"{len(devices)} devices")
+
+
+# --------------------------------------------------------------------------- rollout
+@click.group()
+def rollout() -> None:
+    """Staged rollouts with health gates (talks to the console's REST API)."""
+
+
+def _print_rollout(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{r['id']}[/bold] {r['bundle']}  status: [bold]{r['status']}[/bold]  {r['reason']}")
+    s = r["settings"]
+    con.print(
+        f"selector {s['selector']}  bake {s['bake_s']:.0f}s  min_reporting {s['min_reporting']}  max_failure_rate {s['max_failure_rate']}"
+        f"  on_gate_failure {s['on_gate_failure']}{'  approve_each_wave' if s['approve_each_wave'] else ''}"
+    )
+    table = Table("wave", "percent", "status", "devices", "reported", "succeeded", "failed", "gates")
+    for w in r["waves"]:
+        gates = " ".join(f"{g['gate']}={'ok' if g['outcome'] == 'pass' else g['outcome']}" for g in w["gates"])
+        table.add_row(str(w["idx"]), f"{w['percent']:g}%", w["status"], str(w["devices"]), str(w["reported"]), str(w["succeeded"]), str(w["failed"]), gates)
+    con.print(table)
+
+
+@rollout.command("create")
+@_api_options
+@click.option("--bundle", required=True, help="NAME@VERSION (a signed target of the repository)")
+@click.option("--select", "select", default="all", show_default=True, help="profile=NAME, tag=KEY=VALUE, device=ID+ID, all; comma = and")
+@click.option("--waves", default="1%,10%,50%,100%", show_default=True, help="cumulative percentages of the selected devices")
+@click.option("--bake", default="0", show_default=True, help="time each wave runs before it can pass (90s, 10m, 1h)")
+@click.option("--max-failure-rate", type=float, default=0.05, show_default=True)
+@click.option("--max-rollback-rate", type=float, default=None)
+@click.option("--max-error-rate", type=float, default=None, help="(errors + NaN) / inferences on the new version")
+@click.option("--max-latency-regression", type=float, default=None, help="p95 new / p95 old (e.g. 1.2)")
+@click.option("--min-agreement", type=float, default=None)
+@click.option("--min-reporting", type=float, default=0.9, show_default=True)
+@click.option("--on-gate-failure", type=click.Choice(["pause", "abort"]), default="pause", show_default=True)
+@click.option("--approve-each-wave", is_flag=True, help="wait for `rollout promote` after each wave")
+@click.option("--start", "start_now", is_flag=True, help="start it right away")
+@click.option("--json", "as_json", is_flag=True)
+def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, min_reporting, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
+    """Create a rollout (validated by the console; refused settings name the field)."""
+    from edgeops.fleet.rollouts.settings import parse_request
+
+    body = {
+        "bundle": bundle,
+        "select": select,
+        "waves": waves,
+        "bake": bake,
+        "max_failure_rate": max_failure_rate,
+        "max_rollback_rate": max_rollback_rate,
+        "max_error_rate": max_error_rate,
+        "max_latency_regression": max_latency_regression,
+        "min_agreement": min_agreement,
+        "min_reporting": min_reporting,
+        "on_gate_failure": on_gate_failure,
+        "approve_each_wave": approve_each_wave,
+    }
+    parse_request(body)  # refuse bad settings before any network call
+    client = _client(url, token, config_path)
+    r = client.create_rollout(body)
+    if start_now:
+        r = client.action(r["id"], "start")
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"created rollout {r['id']} ({r['bundle']}, {r['status']})")
+
+
+def _action_command(name: str, help_text: str):
+    @rollout.command(name, help=help_text)
+    @_api_options
+    @click.argument("rollout_id")
+    @click.option("--json", "as_json", is_flag=True)
+    def cmd(url, token, config_path, rollout_id, as_json) -> None:
+        r = _client(url, token, config_path).action(rollout_id, name)
+        if as_json:
+            _echo_json(r)
+        else:
+            click.echo(f"rollout {r['id']}: {r['status']} {r['reason']}")
+
+    return cmd
+
+
+def _allowed(action: str) -> str:
+    from edgeops.fleet.rollouts.status import ACTION_FROM
+
+    return ", ".join(sorted(s.value for s in ACTION_FROM[action]))
+
+
+_action_command("start", f"Start a rollout (allowed from: {_allowed('start')}).")
+_action_command("pause", f"Pause a rollout (allowed from: {_allowed('pause')}).")
+_action_command("resume", f"Resume a paused rollout (allowed from: {_allowed('resume')}).")
+_action_command("promote", f"Start the next wave: approve a passed wave, or override a halted one (allowed from: {_allowed('promote')}).")
+_action_command("abort", f"Abort and order every device of the rollout back to its previous version (allowed from: {_allowed('abort')}).")
+
+
+@rollout.command("status")
+@_api_options
+@click.argument("rollout_id")
+@click.option("--history", is_flag=True, help="include the status history")
+@click.option("--json", "as_json", is_flag=True)
+def status_cmd(url, token, config_path, rollout_id, history, as_json) -> None:
+    """Status of one rollout: waves, device counts, gate verdicts."""
+    r = _client(url, token, config_path).rollout(rollout_id, history=history)
+    if as_json:
+        _echo_json(r)
+        return
+    _print_rollout(r)
+    for h in r.get("history", []):
+        click.echo(f"  {_ts(h['ts'])} {h['action']} {h['detail']}")
+
+
+@rollout.command("list")
+@_api_options
+@click.option("--status", default=None, help="only rollouts in this status")
+@click.option("--json", "as_json", is_flag=True)
+def list_cmd(url, token, config_path, status, as_json) -> None:
+    """All rollouts, newest first."""
+    rows = _client(url, token, config_path).rollouts(status=status)
+    if as_json:
+        _echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "bundle", "status", "wave", "devices", "succeeded", "failed", "created")
+    for r in rows:
+        table.add_row(r["id"], r["bundle"], r["status"], f"{r['current_wave'] + 1}/{r['waves']}", str(r["devices"]), str(r["succeeded"]), str(r["failed"]), _ts(r["created_at"]))
+    Console().print(table)
+
+
+@rollout.command("devices")
+@_api_options
+@click.argument("rollout_id")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_devices_cmd(url, token, config_path, rollout_id, as_json) -> None:
+    """Devices of a rollout with their wave and assignment status."""
+    rows = _client(url, token, config_path).rollout_devices(rollout_id)
+    if as_json:
+        _echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("device", "wave", "status", "from", "seq", "detail")
+    for a in rows:
+        table.add_row(a["device_id"], str(a["wave"]), a["status"], a["from"] or "-", str(a["seq"]), a["detail"][:60])
+    Console().print(table)
+
+

@@ -1,0 +1,283 @@
+"""fleet.toml: the console's configuration, validated with pydantic.
+
+Example (``edgeops fleet init`` writes one)::
+
+    [broker]
+    url = "mqtt://127.0.0.1:1883"      # mqtts:// for TLS
+    username = "edgeops-console"
+    password_env = "EDGEOPS_BROKER_PASSWORD"   # or password = "..."
+    protocol = "auto"                  # "5", "3.1.1" or "auto" (5, falling back to 3.1.1)
+    client_id = "edgeops-console"      # persistent session: events queued while the console is down
+    # shared_group = "edgeops"         # MQTT shared subscriptions when running several replicas
+    # ca_file / cert_file / key_file   # TLS
+
+    [database]
+    url = "sqlite:///fleet.db"         # or postgresql+psycopg://user@host/db
+
+    [repository]
+    dir = "repo"                       # the TUF repository (metadata/, targets/)
+    keys_dir = "keys"                  # keyring with the command, snapshot and timestamp keys
+    refresh_check_s = 60               # re-sign timestamp/snapshot before they expire (checked this often)
+
+    [api]
+    bind = "127.0.0.1:8780"
+    tokens = ["..."]                   # Bearer tokens; or tokens_env = "EDGEOPS_FLEET_TOKEN"
+
+    [rollouts]
+    reconcile_interval_s = 2.0
+    offline_timeout_s = 300
+    assignment_timeout_s = 3600
+    command_ttl_s = 86400
+
+    [enroll]
+    dir = "enroll"                     # password file, ACL, CA and per-device agent.toml
+
+Relative paths are resolved against the folder of the config file. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgeops.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerConfig(_Section):
+    """How the console reaches the MQTT broker."""
+
+    url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = Field(default=None, description="environment variable holding the password")
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    client_id: str = "edgeops-console"
+    shared_group: str | None = Field(default=None, description="MQTT shared subscription group for events and telemetry (several replicas)")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, description="MQTT 5 session expiry (events are queued for the console while it is down)")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ValueError(f"{v!r}: expected mqtt://host:port or mqtts://host:port")
+        return v
+
+    @property
+    def host(self) -> str:
+        """Broker host name."""
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """Broker port (1883 for mqtt://, 8883 for mqtts:// when not given)."""
+        u = urlparse(self.url)
+        return u.port or (8883 if self.tls else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """True for mqtts:// URLs."""
+        return urlparse(self.url).scheme in ("mqtts", "ssl")
+
+    def resolved_password(self) -> str | None:
+        """The password, from the file or from ``password_env``."""
+        if self.password_env:
+            return os.environ.get(self.password_env) or self.password
+        return self.password
+
+
+class DatabaseConfig(_Section):
+    """Where the registry lives: a SQLite file by default, PostgreSQL by URL."""
+
+    url: str = "sqlite:///fleet.db"
+    schema_name: str | None = Field(default=None, alias="schema", description="PostgreSQL schema (several fleets in one database, tests)")
+    table_prefix: str = Field(default="", pattern=r"^[a-z0-9_]*$")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not v.startswith(("sqlite://", "postgresql")):
+            raise ValueError(f"{v!r}: expected sqlite:///path or postgresql+psycopg://user@host/db")
+        return v
+
+
+class RepositoryConfig(_Section):
+    """The TUF repository the console serves and keeps fresh."""
+
+    dir: str = "repo"
+    keys_dir: str = "keys"
+    refresh_check_s: float = Field(default=60, gt=0, description="how often to check whether timestamp/snapshot must be re-signed (the trust layer re-signs a role with less than half its validity left)")
+    http_prefix: str = Field(default="/repo", pattern=r"^/[A-Za-z0-9_/-]*$")
+
+
+class ApiConfig(_Section):
+    """The REST API, /metrics and the HTTP repository."""
+
+    bind: str = "127.0.0.1:8780"
+    tokens: list[str] = Field(default_factory=list)
+    tokens_env: str | None = "EDGEOPS_FLEET_TOKEN"
+    metrics_public: bool = Field(default=True, description="serve /metrics without a token (Prometheus scrapers)")
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"{v!r}: expected host:port")
+        return v
+
+    @property
+    def host(self) -> str:
+        """Bind host."""
+        return self.bind.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        """Bind port (0: any free port)."""
+        return int(self.bind.rpartition(":")[2])
+
+    def all_tokens(self) -> list[str]:
+        """Tokens from the file plus the one in ``tokens_env`` (when set)."""
+        out = [t for t in self.tokens if t]
+        if self.tokens_env and os.environ.get(self.tokens_env):
+            out.append(os.environ[self.tokens_env])
+        return out
+
+
+class RolloutConfig(_Section):
+    """The reconciler."""
+
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    offline_timeout_s: float = Field(default=300.0, gt=0, description="an assigned device offline this long counts as failed")
+    assignment_timeout_s: float = Field(default=3600.0, gt=0, description="an assignment with no final report after this counts as failed")
+    command_ttl_s: float = Field(default=86400.0, gt=0, description="expiry of signed commands")
+    leader_lock_id: int = Field(default=0x6564676F, description="PostgreSQL advisory lock key of the reconciler leader")
+
+
+class IngestConfig(_Section):
+    """Device message ingest."""
+
+    batch_size: int = Field(default=2000, ge=1)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+    queue_max: int = Field(default=200_000, ge=100)
+    db_retries: int = Field(default=3, ge=0, description="retries of a batch the database refused before it is dropped (counted)")
+    auto_register: bool = Field(default=False, description="register unknown devices from their state message (demo/simulator); off: unknown devices are dropped")
+    telemetry_retention_s: float = Field(default=7 * 86400, gt=0)
+
+
+class EnrollConfig(_Section):
+    """Where `edgeops fleet enroll` writes broker credentials and device configs."""
+
+    dir: str = "enroll"
+    password_file: str = "enroll/mosquitto.passwd"
+    acl_file: str = "enroll/mosquitto.acl"
+    ca_dir: str = "enroll/ca"
+    console_username: str = "edgeops-console"
+    device_broker_url: str | None = Field(default=None, description="broker URL written into agent.toml (default: broker.url)")
+    repository_http_url: str | None = Field(default=None, description="HTTP repository URL for agent.toml (default: MQTT fetch)")
+
+
+class FleetConfig(_Section):
+    """The whole fleet.toml."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    rollouts: RolloutConfig = Field(default_factory=RolloutConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    enroll: EnrollConfig = Field(default_factory=EnrollConfig)
+    base_dir: str = Field(default=".", description="folder relative paths are resolved against (set by load_config)")
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config against ``base_dir``."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path resolved against ``base_dir``."""
+        url = self.database.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+            return "sqlite:///" + str(self.path(url[len("sqlite:///"):]))
+        return url
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"{loc}: {e['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(path: str | os.PathLike) -> FleetConfig:
+    """Read and validate fleet.toml; ConfigError names the file and key at fault."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror or e}); create one with `edgeops fleet init`") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    data.setdefault("base_dir", str(path.resolve().parent))
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict, source: str = "fleet config") -> FleetConfig:
+    """Validate a config given as a dict (tests, in-process consoles)."""
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(source, e)) from e
+
+
+def render_toml(data: dict) -> str:
+    """Write a nested dict of sections as TOML (strings, numbers, booleans, lists of strings)."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{s}"'
+
+    lines: list[str] = []
+    for key, v in data.items():
+        if not isinstance(v, dict) and v is not None:
+            lines.append(f"{key} = {value(v)}")
+    for section, body in data.items():
+        if isinstance(body, dict):
+            lines.append(f"\n[{section}]")
+            for key, v in body.items():
+                if isinstance(v, dict):
+                    continue
+                if v is not None:
+                    lines.append(f"{key} = {value(v)}")
+            for key, v in body.items():
+                if isinstance(v, dict):
+                    lines.append(f"\n[{section}.{key}]")
+                    lines.extend(f"{k} = {value(x)}" for k, x in v.items() if x is not None)
+    return "\n".join(lines).lstrip() + "\n"

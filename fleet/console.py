@@ -1,0 +1,214 @@
+"""The fleet console process: wires config, database, MQTT, ingest, repository, reconciler, API.
+
+In-process use (tests, the simulator, the demo)::
+
+    from edgeops.fleet.config import config_from_dict
+    from edgeops.fleet.console import FleetConsole
+
+    console = FleetConsole(config_from_dict({...})).start()
+    ...
+    console.stop()
+
+Threads: paho's network thread (routes messages; never blocks on the database), the ingest
+writer (batches), a small repository-server pool, the reconciler loop (runs only while this
+replica holds the leader lease), and the aiohttp thread. Every replica ingests, serves the
+repository and answers the API; one drives rollouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from edgeops.errors import FleetError
+from edgeops.fleet.commands import CommandSender
+from edgeops.fleet.config import FleetConfig
+from edgeops.fleet.db import Database
+from edgeops.fleet.ingest import Ingestor
+from edgeops.fleet.leader import LeaderLease
+from edgeops.fleet.rollouts.reconciler import Reconciler
+from edgeops.fleet.signing import CommandSigner
+
+log = logging.getLogger("edgeops.fleet.console")
+
+
+class FleetConsole:
+    """One console replica. ``start()`` returns once MQTT is connected and the API listens."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        signer: CommandSigner | None = None,
+        db: Database | None = None,
+        mqtt: bool = True,
+        api: bool = True,
+        reconcile: bool = True,
+    ):
+        self.config = config
+        self.db = db or Database.from_config(config)
+        self.repo_dir = config.path(config.repository.dir)
+        self.keys_dir = config.path(config.repository.keys_dir)
+        self._signer = signer
+        self._use_mqtt = mqtt
+        self._use_api = api
+        self._use_reconciler = reconcile
+        self.ingest = Ingestor(self.db, config.ingest)
+        self.mqtt = None
+        self.repo_server = None
+        self.api = None
+        self.reconciler: Reconciler | None = None
+        self.leader = LeaderLease(self.db, config.rollouts.leader_lock_id)
+        self.refresher = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    # -- status ----------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        """True while this replica drives rollouts."""
+        return self.leader.held
+
+    @property
+    def mqtt_connected(self) -> bool:
+        """True while connected to the broker."""
+        return bool(self.mqtt and self.mqtt.connected.is_set())
+
+    @property
+    def api_url(self) -> str | None:
+        """Base URL of the HTTP API (None when not serving)."""
+        return self.api.url if self.api else None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _load_signer(self) -> CommandSigner:
+        from edgeops.fleet.signing import KeyringCommandSigner
+
+        try:
+            return KeyringCommandSigner(self.keys_dir)
+        except Exception as e:
+            raise FleetError(f"{self.keys_dir}: cannot load the command signing key ({e}); create keys with `edgeops fleet init` or `edgeops keys init --keys {self.keys_dir}`") from e
+
+    def start(self) -> "FleetConsole":
+        """Create the schema if needed and start every component."""
+        from edgeops.fleet.repo_server import MqttRepositoryServer, RepositoryRefresher
+
+        self.db.create_all()
+        self.ingest.start()
+        sender = None
+        if self._use_mqtt:
+            from edgeops.fleet.mqtt import ConsoleMqtt
+
+            signer = self._signer or self._load_signer()
+            self.mqtt = ConsoleMqtt(self.config.broker, self.ingest.submit, self._on_fetch)
+            self.repo_server = MqttRepositoryServer(self.repo_dir, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
+            self.mqtt.start()
+            sender = CommandSender(signer, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
+        self.reconciler = Reconciler(self.db, self.config.rollouts, sender, self.repo_dir)
+        if (self.keys_dir / "keyring.json").exists():
+            self.refresher = RepositoryRefresher(self.repo_dir, self.keys_dir)
+        if self._use_api:
+            from edgeops.fleet.api import ApiServer
+
+            self.api = ApiServer(self, self.config.api.host, self.config.api.port).start()
+        if self._use_reconciler:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="edgeops-reconciler", daemon=True)
+            self._thread.start()
+        log.info("fleet console started (db %s, broker %s, api %s)", self.db.dialect, self.config.broker.url if self._use_mqtt else "-", self.api_url or "-")
+        return self
+
+    def _on_fetch(self, topic: str, payload: bytes) -> None:
+        if self.repo_server is not None:
+            self.repo_server.submit(topic, payload)
+
+    def wake(self) -> None:
+        """Ask the reconciler to run now (after an operator action)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        interval = self.config.rollouts.reconcile_interval_s
+        last_refresh = 0.0
+        last_prune = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if self.leader.acquire():
+                    self.reconciler.tick()
+                    self.ticks += 1
+                    now = time.monotonic()
+                    if self.refresher and now - last_refresh >= self.config.repository.refresh_check_s:
+                        last_refresh = now
+                        self.refresher.check()
+                    if now - last_prune >= 3600:
+                        last_prune = now
+                        self.prune_telemetry()
+            except Exception:
+                log.exception("reconciler loop iteration failed")
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def reconcile_once(self) -> None:
+        """Run one reconciler tick now, in the caller's thread (tests, tools)."""
+        if self.reconciler is None:
+            self.reconciler = Reconciler(self.db, self.config.rollouts, None, self.repo_dir)
+        self.reconciler.tick()
+
+    def prune_telemetry(self) -> int:
+        """Delete telemetry older than ``ingest.telemetry_retention_s``; returns rows deleted."""
+        t = self.db.t.telemetry
+        with self.db.begin() as conn:
+            res = conn.execute(t.delete().where(t.c.received_at < time.time() - self.config.ingest.telemetry_retention_s))
+        return res.rowcount or 0
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop every component; with ``drain`` the ingest queue is stored first."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(30)
+            self._thread = None
+        if self.api:
+            self.api.stop()
+            self.api = None
+        if self.mqtt:
+            self.mqtt.stop()
+        if drain:
+            self.ingest.flush(30)
+        self.ingest.stop()
+        if self.repo_server:
+            self.repo_server.close()
+        self.leader.release()
+        self.db.dispose()
+
+    def __enter__(self) -> "FleetConsole":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value (tests and tools); FleetError on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise FleetError(f"timed out after {timeout}s waiting for {what}")
+
+
+def count_rows(db: Database, table: str) -> int:
+    """Rows in one of the console's tables (tools, tests)."""
+    t = getattr(db.t, table)
+    with db.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+
+
+def repo_dir_of(config: FleetConfig) -> Path:
+    """The repository folder of a config."""
+    return config.path(config.repository.dir)

@@ -1,0 +1,356 @@
+"""The console's data layer: one SQLAlchemy Core schema for SQLite and PostgreSQL.
+
+Everything the console knows lives here, so a restarted console (or another replica) resumes
+where the last one stopped. Tables (each name gets ``table_prefix``; PostgreSQL may put them in
+``schema``)::
+
+    devices       id, tags, profile, active/previous/pending versions, agent state, online,
+                  last seen, health, the last command seq the device reported, and ``cmd_seq``:
+                  the console's monotonic per-device command counter
+    events        device events, primary key (device_id, seq): redeliveries are dropped
+    telemetry     one row per telemetry batch, primary key (device_id, seq), with the version
+                  it ran and what the gates need (inferences, errors, NaN, p95, agreement)
+    rollouts      one per rollout: bundle, TUF target, selector, settings, status, current wave
+    waves         (rollout_id, idx): percent, status, timestamps, last gate results
+    assignments   (rollout_id, device_id): wave, assign command id/seq/expiry, status, the
+                  version the device ran before (for rollback), rollback command id/seq
+    audit         rollout history: every status change and operator action
+
+Timestamps are unix seconds (float) and JSON columns are text, so the schema is identical on
+both dialects. Writes that arrive in volume (ingest) go through ``executemany``; duplicate
+detection uses ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` on both dialects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from edgeops.errors import ConfigError, FleetError
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass
+class Tables:
+    """The schema's tables, bound to one MetaData (prefix and schema applied)."""
+
+    metadata: sa.MetaData
+    devices: sa.Table
+    events: sa.Table
+    telemetry: sa.Table
+    rollouts: sa.Table
+    waves: sa.Table
+    assignments: sa.Table
+    audit: sa.Table
+
+
+def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
+    """Build the table definitions (``prefix`` + name, optionally in a PostgreSQL schema)."""
+    md = sa.MetaData(schema=schema)
+    S = sa.String
+    devices = sa.Table(
+        f"{prefix}devices",
+        md,
+        sa.Column("id", S(64), primary_key=True),
+        sa.Column("tags", sa.Text, nullable=False, default="{}"),
+        sa.Column("profile", S(128)),
+        sa.Column("active_name", S(128)),
+        sa.Column("active_version", S(64)),
+        sa.Column("active_release", sa.Integer),
+        sa.Column("active_sha256", S(64)),
+        sa.Column("previous_name", S(128)),
+        sa.Column("previous_version", S(64)),
+        sa.Column("pending_name", S(128)),
+        sa.Column("pending_version", S(64)),
+        sa.Column("state", S(64), nullable=False, default="unknown"),
+        sa.Column("online", sa.Boolean, nullable=False, default=False),
+        sa.Column("last_seen", sa.Float),
+        sa.Column("state_ts", sa.Float),
+        sa.Column("health", S(32), nullable=False, default="unknown"),
+        sa.Column("agent_version", S(64), nullable=False, default=""),
+        sa.Column("reported_cmd_seq", sa.BigInteger, nullable=False, default=0),
+        sa.Column("cmd_seq", sa.BigInteger, nullable=False, default=0),
+        sa.Column("enrolled_at", sa.Float, nullable=False),
+    )
+    events = sa.Table(
+        f"{prefix}events",
+        md,
+        sa.Column("device_id", S(64), primary_key=True),
+        sa.Column("seq", sa.BigInteger, primary_key=True),
+        sa.Column("kind", S(64), nullable=False),
+        sa.Column("ts", sa.Float, nullable=False),
+        sa.Column("received_at", sa.Float, nullable=False),
+        sa.Column("target_name", S(128)),
+        sa.Column("target_version", S(64)),
+        sa.Column("command_id", S(128)),
+        sa.Column("detail", sa.Text, nullable=False, default=""),
+        sa.Column("gates", sa.Text, nullable=False, default="[]"),
+        sa.Index(f"{prefix}ix_events_received", "received_at"),
+    )
+    telemetry = sa.Table(
+        f"{prefix}telemetry",
+        md,
+        sa.Column("device_id", S(64), primary_key=True),
+        sa.Column("seq", sa.BigInteger, primary_key=True),
+        sa.Column("ts_start", sa.Float, nullable=False),
+        sa.Column("ts_end", sa.Float, nullable=False),
+        sa.Column("version_name", S(128)),
+        sa.Column("version_version", S(64)),
+        sa.Column("state", S(64), nullable=False, default=""),
+        sa.Column("inference_count", sa.BigInteger, nullable=False, default=0),
+        sa.Column("error_count", sa.BigInteger, nullable=False, default=0),
+        sa.Column("nan_count", sa.BigInteger, nullable=False, default=0),
+        sa.Column("p95_ms", sa.Float),
+        sa.Column("agreement", sa.Float),
+        sa.Column("dropped_batches", sa.Integer, nullable=False, default=0),
+        sa.Column("received_at", sa.Float, nullable=False),
+        sa.Index(f"{prefix}ix_telemetry_version", "version_name", "version_version", "ts_end"),
+    )
+    rollouts = sa.Table(
+        f"{prefix}rollouts",
+        md,
+        sa.Column("id", S(64), primary_key=True),
+        sa.Column("bundle_name", S(128), nullable=False),
+        sa.Column("bundle_version", S(64), nullable=False),
+        sa.Column("release", sa.Integer, nullable=False, default=0),
+        sa.Column("target_name", S(512), nullable=False),
+        sa.Column("target_sha256", S(64), nullable=False),
+        sa.Column("target_length", sa.BigInteger, nullable=False),
+        sa.Column("selector", sa.Text, nullable=False),
+        sa.Column("settings", sa.Text, nullable=False),
+        sa.Column("status", S(32), nullable=False),
+        sa.Column("status_reason", sa.Text, nullable=False, default=""),
+        sa.Column("current_wave", sa.Integer, nullable=False, default=-1),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("started_at", sa.Float),
+        sa.Column("finished_at", sa.Float),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
+    waves = sa.Table(
+        f"{prefix}waves",
+        md,
+        sa.Column("rollout_id", S(64), primary_key=True),
+        sa.Column("idx", sa.Integer, primary_key=True),
+        sa.Column("percent", sa.Float, nullable=False),
+        sa.Column("status", S(32), nullable=False),
+        sa.Column("started_at", sa.Float),
+        sa.Column("finished_at", sa.Float),
+        sa.Column("gates", sa.Text, nullable=False, default="[]"),
+        sa.Column("reason", sa.Text, nullable=False, default=""),
+    )
+    assignments = sa.Table(
+        f"{prefix}assignments",
+        md,
+        sa.Column("rollout_id", S(64), primary_key=True),
+        sa.Column("device_id", S(64), primary_key=True),
+        sa.Column("wave_idx", sa.Integer, nullable=False),
+        sa.Column("bundle_name", S(128), nullable=False),
+        sa.Column("bundle_version", S(64), nullable=False),
+        sa.Column("command_id", S(128), nullable=False, unique=True),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.Column("expires", sa.Float, nullable=False),
+        sa.Column("status", S(32), nullable=False),
+        sa.Column("from_name", S(128)),
+        sa.Column("from_version", S(64)),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("sent_at", sa.Float),
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sa.Column("detail", sa.Text, nullable=False, default=""),
+        sa.Column("rollback_command_id", S(128)),
+        sa.Column("rollback_seq", sa.BigInteger),
+        sa.Column("rollback_expires", sa.Float),
+        sa.Column("rollback_sent_at", sa.Float),
+        sa.Index(f"{prefix}ix_assign_device", "device_id", "status"),
+        sa.Index(f"{prefix}ix_assign_rollout_status", "rollout_id", "status"),
+    )
+    audit = sa.Table(
+        f"{prefix}audit",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("ts", sa.Float, nullable=False),
+        sa.Column("rollout_id", S(64), nullable=False),
+        sa.Column("action", S(64), nullable=False),
+        sa.Column("detail", sa.Text, nullable=False, default=""),
+        sa.Index(f"{prefix}ix_audit_rollout", "rollout_id"),
+    )
+    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets the API and reconciler read while the ingest writer writes; busy_timeout makes
+    # concurrent writers wait instead of failing.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for a SQLite file or PostgreSQL URL, tuned for several threads."""
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=8)
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            # pysqlite's implicit BEGIN is deferred; take the write lock at BEGIN so two writers
+            # serialize on busy_timeout instead of failing with "database is locked" on upgrade.
+            @sa.event.listens_for(engine, "connect")
+            def _no_implicit_begin(dbapi_conn, _record):  # noqa: ANN001
+                dbapi_conn.isolation_level = None
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn):  # noqa: ANN001
+                # Write transactions (Database.begin) take the lock up front; reads stay deferred.
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("edgeops_write") else "BEGIN")
+
+            return engine
+        return sa.create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError) as e:
+        raise ConfigError(f"database.url {url!r}: {e}") from e
+
+
+def _dialect_insert(engine: Engine):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pg_type(t: sa.types.TypeEngine) -> str:
+    if isinstance(t, sa.Boolean):
+        return "boolean"
+    if isinstance(t, sa.BigInteger):
+        return "bigint"
+    if isinstance(t, sa.Integer):
+        return "integer"
+    if isinstance(t, sa.Float):
+        return "double precision"
+    return "text"
+
+
+def dumps(value: Any) -> str:
+    """Compact, stable JSON for text columns."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class Database:
+    """Engine + tables + the statements every module shares.
+
+    Higher-level modules (registry, ingest, rollouts) take a ``Database`` and run their own
+    queries on ``db.t.<table>`` inside ``db.begin()`` / ``db.connect()``.
+    """
+
+    def __init__(self, url: str, schema: str | None = None, table_prefix: str = ""):
+        self.url = url
+        self.engine = create_db_engine(url)
+        self.schema = schema if self.engine.dialect.name == "postgresql" else None
+        self.t = make_tables(table_prefix, self.schema)
+        self._write_engine = self.engine.execution_options(edgeops_write=True)
+        self._insert = _dialect_insert(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self.engine.dialect.name
+
+    def create_all(self) -> None:
+        """Create the schema (and the PostgreSQL schema namespace) when missing."""
+        try:
+            with self.engine.begin() as conn:
+                if self.schema:
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                self.t.metadata.create_all(conn)
+        except sa.exc.OperationalError as e:
+            raise FleetError(f"database {self.engine.url.render_as_string(hide_password=True)}: {e.orig}") from e
+
+    def drop_all(self) -> None:
+        """Drop every table (and the PostgreSQL schema when one is configured). Tests only."""
+        with self.engine.begin() as conn:
+            if self.schema:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            else:
+                self.t.metadata.drop_all(conn)
+
+    def begin(self):
+        """A write transaction (context manager yielding a Connection)."""
+        return self._write_engine.begin()
+
+    def connect(self):
+        """A connection for reads (context manager)."""
+        return self.engine.connect()
+
+    def insert_ignore_returning(self, conn: Connection, table: sa.Table, rows: Sequence[dict], key: Sequence[str]) -> list[tuple]:
+        """Insert rows, skipping those whose primary key exists; return the keys inserted.
+
+        All rows must have the same columns. On PostgreSQL this is one ``INSERT .. SELECT FROM
+        unnest(arrays)`` (a short statement whatever the batch size: psycopg parses huge
+        multi-row VALUES statements slowly); on SQLite a multi-row insert.
+        """
+        if not rows:
+            return []
+        if self.dialect == "postgresql":
+            cols = list(rows[0].keys())
+            sql = (
+                f"INSERT INTO {self._qualified(table)} ({', '.join(_q(c) for c in cols)}) "
+                f"SELECT * FROM unnest({', '.join(f'%s::{_pg_type(table.c[c].type)}[]' for c in cols)}) "
+                f"ON CONFLICT DO NOTHING RETURNING {', '.join(_q(k) for k in key)}"
+            )
+            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in cols)).all()]
+        stmt = self._insert(table).on_conflict_do_nothing().returning(*(table.c[k] for k in key), sort_by_parameter_order=False)
+        return [tuple(r) for r in conn.execute(stmt, list(rows)).all()]
+
+    def bulk_update(self, conn: Connection, table: sa.Table, key: str, rows: Sequence[dict]) -> None:
+        """``UPDATE table SET col = value WHERE key = id`` for many rows (dicts with ``key`` and the same columns)."""
+        if not rows:
+            return
+        cols = [c for c in rows[0] if c != key]
+        if self.dialect == "postgresql":
+            all_cols = [key] + cols
+            sql = (
+                f"UPDATE {self._qualified(table)} AS t SET {', '.join(f'{_q(c)} = u.{_q(c)}' for c in cols)} "
+                f"FROM unnest({', '.join(f'%s::{_pg_type(table.c[c].type)}[]' for c in all_cols)}) AS u({', '.join(_q(c) for c in all_cols)}) "
+                f"WHERE t.{_q(key)} = u.{_q(key)}"
+            )
+            conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in all_cols))
+            return
+        stmt = table.update().where(table.c[key] == sa.bindparam(f"b_{key}")).values({c: sa.bindparam(f"b_{c}") for c in cols})
+        conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
+
+    def _qualified(self, table: sa.Table) -> str:
+        return f"{_q(self.schema)}.{_q(table.name)}" if self.schema else _q(table.name)
+
+    def upsert(self, conn: Connection, table: sa.Table, rows: Sequence[dict], key: Sequence[str], update: Iterable[str]) -> None:
+        """Insert rows or update the given columns when the key exists."""
+        if not rows:
+            return
+        stmt = self._insert(table)
+        cols = list(update)
+        if cols:
+            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={c: stmt.excluded[c] for c in cols})
+        else:
+            stmt = stmt.on_conflict_do_nothing()
+        conn.execute(stmt, list(rows))
+
+    def dispose(self) -> None:
+        """Close the pool."""
+        self.engine.dispose()
+
+    @classmethod
+    def from_config(cls, config) -> "Database":
+        """A Database for a FleetConfig."""
+        return cls(config.database_url(), schema=config.database.schema_name, table_prefix=config.database.table_prefix)

@@ -1,0 +1,326 @@
+"""Device enrolment: broker credentials, the ACL that confines each device, and its agent.toml.
+
+Two ways for a device to authenticate to the broker:
+
+- **password**: an entry in a mosquitto password file, hashed exactly like ``mosquitto_passwd``
+  does in mosquitto 2 (``$7$``: PBKDF2-HMAC-SHA512, 101 iterations, 12-byte salt), with the
+  device id as username. The password is written (0600) next to the device's agent.toml.
+- **cert**: an X.509 client certificate issued by the fleet CA (EC P-256, made with
+  ``cryptography``) with the device id as CN; the broker maps it to the username with
+  ``use_identity_as_username true``.
+
+The ACL (mosquitto syntax) gives the console user the whole ``edgeops/v1/#`` tree and every
+other user, through ``pattern`` lines with ``%u``, only its own subtree: it may publish its
+state, events, telemetry and fetch requests, and read its commands and fetch responses, so it
+can neither read another device's commands nor publish as another device.
+
+Files under ``enroll.dir`` (see fleet.toml)::
+
+    mosquitto.passwd  mosquitto.acl  mosquitto.conf.snippet
+    ca/ca.key ca/ca.crt               the fleet CA (cert mode)
+    devices/<id>/agent.toml password root.json command-*.pub.json [client.crt client.key ca.crt]
+
+Mosquitto reads the password and ACL files at start and on SIGHUP: reload it after enrolling.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeops.errors import ConfigError, FleetError
+from edgeops.fleet.config import FleetConfig, render_toml
+from edgeops.protocol import PROTOCOL, valid_device_id
+
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$
+SALT_BYTES = 12
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """A mosquitto 2 password hash: ``$7$<iterations>$<b64 salt>$<b64 PBKDF2-SHA512>``."""
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_mosquitto_hash(password: str, encoded: str) -> bool:
+    """True when ``password`` matches a ``$7$`` hash line value."""
+    try:
+        _, kind, iterations, salt, digest = encoded.split("$")
+    except ValueError:
+        return False
+    if kind != "7":
+        return False
+    return secrets.compare_digest(mosquitto_hash(password, base64.b64decode(salt), int(iterations)), encoded)
+
+
+def _write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class PasswordFile:
+    """A mosquitto password file (``user:hash`` lines), edited atomically."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, str] = {}
+        if self.path.exists():
+            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip() or line.startswith("#"):
+                    continue
+                user, sep, value = line.partition(":")
+                if not sep:
+                    raise ConfigError(f"{self.path}:{n}: not a 'user:hash' line")
+                self.entries[user] = value
+
+    def set(self, username: str, password: str) -> None:
+        """Add or replace the entry of ``username``."""
+        self.entries[username] = mosquitto_hash(password)
+
+    def save(self) -> None:
+        """Write the file (0600)."""
+        _write_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(self.entries.items())))
+
+
+def acl_text(console_username: str) -> str:
+    """The mosquitto ACL: the console sees everything, each device only its own subtree."""
+    p = PROTOCOL
+    return (
+        "# edgeops broker ACL (written by `edgeops fleet enroll`; regenerate rather than edit)\n"
+        f"user {console_username}\n"
+        f"topic readwrite {p}/#\n"
+        "\n"
+        "# every other user (a device: username = device id = %u) is confined to its own subtree\n"
+        f"pattern write {p}/%u/state\n"
+        f"pattern write {p}/%u/events\n"
+        f"pattern write {p}/%u/telemetry\n"
+        f"pattern write {p}/%u/fetch/req\n"
+        f"pattern read {p}/%u/cmd\n"
+        f"pattern read {p}/%u/fetch/resp\n"
+    )
+
+
+def broker_snippet(config: FleetConfig) -> str:
+    """mosquitto.conf lines that use the generated password file and ACL."""
+    e = config.enroll
+    return (
+        "# include in mosquitto.conf (edgeops fleet)\n"
+        "allow_anonymous false\n"
+        f"password_file {config.path(e.password_file).resolve()}\n"
+        f"acl_file {config.path(e.acl_file).resolve()}\n"
+        "# for X.509 client certificates instead (a TLS listener):\n"
+        f"# cafile {config.path(e.ca_dir).resolve() / 'ca.crt'}\n"
+        "# require_certificate true\n"
+        "# use_identity_as_username true\n"
+    )
+
+
+class FleetCA:
+    """The fleet's certificate authority for device client certificates (EC P-256)."""
+
+    def __init__(self, ca_dir: str | Path):
+        self.dir = Path(ca_dir)
+        self.key_path = self.dir / "ca.key"
+        self.cert_path = self.dir / "ca.crt"
+
+    def ensure(self, common_name: str = "edgeops fleet CA", days: int = 3650) -> None:
+        """Create the CA key and self-signed certificate when missing."""
+        if self.cert_path.exists() and self.key_path.exists():
+            return
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(self.key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        _write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+    def issue(self, device_id: str, days: int = 825) -> tuple[bytes, bytes]:
+        """(key PEM, certificate PEM) for a device: CN = device id, client authentication only."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        self.ensure()
+        ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return (
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+
+@dataclass
+class Enrollment:
+    """What ``enroll_device`` wrote."""
+
+    device_id: str
+    method: str
+    device_dir: Path
+    agent_toml: Path
+    files: list[Path] = field(default_factory=list)
+    password: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON form (the password is not included)."""
+        return {"device_id": self.device_id, "method": self.method, "device_dir": str(self.device_dir), "agent_toml": str(self.agent_toml), "files": [str(f) for f in self.files]}
+
+
+def parse_tags(text: str | None) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict; ConfigError naming the bad pair."""
+    tags: dict[str, str] = {}
+    for pair in [p.strip() for p in (text or "").split(",") if p.strip()]:
+        k, sep, v = pair.partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"--tags: {pair!r} is not KEY=VALUE")
+        tags[k.strip()] = v.strip()
+    return tags
+
+
+def ensure_acl(config: FleetConfig) -> Path:
+    """(Re)write the ACL file and the broker config snippet."""
+    acl = config.path(config.enroll.acl_file)
+    _write_private(acl, acl_text(config.enroll.console_username), 0o644)
+    _write_private(config.path(config.enroll.dir) / "mosquitto.conf.snippet", broker_snippet(config), 0o644)
+    return acl
+
+
+def set_console_password(config: FleetConfig, password: str) -> None:
+    """Put the console's own broker user into the password file."""
+    pw = PasswordFile(config.path(config.enroll.password_file))
+    pw.set(config.enroll.console_username, password)
+    pw.save()
+    ensure_acl(config)
+
+
+def _copy_trust_files(config: FleetConfig, device_dir: Path) -> tuple[Path | None, list[Path]]:
+    """root.json and the command public keys the device needs (when the repository exists)."""
+    copied: list[Path] = []
+    root_src = config.path(config.repository.dir) / "metadata" / "root.json"
+    root_dst = None
+    if root_src.exists():
+        root_dst = device_dir / "root.json"
+        shutil.copyfile(root_src, root_dst)
+        copied.append(root_dst)
+    keys_dir = config.path(config.repository.keys_dir)
+    keys = []
+    for pub in sorted(keys_dir.glob("command-*.pub.json")) if keys_dir.exists() else []:
+        dst = device_dir / pub.name
+        shutil.copyfile(pub, dst)
+        keys.append(dst)
+    return root_dst, copied + keys
+
+
+def enroll_device(
+    config: FleetConfig,
+    device_id: str,
+    tags: dict[str, str] | None = None,
+    profile: str | None = None,
+    method: str = "password",
+    password: str | None = None,
+    register: bool = True,
+) -> Enrollment:
+    """Create credentials, update the ACL, write the device's agent.toml, register it in the database."""
+    if not valid_device_id(device_id):
+        raise ConfigError(f"device id {device_id!r}: use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)")
+    if device_id == config.enroll.console_username:
+        raise ConfigError(f"device id {device_id!r} is the console's broker user; pick another id")
+    if method not in ("password", "cert"):
+        raise ConfigError(f"--method {method!r}: password or cert")
+    device_dir = config.path(config.enroll.dir) / "devices" / device_id
+    device_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    broker: dict = {"url": config.enroll.device_broker_url or config.broker.url, "mqtt_version": "5", "username": device_id}
+    if method == "password":
+        password = password or secrets.token_urlsafe(24)
+        pw = PasswordFile(config.path(config.enroll.password_file))
+        pw.set(device_id, password)
+        pw.save()
+        _write_private(device_dir / "password", password + "\n")
+        files += [pw.path, device_dir / "password"]
+        broker["password_file"] = "password"
+    else:
+        ca = FleetCA(config.path(config.enroll.ca_dir))
+        key_pem, cert_pem = ca.issue(device_id)
+        _write_private(device_dir / "client.key", key_pem)
+        _write_private(device_dir / "client.crt", cert_pem, 0o644)
+        shutil.copyfile(ca.cert_path, device_dir / "ca.crt")
+        files += [device_dir / "client.key", device_dir / "client.crt", device_dir / "ca.crt"]
+        broker.update(client_cert="client.crt", client_key="client.key", ca_file="ca.crt")
+        if not broker["url"].startswith("mqtts://"):
+            broker["url"] = "mqtts://" + broker["url"].split("://", 1)[-1]
+    files.append(ensure_acl(config))
+    root, trust_files = _copy_trust_files(config, device_dir)
+    files += trust_files
+    agent = {
+        "device_id": device_id,
+        "data_dir": f"/var/lib/edgeops/{device_id}",
+        "profile": profile or "x86_64-avx2",
+        "tags": tags or {},
+        "broker": broker,
+        "trust": {
+            "root": "root.json",  # copied from REPO/metadata/root.json when the repository exists
+            "command_keys": [p.name for p in trust_files if p.name.startswith("command-")],
+            "repository": config.enroll.repository_http_url or "mqtt",
+        },
+    }
+    agent_toml = device_dir / "agent.toml"
+    header = f"# agent.toml for {device_id}, written by `edgeops fleet enroll`; install with the files next to it.\n"
+    _write_private(agent_toml, header + render_toml(agent), 0o644)
+    files.append(agent_toml)
+    if register:
+        from edgeops.fleet.db import Database
+        from edgeops.fleet.registry import register_devices
+
+        db = Database.from_config(config)
+        try:
+            db.create_all()
+            register_devices(db, [{"id": device_id, "tags": tags or {}, "profile": profile}])
+        except Exception as e:
+            raise FleetError(f"device {device_id}: credentials written, but registering it in {config.database.url} failed: {e}") from e
+        finally:
+            db.dispose()
+    return Enrollment(device_id, method, device_dir, agent_toml, files, password)

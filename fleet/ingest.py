@@ -1,0 +1,396 @@
+"""Ingest: device state, events and telemetry from MQTT into the registry, in batches.
+
+The MQTT thread only calls :meth:`Ingestor.submit` (split the topic, put on a bounded queue);
+one writer thread drains the queue and stores a whole batch per transaction with
+``executemany``. That keeps the MQTT loop fast at 10,000 devices and lets SQLite keep up.
+
+Per batch:
+
+- validate each message with :mod:`edgeops.protocol`; malformed messages, bodies whose
+  ``device_id`` disagrees with the topic, and messages from devices that are not enrolled are
+  counted and dropped (never raised);
+- state: the last message per device wins (the broker delivers one topic in order);
+- events and telemetry: ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` on (device_id, seq), so
+  QoS 1 redeliveries and replays from a device's spool are counted as duplicates and dropped;
+- new events move rollout assignments forward (:mod:`edgeops.fleet.rollouts.progress`);
+- last seen and health are updated for every device heard from.
+
+When the queue is full, :meth:`submit` blocks: the MQTT client stops acknowledging, and the
+broker holds the QoS 1 messages, so a burst is slowed down rather than lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from edgeops.fleet.config import IngestConfig
+from edgeops.fleet.db import Database, dumps
+from edgeops.fleet.rollouts import progress
+from edgeops.protocol import DeviceEvent, DeviceState, EventKind, TelemetryBatch, parse_message, parse_topic
+
+log = logging.getLogger("edgeops.fleet.ingest")
+
+KINDS = {"state": DeviceState, "events": DeviceEvent, "telemetry": TelemetryBatch}
+_UNHEALTHY_EVENTS = {EventKind.ROLLED_BACK, EventKind.PROBATION_FAILED, EventKind.SELF_TEST_FAILED, EventKind.INSTALL_FAILED}
+_HEALTHY_EVENTS = {EventKind.COMMITTED, EventKind.PROBATION_PASSED}
+
+
+class IngestStats:
+    """Thread-safe counters (exported to /metrics and the API)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+        self.malformed: Counter[str] = Counter()
+        self.unknown_device: Counter[str] = Counter()
+        self.db_errors = 0
+        self.batches = 0
+
+    def add(self, field: str, kind: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``field`` for message kind ``kind``."""
+        if n:
+            with self._lock:
+                getattr(self, field)[kind] += n
+
+    def snapshot(self) -> dict:
+        """A copy of all counters."""
+        with self._lock:
+            return {
+                "received": dict(self.received),
+                "stored": dict(self.stored),
+                "duplicates": dict(self.duplicates),
+                "malformed": dict(self.malformed),
+                "unknown_device": dict(self.unknown_device),
+                "db_errors": self.db_errors,
+                "batches": self.batches,
+            }
+
+
+def p95_from_histogram(bounds: list[float], counts: list[int]) -> float | None:
+    """Upper bound of the bucket holding the 95th percentile (None when empty or inconsistent)."""
+    total = sum(counts)
+    if not total or len(counts) not in (len(bounds), len(bounds) + 1):
+        return None
+    need = 0.95 * total
+    acc = 0
+    for i, c in enumerate(counts):
+        acc += c
+        if acc >= need:
+            return float(bounds[i]) if i < len(bounds) else float(bounds[-1]) if bounds else None
+    return None
+
+
+class Ingestor:
+    """Queue + writer thread that stores device messages in batches."""
+
+    def __init__(self, db: Database, config: IngestConfig | None = None, stats: IngestStats | None = None, on_batch: Callable[[], None] | None = None):
+        self.db = db
+        self.config = config or IngestConfig()
+        self.stats = stats or IngestStats()
+        self.on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue(maxsize=self.config.queue_max)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._known: set[str] = set()
+        self._known_loaded = 0.0
+        self._negative: dict[str, float] = {}
+        self._pending = 0
+        self._pending_lock = threading.Condition()
+
+    # -- producer side (MQTT thread) ------------------------------------------------------
+    def submit(self, topic: str, payload: bytes, ack: Callable[[], None] | None = None) -> None:
+        """Queue one message (blocks when the queue is full: back-pressure, no loss).
+
+        ``ack`` is called once the message is stored (or dropped as malformed/unknown): the
+        console acknowledges QoS 1 messages to the broker only then, so a crash loses nothing
+        the broker will not deliver again.
+        """
+        parsed = parse_topic(topic)
+        if parsed is None or parsed[1] not in KINDS:
+            self.stats.add("malformed", "topic")
+            if ack:
+                ack()
+            return
+        self.stats.add("received", parsed[1])
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put((parsed[0], parsed[1], payload, time.time(), ack))
+
+    # -- writer thread ---------------------------------------------------------------------
+    def start(self) -> "Ingestor":
+        """Start the writer thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="edgeops-ingest", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain what is queued and stop the writer thread."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted so far is stored; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._pending_lock:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._pending_lock.wait(min(left, 0.1))
+        return True
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting for the writer."""
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        batch_size = self.config.batch_size
+        while True:
+            items = []
+            try:
+                items.append(self._queue.get(timeout=self.config.flush_interval_s))
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            # take what is there now, up to a batch; do not wait for stragglers
+            while len(items) < batch_size:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for attempt in range(self.config.db_retries + 1):
+                try:
+                    self.process(items)
+                    break
+                except Exception:  # never let one bad batch kill ingest
+                    log.exception("ingest batch of %d messages failed (attempt %d)", len(items), attempt + 1)
+                    with self.stats._lock:
+                        self.stats.db_errors += 1
+                    if attempt < self.config.db_retries and not self._stop.is_set():
+                        time.sleep(min(5.0, 0.5 * 2**attempt))
+            try:
+                for item in items:
+                    if item[4] is not None:
+                        item[4]()
+            except Exception:
+                log.exception("acknowledging messages failed")
+            finally:
+                with self._pending_lock:
+                    self._pending -= len(items)
+                    self._pending_lock.notify_all()
+            if self.on_batch:
+                try:
+                    self.on_batch()
+                except Exception:
+                    log.exception("on_batch hook failed")
+
+    # -- one batch -------------------------------------------------------------------------
+    def _refresh_known(self, conn, wanted: set[str]) -> None:
+        now = time.monotonic()
+        if now - self._known_loaded > 10.0:
+            self._known = {r[0] for r in conn.execute(sa.select(self.db.t.devices.c.id))}
+            self._known_loaded = now
+            self._negative = {k: v for k, v in self._negative.items() if v > now}
+        # devices enrolled since the last full load: look the missing ones up once
+        missing = [d for d in wanted - self._known if self._negative.get(d, 0) <= now]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            found = {r[0] for r in conn.execute(sa.select(self.db.t.devices.c.id).where(self.db.t.devices.c.id.in_(chunk)))}
+            self._known |= found
+            for d in set(chunk) - found:
+                self._negative[d] = now + 1.0  # bounds look-ups for a spamming unknown id to 1/s
+
+    def process(self, items: list[tuple]) -> None:
+        """Validate, de-duplicate and store one batch of (device, kind, payload, received_at[, ack])."""
+        db, t = self.db, self.db.t
+        states: dict[str, DeviceState] = {}
+        events: list[DeviceEvent] = []
+        telemetry: list[TelemetryBatch] = []
+        for device, kind, payload, *_ in items:
+            msg = parse_message(KINDS[kind], payload)
+            if msg is None or msg.device_id != device:
+                # a body that does not validate, or claims another device than its topic
+                self.stats.add("malformed", kind)
+                continue
+            if kind == "state":
+                states[device] = msg  # arrival order per topic is publish order: last wins
+            elif kind == "events":
+                events.append(msg)
+            else:
+                telemetry.append(msg)
+        if not (states or events or telemetry):
+            return
+        received_at = time.time()
+        with db.begin() as conn:
+            wanted = set(states) | {e.device_id for e in events} | {b.device_id for b in telemetry}
+            self._refresh_known(conn, wanted)
+            if self.config.auto_register:
+                self._auto_register(conn, [s for d, s in states.items() if d not in self._known])
+            known = self._known
+            for kind, msgs in (("state", list(states.values())), ("events", events), ("telemetry", telemetry)):
+                unknown = sum(1 for m in msgs if m.device_id not in known)
+                self.stats.add("unknown_device", kind, unknown)
+            states = {d: s for d, s in states.items() if d in known}
+            events = [e for e in events if e.device_id in known]
+            telemetry = [b for b in telemetry if b.device_id in known]
+            seen: dict[str, float] = {}
+            health: dict[str, str] = {}
+            self._store_states(conn, list(states.values()), seen)
+            self._store_events(conn, events, received_at, seen, health)
+            self._store_telemetry(conn, telemetry, received_at, seen, health)
+            if seen or health:
+                # one statement for both: sorted ids keep the row-lock order stable across replicas
+                rows = [{"id": d, "last_seen": seen.get(d), "health": health.get(d)} for d in sorted(set(seen) | set(health))]
+                full = [r for r in rows if r["last_seen"] is not None and r["health"] is not None]
+                only_seen = [{"id": r["id"], "last_seen": r["last_seen"]} for r in rows if r["health"] is None]
+                only_health = [{"id": r["id"], "health": r["health"]} for r in rows if r["last_seen"] is None]
+                db.bulk_update(conn, t.devices, "id", full)
+                db.bulk_update(conn, t.devices, "id", only_seen)
+                db.bulk_update(conn, t.devices, "id", only_health)
+        with self.stats._lock:
+            self.stats.batches += 1
+
+    def _auto_register(self, conn, states: list[DeviceState]) -> None:
+        if not states:
+            return
+        now = time.time()
+        rows = [
+            {"id": s.device_id, "tags": dumps(s.tags), "profile": s.profile, "enrolled_at": now, "state": "unknown", "online": False, "health": "unknown", "agent_version": "", "reported_cmd_seq": 0, "cmd_seq": 0}
+            for s in states
+        ]
+        self.db.upsert(conn, self.db.t.devices, rows, ["id"], [])
+        self._known |= {s.device_id for s in states}
+
+    def _store_states(self, conn, states: list[DeviceState], seen: dict[str, float]) -> None:
+        if not states:
+            return
+        t = self.db.t.devices
+        full, offline = [], []
+        for s in states:
+            row = {
+                "b_id": s.device_id,
+                "b_online": s.online,
+                "b_state": s.state[:64],
+                "b_profile": s.profile,
+                "b_an": s.active.name if s.active else None,
+                "b_av": s.active.version if s.active else None,
+                "b_ar": s.active.release if s.active else None,
+                "b_as": s.active.sha256 if s.active else None,
+                "b_pn": s.previous.name if s.previous else None,
+                "b_pv": s.previous.version if s.previous else None,
+                "b_qn": s.pending.name if s.pending else None,
+                "b_qv": s.pending.version if s.pending else None,
+                "b_agent": s.agent_version[:64],
+                "b_seq": s.last_command_seq,
+                "b_ts": s.ts,
+            }
+            (full if s.online else offline).append(row)
+            if s.online:
+                seen[s.device_id] = max(seen.get(s.device_id, 0.0), time.time())
+        values = {
+            "online": sa.bindparam("b_online"),
+            "state": sa.bindparam("b_state"),
+            "profile": sa.func.coalesce(sa.bindparam("b_profile", type_=sa.String), t.c.profile),
+            "active_name": sa.bindparam("b_an"),
+            "active_version": sa.bindparam("b_av"),
+            "active_release": sa.bindparam("b_ar"),
+            "active_sha256": sa.bindparam("b_as"),
+            "previous_name": sa.bindparam("b_pn"),
+            "previous_version": sa.bindparam("b_pv"),
+            "pending_name": sa.bindparam("b_qn"),
+            "pending_version": sa.bindparam("b_qv"),
+            "agent_version": sa.bindparam("b_agent"),
+            "reported_cmd_seq": sa.bindparam("b_seq"),
+            "state_ts": sa.bindparam("b_ts"),
+        }
+        if full:
+            conn.execute(t.update().where(t.c.id == sa.bindparam("b_id")).values(**values), full)
+        if offline:
+            # The last will is composed when the device connects, so its versions may be stale:
+            # always take online=false, the rest only when it is not older than what we have.
+            conn.execute(t.update().where(t.c.id == sa.bindparam("b_id")).values(online=False), [{"b_id": r["b_id"]} for r in offline])
+            conn.execute(
+                t.update().where(t.c.id == sa.bindparam("b_id"), sa.or_(t.c.state_ts.is_(None), t.c.state_ts <= sa.bindparam("b_ts"))).values(**values),
+                offline,
+            )
+        progress.apply_states(self.db, conn, states)
+        self.stats.add("stored", "state", len(states))
+
+    def _store_events(self, conn, events: list[DeviceEvent], received_at: float, seen: dict[str, float], health: dict[str, str]) -> None:
+        if not events:
+            return
+        rows = [
+            {
+                "device_id": e.device_id,
+                "seq": e.seq,
+                "kind": e.kind.value,
+                "ts": e.ts,
+                "received_at": received_at,
+                "target_name": e.target.name if e.target else None,
+                "target_version": e.target.version if e.target else None,
+                "command_id": e.command_id,
+                "detail": e.detail[:4000],
+                "gates": dumps([g.model_dump() for g in e.gates]),
+            }
+            for e in events
+        ]
+        # one batch may hold the same (device, seq) twice (a redelivery racing the original)
+        unique = list({(r["device_id"], r["seq"]): r for r in rows}.values())
+        inserted = set(self.db.insert_ignore_returning(conn, self.db.t.events, unique, ["device_id", "seq"]))
+        self.stats.add("duplicates", "events", len(events) - len(inserted))
+        self.stats.add("stored", "events", len(inserted))
+        new = sorted((e for e in {(e.device_id, e.seq): e for e in events}.values() if (e.device_id, e.seq) in inserted), key=lambda e: (e.device_id, e.seq))
+        for e in new:
+            seen[e.device_id] = max(seen.get(e.device_id, 0.0), received_at)
+            if e.kind in _UNHEALTHY_EVENTS:
+                health[e.device_id] = "unhealthy"
+            elif e.kind in _HEALTHY_EVENTS:
+                health[e.device_id] = "healthy"
+        progress.apply_events(self.db, conn, new, received_at)
+
+    def _store_telemetry(self, conn, batches: list[TelemetryBatch], received_at: float, seen: dict[str, float], health: dict[str, str]) -> None:
+        if not batches:
+            return
+        rows = {}
+        for b in batches:
+            p95 = b.latency_p95_ms
+            if p95 is None and b.latency_counts:
+                p95 = p95_from_histogram(b.latency_buckets_ms, b.latency_counts)
+            rows[(b.device_id, b.seq)] = {
+                "device_id": b.device_id,
+                "seq": b.seq,
+                "ts_start": b.ts_start,
+                "ts_end": b.ts_end,
+                "version_name": b.active.name if b.active else None,
+                "version_version": b.active.version if b.active else None,
+                "state": b.state[:64],
+                "inference_count": b.inference_count,
+                "error_count": b.error_count,
+                "nan_count": b.nan_count,
+                "p95_ms": p95,
+                "agreement": b.agreement,
+                "dropped_batches": b.dropped_batches,
+                "received_at": received_at,
+            }
+        inserted = set(self.db.insert_ignore_returning(conn, self.db.t.telemetry, list(rows.values()), ["device_id", "seq"]))
+        self.stats.add("duplicates", "telemetry", len(batches) - len(inserted))
+        self.stats.add("stored", "telemetry", len(inserted))
+        for key in sorted(inserted):
+            r = rows[key]
+            seen[r["device_id"]] = max(seen.get(r["device_id"], 0.0), received_at)
+            if r["inference_count"]:
+                health[r["device_id"]] = "unhealthy" if (r["nan_count"] or r["error_count"]) else "healthy"

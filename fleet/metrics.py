@@ -1,0 +1,163 @@
+"""Prometheus metrics of the console, computed from the database at scrape time.
+
+Reading the database on each scrape (rather than keeping gauges in memory) makes every
+replica report the same fleet-wide numbers and survives restarts. Counters of this process
+(ingest, repository server) come from the components themselves.
+
+    edgeops_devices{online}                                    devices enrolled, by online flag
+    edgeops_devices_online_by_version{bundle,version}         online devices per active bundle version
+    edgeops_rollout_info{rollout,bundle,status}               1 per live/recent rollout
+    edgeops_rollout_current_wave{rollout}                      index of the current wave (-1: none yet)
+    edgeops_rollout_devices{rollout,status}                   assignments per status
+    edgeops_rollout_gate_value{rollout,wave,gate}             last measured value of each gate
+    edgeops_rollout_gate_threshold{rollout,wave,gate}
+    edgeops_rollout_gate_passing{rollout,wave,gate}           1 pass, 0 fail, -1 waiting
+    edgeops_telemetry_{inferences,errors,nan}{bundle,version}  sums over the last 5 minutes
+    edgeops_telemetry_p95_ms{bundle,version}                   inference-weighted mean p95, last 5 minutes
+    edgeops_telemetry_agreement{bundle,version}                mean shadow agreement, last 5 minutes
+    edgeops_ingest_messages_total{kind,result}                 received|stored|duplicate|malformed|unknown_device
+    edgeops_ingest_queue_depth, edgeops_ingest_db_errors_total
+    edgeops_repo_requests_total{result}                        MQTT fetch requests: served|not_found|malformed|errors
+    edgeops_reconciler_leader                                  1 on the replica that drives rollouts
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import sqlalchemy as sa
+
+from edgeops.fleet.db import Database
+from edgeops.fleet.rollouts.status import RolloutStatus
+
+log = logging.getLogger("edgeops.fleet.metrics")
+
+TELEMETRY_WINDOW_S = 300.0
+
+
+class FleetCollector:
+    """A prometheus_client collector over the database and the console's live components."""
+
+    def __init__(self, db: Database, console=None):
+        self.db = db
+        self.console = console
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            yield from self._db_metrics(GaugeMetricFamily)
+        except Exception:  # a scrape must not fail because the database hiccups
+            log.exception("metrics: database query failed")
+        c = self.console
+        if c is None:
+            return
+        ing = CounterMetricFamily("edgeops_ingest_messages", "Device messages by kind and result", labels=["kind", "result"])
+        snap = c.ingest.stats.snapshot()
+        for result, key in (("received", "received"), ("stored", "stored"), ("duplicate", "duplicates"), ("malformed", "malformed"), ("unknown_device", "unknown_device")):
+            for kind, n in snap[key].items():
+                ing.add_metric([kind, result], n)
+        yield ing
+        yield CounterMetricFamily("edgeops_ingest_db_errors", "Ingest batches that failed to store", value=snap["db_errors"])
+        yield GaugeMetricFamily("edgeops_ingest_queue_depth", "Messages waiting for the ingest writer", value=c.ingest.queue_depth)
+        if c.repo_server is not None:
+            repo = CounterMetricFamily("edgeops_repo_requests", "MQTT repository fetch requests", labels=["result"])
+            for k, n in dict(c.repo_server.stats).items():
+                repo.add_metric([k], n)
+            yield repo
+        yield GaugeMetricFamily("edgeops_reconciler_leader", "1 when this replica drives rollouts", value=1.0 if c.is_leader else 0.0)
+
+    def _db_metrics(self, Gauge):
+        t = self.db.t
+        now = time.time()
+        with self.db.connect() as conn:
+            dev = Gauge("edgeops_devices", "Enrolled devices by online flag", labels=["online"])
+            for online, n in conn.execute(sa.select(t.devices.c.online, sa.func.count()).group_by(t.devices.c.online)):
+                dev.add_metric(["true" if online else "false"], n)
+            yield dev
+            byv = Gauge("edgeops_devices_online_by_version", "Online devices per active bundle version", labels=["bundle", "version"])
+            for name, ver, n in conn.execute(
+                sa.select(t.devices.c.active_name, t.devices.c.active_version, sa.func.count()).where(t.devices.c.online.is_(True)).group_by(t.devices.c.active_name, t.devices.c.active_version)
+            ):
+                byv.add_metric([name or "", ver or ""], n)
+            yield byv
+
+            recent = now - 7 * 86400
+            ro = t.rollouts
+            rows = conn.execute(
+                sa.select(ro.c.id, ro.c.bundle_name, ro.c.bundle_version, ro.c.status, ro.c.current_wave).where(
+                    sa.or_(ro.c.status.not_in([RolloutStatus.FINISHED.value, RolloutStatus.ABORTED.value]), ro.c.updated_at >= recent)
+                )
+            ).all()
+            info = Gauge("edgeops_rollout_info", "Rollouts (value 1) with bundle and status", labels=["rollout", "bundle", "status"])
+            wave = Gauge("edgeops_rollout_current_wave", "Current wave index", labels=["rollout"])
+            for rid, bn, bv, st, cw in rows:
+                info.add_metric([rid, f"{bn}@{bv}", st], 1)
+                wave.add_metric([rid], cw)
+            yield info
+            yield wave
+            ids = [r[0] for r in rows]
+            devs = Gauge("edgeops_rollout_devices", "Devices of a rollout per assignment status", labels=["rollout", "status"])
+            gv = Gauge("edgeops_rollout_gate_value", "Last measured value of a gate", labels=["rollout", "wave", "gate"])
+            gt = Gauge("edgeops_rollout_gate_threshold", "Threshold of a gate", labels=["rollout", "wave", "gate"])
+            gp = Gauge("edgeops_rollout_gate_passing", "1 pass, 0 fail, -1 waiting", labels=["rollout", "wave", "gate"])
+            if ids:
+                a = t.assignments
+                for rid, st, n in conn.execute(sa.select(a.c.rollout_id, a.c.status, sa.func.count()).where(a.c.rollout_id.in_(ids)).group_by(a.c.rollout_id, a.c.status)):
+                    devs.add_metric([rid, st], n)
+                w = t.waves
+                for rid, idx, gates in conn.execute(sa.select(w.c.rollout_id, w.c.idx, w.c.gates).where(w.c.rollout_id.in_(ids), w.c.status != "pending")):
+                    for g in json.loads(gates or "[]"):
+                        labels = [rid, str(idx), g["gate"]]
+                        if g.get("measured") is not None:
+                            gv.add_metric(labels, g["measured"])
+                        if g.get("threshold") is not None:
+                            gt.add_metric(labels, g["threshold"])
+                        gp.add_metric(labels, {"pass": 1, "fail": 0}.get(g["outcome"], -1))
+            yield devs
+            yield gv
+            yield gt
+            yield gp
+
+            tel = t.telemetry
+            labels = ["bundle", "version"]
+            inf = Gauge("edgeops_telemetry_inferences", "Inferences reported in the last 5 minutes", labels=labels)
+            err = Gauge("edgeops_telemetry_errors", "Inference errors reported in the last 5 minutes", labels=labels)
+            nan = Gauge("edgeops_telemetry_nan", "NaN/Inf outputs reported in the last 5 minutes", labels=labels)
+            p95 = Gauge("edgeops_telemetry_p95_ms", "Inference-weighted mean p95 latency, last 5 minutes", labels=labels)
+            agr = Gauge("edgeops_telemetry_agreement", "Mean shadow agreement, last 5 minutes", labels=labels)
+            q = (
+                sa.select(
+                    tel.c.version_name,
+                    tel.c.version_version,
+                    sa.func.sum(tel.c.inference_count),
+                    sa.func.sum(tel.c.error_count),
+                    sa.func.sum(tel.c.nan_count),
+                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
+                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
+                    sa.func.avg(tel.c.agreement),
+                )
+                .where(tel.c.received_at >= now - TELEMETRY_WINDOW_S)
+                .group_by(tel.c.version_name, tel.c.version_version)
+            )
+            for name, ver, i, e, n, pw, pn, ag in conn.execute(q):
+                lab = [name or "", ver or ""]
+                inf.add_metric(lab, float(i or 0))
+                err.add_metric(lab, float(e or 0))
+                nan.add_metric(lab, float(n or 0))
+                if pn:
+                    p95.add_metric(lab, float(pw) / float(pn))
+                if ag is not None:
+                    agr.add_metric(lab, float(ag))
+            yield from (inf, err, nan, p95, agr)
+
+
+def render(db: Database, console=None) -> tuple[bytes, str]:
+    """The /metrics body and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(db, console))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Staged rollouts (hawkBit's model): status enums, settings, gates, the reconciler, the service API."""

@@ -1,0 +1,298 @@
+"""Rollout operations: create, start, pause, resume, abort, promote, status, list.
+
+These only change state in the database (compare-and-set on the status column, so two
+replicas or an operator racing the reconciler cannot both win); the reconciler does the work
+that follows (choosing devices, sending commands). Each operation is allowed only from the
+states in :data:`~edgeops.fleet.rollouts.status.ACTION_FROM`, else IllegalTransitionError.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgeops.errors import FleetError, IllegalTransitionError
+from edgeops.fleet.db import Database, dumps
+from edgeops.fleet.rollouts.settings import RolloutSettings
+from edgeops.fleet.rollouts.status import (
+    FAILED_ASSIGNMENT,
+    FINAL_ASSIGNMENT,
+    AssignmentStatus,
+    RolloutStatus as R,
+    WaveStatus as W,
+    check_action,
+    check_rollout,
+    check_wave,
+)
+from edgeops.fleet.targets import find_target
+
+
+class UnknownRolloutError(FleetError):
+    """No rollout with that id."""
+
+
+def audit(db: Database, conn: Connection, rollout_id: str, action: str, detail: str = "", now: float | None = None) -> None:
+    """Append one line to a rollout's history."""
+    conn.execute(db.t.audit.insert().values(ts=now or time.time(), rollout_id=rollout_id, action=action, detail=detail[:4000]))
+
+
+def load_rollout(db: Database, conn: Connection, rollout_id: str) -> dict:
+    """The rollouts row as a dict; UnknownRolloutError when absent."""
+    row = conn.execute(sa.select(db.t.rollouts).where(db.t.rollouts.c.id == rollout_id)).first()
+    if row is None:
+        raise UnknownRolloutError(f"rollout {rollout_id}: no such rollout (see `edgeops rollout list`)")
+    return dict(row._mapping)
+
+
+def settings_of(rollout: dict) -> RolloutSettings:
+    """The stored settings of a rollout row."""
+    return RolloutSettings.model_validate_json(rollout["settings"])
+
+
+def set_rollout_status(db: Database, conn: Connection, rollout_id: str, current: R | str, new: R | str, reason: str = "", now: float | None = None, **extra) -> None:
+    """Move a rollout ``current -> new`` (checked against the table; compare-and-set in SQL)."""
+    check_rollout(rollout_id, current, new)
+    now = now or time.time()
+    t = db.t.rollouts
+    res = conn.execute(
+        t.update().where(t.c.id == rollout_id, t.c.status == R(current).value).values(status=R(new).value, status_reason=reason[:4000], updated_at=now, **extra)
+    )
+    if res.rowcount != 1:
+        actual = conn.execute(sa.select(t.c.status).where(t.c.id == rollout_id)).scalar()
+        raise IllegalTransitionError(f"rollout {rollout_id}: status changed concurrently (expected {R(current).value}, found {actual})")
+    audit(db, conn, rollout_id, f"status:{R(new).value}", reason, now)
+
+
+def set_wave_status(db: Database, conn: Connection, rollout_id: str, idx: int, current: W | str, new: W | str, reason: str = "", gates: list | None = None, now: float | None = None) -> None:
+    """Move a wave ``current -> new`` (checked against the table; compare-and-set in SQL)."""
+    check_wave(rollout_id, idx, current, new)
+    now = now or time.time()
+    t = db.t.waves
+    values: dict = {"status": W(new).value, "reason": reason[:4000]}
+    if W(new) is W.RUNNING and W(current) is W.PENDING:
+        values["started_at"] = now
+    if W(new) in (W.PASSED, W.FAILED, W.CANCELLED):
+        values["finished_at"] = now
+    if gates is not None:
+        values["gates"] = dumps(gates)
+    res = conn.execute(t.update().where(t.c.rollout_id == rollout_id, t.c.idx == idx, t.c.status == W(current).value).values(**values))
+    if res.rowcount != 1:
+        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx}: status changed concurrently (expected {W(current).value})")
+    audit(db, conn, rollout_id, f"wave{idx}:{W(new).value}", reason, now)
+
+
+def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path, now: float | None = None) -> dict:
+    """Create a rollout in ``created`` with all its waves ``pending``; the bundle must be a signed target."""
+    target = find_target(repo_dir, settings.bundle_name, settings.bundle_version)
+    now = now or time.time()
+    rollout_id = "r-" + uuid.uuid4().hex[:10]
+    with db.begin() as conn:
+        conn.execute(
+            db.t.rollouts.insert().values(
+                id=rollout_id,
+                bundle_name=settings.bundle_name,
+                bundle_version=settings.bundle_version,
+                release=target.release,
+                target_name=target.path,
+                target_sha256=target.sha256,
+                target_length=target.length,
+                selector=settings.selector.model_dump_json(),
+                settings=settings.model_dump_json(),
+                status=R.CREATED.value,
+                status_reason="",
+                current_wave=-1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(db.t.waves.insert(), [{"rollout_id": rollout_id, "idx": i, "percent": p, "status": W.PENDING.value, "gates": "[]", "reason": ""} for i, p in enumerate(settings.waves)])
+        audit(db, conn, rollout_id, "create", f"{settings.bundle_name}@{settings.bundle_version} to {settings.selector.describe()} in waves {settings.waves}", now)
+    return rollout_status(db, rollout_id)
+
+
+def _current_wave(db: Database, conn: Connection, rollout: dict) -> dict | None:
+    if rollout["current_wave"] < 0:
+        return None
+    row = conn.execute(sa.select(db.t.waves).where(db.t.waves.c.rollout_id == rollout["id"], db.t.waves.c.idx == rollout["current_wave"])).first()
+    return dict(row._mapping) if row else None
+
+
+def start_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
+    """``created -> running``; the reconciler starts wave 0 on its next tick."""
+    with db.begin() as conn:
+        r = load_rollout(db, conn, rollout_id)
+        check_action(rollout_id, "start", r["status"])
+        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"started by {actor}", started_at=time.time())
+    return rollout_status(db, rollout_id)
+
+
+def pause_rollout(db: Database, rollout_id: str, actor: str = "operator", reason: str = "") -> dict:
+    """``running|waiting_approval -> paused``: no new wave starts; commands already decided still go out."""
+    with db.begin() as conn:
+        r = load_rollout(db, conn, rollout_id)
+        check_action(rollout_id, "pause", r["status"])
+        set_rollout_status(db, conn, rollout_id, r["status"], R.PAUSED, reason or f"paused by {actor}")
+    return rollout_status(db, rollout_id)
+
+
+def resume_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
+    """``paused -> running`` (or back to ``waiting_approval``); a halted wave runs again and its gates are evaluated afresh."""
+    with db.begin() as conn:
+        r = load_rollout(db, conn, rollout_id)
+        check_action(rollout_id, "resume", r["status"])
+        wave = _current_wave(db, conn, r)
+        settings = settings_of(r)
+        if wave and wave["status"] == W.HALTED.value:
+            set_wave_status(db, conn, rollout_id, wave["idx"], W.HALTED, W.RUNNING, f"resumed by {actor}")
+        if wave and wave["status"] == W.PASSED.value and settings.approve_each_wave and wave["idx"] < len(settings.waves) - 1:
+            # paused while waiting for approval: resuming must not skip the approval
+            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; wave {wave['idx']} awaits approval")
+        else:
+            set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"resumed by {actor}")
+    return rollout_status(db, rollout_id)
+
+
+def promote_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
+    """Start the next wave: approves a wave that passed (``waiting_approval``), or, from
+    ``paused``, overrides the gates of the current wave (recorded in the history)."""
+    with db.begin() as conn:
+        r = load_rollout(db, conn, rollout_id)
+        check_action(rollout_id, "promote", r["status"])
+        wave = _current_wave(db, conn, r)
+        if wave and wave["status"] in (W.RUNNING.value, W.HALTED.value):
+            set_wave_status(db, conn, rollout_id, wave["idx"], wave["status"], W.PASSED, f"gates overridden by {actor}")
+        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"promoted by {actor}")
+    return rollout_status(db, rollout_id)
+
+
+def abort_rollout(db: Database, rollout_id: str, actor: str = "operator", reason: str = "") -> dict:
+    """``-> aborting``: the reconciler orders every device of the rollout back to its previous version."""
+    with db.begin() as conn:
+        r = load_rollout(db, conn, rollout_id)
+        check_action(rollout_id, "abort", r["status"])
+        set_rollout_status(db, conn, rollout_id, r["status"], R.ABORTING, reason or f"aborted by {actor}")
+    return rollout_status(db, rollout_id)
+
+
+ACTIONS = {"start": start_rollout, "pause": pause_rollout, "resume": resume_rollout, "promote": promote_rollout, "abort": abort_rollout}
+
+
+def _wave_counts(db: Database, conn: Connection, rollout_id: str) -> dict[int, dict[str, int]]:
+    t = db.t.assignments
+    out: dict[int, dict[str, int]] = {}
+    for idx, status, n in conn.execute(sa.select(t.c.wave_idx, t.c.status, sa.func.count()).where(t.c.rollout_id == rollout_id).group_by(t.c.wave_idx, t.c.status)):
+        out.setdefault(idx, {})[status] = n
+    return out
+
+
+def _summary(counts: dict[str, int]) -> dict:
+    total = sum(counts.values())
+    return {
+        "devices": total,
+        "by_status": dict(sorted(counts.items())),
+        "reported": sum(counts.get(s.value, 0) for s in FINAL_ASSIGNMENT),
+        "succeeded": counts.get(AssignmentStatus.SUCCEEDED.value, 0),
+        "failed": sum(counts.get(s.value, 0) for s in FAILED_ASSIGNMENT),
+    }
+
+
+def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict:
+    """Everything about one rollout: settings, status, waves with counts and gate verdicts."""
+    with db.connect() as conn:
+        r = load_rollout(db, conn, rollout_id)
+        waves = [dict(w._mapping) for w in conn.execute(sa.select(db.t.waves).where(db.t.waves.c.rollout_id == rollout_id).order_by(db.t.waves.c.idx))]
+        counts = _wave_counts(db, conn, rollout_id)
+        hist = []
+        if history:
+            hist = [
+                {"ts": a.ts, "action": a.action, "detail": a.detail}
+                for a in conn.execute(sa.select(db.t.audit).where(db.t.audit.c.rollout_id == rollout_id).order_by(db.t.audit.c.id))
+            ]
+    total: dict[str, int] = {}
+    for c in counts.values():
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    out = {
+        "id": r["id"],
+        "bundle": f"{r['bundle_name']}@{r['bundle_version']}",
+        "target": {"name": r["target_name"], "sha256": r["target_sha256"], "length": r["target_length"], "release": r["release"]},
+        "status": r["status"],
+        "reason": r["status_reason"],
+        "current_wave": r["current_wave"],
+        "created_at": r["created_at"],
+        "started_at": r["started_at"],
+        "finished_at": r["finished_at"],
+        "settings": json.loads(r["settings"]),
+        "waves": [
+            {
+                "idx": w["idx"],
+                "percent": w["percent"],
+                "status": w["status"],
+                "started_at": w["started_at"],
+                "finished_at": w["finished_at"],
+                "reason": w["reason"],
+                "gates": json.loads(w["gates"] or "[]"),
+                **_summary(counts.get(w["idx"], {})),
+            }
+            for w in waves
+        ],
+        **_summary(total),
+    }
+    if history:
+        out["history"] = hist
+    return out
+
+
+def list_rollouts(db: Database, status: str | None = None) -> list[dict]:
+    """Rollouts, newest first, with per-status device counts."""
+    t = db.t.rollouts
+    q = sa.select(t).order_by(t.c.created_at.desc())
+    if status:
+        q = q.where(t.c.status == status)
+    with db.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+        a = db.t.assignments
+        counts: dict[str, dict[str, int]] = {}
+        for rid, st, n in conn.execute(sa.select(a.c.rollout_id, a.c.status, sa.func.count()).group_by(a.c.rollout_id, a.c.status)):
+            counts.setdefault(rid, {})[st] = n
+    return [
+        {
+            "id": r["id"],
+            "bundle": f"{r['bundle_name']}@{r['bundle_version']}",
+            "status": r["status"],
+            "reason": r["status_reason"],
+            "current_wave": r["current_wave"],
+            "waves": len(json.loads(r["settings"])["waves"]),
+            "created_at": r["created_at"],
+            **_summary(counts.get(r["id"], {})),
+        }
+        for r in rows
+    ]
+
+
+def rollout_assignments(db: Database, rollout_id: str) -> list[dict]:
+    """Every device of a rollout with its wave, command and status."""
+    t = db.t.assignments
+    with db.connect() as conn:
+        load_rollout(db, conn, rollout_id)
+        rows = conn.execute(sa.select(t).where(t.c.rollout_id == rollout_id).order_by(t.c.wave_idx, t.c.device_id)).all()
+    return [
+        {
+            "device_id": m["device_id"],
+            "wave": m["wave_idx"],
+            "status": m["status"],
+            "command_id": m["command_id"],
+            "seq": m["seq"],
+            "from": None if m["from_name"] is None else f"{m['from_name']}@{m['from_version']}",
+            "detail": m["detail"],
+            "sent_at": m["sent_at"],
+            "updated_at": m["updated_at"],
+            "rollback_command_id": m["rollback_command_id"],
+        }
+        for m in (r._mapping for r in rows)
+    ]

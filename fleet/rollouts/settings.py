@@ -1,0 +1,260 @@
+"""Rollout settings: what `edgeops rollout create` and ``POST /api/v1/rollouts`` accept.
+
+Malformed or contradictory settings are refused here, at creation, with the field named
+(:class:`RolloutSettingsError`, exit code 3); a gate is never evaluated against a setting that
+does not make sense. Parsers for the CLI's text forms (``10m``, ``1%,10%,50%,100%``,
+``tag=site=berlin,profile=x86-avx2``) live here too so the API and the CLI agree.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeops.errors import ConfigError
+from edgeops.protocol import valid_device_id
+
+
+class RolloutSettingsError(ConfigError):
+    """A rollout setting is malformed or contradicts another; the message names the field."""
+
+
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(text: str | float | int, field: str = "bake") -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``1h30m``; RolloutSettingsError naming ``field`` otherwise."""
+    if isinstance(text, bool):
+        raise RolloutSettingsError(f"{field}: {text!r} is not a duration")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip().lower()
+        try:
+            value = float(s)
+        except ValueError:
+            m = _DURATION_RE.match(s)
+            if not s or not m or not any(m.groups()):
+                raise RolloutSettingsError(f"{field}: {text!r} is not a duration (examples: 90s, 10m, 1h30m, 0)") from None
+            h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+            value = h * 3600 + mi * 60 + se
+    if value < 0 or value != value:
+        raise RolloutSettingsError(f"{field}: {text!r} must not be negative")
+    return value
+
+
+def parse_waves(text: str | list) -> list[float]:
+    """Percentages from ``1%,10%,50%,100%`` (the % is optional); order is checked by the model."""
+    items = text if isinstance(text, list) else [p for p in str(text).split(",")]
+    out: list[float] = []
+    for item in items:
+        s = str(item).strip().rstrip("%").strip()
+        try:
+            out.append(float(s))
+        except ValueError:
+            raise RolloutSettingsError(f"waves: {item!r} is not a percentage (example: 1%,10%,50%,100%)") from None
+    return out
+
+
+class Selector(BaseModel):
+    """Which devices a rollout targets: all conditions must hold (an empty selector is all devices)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict, description="tag key -> value ('*': any value)")
+    devices: list[str] | None = Field(default=None, description="explicit device ids")
+
+    @field_validator("devices")
+    @classmethod
+    def _ids(cls, v):
+        if v is not None:
+            bad = [d for d in v if not valid_device_id(d)]
+            if bad:
+                raise ValueError(f"not valid device ids: {', '.join(bad[:5])}")
+        return v
+
+    def matches(self, device_id: str, profile: str | None, tags: dict[str, str]) -> bool:
+        """True when a device with this id, profile and tags is selected."""
+        if self.profile is not None and profile != self.profile:
+            return False
+        if self.devices is not None and device_id not in self.devices:
+            return False
+        for k, v in self.tags.items():
+            if k not in tags or (v != "*" and tags[k] != v):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """Short text form, as the CLI accepts it."""
+        parts = []
+        if self.profile:
+            parts.append(f"profile={self.profile}")
+        parts += [f"tag={k}={v}" for k, v in sorted(self.tags.items())]
+        if self.devices is not None:
+            parts.append("device=" + "+".join(self.devices))
+        return ",".join(parts) or "all"
+
+
+def parse_selector(text: str) -> Selector:
+    """``profile=NAME``, ``tag=KEY=VALUE`` (or ``tag=KEY:VALUE``, ``tag=KEY``), ``device=ID``, ``all``; comma = and."""
+    profile = None
+    tags: dict[str, str] = {}
+    devices: list[str] | None = None
+    for term in [t.strip() for t in str(text).split(",") if t.strip()]:
+        if term == "all":
+            continue
+        key, sep, value = term.partition("=")
+        if not sep or not value:
+            raise RolloutSettingsError(f"select: {term!r} should be profile=NAME, tag=KEY=VALUE, device=ID or all")
+        if key == "profile":
+            profile = value
+        elif key == "tag":
+            k, s2, v = value.partition("=")
+            if not s2:
+                k, s2, v = value.partition(":")
+            tags[k] = v if s2 else "*"
+        elif key == "device":
+            devices = (devices or []) + [d for d in value.split("+") if d]
+        else:
+            raise RolloutSettingsError(f"select: unknown key {key!r} in {term!r} (profile, tag, device)")
+    try:
+        return Selector(profile=profile, tags=tags, devices=devices)
+    except ValidationError as e:
+        raise RolloutSettingsError(f"select: {e.errors()[0]['msg']}") from e
+
+
+def parse_bundle(text: str) -> tuple[str, str]:
+    """``NAME@VERSION`` -> (name, version)."""
+    name, sep, version = str(text).partition("@")
+    if not sep or not name or not version or "/" in name or "/" in version:
+        raise RolloutSettingsError(f"bundle: {text!r} should be NAME@VERSION (e.g. detector@1.4.0)")
+    return name, version
+
+
+class RolloutSettings(BaseModel):
+    """Validated settings of one rollout (stored as JSON in the rollouts table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_name: str = Field(min_length=1, max_length=128)
+    bundle_version: str = Field(min_length=1, max_length=64)
+    selector: Selector = Field(default_factory=Selector)
+    waves: list[float] = Field(default_factory=lambda: [1.0, 10.0, 50.0, 100.0], description="cumulative percentages of the selected devices")
+    bake_s: float = Field(default=0.0, ge=0, description="time a wave must run before it can pass")
+    min_reporting: float = Field(default=0.9, gt=0, le=1, description="fraction of a wave's devices that must report a final status")
+    max_failure_rate: float = Field(default=0.05, ge=0, le=1, description="failed + rolled back + timed out, over the wave's devices")
+    max_rollback_rate: float | None = Field(default=None, ge=0, le=1, description="rolled back over the wave's devices")
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="(errors + NaN outputs) / inferences on the new version")
+    max_latency_regression: float | None = Field(default=None, description="p95 on the new version / p95 of the cohort on the old version")
+    min_agreement: float | None = Field(default=None, ge=0, le=1, description="shadow agreement of the new model with the old one")
+    on_gate_failure: Literal["pause", "abort"] = "pause"
+    approve_each_wave: bool = False
+    name: str = Field(default="", max_length=200, description="free text label")
+
+    @field_validator("waves")
+    @classmethod
+    def _waves(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("at least one wave is needed (e.g. 1%,10%,50%,100%)")
+        if len(v) > 100:
+            raise ValueError(f"{len(v)} waves; at most 100")
+        prev = 0.0
+        for i, p in enumerate(v):
+            if not p > 0:
+                raise ValueError(f"wave {i + 1} is {p}%; percentages must be above 0")
+            if p > 100:
+                raise ValueError(f"wave {i + 1} is {p}%; percentages cannot exceed 100")
+            if p <= prev:
+                raise ValueError(f"wave {i + 1} ({p}%) is not above wave {i} ({prev}%); waves are cumulative and must increase")
+            prev = p
+        return v
+
+    @field_validator("max_latency_regression")
+    @classmethod
+    def _latency(cls, v: float | None) -> float | None:
+        if v is not None and not v >= 1.0:
+            raise ValueError(f"{v} is a ratio of p95 latencies (new / old) and must be at least 1.0 (1.2 allows 20% slower)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RolloutSettings":
+        if self.max_rollback_rate is not None and self.max_rollback_rate > self.max_failure_rate:
+            raise ValueError(
+                f"max_rollback_rate {self.max_rollback_rate} is above max_failure_rate {self.max_failure_rate}; "
+                "rollbacks count as failures, so it could never trigger"
+            )
+        if self.selector.devices is not None and not self.selector.devices:
+            raise ValueError("selector.devices is an empty list; no device could be selected")
+        return self
+
+
+def build_settings(**fields) -> RolloutSettings:
+    """Validate settings; RolloutSettingsError names the first field at fault."""
+    try:
+        return RolloutSettings(**fields)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            msgs.append(f"{loc}: {msg}")
+        raise RolloutSettingsError("rollout settings refused: " + "; ".join(msgs)) from e
+
+
+class RolloutRequest(BaseModel):
+    """The body of ``POST /api/v1/rollouts`` (the CLI sends its options as they were typed).
+
+    Text forms are accepted where the CLI has them: ``bundle`` ``NAME@VERSION``, ``select``
+    ``tag=K=V,profile=P``, ``waves`` ``"1%,10%,50%,100%"`` or a list, ``bake`` ``"10m"`` or seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str
+    select: str | Selector = "all"
+    waves: str | list[float] = "1%,10%,50%,100%"
+    bake: str | float = 0
+    min_reporting: float = 0.9
+    max_failure_rate: float = 0.05
+    max_rollback_rate: float | None = None
+    max_error_rate: float | None = None
+    max_latency_regression: float | None = None
+    min_agreement: float | None = None
+    on_gate_failure: str = "pause"
+    approve_each_wave: bool = False
+    name: str = ""
+
+    def to_settings(self) -> RolloutSettings:
+        """Parse the text forms and validate everything (RolloutSettingsError names the field)."""
+        name, version = parse_bundle(self.bundle)
+        selector = self.select if isinstance(self.select, Selector) else parse_selector(self.select)
+        return build_settings(
+            bundle_name=name,
+            bundle_version=version,
+            selector=selector,
+            waves=parse_waves(self.waves),
+            bake_s=parse_duration(self.bake, "bake"),
+            min_reporting=self.min_reporting,
+            max_failure_rate=self.max_failure_rate,
+            max_rollback_rate=self.max_rollback_rate,
+            max_error_rate=self.max_error_rate,
+            max_latency_regression=self.max_latency_regression,
+            min_agreement=self.min_agreement,
+            on_gate_failure=self.on_gate_failure,
+            approve_each_wave=self.approve_each_wave,
+            name=self.name,
+        )
+
+
+def parse_request(body: dict) -> RolloutSettings:
+    """Validate a create-rollout body; RolloutSettingsError names the field at fault."""
+    try:
+        req = RolloutRequest.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "body"
+        raise RolloutSettingsError(f"rollout settings refused: {loc}: {err['msg']}") from e
+    return req.to_settings()

@@ -1,0 +1,103 @@
+"""Look up a bundle's signed TUF target in the console's own repository.
+
+An assignment must name a TUF target exactly (path, sha256, length), so the console reads
+them from the newest targets metadata of the repository it serves, following
+timestamp -> snapshot -> targets the way a client does (falling back to the highest
+``N.targets.json`` or ``targets.json``). The console signed this metadata itself, so it is
+read, not verified; devices verify it.
+
+Target path convention (see :mod:`edgeops.trust`): bundle ``N`` at version ``V`` is the target
+``N/V/N-V.bundle``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeops.errors import FleetError
+
+
+class UnknownBundleError(FleetError):
+    """The repository's targets metadata does not list the bundle."""
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A signed target: what an assign command must carry."""
+
+    path: str
+    sha256: str
+    length: int
+    release: int = 0
+    custom: dict | None = None
+
+
+def target_path(name: str, version: str) -> str:
+    """The TUF target path of bundle ``name`` at ``version``."""
+    return f"{name}/{version}/{name}-{version}.bundle"
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise FleetError(f"{path}: cannot read TUF metadata ({e})") from e
+
+
+def targets_metadata_path(repo_dir: str | Path) -> Path:
+    """The newest targets metadata file of a repository folder."""
+    meta = Path(repo_dir) / "metadata"
+    ts = meta / "timestamp.json"
+    if ts.exists():
+        try:
+            snap_v = _load(ts)["signed"]["meta"]["snapshot.json"]["version"]
+            snap = meta / f"{snap_v}.snapshot.json"
+            if not snap.exists():
+                snap = meta / "snapshot.json"
+            targets_v = _load(snap)["signed"]["meta"]["targets.json"]["version"]
+            path = meta / f"{targets_v}.targets.json"
+            if path.exists():
+                return path
+        except (KeyError, TypeError, FleetError):
+            pass
+    numbered = sorted(
+        ((int(m.group(1)), p) for p in meta.glob("*.targets.json") if (m := re.match(r"^(\d+)\.targets\.json$", p.name))),
+        reverse=True,
+    )
+    if numbered:
+        return numbered[0][1]
+    if (meta / "targets.json").exists():
+        return meta / "targets.json"
+    raise FleetError(f"{meta}: no targets metadata; publish a bundle with `edgeops publish` first")
+
+
+def list_targets(repo_dir: str | Path) -> dict[str, TargetInfo]:
+    """Every target of the newest targets metadata, by path."""
+    data = _load(targets_metadata_path(repo_dir))
+    out: dict[str, TargetInfo] = {}
+    for path, info in (data.get("signed", {}).get("targets") or {}).items():
+        try:
+            custom = info.get("custom") or {}
+            release = custom.get("release", 0)
+            if isinstance(custom.get("edgeops"), dict):
+                release = custom["edgeops"].get("release", release)
+            out[path] = TargetInfo(path, info["hashes"]["sha256"], int(info["length"]), int(release or 0), custom)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def find_target(repo_dir: str | Path, name: str, version: str) -> TargetInfo:
+    """The signed target of ``name@version``; UnknownBundleError when the repository lacks it."""
+    path = target_path(name, version)
+    targets = list_targets(repo_dir)
+    if path not in targets:
+        known = sorted(p.split("/")[0] + "@" + p.split("/")[1] for p in targets if p.count("/") == 2)
+        raise UnknownBundleError(
+            f"bundle {name}@{version}: not in the repository {repo_dir} (target {path}); "
+            f"published: {', '.join(known[:10]) or 'none'}; publish it with `edgeops publish`"
+        )
+    return targets[path]

@@ -1,0 +1,36 @@
+"""A device installs edgeops[agent] only: the agent (and `edgeops agent`) must run without
+torch, the onnx package, or the converters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BLOCKER = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'onnx', 'onnxscript', 'litert_torch'} or name.startswith('edgeops.converters'):
+            raise ModuleNotFoundError(f'device install must not import {name}')  # as if not installed
+sys.meta_path.insert(0, Block())
+"""
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + code], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+
+
+def test_agent_modules_import_without_the_build_stack():
+    r = run(
+        "import edgeops.agent\n"
+        "from edgeops.agent import core, api, client, cli, session, mqtt_transport, machine, runtimes\n"
+        "import onnxruntime, paho.mqtt.client\n"
+        "print('ok')\n"
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_agent_cli_help_runs_without_the_build_stack():
+    r = run("import sys\nsys.argv = ['edgeops', 'agent', '--help']\nfrom edgeops.cli import main\nmain()\n")
+    assert r.returncode == 0 and "run" in r.stdout and "status" in r.stdout, r.stderr

@@ -1,0 +1,118 @@
+"""Ingest on SQLite and PostgreSQL: storage, de-duplication, malformed and unknown-device counting."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from edgeops.fleet.config import IngestConfig
+from edgeops.fleet.ingest import Ingestor, p95_from_histogram
+from edgeops.fleet.registry import get_device, list_events, register_devices
+from tests.fleet.helpers import event, state, telemetry
+
+
+def feed(ing: Ingestor, *msgs):
+    for topic, payload in msgs:
+        ing.submit(topic, payload)
+    assert ing.flush(30)
+
+
+@pytest.fixture
+def ingest(db):
+    register_devices(db, [{"id": f"d{i}", "tags": {"site": "a"}} for i in range(3)])
+    ing = Ingestor(db, IngestConfig(flush_interval_s=0.02)).start()
+    yield ing
+    ing.stop()
+
+
+def test_state_updates_registry(db, ingest):
+    feed(ingest, state("d0", active="digits@1.0.0", previous="digits@0.9.0", profile="x86", agent_version="0.1", last_command_seq=4))
+    d = get_device(db, "d0")
+    assert d["online"] and d["active"]["name"] == "digits" and d["active"]["version"] == "1.0.0"
+    assert d["previous"] == {"name": "digits", "version": "0.9.0"} and d["profile"] == "x86" and d["reported_cmd_seq"] == 4
+    assert d["last_seen"] is not None and d["tags"] == {"site": "a"}
+
+
+def test_last_will_with_stale_versions_only_marks_offline(db, ingest):
+    feed(ingest, state("d0", active="digits@2.0.0", ts=2000.0))
+    feed(ingest, state("d0", active="digits@1.0.0", online=False, ts=1000.0))  # LWT composed at connect
+    d = get_device(db, "d0")
+    assert not d["online"] and d["active"]["version"] == "2.0.0"
+
+
+def test_events_and_telemetry_deduplicated(db, ingest):
+    e1 = event("d1", 1, "agent_started")
+    e2 = event("d1", 2, "committed", target="digits@2.0.0")
+    t1 = telemetry("d1", 7)
+    feed(ingest, e1, e1, e2, t1, t1)  # redeliveries inside one batch
+    feed(ingest, e2, t1)  # and across batches (a spool replay after reconnect)
+    s = ingest.stats.snapshot()
+    assert s["stored"] == {"events": 2, "telemetry": 1}
+    assert s["duplicates"] == {"events": 2, "telemetry": 2}
+    assert [e["seq"] for e in list_events(db, device_id="d1")] == [2, 1]
+    with db.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(db.t.telemetry)).scalar() == 1
+    assert get_device(db, "d1")["health"] == "healthy"
+
+
+@pytest.mark.parametrize(
+    "topic,payload,kind",
+    [
+        ("edgeops/v1/d0/events", b"not json", "events"),
+        ("edgeops/v1/d0/events", b'{"device_id": "d0"}', "events"),
+        ("edgeops/v1/d0/telemetry", json.dumps({"device_id": "d0", "seq": -1, "ts_start": 0, "ts_end": 1}).encode(), "telemetry"),
+        ("edgeops/v1/d0/state", b"\xff\xfe", "state"),
+        ("edgeops/v1/d0/state", state("d1")[1], "state"),  # body claims another device than the topic
+        ("edgeops/v1/d0/telemetry", telemetry("d0", 1)[1].replace(b'"seq":1', b'"seq":1,"extra":true'), "telemetry"),
+        ("edgeops/v2/d0/state", b"{}", "topic"),
+        ("edgeops/v1/d0/bogus", b"{}", "topic"),
+        ("edgeops/v1/bad id/state", b"{}", "topic"),
+    ],
+)
+def test_malformed_counted_and_dropped(db, ingest, topic, payload, kind):
+    feed(ingest, (topic, payload), event("d0", 1, "agent_started"))
+    s = ingest.stats.snapshot()
+    assert s["malformed"] == {kind: 1}
+    assert s["stored"] == {"events": 1}  # the good message in the same batch still got through
+    assert s["db_errors"] == 0
+
+
+def test_unknown_devices_counted_and_dropped(db, ingest):
+    feed(ingest, state("ghost"), event("ghost", 1, "agent_started"), telemetry("ghost", 1), event("d2", 1, "agent_started"))
+    s = ingest.stats.snapshot()
+    assert s["unknown_device"] == {"state": 1, "events": 1, "telemetry": 1}
+    assert s["stored"] == {"events": 1}
+    # enrolled later: picked up without restarting ingest
+    register_devices(db, [{"id": "ghost"}])
+    time.sleep(1.1)  # unknown ids are looked up again at most once a second
+    feed(ingest, event("ghost", 2, "agent_started"))
+    assert ingest.stats.snapshot()["stored"]["events"] == 2
+
+
+def test_auto_register(db):
+    ing = Ingestor(db, IngestConfig(auto_register=True, flush_interval_s=0.02)).start()
+    try:
+        feed(ing, state("newbie", active="digits@1.0.0", tags={"site": "b"}))
+        assert get_device(db, "newbie")["tags"] == {"site": "b"}
+    finally:
+        ing.stop()
+
+
+def test_volume_batched(db, ingest):
+    register_devices(db, [{"id": f"v{i}"} for i in range(200)])
+    msgs = [telemetry(f"v{i}", s) for i in range(200) for s in range(10)]
+    feed(ingest, *msgs)
+    s = ingest.stats.snapshot()
+    assert s["stored"]["telemetry"] == 2000 and s["batches"] < 2000
+    with db.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(db.t.telemetry)).scalar() == 2000
+
+
+def test_p95_from_histogram():
+    assert p95_from_histogram([1, 2, 5, 10], [0, 50, 40, 10, 0]) == 10
+    assert p95_from_histogram([1, 2], [100, 0, 0]) == 1
+    assert p95_from_histogram([1, 2], []) is None
+    assert p95_from_histogram([1, 2], [1]) is None

@@ -1,0 +1,332 @@
+"""Rollouts on SQLite and PostgreSQL: waves, gates, pause/resume/promote/abort, timeouts, restart.
+
+The reconciler runs against a real database with real command signatures; only the broker is
+replaced by a recorder here (the end-to-end tests use a real mosquitto).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sqlalchemy as sa
+
+from edgeops.errors import IllegalTransitionError
+from edgeops.fleet.commands import CommandSender
+from edgeops.fleet.config import IngestConfig, RolloutConfig
+from edgeops.fleet.db import Database
+from edgeops.fleet.ingest import Ingestor
+from edgeops.fleet.registry import register_devices
+from edgeops.fleet.rollouts import service
+from edgeops.fleet.rollouts.reconciler import Reconciler
+from edgeops.fleet.rollouts.settings import parse_request
+from edgeops.fleet.signing import KeyringCommandSigner
+from edgeops.fleet.targets import UnknownBundleError, find_target
+from edgeops.trust.keys import Keyring
+from tests.fleet.helpers import RecordingPublisher, event, state, telemetry
+
+
+class Harness:
+    """Database + ingest + reconciler + a recorder standing in for the broker, and scripted devices."""
+
+    def __init__(self, db: Database, fleet_repo, n: int = 20, tags=None, clock=None):
+        self.db = db
+        self.repo = fleet_repo["repo"]
+        self.keys = Keyring.load(fleet_repo["keys"]).public_keys("command")
+        self.pub = RecordingPublisher()
+        self.signer = KeyringCommandSigner(fleet_repo["keys"])
+        self.now = 1_000_000.0
+        self.ingest = Ingestor(db, IngestConfig(flush_interval_s=0.01)).start()
+        self.rec = self.make_reconciler()
+        self.seq: dict[str, int] = {}
+        self.handled = 0
+        devices = [{"id": f"dev{i:03d}", "tags": tags or {"site": "berlin"}, "profile": "x86"} for i in range(n)]
+        register_devices(db, devices)
+        self.feed(*[state(d["id"], active="digits@1.0.0") for d in devices])
+
+    def make_reconciler(self):
+        return Reconciler(self.db, RolloutConfig(offline_timeout_s=60, assignment_timeout_s=600), CommandSender(self.signer, self.pub), self.repo, clock=lambda: self.now)
+
+    def feed(self, *msgs):
+        for topic, payload in msgs:
+            self.ingest.submit(topic, payload)
+        assert self.ingest.flush(30)
+
+    def next_seq(self, d):
+        self.seq[d] = self.seq.get(d, 0) + 1
+        return self.seq[d]
+
+    def respond(self, behaviour=lambda cmd: "good"):
+        """Scripted devices answer every command published since the last call."""
+        cmds = self.pub.commands(self.keys)[self.handled :]
+        self.handled += len(cmds)
+        for c in cmds:
+            d = c.device_id
+            target = f"{c.bundle.name}@{c.bundle.version}" if c.bundle else None
+            if c.kind == "rollback":
+                self.feed(event(d, self.next_seq(d), "rolled_back", c.command_id, target), state(d, active=target))
+                continue
+            how = behaviour(c)
+            if how == "silent":
+                continue
+            self.feed(event(d, self.next_seq(d), "command_accepted", c.command_id, target, "already active" if how == "already" else ""))
+            if how == "already":  # the agent answers an assignment of its active version with only this
+                self.feed(state(d, active=target, state="idle"))
+            elif how == "good":
+                self.feed(
+                    event(d, self.next_seq(d), "activated", c.command_id, target),
+                    telemetry(d, self.next_seq(d), target, p95=5.0, agreement=1.0),
+                    event(d, self.next_seq(d), "committed", c.command_id, target),
+                    state(d, active=target, previous="digits@1.0.0"),
+                )
+            elif how == "nan":
+                self.feed(
+                    event(d, self.next_seq(d), "activated", c.command_id, target),
+                    telemetry(d, self.next_seq(d), target, nans=100),
+                    event(d, self.next_seq(d), "probation_failed", c.command_id, target, "nan gate"),
+                    event(d, self.next_seq(d), "rolled_back", c.command_id, target),
+                    state(d, active="digits@1.0.0"),
+                )
+        return cmds
+
+    def create(self, **body):
+        return service.create_rollout(self.db, parse_request({"bundle": "digits@2.0.0", **body}), self.repo, now=self.now)
+
+    def assignments(self, rid):
+        return {a["device_id"]: a for a in service.rollout_assignments(self.db, rid)}
+
+    def close(self):
+        self.ingest.stop()
+
+
+@pytest.fixture
+def h(db, fleet_repo):
+    harness = Harness(db, fleet_repo)
+    yield harness
+    harness.close()
+
+
+def test_find_target(fleet_repo):
+    t = find_target(fleet_repo["repo"], "digits", "2.0.0")
+    assert t.path == "digits/2.0.0/digits-2.0.0.bundle" and len(t.sha256) == 64 and t.length > 0 and t.release == 2
+    with pytest.raises(UnknownBundleError, match="digits@9.9.9"):
+        find_target(fleet_repo["repo"], "digits", "9.9.9")
+
+
+def test_good_rollout_reaches_100_percent_in_waves(h):
+    r = h.create(waves="10%,50%,100%", select="tag=site=berlin")
+    assert r["status"] == "created" and [w["status"] for w in r["waves"]] == ["pending"] * 3
+    service.start_rollout(h.db, r["id"])
+    sizes = []
+    for _ in range(10):
+        h.rec.tick()
+        h.respond()
+        st = service.rollout_status(h.db, r["id"])
+        if st["status"] == "finished":
+            break
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "finished", st
+    sizes = [w["devices"] for w in st["waves"]]
+    assert sizes == [2, 8, 10] and all(w["status"] == "passed" for w in st["waves"])
+    assert st["succeeded"] == 20
+    # every command carried the signed target exactly, with a per-device increasing seq
+    t = find_target(h.repo, "digits", "2.0.0")
+    cmds = h.pub.commands(h.keys)
+    assert len(cmds) == 20 and len({c.device_id for c in cmds}) == 20
+    assert all(c.kind == "assign" and c.target_name == t.path and c.target_sha256 == t.sha256 and c.target_length == t.length and c.seq == 1 for c in cmds)
+    with h.db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.min(h.db.t.devices.c.cmd_seq))).scalar() == 1
+
+
+def test_regressing_rollout_halts_in_first_wave(h):
+    r = h.create(waves="10%,50%,100%", on_gate_failure="pause")
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    h.respond(lambda c: "nan")
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "paused" and "max_failure_rate" in st["reason"]
+    assert [w["status"] for w in st["waves"]] == ["halted", "pending", "pending"]
+    assigned = h.assignments(r["id"])
+    assert len(assigned) == 2 and all(a["status"] == "rolled_back" and a["wave"] == 0 for a in assigned.values())
+    for _ in range(3):
+        h.rec.tick()
+    assert len(h.assignments(r["id"])) == 2 and len(h.pub.messages) == 2  # nothing more was sent
+    gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    assert gates["max_failure_rate"]["outcome"] == "fail" and gates["max_failure_rate"]["measured"] == 1.0
+
+
+def test_abort_orders_every_device_back(h):
+    r = h.create(waves="10%,50%,100%", on_gate_failure="abort", max_failure_rate=0.2)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    h.respond()  # wave 0 (2 devices) good
+    h.rec.tick()  # wave 1 starts: 8 devices
+    h.respond(lambda c: "nan" if c.device_id in sorted(h.assignments(r["id"]))[:4] else "good")
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] in ("aborted", "aborting"), st["reason"]
+    rollbacks = [c for c in h.pub.commands(h.keys) if c.kind == "rollback"]
+    assigned = h.assignments(r["id"])
+    not_back = {d for d, a in assigned.items() if a["status"] != "rolled_back"}
+    assert {c.device_id for c in rollbacks} == not_back and not_back
+    for c in rollbacks:
+        assert c.bundle.name == "digits" and c.bundle.version == "1.0.0" and c.target_name == "digits/1.0.0/digits-1.0.0.bundle"
+        assert c.seq == 2  # above the assign command's seq on the same device
+    h.respond()
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "aborted" and [w["status"] for w in st["waves"]] == ["passed", "failed", "cancelled"]
+    assert {a["status"] for a in h.assignments(r["id"]).values()} <= {"reverted", "rolled_back"}
+
+
+def test_pause_resume_promote_and_approval(h):
+    r = h.create(waves="10%,100%", approve_each_wave=True)
+    rid = r["id"]
+    with pytest.raises(IllegalTransitionError, match="cannot resume while created"):
+        service.resume_rollout(h.db, rid)
+    service.start_rollout(h.db, rid)
+    with pytest.raises(IllegalTransitionError, match="cannot start while running"):
+        service.start_rollout(h.db, rid)
+    h.rec.tick()
+    h.respond()
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "waiting_approval"
+    h.rec.tick()
+    assert len(h.assignments(rid)) == 2  # no new wave without approval
+    service.pause_rollout(h.db, rid)
+    h.rec.tick()
+    assert len(h.assignments(rid)) == 2
+    service.resume_rollout(h.db, rid)
+    h.rec.tick()
+    # resuming does not skip the approval the passed wave is waiting for
+    st = service.rollout_status(h.db, rid)
+    assert len(h.assignments(rid)) == 2 and st["status"] == "waiting_approval" and st["waves"][0]["status"] == "passed"
+    service.promote_rollout(h.db, rid)
+    h.rec.tick()
+    h.respond()
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "finished"
+    with pytest.raises(IllegalTransitionError):
+        service.abort_rollout(h.db, rid)
+    hist = service.rollout_status(h.db, rid, history=True)["history"]
+    assert [x["action"] for x in hist][0] == "create" and "status:finished" in [x["action"] for x in hist]
+
+
+def test_promote_overrides_a_halted_wave(h):
+    r = h.create(waves="10%,100%")
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    h.respond(lambda c: "nan")
+    h.rec.tick()
+    assert service.rollout_status(h.db, r["id"])["status"] == "paused"
+    service.promote_rollout(h.db, r["id"], actor="alice")
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["waves"][0]["status"] == "passed" and "alice" in st["waves"][0]["reason"] and st["waves"][1]["devices"] == 18
+
+
+def test_offline_devices_time_out_as_failures(h):
+    r = h.create(waves="50%,100%", max_failure_rate=0.5)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    silent = sorted(h.assignments(r["id"]))[:6]
+    h.respond(lambda c: "silent" if c.device_id in silent else "good")
+    h.feed(*[state(d, active="digits@1.0.0", online=False, ts=1.0) for d in silent])
+    with h.db.begin() as conn:  # they were last seen long ago
+        conn.execute(h.db.t.devices.update().where(h.db.t.devices.c.id.in_(silent)).values(last_seen=h.now - 1000))
+    h.rec.tick()
+    assert {h.assignments(r["id"])[d]["status"] for d in silent} == {"sent"}  # not yet past the timeout
+    h.now += 61
+    h.rec.tick()
+    a = h.assignments(r["id"])
+    assert {a[d]["status"] for d in silent} == {"timed_out"} and "offline" in a[silent[0]]["detail"]
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "paused" and "max_failure_rate" in st["reason"]  # 6/10 > 0.5
+
+
+def test_devices_enrolled_during_rollout_join_next_wave(h):
+    r = h.create(waves="10%,50%,100%", select="tag=site=berlin")
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    register_devices(h.db, [{"id": f"late{i}", "tags": {"site": "berlin"}} for i in range(10)])
+    register_devices(h.db, [{"id": "other", "tags": {"site": "paris"}}])
+    h.respond()
+    h.rec.tick()  # wave 1: 50% of the 30 selected (10 enrolled late) = 15 cumulative
+    a = h.assignments(r["id"])
+    assert len(a) == math.ceil(0.5 * 30) and "other" not in a
+    for _ in range(4):
+        h.respond()
+        h.rec.tick()
+    a = h.assignments(r["id"])
+    assert service.rollout_status(h.db, r["id"])["status"] == "finished"
+    assert {f"late{i}" for i in range(10)} <= set(a) and "other" not in a and len(a) == 30
+
+
+def test_restart_mid_rollout_resumes_without_reassigning(db, fleet_repo):
+    h = Harness(db, fleet_repo)
+    try:
+        r = h.create(waves="10%,50%,100%")
+        service.start_rollout(h.db, r["id"])
+        h.rec.tick()
+        h.respond()
+        h.rec.tick()  # wave 1 assigned and sent
+        before = h.assignments(r["id"])
+        sent_before = len(h.pub.messages)
+        # Crash: a fresh database handle and reconciler, as a restarted console has.
+        db2 = Database(db.url, schema=db.schema)
+        h.db = db2
+        h.rec = h.make_reconciler()
+        h.rec.db = db2
+        h.rec.tick()
+        assert h.assignments(r["id"]) == before and len(h.pub.messages) == sent_before
+        for _ in range(5):
+            h.respond()
+            h.rec.tick()
+        st = service.rollout_status(db2, r["id"])
+        assert st["status"] == "finished"
+        cmds = h.pub.commands(h.keys)
+        assert len(cmds) == 20 and len({c.device_id for c in cmds}) == 20  # nobody assigned twice
+        db2.dispose()
+    finally:
+        h.close()
+
+
+def test_unsent_commands_are_sent_after_restart_with_same_id_and_seq(db, fleet_repo):
+    h = Harness(db, fleet_repo)
+    try:
+        r = h.create(waves="10%,100%")
+        service.start_rollout(h.db, r["id"])
+        h.rec.sender = None  # the broker is unreachable: assignments stay pending
+        h.rec.tick()
+        pending = h.assignments(r["id"])
+        assert len(pending) == 2 and {a["status"] for a in pending.values()} == {"pending"}
+        h.rec = h.make_reconciler()
+        h.rec.tick()
+        a = h.assignments(r["id"])
+        assert {x["status"] for x in a.values()} == {"sent"}
+        cmds = h.pub.commands(h.keys)
+        assert sorted((c.device_id, c.command_id, c.seq) for c in cmds) == sorted((d, x["command_id"], x["seq"]) for d, x in pending.items())
+    finally:
+        h.close()
+
+
+def test_device_busy_in_another_rollout_is_skipped(h):
+    r1 = h.create(waves="100%", select="device=dev000+dev001")
+    service.start_rollout(h.db, r1["id"])
+    h.rec.tick()
+    r2 = h.create(waves="100%")
+    service.start_rollout(h.db, r2["id"])
+    h.rec.tick()
+    a2 = h.assignments(r2["id"])
+    assert "dev000" not in a2 and "dev001" not in a2 and len(a2) == 18
+
+
+def test_already_active_device_succeeds_from_its_state(h):
+    r = h.create(waves="100%", select="device=dev000+dev001")
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    h.respond(lambda c: "already")
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "finished" and st["succeeded"] == 2
