@@ -329,3 +329,4 @@ def rollout_devices_cmd(url, token, config_path, rollout_id, as_json) -> None:
     Console().print(table)
 
 
+fleet.add_command(__import__("edgeops.fleet.simulator.cli", fromlist=["simulate"]).simulate)  # `edgeops fleet simulate` (fleet/simulator/cli.py; click only at import)
