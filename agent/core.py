@@ -30,18 +30,18 @@ import numpy as np
 
 from edgeops import __version__
 from edgeops.bundle import Manifest
-from edgeops.errors import AgentError, EdgeopsError
+from edgeops.errors import AgentError, BundleError, EdgeopsError
 from edgeops.golden import GoldenVectors
 from edgeops.profiles import HardwareProfile, load_profile
 from edgeops.protocol import DeviceEvent, DeviceState, EventKind, GateResult, TelemetryBatch, VersionRef, events_topic, state_topic, telemetry_topic
 from edgeops.trust.errors import TrustError
 
-from edgeops.agent.config import AgentConfig
+from edgeops.agent.config import AgentConfig, SelfTestConfig
 from edgeops.agent.machine import ROLLBACK_COMMAND, InstallMachine
 from edgeops.agent.outbox import OutboxSender
 from edgeops.agent.probation import ProbationMonitor
 from edgeops.agent.runtimes import InferenceError, Runtime, RuntimeFactory, load_runtime
-from edgeops.agent.selftest import SelfTestReport, load_golden, run_self_test
+from edgeops.agent.selftest import SelfTestReport, host_figures, load_golden, run_self_test
 from edgeops.agent.spool import EVENT, TELEMETRY, Spool
 from edgeops.agent.statefile import RESTING, PersistedState, State, StateFile, UpdateRecord
 from edgeops.agent.store import ModelStore
@@ -312,11 +312,12 @@ class Agent:
         self._staged = None
         self._state_dirty = True
 
-    def self_test(self, sha256: str, keep_runtime: bool = False) -> SelfTestReport:
-        """Self-test a stored version (see :mod:`edgeops.agent.selftest`)."""
+    def self_test(self, sha256: str, keep_runtime: bool = False, settings: SelfTestConfig | None = None) -> SelfTestReport:
+        """Self-test a stored version (see :mod:`edgeops.agent.selftest`); ``settings`` default to the config's."""
         manifest = self.store.verify(sha256)
         files = self.store.files_dir(sha256)
-        report = run_self_test(files, manifest, self.config.self_test, self.runtime_factory, list(self.profile.runtime.providers), self.profile.runtime.threads, keep_runtime=keep_runtime)
+        settings = settings or self.config.self_test
+        report = run_self_test(files, manifest, settings, self.runtime_factory, list(self.profile.runtime.providers), self.profile.runtime.threads, keep_runtime=keep_runtime)
         if keep_runtime and report.runtime is not None:
             try:
                 golden = load_golden(files)
@@ -529,38 +530,86 @@ class Agent:
         self.machine.transition(State.ROLLING_BACK)
 
     def _cmd_self_test(self, cmd) -> None:
-        """Fetch, verify, store and self-test a target without activating it; report the figures."""
+        """Fetch, verify, store and self-test a target without activating it; report the figures.
+
+        Nothing here touches the serving model or the install state machine: the version is
+        loaded in its own runtime, tested and closed, and the store keeps it only if it is
+        already current or previous. The answer is one event carrying ``cmd.command_id``:
+
+        - ``command_rejected``: busy with an update, or the command lacks its target;
+        - ``bundle_rejected``: the target or bundle failed TUF/bundle verification, or was
+          built for another profile or runtime;
+        - ``install_failed``: the repository was unreachable or the store is full;
+        - ``self_test_passed`` / ``self_test_failed``: every gate, and a JSON ``detail`` of figures
+          (load time, latency p50/p95/p99 over ``runs`` inferences, memory, CPU MHz, temperature).
+        """
+        from edgeops.agent.store import StoreError
         from edgeops.trust.commands import check_assignment
+        from edgeops.trust.errors import RepositoryUnavailableError
         from edgeops.trust.verify import verify_bundle_file
 
         if self.machine.busy():
-            return self._refuse(cmd, f"busy in state {self.machine.state.value}")
+            return self._refuse(cmd, f"busy in state {self.machine.state.value}; run the self-test when the update has finished")
         sha = cmd.target_sha256
-        if not sha or not cmd.target_name:
+        if not (sha and cmd.target_name and cmd.target_length is not None):
             return self._refuse(cmd, "self_test needs target_name, target_sha256 and target_length")
+        # ``runs`` was bounded (1..MAX_SELF_TEST_RUNS) when the envelope was validated; absent: the config's.
+        settings = self.config.self_test if cmd.runs is None else self.config.self_test.model_copy(update={"latency_runs": cmd.runs})
         target = cmd.bundle
+
+        def answer(kind: EventKind, detail: str) -> None:
+            self.emit(kind, command_id=cmd.command_id, target=target, detail=detail[:1000])
+
         try:
             if not self.store.has(sha):
-                self.trust.refresh()
-                record = self.trust.get_target(cmd.target_name)
-                check_assignment(cmd, record)
-                path = self.download_path(sha)
-                self.trust.download_target(record, path)
-                verdict = verify_bundle_file(path, record)
-                if verdict.manifest.profile != self.profile.name:
-                    raise AgentError(f"bundle is for profile {verdict.manifest.profile!r}; this device runs {self.profile.name!r}")
-                self.store.install(path, sha)
-                self.discard_download(sha)
+                try:
+                    self.trust.refresh()
+                    record = self.trust.get_target(cmd.target_name)
+                    check_assignment(cmd, record)
+                    if record.profile and record.profile != self.profile.name:
+                        raise BundleError(f"{record.name} was built for profile {record.profile!r}; this device runs {self.profile.name!r}")
+                    path = self.download_path(sha)
+                    self.trust.download_target(record, path)
+                    m = verify_bundle_file(path, record).manifest
+                    if m.profile != self.profile.name:
+                        raise BundleError(f"bundle {m.name} {m.version} is for profile {m.profile!r}; this device runs {self.profile.name!r}")
+                    if m.runtime != self.profile.runtime.name:
+                        raise BundleError(f"bundle {m.name} {m.version} needs runtime {m.runtime!r}; profile {self.profile.name} uses {self.profile.runtime.name!r}")
+                    self.store.install(path, sha)
+                except RepositoryUnavailableError as e:
+                    return answer(EventKind.INSTALL_FAILED, f"repository unreachable: {e}")
+                except (TrustError, BundleError) as e:
+                    return answer(EventKind.BUNDLE_REJECTED, f"{type(e).__name__}: {e}")
+                except StoreError as e:
+                    return answer(EventKind.INSTALL_FAILED, f"{type(e).__name__}: {e}")
+                finally:
+                    self.discard_download(sha)
             m = self.store.manifest(sha)
             target = VersionRef(name=m.name, version=m.version, release=m.release, sha256=sha)
-            report = self.self_test(sha)
+            report = self.self_test(sha, settings=settings)
         except EdgeopsError as e:
-            self.discard_download(sha)
-            self.emit(EventKind.SELF_TEST_FAILED, command_id=cmd.command_id, target=target, detail=f"{type(e).__name__}: {e}"[:1000])
-            return
+            return answer(EventKind.SELF_TEST_FAILED, f"{type(e).__name__}: {e}")
         finally:
             self.store.gc()
-        figures = {"command": "self_test", "passed": report.passed, "load_s": report.load_s, "latency_p50_ms": report.latency_p50_ms, "latency_p95_ms": report.latency_p95_ms, "memory_mb": report.memory_mb}
+        figures = {
+            "command": "self_test",
+            "passed": report.passed,
+            "profile": self.profile.name,
+            "runtime": m.runtime,
+            "threads": self.profile.runtime.threads,
+            "runs": settings.latency_runs,
+            "timed_runs": report.latency_runs,
+            "self_test_s": report.seconds,
+            "load_s": report.load_s,
+            "latency_p50_ms": report.latency_p50_ms,
+            "latency_p95_ms": report.latency_p95_ms,
+            "latency_p99_ms": report.latency_p99_ms,
+            "latency_budget_p95_ms": m.budgets.latency_p95_ms,
+            "latency_factor": settings.latency_factor,
+            "memory_mb": report.memory_mb,
+            "agent_version": __version__,
+            **host_figures(),
+        }
         kind = EventKind.SELF_TEST_PASSED if report.passed else EventKind.SELF_TEST_FAILED
         self.emit(kind, command_id=cmd.command_id, target=target, gates=report.gates, detail=json.dumps(figures, sort_keys=True))
 

@@ -9,8 +9,9 @@ threshold:
 - ``latency_p95``:  p95 latency over ``latency_runs`` inferences <= budget x ``latency_factor``
 - ``memory``:       RSS growth while loading <= ``max_memory_mb`` (or the manifest's budget), when set
 
-The report also carries the benchmark figures (load time, p50/p95 latency, memory) that the
-``self_test`` command sends to the console without activating anything.
+The report also carries the benchmark figures (load time, p50/p95/p99 latency, memory) that the
+``self_test`` command sends to the console without activating anything, and
+:func:`host_figures` adds what the host exposes about itself (CPU frequency, temperature).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from edgeops.protocol import GateResult
 
 from edgeops.agent.config import SelfTestConfig
 from edgeops.agent.runtimes import InferenceError, Runtime, RuntimeFactory
-from edgeops.agent.system import percentile, rss_mb
+from edgeops.agent.system import percentile, rss_mb, temperature_c
+
+CPUFREQ_PATH = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+CPUINFO_PATH = Path("/proc/cpuinfo")
 
 
 @dataclass
@@ -37,7 +41,10 @@ class SelfTestReport:
     load_s: float | None = None
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_runs: int = 0  # timed inferences behind the latency figures
     memory_mb: float | None = None
+    seconds: float = 0.0  # wall time of the whole self-test
     runtime: Runtime | None = field(default=None, repr=False)
 
     def summary(self) -> str:
@@ -45,6 +52,27 @@ class SelfTestReport:
         failed = [g for g in self.gates if not g.passed]
         head = "passed" if not failed else "failed: " + ", ".join(f"{g.gate} ({g.detail or g.measured})" for g in failed)
         return f"{head}; load {self.load_s}s p50 {self.latency_p50_ms}ms p95 {self.latency_p95_ms}ms mem {self.memory_mb}MB"
+
+
+def cpu_mhz(cpufreq: Path = CPUFREQ_PATH, cpuinfo: Path = CPUINFO_PATH) -> float | None:
+    """Current frequency of CPU 0 in MHz (cpufreq, else /proc/cpuinfo "cpu MHz"); None where unreadable."""
+    try:
+        return round(int(cpufreq.read_text().strip()) / 1000.0, 1)  # the file is in kHz
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.lower().startswith("cpu mhz"):
+                return round(float(line.split(":", 1)[1]), 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def host_figures() -> dict[str, float | None]:
+    """What the host exposes right now: CPU frequency (MHz) and hottest thermal zone (C), None where unreadable."""
+    temp = temperature_c()
+    return {"cpu_mhz": cpu_mhz(), "temperature_c": None if temp is None else round(temp, 1)}
 
 
 def load_golden(files_dir: Path) -> GoldenVectors | None:
@@ -66,13 +94,14 @@ def run_self_test(
 ) -> SelfTestReport:
     """Load the version at ``files_dir`` and check it against every gate; never raises for a bad model."""
     gates: list[GateResult] = []
+    started = time.perf_counter()
     rss0 = rss_mb()
     t0 = time.perf_counter()
     try:
         runtime = runtime_factory(Path(files_dir) / manifest.artifact, manifest, providers, threads)
     except Exception as e:  # any load failure is a failed gate, not an agent crash
         gates.append(GateResult(gate="load", passed=False, detail=str(e)[:500]))
-        return SelfTestReport(passed=False, gates=gates)
+        return SelfTestReport(passed=False, gates=gates, seconds=round(time.perf_counter() - started, 4))
     load_s = round(time.perf_counter() - t0, 4)
     memory_mb = round(max(0.0, rss_mb() - rss0), 2)
     gates.append(GateResult(gate="load", passed=load_s <= settings.max_load_s, measured=load_s, threshold=settings.max_load_s))
@@ -114,7 +143,7 @@ def run_self_test(
                 errors += 1
                 break
             latencies.append((time.perf_counter() - t) * 1000.0)
-    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    p50, p95, p99 = percentile(latencies, 50), percentile(latencies, 95), percentile(latencies, 99)
     if p95 is not None:
         limit = manifest.budgets.latency_p95_ms * settings.latency_factor
         gates.append(GateResult(gate="latency_p95", passed=p95 <= limit, measured=round(p95, 3), threshold=round(limit, 3)))
@@ -126,7 +155,10 @@ def run_self_test(
         load_s=load_s,
         latency_p50_ms=None if p50 is None else round(p50, 3),
         latency_p95_ms=None if p95 is None else round(p95, 3),
+        latency_p99_ms=None if p99 is None else round(p99, 3),
+        latency_runs=len(latencies),
         memory_mb=memory_mb,
+        seconds=round(time.perf_counter() - started, 4),
     )
     if passed and keep_runtime:
         report.runtime = runtime

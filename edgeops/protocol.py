@@ -184,6 +184,11 @@ class TelemetryBatch(_Msg):
 
 CommandKind = Literal["assign", "rollback", "self_test", "report"]
 COMMAND_PAYLOAD_TYPE = "application/vnd.edgeops.command+json"
+MAX_SELF_TEST_RUNS = 10_000  # timed inferences a self_test command may ask for (the agent's main loop waits on them)
+# Optional fields added after protocol v1 shipped. Signers leave them out of the payload when
+# unset, so envelopes of commands that do not use them stay byte-identical to earlier ones and
+# agents that predate a field keep accepting every command that does not use it.
+COMMAND_OPTIONAL_FIELDS = ("runs",)
 
 
 class Command(_Msg):
@@ -191,6 +196,8 @@ class Command(_Msg):
 
     ``target_name``/``target_sha256``/``target_length`` (assign, self_test) must match a
     TUF-verified target exactly. ``seq`` is monotonic per device; ``expires`` is a unix time.
+    ``runs`` (self_test only, optional) is how many timed inferences the latency figures use;
+    without it the agent uses its ``self_test.latency_runs``.
     """
 
     device_id: str = Field(description="a device id, or 'cohort:<name>' for a group")
@@ -204,6 +211,7 @@ class Command(_Msg):
     bundle: VersionRef | None = None
     rollout_id: str | None = None
     reason: str = ""
+    runs: int | None = Field(default=None, ge=1, le=MAX_SELF_TEST_RUNS, description="self_test: timed inferences for the latency figures")
 
 
 class FetchRequest(_Msg):

@@ -6,7 +6,8 @@
     GET  /repo/metadata/..., /repo/targets/... the TUF repository (public: devices verify it)
     GET  /api/v1/devices[?online=&version=]    devices
     GET  /api/v1/devices/{id}
-    GET  /api/v1/events[?device=&kind=&since=&limit=]
+    POST /api/v1/devices/{id}/self-test        order a self-test of a published bundle (body: {"bundle", "runs"})
+    GET  /api/v1/events[?device=&kind=&command_id=&since=&limit=]
     GET  /api/v1/rollouts[?status=]            rollouts
     POST /api/v1/rollouts                      create (body: RolloutRequest)
     GET  /api/v1/rollouts/{id}[?history=1]     status with waves and gates
@@ -14,8 +15,10 @@
     POST /api/v1/rollouts/{id}/{start|pause|resume|promote|abort}
 
 ``/api`` requires ``Authorization: Bearer <token>`` (api.tokens). Errors are JSON
-``{"error": message, "type": class}``: 400 bad input, 401 no/wrong token, 404 unknown id,
-409 action not allowed in the rollout's current state, 422 refused rollout settings.
+``{"error": message, "type": class}``: 400 bad input, 401 no/wrong token, 404 unknown id
+(device, rollout, or a bundle a self-test names that is not published), 409 action not allowed
+in the rollout's current state or a self-test the device cannot take now (offline, other
+profile, a rollout command still queued), 422 refused rollout settings, 503 no broker.
 Database work runs in a thread pool so the event loop never blocks.
 """
 
@@ -30,11 +33,12 @@ import threading
 
 from edgeops import __version__
 from edgeops.errors import ConfigError, EdgeopsError, FleetError, IllegalTransitionError
-from edgeops.fleet import registry
+from edgeops.fleet import commands, registry
 from edgeops.fleet.rollouts import service
 from edgeops.fleet.rollouts.settings import RolloutRequest, RolloutSettingsError, parse_request
 from edgeops.fleet.rollouts.status import ACTION_FROM
 from edgeops.fleet.targets import UnknownBundleError
+from edgeops.protocol import MAX_SELF_TEST_RUNS
 
 log = logging.getLogger("edgeops.fleet.api")
 
@@ -71,12 +75,35 @@ def openapi_document() -> dict:
             }
         },
         "/api/v1/devices/{id}": {"get": {"summary": "One device", "parameters": [rid], "responses": {"200": obj, "401": err, "404": err}}},
+        "/api/v1/devices/{id}/self-test": {
+            "post": {
+                "summary": "Self-test a published bundle on one device without activating it",
+                "description": "Sends the device a DSSE-signed self_test command naming the bundle's TUF target (QoS 1). The agent fetches "
+                "and verifies the bundle, runs its self-test (golden vectors, load time, memory, latency p50/p95/p99 over `runs` "
+                "inferences) without touching the serving model, and answers with one event carrying the returned command_id "
+                "(self_test_passed / self_test_failed with gates and a JSON detail of figures, or bundle_rejected / "
+                "command_rejected / install_failed): poll GET /api/v1/events?device={id}&command_id=... "
+                "404: device not enrolled, or bundle not published; 409: device offline, bundle built for another profile, or a "
+                "rollout command for the device not yet published; 503: the console has no broker connection.",
+                "parameters": [rid],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SelfTestRequest"}}}},
+                "responses": {
+                    "202": {"description": "command published", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SelfTestOrder"}}}},
+                    "400": err,
+                    "401": err,
+                    "404": err,
+                    "409": err,
+                    "503": err,
+                },
+            }
+        },
         "/api/v1/events": {
             "get": {
                 "summary": "Device events, newest first",
                 "parameters": [
                     {"name": "device", "in": "query", "schema": {"type": "string"}},
                     {"name": "kind", "in": "query", "schema": {"type": "string"}},
+                    {"name": "command_id", "in": "query", "schema": {"type": "string"}, "description": "only events answering this command (e.g. a self-test's)"},
                     {"name": "since", "in": "query", "schema": {"type": "number"}, "description": "unix time"},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 200}},
                 ],
@@ -125,6 +152,28 @@ def openapi_document() -> dict:
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}, "type": {"type": "string"}}, "required": ["error"]},
                 "RolloutRequest": schema,
+                "SelfTestRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["bundle"],
+                    "properties": {
+                        "bundle": {"type": "string", "description": "NAME@VERSION as published to the console's repository", "example": "detector@1.4.0"},
+                        "runs": {"type": "integer", "minimum": 1, "maximum": MAX_SELF_TEST_RUNS, "description": "timed inferences for the latency figures (default: the agent's self_test.latency_runs)"},
+                    },
+                },
+                "SelfTestOrder": {
+                    "type": "object",
+                    "required": ["command_id", "device", "bundle"],
+                    "properties": {
+                        "command_id": {"type": "string"},
+                        "device": {"type": "string"},
+                        "bundle": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "expires": {"type": "number"},
+                        "runs": {"type": "integer", "nullable": True},
+                        "target": {"type": "object", "properties": {"name": {"type": "string"}, "sha256": {"type": "string"}, "length": {"type": "integer"}}},
+                    },
+                },
                 **defs,
             },
         },
@@ -132,10 +181,12 @@ def openapi_document() -> dict:
 
 
 def _status_for(e: Exception) -> int:
-    if isinstance(e, IllegalTransitionError):
+    if isinstance(e, (IllegalTransitionError, commands.DeviceOfflineError, commands.CommandConflictError)):
         return 409
-    if isinstance(e, (service.UnknownRolloutError, registry.UnknownDeviceError)):
+    if isinstance(e, (service.UnknownRolloutError, registry.UnknownDeviceError, commands.UnpublishedBundleError)):
         return 404
+    if isinstance(e, commands.BrokerUnavailableError):
+        return 503
     if isinstance(e, RolloutSettingsError):
         return 422
     if isinstance(e, (UnknownBundleError, ConfigError)):
@@ -218,7 +269,36 @@ def make_app(console):
             since_f = float(since) if since else None
         except ValueError:
             raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter since: {since!r} is not a unix time"}), content_type="application/json") from None
-        return web.json_response(await run(registry.list_events, db, device_id=request.query.get("device"), since=since_f, kind=request.query.get("kind"), limit=_int(request, "limit", 200)))
+        return web.json_response(
+            await run(registry.list_events, db, device_id=request.query.get("device"), since=since_f, kind=request.query.get("kind"), command_id=request.query.get("command_id"), limit=_int(request, "limit", 200))
+        )
+
+    async def self_test(request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response({"error": "body is not JSON; send {\"bundle\": \"NAME@VERSION\", \"runs\": N}", "type": "BadRequest"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object {\"bundle\": \"NAME@VERSION\", \"runs\": N}", "type": "BadRequest"}, status=400)
+        extra = sorted(set(body) - {"bundle", "runs"})
+        if extra:
+            return web.json_response({"error": f"unknown field(s) {', '.join(extra)}; the body takes bundle and runs", "type": "BadRequest"}, status=400)
+        if "bundle" not in body:
+            return web.json_response({"error": "bundle: required (NAME@VERSION as published)", "type": "BadRequest"}, status=400)
+        sender = console.reconciler.sender if console.reconciler is not None else None
+        out = await run(
+            commands.order_self_test,
+            db,
+            console.repo_dir,
+            sender,
+            request.match_info["id"],
+            body["bundle"],
+            body.get("runs"),
+            ttl_s=console.config.rollouts.command_ttl_s,
+            actor="api",
+            connected=console.mqtt_connected,  # 503 at once rather than wait for an acknowledgement that cannot come
+        )
+        return web.json_response(out, status=202)
 
     async def rollouts(request):
         return web.json_response(await run(service.list_rollouts, db, status=request.query.get("status")))
@@ -254,6 +334,7 @@ def make_app(console):
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/v1/devices", devices)
     app.router.add_get("/api/v1/devices/{id}", device)
+    app.router.add_post("/api/v1/devices/{id}/self-test", self_test)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/rollouts", rollouts)
     app.router.add_post("/api/v1/rollouts", create)

@@ -1,21 +1,30 @@
-"""Build, sign and publish console -> device commands (assign, rollback).
+"""Build, sign and publish console -> device commands (assign, rollback, self_test).
 
 The reconciler writes each command's id, per-device sequence number and expiry to the
 database *before* publishing, and marks it sent only after the broker acknowledged it (QoS 1
 PUBACK). A console that dies in between publishes the very same command again on restart
 (same id, same seq, same expiry: Ed25519 signatures are deterministic, so the same bytes),
 which the device either obeys or refuses as a replay; it is never assigned twice.
+
+One-off ``self_test`` commands (``POST /api/v1/devices/{id}/self-test``, used by ``edgeops hil
+run --device``) go through :func:`order_self_test`: the same signer, per-device ``seq`` counter
+and expiry as assignments, recorded in the ``commands`` table and published QoS 1 at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
+from edgeops.errors import FleetError
+from edgeops.fleet.db import Database
 from edgeops.fleet.signing import CommandSigner
-from edgeops.protocol import Command, VersionRef, cmd_topic
+from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef, cmd_topic, valid_device_id
 
 log = logging.getLogger("edgeops.fleet.commands")
 
@@ -76,6 +85,162 @@ def rollback_command(device_id: str, command_id: str, seq: int, expires: float, 
         rollout_id=rollout["id"],
         reason=reason or f"rollout {rollout['id']} aborted",
     )
+
+
+def self_test_command(device_id: str, command_id: str, seq: int, expires: float, target, name: str, version: str, runs: int | None = None) -> Command:
+    """Order a device to fetch, verify and self-test a published version without activating it.
+
+    ``target`` is the :class:`~edgeops.fleet.targets.TargetInfo` the console signed; the agent
+    refuses the command unless name, sha256 and length equal the TUF-verified target.
+    """
+    return Command(
+        device_id=device_id,
+        command_id=command_id,
+        seq=seq,
+        expires=expires,
+        kind="self_test",
+        target_name=target.path,
+        target_sha256=target.sha256,
+        target_length=target.length,
+        bundle=VersionRef(name=name, version=version, release=target.release, sha256=target.sha256),
+        reason=f"self-test of {name}@{version}",
+        runs=runs,
+    )
+
+
+class UnpublishedBundleError(FleetError):
+    """The bundle a one-off command names is not a target of the console's repository."""
+
+
+class DeviceOfflineError(FleetError):
+    """The device is not connected, so a command that waits for its answer would only wait."""
+
+
+class CommandConflictError(FleetError):
+    """The command cannot be ordered in the device's current situation (profile, queued commands)."""
+
+
+class BrokerUnavailableError(FleetError):
+    """The console cannot reach devices right now (no MQTT connection)."""
+
+
+class CommandNotAcknowledgedError(BrokerUnavailableError):
+    """The broker did not acknowledge a published command in time."""
+
+
+def parse_bundle_ref(text: object) -> tuple[str, str]:
+    """``NAME@VERSION`` -> (name, version); FleetError naming the ``bundle`` field otherwise."""
+    if not isinstance(text, str):
+        raise FleetError(f"bundle: expected a string NAME@VERSION, got {type(text).__name__}")
+    name, sep, version = text.partition("@")
+    if not sep or not name or not version or "/" in name or "/" in version or "@" in version:
+        raise FleetError(f"bundle: {text!r} should be NAME@VERSION as published (e.g. detector@1.4.0)")
+    return name, version
+
+
+def check_runs(runs: object) -> int | None:
+    """A ``runs`` value from a request: None, or an integer in 1..MAX_SELF_TEST_RUNS."""
+    if runs is None:
+        return None
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= MAX_SELF_TEST_RUNS:
+        raise FleetError(f"runs: {runs!r} must be an integer from 1 to {MAX_SELF_TEST_RUNS}")
+    return runs
+
+
+def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", device_id: str, bundle: str, runs: int | None = None, ttl_s: float = 86400.0, actor: str = "api", now: float | None = None, connected: bool = True) -> dict:
+    """Sign, record and publish a ``self_test`` command of ``bundle`` (NAME@VERSION) for one device.
+
+    Raises (each message names the device or bundle): UnknownDeviceError (not enrolled),
+    UnpublishedBundleError (not in the repository), DeviceOfflineError, CommandConflictError
+    (the bundle is built for another profile than the device reports, or a rollout command
+    for the device is decided but not yet published: a higher ``seq`` going out first would
+    make the device refuse that one as a replay), CommandNotAcknowledgedError (the broker did
+    not acknowledge; the command is recorded as ``unacknowledged``), BrokerUnavailableError
+    when the console runs without MQTT, and FleetError for a malformed ``bundle`` or ``runs``. Returns ``{"command_id", "device", "bundle", ...}``.
+    """
+    from edgeops.fleet.registry import UnknownDeviceError
+    from edgeops.fleet.rollouts.status import LIVE_ROLLOUT, AssignmentStatus as A
+    from edgeops.fleet.targets import UnknownBundleError, find_target
+
+    name, version = parse_bundle_ref(bundle)
+    runs = check_runs(runs)
+    d, a, r, c = db.t.devices, db.t.assignments, db.t.rollouts, db.t.commands
+    if not valid_device_id(device_id):
+        raise UnknownDeviceError(f"device {device_id!r}: not a valid device id, so not enrolled")
+    with db.connect() as conn:
+        if conn.execute(sa.select(d.c.id).where(d.c.id == device_id)).first() is None:
+            raise UnknownDeviceError(f"device {device_id}: not enrolled (enrol it with `edgeops fleet enroll {device_id}`)")
+    try:
+        target = find_target(repo_dir, name, version)
+    except UnknownBundleError as e:
+        raise UnpublishedBundleError(str(e)) from e
+    if sender is None:
+        raise BrokerUnavailableError("this console runs without MQTT, so it cannot send commands to devices")
+    if not connected:
+        raise BrokerUnavailableError("the console is not connected to the broker right now; retry when it has reconnected (see /healthz)")
+    now = time.time() if now is None else now
+    command_id = f"selftest-{device_id}-{uuid.uuid4().hex[:10]}"
+    with db.begin() as conn:
+        # the row lock (PostgreSQL; SQLite's write transaction locks the file) orders this seq
+        # against the reconciler's for the same device
+        row = conn.execute(sa.select(d.c.online, d.c.profile, d.c.last_seen).where(d.c.id == device_id).with_for_update()).first()
+        if row is None:
+            raise UnknownDeviceError(f"device {device_id}: not enrolled (enrol it with `edgeops fleet enroll {device_id}`)")
+        if not row.online:
+            seen = f"last seen {now - row.last_seen:.0f}s ago" if row.last_seen else "never seen"
+            raise DeviceOfflineError(f"device {device_id} is offline ({seen}); a self-test needs the device connected to the broker")
+        built_for = (target.custom or {}).get("profile")
+        if built_for and row.profile and built_for != row.profile:
+            raise CommandConflictError(f"bundle {name}@{version} is built for profile {built_for!r}; device {device_id} runs {row.profile!r}")
+        queued = conn.execute(
+            sa.select(a.c.rollout_id)
+            .join(r, r.c.id == a.c.rollout_id)
+            .where(
+                a.c.device_id == device_id,
+                r.c.status.in_([s.value for s in LIVE_ROLLOUT]),
+                sa.or_(a.c.status == A.PENDING.value, sa.and_(a.c.status == A.REVERTING.value, a.c.rollback_sent_at.is_(None))),
+            )
+            .limit(1)
+        ).first()
+        if queued is not None:
+            raise CommandConflictError(f"device {device_id} has a command of rollout {queued.rollout_id} decided but not yet published; retry in a few seconds")
+        higher = sa.case((d.c.cmd_seq >= d.c.reported_cmd_seq, d.c.cmd_seq), else_=d.c.reported_cmd_seq)
+        conn.execute(d.update().where(d.c.id == device_id).values(cmd_seq=higher + 1))
+        seq = conn.execute(sa.select(d.c.cmd_seq).where(d.c.id == device_id)).scalar_one()
+        expires = now + ttl_s
+        conn.execute(
+            c.insert().values(
+                command_id=command_id, device_id=device_id, kind="self_test", seq=seq, expires=expires, bundle_name=name, bundle_version=version,
+                target_name=target.path, runs=runs, status="recorded", actor=actor[:64], created_at=now,
+            )
+        )
+    cmd = self_test_command(device_id, command_id, seq, expires, target, name, version, runs)
+    acked = sender.send([cmd])
+    status = "published" if acked else "unacknowledged"
+    with db.begin() as conn:
+        conn.execute(c.update().where(c.c.command_id == command_id).values(status=status, sent_at=time.time() if acked else None))
+    if not acked:
+        raise CommandNotAcknowledgedError(f"device {device_id}: the broker did not acknowledge self-test command {command_id} within {sender.ack_timeout_s:.0f}s; check the console's broker connection")
+    log.info("self-test of %s@%s ordered on %s (command %s, seq %d)", name, version, device_id, command_id, seq)
+    return {
+        "command_id": command_id,
+        "device": device_id,
+        "bundle": f"{name}@{version}",
+        "seq": seq,
+        "expires": expires,
+        "runs": runs,
+        "target": {"name": target.path, "sha256": target.sha256, "length": target.length},
+    }
+
+
+def list_commands(db: Database, device_id: str | None = None, limit: int = 100) -> list[dict]:
+    """One-off commands, newest first (optionally of one device)."""
+    c = db.t.commands
+    q = sa.select(c).order_by(c.c.created_at.desc()).limit(limit)
+    if device_id:
+        q = q.where(c.c.device_id == device_id)
+    with db.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
 
 
 class CommandSender:

@@ -15,6 +15,8 @@ where the last one stopped. Tables (each name gets ``table_prefix``; PostgreSQL 
     assignments   (rollout_id, device_id): wave, assign command id/seq/expiry, status, the
                   version the device ran before (for rollback), rollback command id/seq
     audit         rollout history: every status change and operator action
+    commands      one-off commands ordered through the API (``self_test`` for ``edgeops hil
+                  run --device``): id, device, kind, seq, expiry, bundle, status, timestamps
 
 Timestamps are unix seconds (float) and JSON columns are text, so the schema is identical on
 both dialects. Writes that arrive in volume (ingest) go through ``executemany``; duplicate
@@ -51,6 +53,7 @@ class Tables:
     waves: sa.Table
     assignments: sa.Table
     audit: sa.Table
+    commands: sa.Table
 
 
 def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
@@ -182,7 +185,27 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("detail", sa.Text, nullable=False, default=""),
         sa.Index(f"{prefix}ix_audit_rollout", "rollout_id"),
     )
-    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit)
+    # A table of its own (not columns on an existing one): create_all adds it to a database made
+    # by an earlier version on SQLite and PostgreSQL alike, with no migration step.
+    commands = sa.Table(
+        f"{prefix}commands",
+        md,
+        sa.Column("command_id", S(128), primary_key=True),
+        sa.Column("device_id", S(64), nullable=False),
+        sa.Column("kind", S(32), nullable=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.Column("expires", sa.Float, nullable=False),
+        sa.Column("bundle_name", S(128)),
+        sa.Column("bundle_version", S(64)),
+        sa.Column("target_name", S(512)),
+        sa.Column("runs", sa.Integer),
+        sa.Column("status", S(32), nullable=False),
+        sa.Column("actor", S(64), nullable=False, default=""),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("sent_at", sa.Float),
+        sa.Index(f"{prefix}ix_commands_device", "device_id", "created_at"),
+    )
+    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

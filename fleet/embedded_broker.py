@@ -20,6 +20,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class SnapshotDict(dict):
+    """A dict whose iteration walks a snapshot of its keys/items.
+
+    amqtt 0.12 iterates its subscription table with ``await`` inside the loop (broadcast to
+    subscribers, retained messages for a reconnecting session). A client subscribing during
+    that await changes the dict's size, the loop raises "dictionary changed size during
+    iteration", and the message being broadcast is silently lost for the remaining
+    subscribers (the broadcast task's exception is never retrieved). With many devices
+    connecting at once (the demo's 50 agents) this happened. Iterating a snapshot is what the
+    loops mean: a subscription added mid-broadcast simply does not get that message.
+    """
+
+    def __iter__(self):
+        return iter(list(super().keys()))
+
+    def keys(self):
+        return list(super().keys())
+
+    def items(self):
+        return list(super().items())
+
+    def values(self):
+        return list(super().values())
+
+
+def _snapshot_tables(broker) -> None:
+    """Swap amqtt's shared tables for snapshot-iterating dicts (see SnapshotDict)."""
+    for name in ("_subscriptions", "_sessions", "_retained_messages"):
+        table = getattr(broker, name, None)
+        if isinstance(table, dict) and not isinstance(table, SnapshotDict):
+            setattr(broker, name, SnapshotDict(table))
+
+
 class EmbeddedBroker:
     """Runs an amqtt broker on its own thread and event loop; ``url`` is where clients connect."""
 
@@ -62,6 +95,7 @@ class EmbeddedBroker:
 
         async def boot() -> None:
             self._broker = Broker(config)
+            _snapshot_tables(self._broker)
             await self._broker.start()
 
         try:

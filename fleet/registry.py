@@ -96,12 +96,18 @@ def list_devices(db: Database, online: bool | None = None, version: str | None =
         return [device_row_to_dict(r) for r in conn.execute(q)]
 
 
-def list_events(db: Database, device_id: str | None = None, since: float | None = None, kind: str | None = None, limit: int = 200) -> list[dict]:
-    """Newest events first (by received time), optionally for one device / kind / since a time."""
+def list_events(db: Database, device_id: str | None = None, since: float | None = None, kind: str | None = None, limit: int = 200, command_id: str | None = None) -> list[dict]:
+    """Newest events first (by received time), optionally for one device / kind / command / since a time.
+
+    ``command_id`` keeps the events a device sent in answer to that command (the agent echoes
+    the id), e.g. the result of a self-test ordered through the API.
+    """
     t = db.t.events
     q = sa.select(t).order_by(t.c.received_at.desc(), t.c.seq.desc()).limit(limit)
     if device_id:
         q = q.where(t.c.device_id == device_id)
+    if command_id:
+        q = q.where(t.c.command_id == command_id)
     if since is not None:
         q = q.where(t.c.received_at >= since)
     if kind:

@@ -17,27 +17,12 @@ from edgeops.errors import BundleError
 from edgeops.hil.report import Check, HilReport
 
 
-def _cpu_mhz() -> float | None:
-    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq",):
-        try:
-            return round(int(Path(path).read_text().strip()) / 1000.0, 1)
-        except (OSError, ValueError):
-            pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("cpu mhz"):
-                return round(float(line.split(":")[1]), 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def run_local(bundle_path: str | Path, runs: int = 100, threads: int = 1, latency_factor: float = 1.0) -> HilReport:
     """Self-test and benchmark ``bundle_path`` here; never raises for a bad model, only reports."""
     from edgeops.agent.config import SelfTestConfig
     from edgeops.agent.runtimes import InferenceError, load_runtime
-    from edgeops.agent.selftest import load_golden, run_self_test
-    from edgeops.agent.system import percentile, temperature_c
+    from edgeops.agent.selftest import host_figures, load_golden, run_self_test
+    from edgeops.agent.system import percentile
 
     report = HilReport(bundle=str(bundle_path), target=f"local:{socket.gethostname()}")
     with tempfile.TemporaryDirectory(prefix="edgeops-hil-") as tmp:
@@ -91,7 +76,6 @@ def run_local(bundle_path: str | Path, runs: int = 100, threads: int = 1, latenc
             "memory_mb": selftest.memory_mb,
             "runs": len(latencies),
             "threads": threads,
-            "cpu_mhz": _cpu_mhz(),
-            "temperature_c": temperature_c(),
+            **host_figures(),  # the same readings a device sends with a remote self-test
         }
     return report

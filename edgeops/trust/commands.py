@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from securesystemslib.signer import Key, Signature, Signer
 
-from edgeops.protocol import COMMAND_PAYLOAD_TYPE, Command
+from edgeops.protocol import COMMAND_OPTIONAL_FIELDS, COMMAND_PAYLOAD_TYPE, Command
 from edgeops.trust import errors
 from edgeops.trust.fsutil import atomic_write
 
@@ -53,10 +53,17 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %b %d %b" % (len(t), t, len(payload), payload)
 
 
+def command_payload(command: Command) -> bytes:
+    """The canonical JSON payload of a command: sorted keys, no spaces, and the optional fields
+    added after v1 (:data:`~edgeops.protocol.COMMAND_OPTIONAL_FIELDS`) left out when unset."""
+    unset = {f for f in COMMAND_OPTIONAL_FIELDS if getattr(command, f) is None}
+    return json.dumps(command.model_dump(mode="json", exclude=unset or None), sort_keys=True, separators=(",", ":")).encode()
+
+
 def sign_command(command: Command, key: Signer | Sequence[Signer]) -> bytes:
     """Sign a command with one signer (or several) and return the DSSE envelope as JSON bytes."""
     signers = [key] if isinstance(key, Signer) else list(key)
-    payload = json.dumps(command.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    payload = command_payload(command)
     message = pae(PAYLOAD_TYPE, payload)
     sigs = []
     for signer in signers:

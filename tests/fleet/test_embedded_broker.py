@@ -50,3 +50,63 @@ def test_console_on_mqtt311_broker(tmp_path, fleet_repo):
             for d in devices:
                 d.stop()
             console.stop()
+
+
+def test_snapshot_dict_iterates_a_snapshot():
+    from edgeops.fleet.embedded_broker import SnapshotDict
+
+    d = SnapshotDict({"a": 1, "b": 2})
+    for key in d:  # a plain dict raises "dictionary changed size during iteration" here
+        d[key + "x"] = 0
+    for _key, _value in d.items():
+        d["late"] = 1
+    assert set(d) == {"a", "b", "ax", "bx", "late"}
+
+
+@pytest.mark.slow
+def test_concurrent_connects_with_retained_state_drop_no_client():
+    """Devices coming online together while retained state exists (the demo's start-up).
+
+    amqtt 0.12 walks its subscription table with awaits inside on every connect; without
+    SnapshotDict, concurrent subscribes made that walk raise and the broker dropped the
+    connecting client (33 of 60 here before the fix).
+    """
+    import threading
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    def client(cid):
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311)
+
+    dropped: list[str] = []
+    clients = []
+    with EmbeddedBroker() as broker:
+        console = client("console")
+        console.connect("127.0.0.1", broker.port)
+        console.loop_start()
+        console.subscribe("state/#", 1)
+        for i in range(30):
+            console.publish(f"state/d{i}", "online", qos=1, retain=True).wait_for_publish(5)
+
+        def come_online(n):
+            for i in range(15):
+                c = client(f"dev-{n}-{i}")
+                c.on_disconnect = lambda cl, *_: dropped.append(cl._client_id)
+                c.connect("127.0.0.1", broker.port)
+                c.loop_start()
+                for t in range(5):
+                    c.subscribe(f"dev/{n}-{i}/{t}", 1)
+                clients.append(c)
+
+        threads = [threading.Thread(target=come_online, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        time.sleep(3)  # a dropped client's disconnect callback arrives within this
+        try:
+            assert dropped == []
+        finally:
+            for c in clients + [console]:
+                c.loop_stop()
