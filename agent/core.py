@@ -302,13 +302,18 @@ class Agent:
         """Serve what the ``current`` link names (verified), or nothing when there is none."""
         sha = self.store.current()
         if sha is None:
-            self._serving = None
+            serving = None
         elif self._serving is not None and self._serving.sha256 == sha:
-            pass
+            serving = self._serving
         elif self._staged is not None and self._staged.sha256 == sha:
-            self._serving = self._staged
+            serving = self._staged
         else:
-            self._serving = self._load(sha)
+            serving = self._load(sha)
+        if serving is not self._serving and self.telemetry.pending():
+            # Close the interval first: a batch is labelled with one active version, and the
+            # console compares versions by these batches (a rollout's latency and error gates).
+            self.flush_telemetry()
+        self._serving = serving
         self._staged = None
         self._state_dirty = True
 

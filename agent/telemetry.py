@@ -81,6 +81,11 @@ class TelemetryCollector:
         self._latencies: list[float] = []
         self._outputs: dict[str, _OutputAcc] = {}
 
+    def pending(self) -> int:
+        """Inferences recorded in the current interval so far."""
+        with self._lock:
+            return self._count
+
     def record(self, latency_ms: float | None, outputs: dict[str, np.ndarray] | None) -> None:
         """One inference; ``outputs`` None means it failed."""
         with self._lock:

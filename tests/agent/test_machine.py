@@ -347,3 +347,24 @@ def test_report_command_flushes_telemetry(tmp_path, trust_repo):
     assert sum(batch["latency_counts"]) == batch["inference_count"] - batch["error_count"]
     assert "probs" in batch["outputs"]
     agent.stop()
+
+
+def test_telemetry_interval_closes_when_the_served_version_changes(tmp_path, trust_repo):
+    """Inferences served by v1 are never reported under v2 (the console compares versions by batches)."""
+    agent, _ = committed_v1(tmp_path, trust_repo, telemetry={"interval_s": 3600})
+    agent.flush_telemetry()  # v1's probation traffic goes in its own batch
+    first_new = agent.spool.next_seq("telemetry")
+    for _ in range(3):
+        agent.infer({"input": sample_inputs(1)})
+    agent.submit(trust_repo.command("assign", trust_repo.v2))
+    assert settle(agent) is State.COMMITTED
+    agent.infer({"input": sample_inputs(1)})
+    agent.flush_telemetry()
+    batches = [b for m in agent.spool.pending(limit=1000) if m.kind == "telemetry" and (b := json.loads(m.payload))["seq"] >= first_new]
+    by_version: dict[str, int] = {}
+    for b in batches:
+        by_version[b["active"]["version"]] = by_version.get(b["active"]["version"], 0) + b["inference_count"]
+    # v1 served 3 live inferences (plus any synthetic probation traffic counts under v2 only)
+    assert by_version.get("1.0.0") == 3
+    assert by_version.get("2.0.0", 0) >= 1
+    agent.stop()
