@@ -2,7 +2,8 @@
 
     InputError (4)
     ├── DynamicShapeError          dynamic input dims on a static-shapes profile
-    └── CalibrationMissingError    static quantization asked for without calibration data
+    ├── CalibrationMissingError    static quantization asked for without calibration data
+    └── NonFiniteOutputError       the built model gives NaN/Inf where the original does not
     ConfigError (3)
     └── ToolUnavailableError       a pass needs a package that is not installed or fails
 
@@ -24,3 +25,7 @@ class CalibrationMissingError(InputError):
 
 class ToolUnavailableError(ConfigError):
     """A pass needs an optional package (e.g. litert-torch) that is missing or unusable."""
+
+
+class NonFiniteOutputError(InputError):
+    """The built model gives NaN/Inf on a validation input where the original model does not."""

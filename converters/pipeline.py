@@ -26,12 +26,12 @@ from edgeops.bundle import GOLDEN_NAME, REPORT_NAME, Manifest, ManifestBudgets, 
 from edgeops.converters import checks
 from edgeops.converters.choose import Choice, choose_scheme
 from edgeops.converters.data import Dataset, ImageOptions, generated_dataset, load_dataset
-from edgeops.converters.errors import CalibrationMissingError
+from edgeops.converters.errors import CalibrationMissingError, NonFiniteOutputError
 from edgeops.converters.graph import ModelKind, classify_onnx, classify_torch, graph_inputs, set_input_shapes
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.runtime import make_runner, measure_latency
 from edgeops.converters.source import SourceModel, load_source
-from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier
+from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier, output_pairs, same_nonfinite
 from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError
 from edgeops.golden import GoldenVectors, Tolerance
 from edgeops.profiles import load_profile
@@ -154,7 +154,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
             "note": "measured on the build host, not on the device; kept out of the bundle so builds are reproducible",
         }
 
-    golden = _golden(feeds[:GOLDEN_CASES], built_runner, built_outputs[:GOLDEN_CASES], metrics)
+    golden = _golden(feeds, ref_runner, built_runner, built_outputs, metrics, ctx, _data_label(options.validation))
     golden_bytes = golden.to_json_bytes()
     artifact_name = f"model/model.{target}"
     limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
@@ -259,10 +259,16 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
         reduce_range = _needs_reduce_range(profile)
         if reduce_range:
             ctx.log.append(f"quantize-static: reduce_range on: profile '{profile.name}' is x86-64 without VNNI, where u8 x s8 products saturate at 8-bit weights")
+        with step("graph fusion (global pooling)"):
+            built = create_pass("fuse-graph", global_pool=True)(built, ctx)
         with step(f"static int8 quantization ({options.calibration_method or q.calibration_method} calibration)"):
+            # Shallow convs stay float only where that was measured to be faster (x86-64 MLAS kernels).
             built = create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=q.per_channel,
-                                calibration_method=options.calibration_method or q.calibration_method, reduce_range=reduce_range)(built, ctx)
+                                calibration_method=options.calibration_method or q.calibration_method, reduce_range=reduce_range,
+                                float_shallow_convs=profile.device.arch == "x86_64")(built, ctx)
     elif choice.scheme == "dynamic-int8":
+        with step("graph fusion (multi-head attention)"):
+            built = create_pass("fuse-graph", attention=True)(built, ctx)
         with step("dynamic int8 quantization"):
             # Per-tensor: onnxruntime's per-channel dynamic MatMul lost accuracy in our measurements
             # (digits transformer: 91.9% per-channel vs 93.0% per-tensor, fp32 93.9%).
@@ -468,25 +474,74 @@ def _first_feed(runner, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return feed if set(names) == set(feed) else dict(zip(names, feed.values()))
 
 
-def _golden(feeds, built_runner, outputs, metrics: dict) -> GoldenVectors:
+def _golden(feeds, ref_runner, built_runner, outputs, metrics: dict, ctx: PassContext, source: str) -> GoldenVectors:
     """Golden cases from the first validation feeds; tolerances from the observed error.
 
     A device's kernels differ from the host's (other SIMD, other int8 rounding), so outputs
     will not match bit for bit. The tolerance per output is the larger of a quarter of the
     quantization error observed against the original (an error of that order is already
     accepted by the gates) and 1e-3 of the output's magnitude, rounded up to two significant digits.
+
+    The device self-test rejects NaN/Inf outputs, so every case must be finite. A feed on which
+    the built model gives NaN/Inf where the original is finite is a broken build:
+    :class:`NonFiniteOutputError` names the output and the feed. A feed on which the original
+    model itself gives NaN/Inf at the same places is legitimate model behaviour: it is skipped
+    (with a warning) and the next validation feed is used.
     """
-    cases = [(_first_feed(built_runner, f), o) for f, o in zip(feeds, outputs)]
+    cases = []
+    skipped = []
+    for index, (feed, out) in enumerate(zip(feeds, outputs)):
+        bad = [name for name, value in out.items() if np.asarray(value).dtype.kind in "fc" and not np.all(np.isfinite(value))]
+        if bad:
+            ref_out = ref_runner.run(feed)
+            ref_by_built = {b: r for r, b in output_pairs(ref_runner.outputs, built_runner.outputs)}
+            for name in bad:
+                original = ref_out.get(ref_by_built.get(name, name))
+                if original is None or not same_nonfinite(original, out[name]):
+                    raise NonFiniteOutputError(
+                        f"golden vectors: output '{name}' of the built model is NaN/Inf on validation feed {index} "
+                        f"(input(s) {', '.join(repr(k) for k in feed)}, samples {_feed_rows(feed, index)} of {source}) "
+                        f"while the original model gives {'finite values' if original is not None and np.all(np.isfinite(original)) else 'different values'} there; "
+                        "the quantized model overflows or divides by zero: try --calibration-method percentile or entropy, another --quantize scheme, "
+                        "or check the calibration data covers that input range"
+                    )
+            skipped.append((index, bad))
+            continue
+        cases.append((_first_feed(built_runner, feed), out))
+        if len(cases) == GOLDEN_CASES:
+            break
+    if skipped:
+        ctx.warn(
+            "golden vectors: skipped validation feed(s) "
+            + "; ".join(f"{i} (output {', '.join(repr(n) for n in names)})" for i, names in skipped[:5])
+            + " where the original and the built model both give NaN/Inf: the device self-test needs finite outputs"
+        )
+    if not cases:
+        raise NonFiniteOutputError(
+            f"golden vectors: every validation feed of {source} gives NaN/Inf outputs in the original model as well as the built one, "
+            "so there is nothing the device could self-test against; pass --validation data on which the model gives finite outputs"
+        )
     tolerances = {}
     for spec in built_runner.outputs:
         magnitude = max((float(np.max(np.abs(o[spec.name]))) for _, o in cases if o[spec.name].size), default=1.0)
         observed = metrics["outputs"].get(spec.name, {}).get("max_abs_error") or 0.0
+        if not math.isfinite(observed):
+            raise NonFiniteOutputError(f"golden vectors: the error observed on output '{spec.name}' against the original is {observed}; cannot set a tolerance")
         atol = _round_up(max(0.25 * observed, 1e-3 * magnitude, 1e-5))
         tolerances[spec.name] = Tolerance(atol=atol, rtol=1e-3)
     return GoldenVectors(cases=cases, tolerances=tolerances)
 
 
+def _feed_rows(feed: dict[str, np.ndarray], index: int) -> str:
+    """Sample rows of feed ``index`` in the data file (feeds are consecutive slices)."""
+    rows = len(next(iter(feed.values()))) if feed else 1
+    return f"{index * rows}" if rows == 1 else f"{index * rows}..{index * rows + rows - 1}"
+
+
 def _round_up(x: float) -> float:
+    """Round a positive finite ``x`` up to two significant digits."""
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"_round_up needs a positive finite number, got {x}")
     exp = math.floor(math.log10(x)) - 1
     return round(math.ceil(x / 10**exp) * 10**exp, 12)
 
@@ -498,6 +553,10 @@ def _data_doc(ds: Dataset | None, feeds: int | None) -> dict | None:
     if feeds is not None:
         doc["feeds_compared"] = feeds
     return doc
+
+
+def _data_label(path: str | None) -> str:
+    return Path(path).name if path else "the generated validation inputs"
 
 
 def _display_name(source: SourceModel) -> str:

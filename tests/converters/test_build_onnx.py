@@ -93,9 +93,17 @@ def test_linear_heavy_model_picks_dynamic_int8_under_auto(transformer_onnx, tmp_
         "--validation", transformer_onnx["validation"], "--json", "-o", out,
     ], capsys)
     assert code == 0, stderr
-    q = json.loads(stdout)["report"]["quantization"]
+    report = json.loads(stdout)["report"]
+    q = report["quantization"]
     assert q["scheme"] == "dynamic-int8"
     assert "MatMul" in q["reason"] and "transformer" in q["reason"]
+    # The attention block is fused before quantization and runs as one int8 QAttention kernel.
+    import onnx
+
+    ops = {n.op_type for n in onnx.load_model_from_string(read_bundle(out).files["model/model.onnx"]).graph.node}
+    assert "QAttention" in ops and "Softmax" not in ops
+    assert any("Attention -> QAttention" in p for p in report["passes"])
+    assert report["metrics"]["top1_agreement"] >= load_profile("x86_64-avx512-vnni").budgets.min_agreement
 
 
 def test_fp16_on_jetson_profile(cnn_files, tmp_path, capsys):
@@ -137,3 +145,11 @@ def test_static_int8_on_avx2_profile_uses_reduce_range(cnn_files, tmp_path, caps
     report = json.loads(stdout)["report"]
     assert any("reduce_range on" in p for p in report["passes"])
     assert report["metrics"]["top1_agreement"] >= 0.98
+
+
+def test_dynamic_int8_build_with_fused_attention_is_byte_identical(transformer_onnx, tmp_path, capsys):
+    args = ["build", transformer_onnx["onnx"], "--profile", "x86_64-avx512-vnni", "--name", "tr", "--version", "1", "--validation", transformer_onnx["validation"]]
+    a, b = tmp_path / "a.bundle", tmp_path / "b.bundle"
+    assert run_cli([*args, "-o", a], capsys)[0] == 0
+    assert run_cli([*args, "-o", b], capsys)[0] == 0
+    assert a.read_bytes() == b.read_bytes()
