@@ -156,6 +156,50 @@ def enroll_cmd(device_id, tags, profile, method, config_path, no_register, as_js
     click.echo("reload the broker so it reads the new password file / ACL (e.g. kill -HUP $(pidof mosquitto))")
 
 
+@fleet.command("broker-cert")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--port", default=8883, show_default=True, type=click.IntRange(1, 65535), help="TLS listener port")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--update-config/--no-update-config", default=True, show_default=True, help="point fleet.toml's [broker] (console) and [enroll] device_broker_url at the TLS listener")
+@click.option("--json", "as_json", is_flag=True)
+def broker_cert_cmd(names, port, config_path, update_config, as_json) -> None:
+    """Issue the broker's TLS certificate for NAMES (host names / IPs devices use) and the console's client certificate.
+
+    Writes enroll/broker/tls-listener.conf to include in mosquitto.conf: a TLS listener where
+    every client (devices enrolled with --method cert, and the console) authenticates with a
+    certificate from the fleet CA and the certificate's name is its ACL user.
+    """
+    from edgeops.fleet.config import load_config
+    from edgeops.fleet.enroll import write_broker_tls
+
+    result = write_broker_tls(load_config(config_path), list(names), port)
+    if update_config:
+        import shutil
+        import tomllib
+
+        from edgeops.fleet.config import render_toml
+
+        raw = tomllib.loads(open(config_path, encoding="utf-8").read())
+        raw.setdefault("broker", {}).update(url=result["device_broker_url"], ca_file=result["ca_cert"], cert_file=result["console_cert"], key_file=result["console_key"])
+        raw.setdefault("enroll", {})["device_broker_url"] = result["device_broker_url"]
+        load_config_text = render_toml(raw)
+        shutil.copyfile(config_path, config_path + ".bak")
+        with open(config_path, "w", encoding="utf-8") as f:
+            f.write("# edgeops fleet console configuration (updated by edgeops fleet broker-cert)\n" + load_config_text)
+        load_config(config_path)  # still valid
+        result["config_updated"] = config_path
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"broker: include {result['listener_conf']} in mosquitto.conf, then restart it")
+    if update_config:
+        click.echo(f"console: {config_path} now connects to {result['device_broker_url']} with its certificate (previous file: {config_path}.bak)")
+    else:
+        click.echo(f"console: put these lines in the [broker] section of {config_path}:")
+        click.echo(result["fleet_toml_broker"].split("\n", 1)[1].rstrip())
+    click.echo(f"devices: `edgeops fleet enroll DEVICE --method cert` now writes agent.toml files for {result['device_broker_url']}")
+
+
 @fleet.command("devices")
 @_api_options
 @click.option("--online/--offline", "online", default=None, help="only online / offline devices")

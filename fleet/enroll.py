@@ -29,6 +29,7 @@ import base64
 import datetime as dt
 import hashlib
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -193,6 +194,104 @@ class FleetCA:
         )
 
 
+    def issue_server(self, names: list[str], days: int = 825) -> tuple[bytes, bytes]:
+        """(key PEM, certificate PEM) for the broker's TLS listener: every name in the SAN.
+
+        Names that parse as IP addresses become IP SANs (agents check the broker's hostname or
+        address against the certificate), the rest DNS names.
+        """
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        if not names:
+            raise ConfigError("broker certificate: give at least one host name or IP address the devices use to reach the broker")
+        sans: list = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", name):
+                    raise ConfigError(f"broker certificate: {name!r} is neither a host name nor an IP address") from None
+                sans.append(x509.DNSName(name))
+        self.ensure()
+        ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return (
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+
+def write_broker_tls(config: FleetConfig, names: list[str], port: int = 8883) -> dict:
+    """Issue the broker's server certificate and the console's client certificate from the fleet CA.
+
+    Writes ENROLL/broker/{server.crt,server.key,ca.crt,tls-listener.conf} and
+    ENROLL/console/{client.crt,client.key}; returns their paths and the fleet.toml [broker]
+    lines the console needs. Devices enrolled with ``--method cert`` then connect with their own
+    certificates (identity = device id = ACL user), so the broker needs no password file.
+    """
+    ca = FleetCA(config.path(config.enroll.ca_dir))
+    key_pem, cert_pem = ca.issue_server(names)
+    broker_dir = config.path(config.enroll.dir) / "broker"
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    _write_private(broker_dir / "server.key", key_pem)
+    _write_private(broker_dir / "server.crt", cert_pem, 0o644)
+    shutil.copyfile(ca.cert_path, broker_dir / "ca.crt")
+    console_dir = config.path(config.enroll.dir) / "console"
+    console_dir.mkdir(parents=True, exist_ok=True)
+    ckey, ccert = ca.issue(config.enroll.console_username)
+    _write_private(console_dir / "client.key", ckey)
+    _write_private(console_dir / "client.crt", ccert, 0o644)
+    listener = (
+        "# TLS listener for edgeops devices and console (edgeops fleet broker-cert)\n"
+        f"listener {port}\n"
+        f"cafile {(broker_dir / 'ca.crt').resolve()}\n"
+        f"certfile {(broker_dir / 'server.crt').resolve()}\n"
+        f"keyfile {(broker_dir / 'server.key').resolve()}\n"
+        "require_certificate true\n"
+        "use_identity_as_username true\n"
+        f"acl_file {ensure_acl(config).resolve()}\n"
+    )
+    (broker_dir / "tls-listener.conf").write_text(listener)
+    host = names[0]
+    toml_lines = (
+        "[broker]\n"
+        f'url = "mqtts://{host}:{port}"\n'
+        f'ca_file = "{(broker_dir / "ca.crt").resolve()}"\n'
+        f'cert_file = "{(console_dir / "client.crt").resolve()}"\n'
+        f'key_file = "{(console_dir / "client.key").resolve()}"\n'
+    )
+    return {
+        "server_cert": str(broker_dir / "server.crt"),
+        "server_key": str(broker_dir / "server.key"),
+        "ca_cert": str(broker_dir / "ca.crt"),
+        "listener_conf": str(broker_dir / "tls-listener.conf"),
+        "console_cert": str(console_dir / "client.crt"),
+        "console_key": str(console_dir / "client.key"),
+        "fleet_toml_broker": toml_lines,
+        "device_broker_url": f"mqtts://{host}:{port}",
+    }
+
+
 @dataclass
 class Enrollment:
     """What ``enroll_device`` wrote."""
@@ -297,7 +396,7 @@ def enroll_device(
     files += trust_files
     agent = {
         "device_id": device_id,
-        "data_dir": f"/var/lib/edgeops/{device_id}",
+        "data_dir": "/var/lib/edgeops-agent",  # the systemd unit's StateDirectory (agent/edgeops-agent.service)
         "profile": profile or "x86_64-avx2",
         "tags": tags or {},
         "broker": broker,
