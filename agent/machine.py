@@ -274,9 +274,13 @@ class InstallMachine:
         # crash no longer fails the update quietly, it rolls back (ERROR_POLICY, RECOVERY).
         a.store.set_current(u.sha256)
         a.checkpoint(State.ACTIVATING, "swapped")
-        a.serve_current()
+        # Open the probation window *before* the new version serves: every request it answers is
+        # watched. Opened after the swap, the time spent loading the previous version for shadow
+        # runs (~70 ms for a 20 MB model) left live requests to the new version unobserved;
+        # bench/agent.py sent its NaN-triggering request there and the faulty version committed.
         a.end_probation()
-        a.probation_monitor()  # the window opens with the first request the new version serves
+        a.probation_monitor()  # reuses the still-serving old version for shadow runs
+        a.serve_current()
         a.emit(EventKind.ACTIVATED)
         a.checkpoint(State.ACTIVATING, "serving")
         return State.PROBATION
@@ -330,10 +334,10 @@ class InstallMachine:
         a.persisted.failed[u.sha256] = u.command_id
         a.save_state()
         prev = u.previous_sha256 if u.previous_sha256 and a.store.has(u.previous_sha256) else None
-        a.end_probation()
         a.store.set_current(prev)  # None: there was no earlier version; serve nothing rather than a bad one
         a.checkpoint(State.ROLLING_BACK, "swapped")
-        a.serve_current()
+        a.serve_current()  # the shadow session of the previous version, when probation had one
+        a.end_probation()
         a.store.set_previous(None)  # neither the bad version nor the one now current
         gates = [GateResult.model_validate(g) for g in (u.gates or [])]
         a.emit(EventKind.ROLLED_BACK, gates=[g for g in gates if not g.passed] or gates, detail=u.rollback_reason or "rolled back")

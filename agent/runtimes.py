@@ -5,10 +5,16 @@ creates runtimes through a *runtime factory* (``(model_path, manifest, providers
 Runtime``) so tests and the fleet simulator can inject light in-process ones; the default
 factory is :func:`load_runtime`. Runtime libraries are imported inside functions: importing
 this module imports neither.
+
+Before the first model loads, :func:`release_large_frees` pins glibc's mmap threshold, so the
+memory of a replaced or rolled-back version goes back to the OS (see its docstring).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import threading
 from pathlib import Path
 from typing import Callable, Protocol
@@ -44,6 +50,37 @@ class Runtime(Protocol):
 
 RuntimeFactory = Callable[[Path, Manifest, list[str], int], Runtime]
 
+M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+MMAP_THRESHOLD_BYTES = 1 << 20
+_malloc_pinned: bool | None = None
+
+
+def release_large_frees(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Serve allocations of ``threshold`` bytes and more with mmap, so freeing them returns memory
+    to the OS (glibc only; once per process; True when in effect).
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is freed; from
+    then on model-sized buffers (weights, pre-packed weights, the model bytes) come from the heap
+    and stay resident after the model is unloaded. Measured with bench/agent.py: an agent serving
+    one 20 MB model grew from 119 to 241 MiB RSS over five updates; pinned at 1 MiB it stays at
+    117 MiB. 1 MiB rather than glibc's 128 KiB default keeps request-sized buffers (a 224x224
+    image is 600 KB) on the heap, where reusing them costs nothing per request.
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment takes precedence (nothing is changed then).
+    """
+    global _malloc_pinned
+    if _malloc_pinned is not None:
+        return _malloc_pinned
+    _malloc_pinned = False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    _malloc_pinned = mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
+    return _malloc_pinned
+
 
 def available_onnx_providers() -> list[str]:
     """Execution providers this onnxruntime build offers."""
@@ -66,6 +103,7 @@ class OnnxRuntime:
     """An onnxruntime InferenceSession (``run`` is thread-safe)."""
 
     def __init__(self, model_path: Path, providers: list[str], threads: int = 1):
+        release_large_frees()
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is in the agent extra
@@ -114,6 +152,7 @@ class LiteRtRuntime:
     """A LiteRT (TFLite) interpreter; calls are serialized because interpreters are not thread-safe."""
 
     def __init__(self, model_path: Path, threads: int = 1):
+        release_large_frees()
         Interpreter = _litert_interpreter_class()
         try:
             self._interp = Interpreter(model_path=str(model_path), num_threads=threads)

@@ -120,6 +120,9 @@ def broker_snippet(config: FleetConfig) -> str:
     return (
         "# include in mosquitto.conf (edgeops fleet)\n"
         "allow_anonymous false\n"
+        "# agents fetch bundles as request/response chunks: without this every request waits for\n"
+        "# a delayed ACK (~40 ms on Linux); bench/agent.py measured 951 ms vs 226 ms for 20 MB\n"
+        "set_tcp_nodelay true\n"
         f"password_file {config.path(e.password_file).resolve()}\n"
         f"acl_file {config.path(e.acl_file).resolve()}\n"
         "# for X.509 client certificates instead (a TLS listener):\n"
@@ -269,6 +272,7 @@ def write_broker_tls(config: FleetConfig, names: list[str], port: int = 8883) ->
         f"keyfile {(broker_dir / 'server.key').resolve()}\n"
         "require_certificate true\n"
         "use_identity_as_username true\n"
+        "set_tcp_nodelay true\n"
         f"acl_file {ensure_acl(config).resolve()}\n"
     )
     (broker_dir / "tls-listener.conf").write_text(listener)

@@ -45,9 +45,15 @@ def cli_agent(tmp_path_factory, mqtt_broker, trust_repo):
     wait_for(lambda: _status(client), 30, what="agent API up")
     publish(mqtt_broker, cmd_topic(DEVICE), trust_repo.command("assign", trust_repo.v1, device_id=DEVICE))
     listener.wait_event("committed", timeout=60)
-    yield {"proc": proc, "client": client, "listener": listener, "config": config, "broker": mqtt_broker, "tmp": tmp}
+    env = {"proc": proc, "client": client, "listener": listener, "config": config, "broker": mqtt_broker, "tmp": tmp}
+    yield env
+    proc = env["proc"]  # the SIGKILL test replaces it with the restarted agent
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     responder.stop()
     listener.stop()
 

@@ -70,6 +70,7 @@ class TestBroker:
                 "persistence false\n"
                 "max_queued_messages 100000\n"
                 "max_inflight_messages 0\n"
+                "set_tcp_nodelay true\n"  # as deployments should (docs/agent.md, bench/agent.py)
                 "log_dest stderr\n"
                 "log_type error\n"
                 f"{self.extra_config}\n"
