@@ -90,3 +90,22 @@ def test_demo_external_broker(tmp_path):
         proc, summary = run_demo(tmp_path, "--broker", broker.url)
     check_story(proc, summary)
     assert summary["broker"] == {"kind": "external", "url": broker.url, "mqtt": "5" if broker.kind == "mosquitto" else "3.1.1"}
+
+
+def _machine_broker_up(port: int = 1883) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _machine_broker_up(), reason="no MQTT broker on 127.0.0.1:1883 (the machine's mosquitto service)")
+def test_demo_machine_broker(tmp_path):
+    """The machine's own, shared mosquitto: demo devices are tagged with the run id, so other
+    clients on the broker are neither selected nor disturbed."""
+    proc, summary = run_demo(tmp_path, "--broker", "mqtt://127.0.0.1:1883")
+    check_story(proc, summary)
+    assert summary["broker"]["kind"] == "external" and summary["broker"]["url"] == "mqtt://127.0.0.1:1883"
