@@ -43,7 +43,7 @@ from edgeops.protocol import MAX_SELF_TEST_RUNS
 log = logging.getLogger("edgeops.fleet.api")
 
 _ACTION_DOC = {
-    "start": "Start wave 0.",
+    "start": "Start wave 1.",
     "pause": "Stop starting new waves; commands already decided still go out.",
     "resume": "Run again; a halted wave has its gates evaluated afresh.",
     "promote": "Start the next wave: approves a passed wave, or overrides the gates of the current wave when paused.",

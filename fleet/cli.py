@@ -242,7 +242,7 @@ def _print_rollout(r: dict) -> None:
     table = Table("wave", "percent", "status", "devices", "reported", "succeeded", "failed", "gates")
     for w in r["waves"]:
         gates = " ".join(f"{g['gate']}={'ok' if g['outcome'] == 'pass' else g['outcome']}" for g in w["gates"])
-        table.add_row(str(w["idx"]), f"{w['percent']:g}%", w["status"], str(w["devices"]), str(w["reported"]), str(w["succeeded"]), str(w["failed"]), gates)
+        table.add_row(str(w.get("number", w["idx"] + 1)), f"{w['percent']:g}%", w["status"], str(w["devices"]), str(w["reported"]), str(w["succeeded"]), str(w["failed"]), gates)
     con.print(table)
 
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from edgeops.errors import FleetError
 from edgeops.fleet.db import Database
+from edgeops.fleet.ingest import SELF_TEST_COMMAND_PREFIX
 from edgeops.fleet.signing import CommandSigner
 from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef, cmd_topic, valid_device_id
 
@@ -179,7 +180,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
     if not connected:
         raise BrokerUnavailableError("the console is not connected to the broker right now; retry when it has reconnected (see /healthz)")
     now = time.time() if now is None else now
-    command_id = f"selftest-{device_id}-{uuid.uuid4().hex[:10]}"
+    command_id = f"{SELF_TEST_COMMAND_PREFIX}{device_id}-{uuid.uuid4().hex[:10]}"
     with db.begin() as conn:
         # the row lock (PostgreSQL; SQLite's write transaction locks the file) orders this seq
         # against the reconciler's for the same device

@@ -13,6 +13,11 @@ Threads: paho's network thread (routes messages; never blocks on the database), 
 writer (batches), a small repository-server pool, the reconciler loop (runs only while this
 replica holds the leader lease), and the aiohttp thread. Every replica ingests, serves the
 repository and answers the API; one drives rollouts.
+
+The reconciler runs every ``rollouts.reconcile_interval_s``, and sooner when ingest stored an
+event that can end a device's assignment (a wave may now pass or halt), but never more often
+than every ``MIN_TICK_GAP_S``: a wave's last report is acted on within a fraction of a second
+rather than up to a whole interval later.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from edgeops.fleet.signing import CommandSigner
 
 log = logging.getLogger("edgeops.fleet.console")
 
+MIN_TICK_GAP_S = 0.2  # reconciler ticks woken by device reports come at most this often
+
 
 class FleetConsole:
     """One console replica. ``start()`` returns once MQTT is connected and the API listens."""
@@ -56,7 +63,8 @@ class FleetConsole:
         self._use_mqtt = mqtt
         self._use_api = api
         self._use_reconciler = reconcile
-        self.ingest = Ingestor(self.db, config.ingest)
+        self.ingest = Ingestor(self.db, config.ingest, on_batch=self._after_ingest)
+        self._final_seen = 0
         self.mqtt = None
         self.repo_server = None
         self.api = None
@@ -130,11 +138,24 @@ class FleetConsole:
         """Ask the reconciler to run now (after an operator action)."""
         self._wake.set()
 
+    def _after_ingest(self) -> None:
+        """Ingest writer hook: new final reports may decide a wave, so reconcile soon."""
+        n = self.ingest.final_reports
+        if n != self._final_seen:
+            self._final_seen = n
+            self._wake.set()
+
     def _loop(self) -> None:
         interval = self.config.rollouts.reconcile_interval_s
+        gap = min(MIN_TICK_GAP_S, interval)
         last_refresh = 0.0
         last_prune = time.monotonic()
+        last_tick = 0.0
         while not self._stop.is_set():
+            wait = last_tick + gap - time.monotonic()
+            if wait > 0 and self._stop.wait(wait):  # a wake-up right after a tick waits out the gap
+                break
+            last_tick = time.monotonic()
             try:
                 if self.leader.acquire():
                     self.reconciler.tick()

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgeops.fleet.db import Database
-from edgeops.fleet.rollouts.status import AssignmentStatus as A
+from edgeops.fleet.rollouts.status import FINAL_ASSIGNMENT, AssignmentStatus as A
 from edgeops.protocol import DeviceEvent, DeviceState, EventKind as E
 
 _START = (A.PENDING, A.SENT)
@@ -41,6 +41,8 @@ EVENT_TRANSITIONS: dict[E, tuple[A, tuple[A, ...]]] = {
 }
 
 _FAILURE_EVENTS = {E.COMMAND_REJECTED, E.BUNDLE_REJECTED, E.INSTALL_FAILED, E.SELF_TEST_FAILED, E.PROBATION_FAILED}
+# Events that can move an assignment to a final status (a wave's gates may decide after them).
+FINAL_EVENTS = frozenset(k for k, (new, _) in EVENT_TRANSITIONS.items() if new in FINAL_ASSIGNMENT)
 
 
 def _in(column, statuses) -> sa.ColumnElement:

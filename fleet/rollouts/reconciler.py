@@ -4,10 +4,10 @@ Per tick and rollout (everything it decides is written to the database before it
 console restarted at any point continues from the rows, never re-assigning a device):
 
 - ``running``: publish commands still ``pending``; time out devices that went offline or never
-  reported; start wave 0 if none started; evaluate the current wave's gates (PASS -> the wave
-  passes and the next starts, or the rollout waits for approval, or finishes; FAIL -> the wave
-  halts and the rollout pauses or aborts, per ``on_gate_failure``); top up the last wave with
-  devices that started to match the selector since it began.
+  reported; start the first wave if none started; evaluate the current wave's gates (PASS ->
+  the wave passes and the next starts, or the rollout waits for approval, or finishes; FAIL ->
+  the wave halts and the rollout pauses or aborts, per ``on_gate_failure``); top up the last
+  wave with devices that started to match the selector since it began.
 - ``paused`` / ``waiting_approval``: publish what was already decided; apply timeouts.
 - ``aborting``: cancel pending waves, order every device of the rollout back to the version it
   ran before (signed rollback commands), then ``aborted``.
@@ -17,6 +17,18 @@ sha256(rollout id + device id) (deterministic, unbiased by naming), minus device
 this rollout and devices busy in another live rollout; the wave takes devices until the
 rollout covers ``ceil(percent * matching)``. Devices that enrol later are counted when the next
 wave starts, so they join it.
+
+Waves are numbered from 1 in every text a person reads (reasons, audit actions, logs); the
+``idx`` columns and API fields stay 0-based.
+
+Cost per tick, so a 10,000-device rollout does not pay O(devices) every second:
+
+- gate inputs from telemetry (new-version aggregates, the old-version baseline) are queried only
+  when a gate that reads them is configured; the baseline at most every ``BASELINE_TTL_S``;
+- timeouts are applied at most every ``EXPIRE_EVERY_S`` per rollout (they are minutes long);
+- the last wave's top-up (which reads every device row) runs when the device table changed
+  (a new enrolment: count or newest ``enrolled_at``), or every ``TOPUP_EVERY_S`` (catches tag
+  or profile edits of enrolled devices, and devices freed by another rollout).
 """
 
 from __future__ import annotations
@@ -46,6 +58,14 @@ from edgeops.fleet.targets import list_targets
 log = logging.getLogger("edgeops.fleet.reconciler")
 
 BASELINE_WINDOW_S = 3600.0  # old-version telemetry this long before the rollout counts as baseline
+BASELINE_TTL_S = 30.0  # a rollout's old-version baseline is recomputed at most this often
+EXPIRE_EVERY_S = 5.0  # timeouts are checked at most this often per rollout (reconciler clock)
+TOPUP_EVERY_S = 10.0  # the last wave re-reads every device at least this often (tag edits)
+
+
+def wave_label(idx: int) -> str:
+    """How people read wave ``idx`` (0-based internally): ``wave 1`` is the first."""
+    return f"wave {idx + 1}"
 
 
 def _lit(statuses) -> list:
@@ -75,6 +95,10 @@ class Reconciler:
         self.repo_dir = repo_dir
         self.clock = clock
         self.on_verdicts = on_verdicts
+        # Per-rollout memory of the cheap-path checks (lost on restart: the first tick does it all).
+        self._expired_at: dict[str, float] = {}
+        self._topup: dict[str, tuple[tuple, float]] = {}  # rollout -> (device-table signature, when)
+        self._baseline: dict[str, tuple[float, tuple]] = {}  # rollout -> (when, baseline row)
 
     # -- loop ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -82,6 +106,11 @@ class Reconciler:
         t = self.db.t.rollouts
         with self.db.connect() as conn:
             ids = [r[0] for r in conn.execute(sa.select(t.c.id).where(t.c.status.in_([s.value for s in LIVE_ROLLOUT])).order_by(t.c.created_at))]
+        for gone in set(self._expired_at) | set(self._topup) | set(self._baseline):
+            if gone not in ids:
+                self._expired_at.pop(gone, None)
+                self._topup.pop(gone, None)
+                self._baseline.pop(gone, None)
         for rid in ids:
             try:
                 self.reconcile(rid)
@@ -125,7 +154,7 @@ class Reconciler:
             return
         if wave["status"] != W.RUNNING.value:
             return
-        if last:
+        if last and self._topup_due(r["id"]):
             # devices that started to match since the last wave began join it
             with self.db.begin() as conn:
                 added = self._assign(conn, r, idx, settings.waves[idx], settings.selector)
@@ -146,12 +175,12 @@ class Reconciler:
                 if last:
                     set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.FINISHED, "last wave passed", finished_at=self.clock())
                 elif settings.approve_each_wave:
-                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.WAITING_APPROVAL, f"wave {idx} passed; promote to start wave {idx + 1}")
+                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.WAITING_APPROVAL, f"{wave_label(idx)} passed; promote to start {wave_label(idx + 1)}")
             if not last and not settings.approve_each_wave:
                 self._start_wave(r, idx + 1, settings)
             return
         failed = [v for v in verdicts if v.outcome is gates_mod.Outcome.FAIL]
-        reason = f"wave {idx} halted: " + "; ".join(
+        reason = f"{wave_label(idx)} halted: " + "; ".join(
             f"{v.gate} {v.measured:.4g} vs {v.threshold:.4g} ({v.detail})" if v.measured is not None and v.threshold is not None else f"{v.gate} ({v.detail})" for v in failed
         )
         abort = settings.on_gate_failure == "abort"
@@ -172,16 +201,41 @@ class Reconciler:
             )
             if res.rowcount != 1:
                 return
-            set_wave_status(self.db, conn, r["id"], idx, W.PENDING, W.RUNNING, f"{settings.waves[idx]}% of the selection", now=self.clock())
+            set_wave_status(self.db, conn, r["id"], idx, W.PENDING, W.RUNNING, f"{settings.waves[idx]:g}% of the selection", now=self.clock())
             n = self._assign(conn, r, idx, settings.waves[idx], settings.selector)
-        log.info("rollout %s: wave %d started with %d devices", r["id"], idx, n)
+        if idx == len(settings.waves) - 1:
+            self._topup[r["id"]] = (self._device_signature(), self.clock())  # _assign just read every device
+        log.info("rollout %s: %s started with %d devices", r["id"], wave_label(idx), n)
         self.publish_pending(r["id"])
+
+    def _device_signature(self) -> tuple:
+        d = self.db.t.devices
+        with self.db.connect() as conn:
+            return tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(d.c.enrolled_at))).first())
+
+    def _topup_due(self, rollout_id: str) -> bool:
+        """True when the last wave should look for newly matching devices (see module doc)."""
+        sig, now = self._device_signature(), self.clock()
+        last = self._topup.get(rollout_id)
+        if last is not None and last[0] == sig and now - last[1] < TOPUP_EVERY_S:
+            return False
+        self._topup[rollout_id] = (sig, now)
+        return True
 
     def _assign(self, conn: Connection, r: dict, idx: int, percent: float, selector: Selector) -> int:
         """Create assignments (and per-device seqs) so the rollout covers ``percent`` of the selection."""
         d, a = self.db.t.devices, self.db.t.assignments
-        devices = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version, d.c.cmd_seq, d.c.reported_cmd_seq)).all()
-        matching = [row for row in devices if selector.matches(row.id, row.profile, json.loads(row.tags or "{}"))]
+        # FOR UPDATE (PostgreSQL): the REST API hands out sequence numbers too (hil self-test orders)
+        devices = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version, d.c.cmd_seq, d.c.reported_cmd_seq).with_for_update()).all()
+        parsed: dict[str, dict] = {}  # fleets share a few tag sets: parse each text once
+
+        def tags_of(text: str | None) -> dict:
+            key = text or "{}"
+            if key not in parsed:
+                parsed[key] = json.loads(key)
+            return parsed[key]
+
+        matching = [row for row in devices if selector.matches(row.id, row.profile, tags_of(row.tags))]
         assigned = {row[0] for row in conn.execute(sa.select(a.c.device_id).where(a.c.rollout_id == r["id"]))}
         rollouts = self.db.t.rollouts
         busy = {
@@ -232,43 +286,20 @@ class Reconciler:
 
     # -- gates input -----------------------------------------------------------------------
     def wave_stats(self, r: dict, wave: dict, settings: RolloutSettings | None = None) -> gates_mod.WaveStats:
-        """Counts and telemetry aggregates of one wave, plus the old-version baseline."""
+        """Counts and telemetry aggregates of one wave, plus the old-version baseline.
+
+        Telemetry is read only for the gates configured to look at it (``max_error_rate``,
+        ``max_latency_regression``, ``min_agreement``); the baseline only for the latency gate.
+        """
         settings = settings or settings_of(r)
-        a, tel, d = self.db.t.assignments, self.db.t.telemetry, self.db.t.devices
+        a = self.db.t.assignments
         now = self.clock()
         started = wave["started_at"] or now
+        wants_new = settings.max_error_rate is not None or settings.max_latency_regression is not None or settings.min_agreement is not None
         with self.db.connect() as conn:
             counts = {s: n for s, n in conn.execute(sa.select(a.c.status, sa.func.count()).where(a.c.rollout_id == r["id"], a.c.wave_idx == wave["idx"]).group_by(a.c.status))}
-            members = sa.select(a.c.device_id).where(a.c.rollout_id == r["id"], a.c.wave_idx == wave["idx"]).scalar_subquery()
-            new = conn.execute(
-                sa.select(
-                    sa.func.sum(tel.c.inference_count),
-                    sa.func.sum(tel.c.error_count),
-                    sa.func.sum(tel.c.nan_count),
-                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
-                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
-                    sa.func.count(tel.c.p95_ms),
-                    sa.func.avg(tel.c.agreement),
-                    sa.func.count(tel.c.agreement),
-                ).where(
-                    tel.c.device_id.in_(members),
-                    tel.c.version_name == r["bundle_name"],
-                    tel.c.version_version == r["bundle_version"],
-                    tel.c.ts_end >= started - 1.0,
-                )
-            ).first()
-            base_q = sa.select(
-                sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
-                sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
-                sa.func.count(tel.c.p95_ms),
-            ).where(
-                tel.c.version_name == r["bundle_name"],
-                tel.c.version_version != r["bundle_version"],
-                tel.c.ts_end >= r["created_at"] - BASELINE_WINDOW_S,
-            )
-            if settings.selector.profile:
-                base_q = base_q.where(tel.c.device_id.in_(sa.select(d.c.id).where(d.c.profile == settings.selector.profile).scalar_subquery()))
-            base = conn.execute(base_q).first()
+            new = self._new_version_telemetry(conn, r, wave, started) if wants_new else (None,) * 8
+            base = self._baseline_of(conn, r, settings, now) if settings.max_latency_regression is not None else (None, None, None)
         inferences, errors, nans, p95w, p95n, p95c, agree, agree_n = new
         b_w, b_n, b_c = base
 
@@ -291,11 +322,62 @@ class Reconciler:
             nans=int(nans or 0),
         )
 
+    def _new_version_telemetry(self, conn: Connection, r: dict, wave: dict, started: float) -> tuple:
+        a, tel = self.db.t.assignments, self.db.t.telemetry
+        members = sa.select(a.c.device_id).where(a.c.rollout_id == r["id"], a.c.wave_idx == wave["idx"]).scalar_subquery()
+        return tuple(
+            conn.execute(
+                sa.select(
+                    sa.func.sum(tel.c.inference_count),
+                    sa.func.sum(tel.c.error_count),
+                    sa.func.sum(tel.c.nan_count),
+                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
+                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
+                    sa.func.count(tel.c.p95_ms),
+                    sa.func.avg(tel.c.agreement),
+                    sa.func.count(tel.c.agreement),
+                ).where(
+                    tel.c.device_id.in_(members),
+                    tel.c.version_name == r["bundle_name"],
+                    tel.c.version_version == r["bundle_version"],
+                    tel.c.ts_end >= started - 1.0,
+                )
+            ).first()
+        )
+
+    def _baseline_of(self, conn: Connection, r: dict, settings: RolloutSettings, now: float) -> tuple:
+        """p95 inputs of the cohort on other versions of the bundle (cached ``BASELINE_TTL_S``)."""
+        hit = self._baseline.get(r["id"])
+        if hit is not None and 0 <= now - hit[0] < BASELINE_TTL_S:
+            return hit[1]
+        tel, d = self.db.t.telemetry, self.db.t.devices
+        base_q = sa.select(
+            sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
+            sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
+            sa.func.count(tel.c.p95_ms),
+        ).where(
+            tel.c.version_name == r["bundle_name"],
+            tel.c.version_version != r["bundle_version"],
+            tel.c.ts_end >= r["created_at"] - BASELINE_WINDOW_S,
+        )
+        if settings.selector.profile:
+            base_q = base_q.where(tel.c.device_id.in_(sa.select(d.c.id).where(d.c.profile == settings.selector.profile).scalar_subquery()))
+        base = tuple(conn.execute(base_q).first())
+        self._baseline[r["id"]] = (now, base)
+        return base
+
     # -- timeouts --------------------------------------------------------------------------
     def _expire(self, r: dict) -> None:
-        """Offline past the timeout, or no final report in time: the device counts as failed."""
+        """Offline past the timeout, or no final report in time: the device counts as failed.
+
+        Checked at most every ``EXPIRE_EVERY_S`` per rollout (the timeouts are minutes long).
+        """
         a, d = self.db.t.assignments, self.db.t.devices
         now = self.clock()
+        last = self._expired_at.get(r["id"])
+        if last is not None and 0 <= now - last < EXPIRE_EVERY_S:
+            return
+        self._expired_at[r["id"]] = now
         off_cut = now - self.config.offline_timeout_s
         waiting = _lit(set(IN_FLIGHT_ASSIGNMENT) - {A.PENDING})  # pending: never sent, not the device's fault
         offline = sa.select(d.c.id).where(d.c.online.is_(False), sa.func.coalesce(d.c.last_seen, 0.0) < off_cut).scalar_subquery()
@@ -377,6 +459,7 @@ class Reconciler:
                 sa.select(a.c.device_id, d.c.cmd_seq, d.c.reported_cmd_seq)
                 .join(d, d.c.id == a.c.device_id)
                 .where(a.c.rollout_id == r["id"], a.c.rollback_command_id.is_(None), a.c.status.not_in(_lit([A.ROLLED_BACK, A.REVERTING, A.REVERTED])), a.c.seq > 0)
+                .with_for_update(of=d)
             ).all()
             if todo:
                 upd, seqs = [], []

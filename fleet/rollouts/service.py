@@ -4,6 +4,9 @@ These only change state in the database (compare-and-set on the status column, s
 replicas or an operator racing the reconciler cannot both win); the reconciler does the work
 that follows (choosing devices, sending commands). Each operation is allowed only from the
 states in :data:`~edgeops.fleet.rollouts.status.ACTION_FROM`, else IllegalTransitionError.
+
+Waves are numbered from 1 in text people read (reasons, audit actions such as ``wave1:passed``,
+errors); ``idx`` fields stay 0-based, and :func:`rollout_status` gives each wave its ``number``.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ def set_wave_status(db: Database, conn: Connection, rollout_id: str, idx: int, c
         values["gates"] = dumps(gates)
     res = conn.execute(t.update().where(t.c.rollout_id == rollout_id, t.c.idx == idx, t.c.status == W(current).value).values(**values))
     if res.rowcount != 1:
-        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx}: status changed concurrently (expected {W(current).value})")
-    audit(db, conn, rollout_id, f"wave{idx}:{W(new).value}", reason, now)
+        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx + 1}: status changed concurrently (expected {W(current).value})")
+    audit(db, conn, rollout_id, f"wave{idx + 1}:{W(new).value}", reason, now)
 
 
 def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path, now: float | None = None) -> dict:
@@ -123,7 +126,7 @@ def _current_wave(db: Database, conn: Connection, rollout: dict) -> dict | None:
 
 
 def start_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
-    """``created -> running``; the reconciler starts wave 0 on its next tick."""
+    """``created -> running``; the reconciler starts the first wave on its next tick."""
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
         check_action(rollout_id, "start", r["status"])
@@ -151,7 +154,7 @@ def resume_rollout(db: Database, rollout_id: str, actor: str = "operator") -> di
             set_wave_status(db, conn, rollout_id, wave["idx"], W.HALTED, W.RUNNING, f"resumed by {actor}")
         if wave and wave["status"] == W.PASSED.value and settings.approve_each_wave and wave["idx"] < len(settings.waves) - 1:
             # paused while waiting for approval: resuming must not skip the approval
-            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; wave {wave['idx']} awaits approval")
+            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; wave {wave['idx'] + 1} passed and awaits approval")
         else:
             set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"resumed by {actor}")
     return rollout_status(db, rollout_id)
@@ -231,6 +234,7 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
         "waves": [
             {
                 "idx": w["idx"],
+                "number": w["idx"] + 1,  # how people count waves
                 "percent": w["percent"],
                 "status": w["status"],
                 "started_at": w["started_at"],

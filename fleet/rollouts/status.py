@@ -123,7 +123,7 @@ def check_wave(rollout_id: str, idx: int, current: WaveStatus | str, new: WaveSt
     cur, nxt = WaveStatus(current), WaveStatus(new)
     if nxt not in WAVE_TRANSITIONS[cur]:
         allowed = ", ".join(sorted(s.value for s in WAVE_TRANSITIONS[cur])) or "none (terminal)"
-        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx}: cannot go from {cur.value} to {nxt.value} (allowed from {cur.value}: {allowed})")
+        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx + 1}: cannot go from {cur.value} to {nxt.value} (allowed from {cur.value}: {allowed})")
 
 
 def check_action(rollout_id: str, action: str, current: RolloutStatus | str) -> None:

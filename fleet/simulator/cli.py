@@ -64,10 +64,11 @@ def _summary_line(st: dict, elapsed: float) -> str:
 @click.option("--password", envvar="EDGEOPS_SIM_PASSWORD", default=None, help="broker password for every device [env EDGEOPS_SIM_PASSWORD]")
 @click.option("--cohort", "cohorts", multiple=True, help="cohorts every device obeys")
 @click.option("--metadata-ttl", type=click.FloatRange(min=0), default=0.0, show_default=True, help="reuse timestamp.json within a process for this long (0: always ask the repository)")
+@click.option("--verify-memo/--no-verify-memo", default=True, show_default=True, help="simulator processes remember successful verifications of identical bytes (signatures, canonical metadata, bundle files); failures are always recomputed")
 @click.option("--connect-rate", type=click.FloatRange(min=1), default=500.0, show_default=True, help="new connections per second per process")
 @click.option("--json", "as_json", is_flag=True, help="print the final figures as JSON")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True)
-def simulate(n_devices, broker_url, root, config_path, faults, processes, threads, profile, tags, prefix, first_index, workdir, duration, rate, telemetry_interval, runtime, repository, mqtt_version, username, password, cohorts, metadata_ttl, connect_rate, as_json, log_level) -> None:
+def simulate(n_devices, broker_url, root, config_path, faults, processes, threads, profile, tags, prefix, first_index, workdir, duration, rate, telemetry_interval, runtime, repository, mqtt_version, username, password, cohorts, metadata_ttl, verify_memo, connect_rate, as_json, log_level) -> None:
     """Run N simulated devices: the real agent state machine, trust checks, spool and probation,
     with light in-process runtimes, each device with its own MQTT session.
 
@@ -107,6 +108,7 @@ def simulate(n_devices, broker_url, root, config_path, faults, processes, thread
         username=username,
         password=password,
         metadata_ttl_s=metadata_ttl,
+        verify_memo=verify_memo,
         connect_rate=connect_rate,
     )
     stop = threading.Event()

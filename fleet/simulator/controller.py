@@ -23,6 +23,7 @@ log = logging.getLogger("edgeops.fleet.simulator")
 
 _SUMMED = ("devices", "connected", "offline_fault", "inferences", "rejected_messages", "tick_errors")
 _COUNTED = ("states", "active", "faulty_devices", "pool", "repo_cache")
+_NESTED = ("verify_memo",)
 
 
 def raise_fd_limit(wanted: int | None = None) -> int:
@@ -39,6 +40,10 @@ def raise_fd_limit(wanted: int | None = None) -> int:
 def _child_main(settings: SimSettings, ids: list[str], conn, log_level: str) -> None:
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING), format=f"sim[{settings.index}] %(levelname)s %(name)s: %(message)s")
     raise_fd_limit()
+    if settings.verify_memo:
+        from edgeops.fleet.simulator import verifymemo
+
+        verifymemo.install()  # this process runs simulated devices only (see verifymemo)
     from edgeops.fleet.simulator.worker import SimWorker
 
     parent = os.getppid()
@@ -87,6 +92,12 @@ def merge_stats(parts: list[dict]) -> dict:
             out[k].update(p.get(k, {}))
     for k in _COUNTED:
         out[k] = dict(sorted(out[k].items()))
+    for k in _NESTED:
+        merged: dict[str, Counter] = {}
+        for p in parts:
+            for name, counts in p.get(k, {}).items():
+                merged.setdefault(name, Counter()).update(counts)
+        out[k] = {name: dict(c) for name, c in sorted(merged.items())}
     out["processes"] = len(parts)
     return out
 

@@ -12,6 +12,19 @@ traffic (``rate`` inferences per second of noisy golden inputs, at least ``PROBA
 per second during probation so faults on live inputs show within the window), and the
 ``offline`` fault, which drops the session without DISCONNECT (the broker publishes the
 retained offline will) and stops the device for good when it starts on a covered version.
+
+Scheduling (a shortcut for CPU, not for behaviour): :meth:`SimDevice.step` runs the agent's
+own ``tick()`` and returns when it next has something to do: every ``BUSY_TICK_S`` while an
+update runs (fetch to activation usually pass in one step), every ``PROBATION_TICK_S`` in
+probation (the synthetic and live feeds come every 0.2 s and the window closes on time),
+and at rest at its next live inference or telemetry flush (the agent's own interval start),
+at most ``DeviceTiming.idle_tick_s`` apart. A command, a fetch answer or a (re)connect wakes
+the device at once (the pool calls :meth:`SimDevice.wake`). A resting agent has nothing else
+to do on a tick: its outbox is pumped by the session pool when rows are added or acknowledged.
+
+Freshness bound: when a command arrives the device sets its transport's ``not_before`` (see
+:mod:`~edgeops.fleet.simulator.repocache`), so the TUF refreshes for that command may share a
+``timestamp.json`` fetched after the command arrived by another device of the process.
 """
 
 from __future__ import annotations
@@ -36,7 +49,8 @@ from edgeops.fleet.simulator.runtime import SharedModels
 
 log = logging.getLogger("edgeops.fleet.simulator.device")
 
-BUSY_TICK_S = 0.05  # while an update is under way
+BUSY_TICK_S = 0.05  # while an update is under way (fetch .. activate run through in one step)
+PROBATION_TICK_S = 0.2  # during probation: synthetic and live feeds come every 0.2 s; the window is time-based
 PROBATION_RATE = 5.0  # live inferences per second during probation, at least
 
 
@@ -45,7 +59,10 @@ class DeviceTiming:
     """How often the device is ticked and fed."""
 
     rate: float = 1.0  # live inferences per second (0: none)
-    idle_tick_s: float = 1.0  # tick interval at rest (telemetry flush, commands are woken at once)
+    # Longest interval between ticks at rest. A resting device is ticked when it has something
+    # to do: its next telemetry flush, its next live inference, or at once when a command, a
+    # fetch answer or a (re)connect arrives (the pool wakes it); this cap only bounds drift.
+    idle_tick_s: float = 5.0
 
 
 class SimDevice:
@@ -68,6 +85,8 @@ class SimDevice:
         if isinstance(upstream, MqttTransport):
             # Fetch responses reach the agent through its session; route them to this transport.
             self.agent._mqtt_transport = upstream  # noqa: SLF001 - the agent routes fetch/resp to it
+        self.transport: CachingTransport = self.agent.transport
+        self._mark_commands()
         self.session.will_payload = self.agent._state_payload(online=False)  # noqa: SLF001
         self.session.client.will_set(state_topic(self.device_id), self.session.will_payload, qos=1, retain=True)
         self.models = models
@@ -78,6 +97,22 @@ class SimDevice:
         self._wake = wake
         self.session.on_wake = self.wake
         self._hook_outbox()
+
+    def _mark_commands(self) -> None:
+        """A command's arrival sets the device's freshness bound for shared mutable metadata.
+
+        The TUF refreshes that follow (command keys, the assignment's fetch) may then reuse a
+        ``timestamp.json`` or a "no newer root" answer another device of this process asked
+        the repository for after this command arrived (see :mod:`.repocache`).
+        """
+        transport, deliver = self.transport, self.session.on_message
+
+        def on_message(kind: str, payload: bytes) -> None:
+            if kind == "cmd":
+                transport.not_before = time.monotonic()
+            deliver(kind, payload)
+
+        self.session.on_message = on_message
 
     def _hook_outbox(self) -> None:
         """Pump the outbox when the spool gains a row or the in-flight window drains (see pool doc)."""
@@ -147,10 +182,20 @@ class SimDevice:
             self._next_infer = max(self._next_infer + 1.0 / rate, now - 1.0)
         elif rate > 0 and self._next_infer > now + 1.0 / rate:
             self._next_infer = now + 1.0 / rate  # probation raised the rate
+        if state is State.PROBATION:
+            return min(now + PROBATION_TICK_S, self._next_infer)
         if agent.machine.busy():
             return now + BUSY_TICK_S
-        nxt = now + self.timing.idle_tick_s
+        nxt = now + min(self.timing.idle_tick_s, self._telemetry_due_in())
         return min(nxt, self._next_infer) if rate > 0 else nxt
+
+    def _telemetry_due_in(self) -> float:
+        """Seconds until the agent closes its next telemetry interval (0: due now)."""
+        agent = self.agent
+        last = getattr(agent, "_last_batch", None)  # the agent's own interval start (its clock)
+        if last is None:
+            return 0.0
+        return max(0.0, last + agent.config.telemetry.interval_s - agent.clock())
 
     def _infer(self) -> None:
         model = self.agent.serving

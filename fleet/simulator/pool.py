@@ -10,9 +10,14 @@ flows) but drives all of them from one thread per process with an epoll selector
   readable sockets get ``loop_read``, writable ones ``loop_write``, and ``loop_misc`` runs for
   every client once a second (keepalive pings, lost-ping detection).
 - ``publish`` may be called from any thread (the agents tick on worker threads): paho queues
-  the packet; the write-interest request is handed to the pool thread through a queue and a
-  wake-up socket, since only the pool thread touches the selector. A sweep re-checks
-  ``want_write()`` every 50 ms so no packet can be stranded by a race on paho's flag.
+  the packet, and the session is handed to the pool thread (a queue and a wake-up socket,
+  since only the pool thread touches the selector), which writes whatever the client holds.
+  Every publish from another thread queues its session, whatever paho's write-interest flag
+  says (that flag is shared between threads, so a race on it could otherwise strand a
+  packet); a backstop sweep re-checks ``want_write()`` of every session once a second.
+- ``loop_misc`` (keepalive pings, lost-ping detection) runs for every client once per
+  ``misc_period_s`` (a slice of the sessions each second), which is ample for keepalives of
+  tens of seconds; 10,000 sessions do not cost 10,000 calls every second.
 - Connects are paced (``connect_rate`` per second) so 10,000 devices do not hit the broker's
   listen backlog at once; a dropped connection is retried with the agent's capped exponential
   backoff with jitter (``edgeops.agent.session.backoff_delay``).
@@ -30,6 +35,7 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
+import math
 import random
 import selectors
 import socket
@@ -45,8 +51,9 @@ from edgeops.agent.session import SESSION_EXPIRY_S, backoff_delay
 
 log = logging.getLogger("edgeops.fleet.simulator.pool")
 
-MISC_INTERVAL_S = 1.0
-WRITE_SWEEP_S = 0.05
+MISC_INTERVAL_S = 1.0  # one slice of the sessions gets loop_misc this often
+MISC_PERIOD_S = 5.0  # every session gets loop_misc at least this often (capped at keepalive/4)
+WRITE_SWEEP_S = 1.0  # backstop: re-check every session's want_write() this often
 
 
 class PooledSession:
@@ -70,6 +77,7 @@ class PooledSession:
         self.connected_at = 0.0
         self.client = pool._make_client(self)
         self._kicked = False
+        self._write_queued = False
 
     # -- Session protocol ----------------------------------------------------------------------
     @property
@@ -102,6 +110,7 @@ class PooledSession:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
+        self.pool._need_write(self)
         return info.mid
 
     def kick(self) -> None:
@@ -127,6 +136,8 @@ class SessionPool:
         self._woken = False
         self._calls: collections.deque = collections.deque()
         self._kicks: collections.deque = collections.deque()
+        self._writes: collections.deque = collections.deque()  # sessions that published off the pool thread
+        self._misc_at = 0  # next session index of the loop_misc rotation
         self._connect_heap: list[tuple[float, int, PooledSession]] = []
         self._heap_n = 0
         self._thread: threading.Thread | None = None
@@ -230,6 +241,15 @@ class SessionPool:
         if not self._in_pool():
             self._wake()
 
+    def _need_write(self, s: PooledSession) -> None:
+        """After a publish: have the pool thread write what the client holds (see module doc)."""
+        if self._in_pool():
+            return  # paho's write-interest hook ran on this thread: the selector is in step
+        if not s._write_queued:
+            s._write_queued = True
+            self._writes.append(s)
+            self._wake()
+
     # -- paho socket hooks (pool thread, except register_write which may come from any) ------------
     def _on_socket_open(self, client, s: PooledSession, sock) -> None:
         self._by_sock[sock.fileno()] = s
@@ -245,8 +265,7 @@ class SessionPool:
         if self._in_pool():
             self._set_write(sock, s, True)
         else:
-            self._calls.append((self._flush_writes, (s,)))
-            self._wake()
+            self._need_write(s)
 
     def _on_unregister_write(self, client, s: PooledSession, sock) -> None:
         if self._in_pool():
@@ -262,6 +281,12 @@ class SessionPool:
         c = s.client
         if c.socket() is not None and c.want_write():
             self._io(s, c.loop_write)
+
+    def _run_writes(self) -> None:
+        for _ in range(len(self._writes)):
+            s = self._writes.popleft()
+            s._write_queued = False  # before the write: a publish racing it queues the session again
+            self._flush_writes(s)
 
     # -- paho callbacks (pool thread) ------------------------------------------------------------
     def _on_connect(self, client, s: PooledSession, flags, reason_code, properties=None) -> None:
@@ -396,7 +421,7 @@ class SessionPool:
                 timeout = min(timeout, self._connect_heap[0][0] - now)
             if self._connect_heap and self._tokens < 1:
                 timeout = max(timeout, min(0.01, 1.0 / self.connect_rate))
-            if self._calls or self._kicks:
+            if self._calls or self._kicks or self._writes:
                 timeout = 0
             try:
                 events = self._sel.select(max(0.0, timeout))
@@ -417,6 +442,7 @@ class SessionPool:
                 if mask & selectors.EVENT_WRITE and s.client.socket() is not None:
                     self._io(s, s.client.loop_write)
             self._run_calls()
+            self._run_writes()
             self._run_kicks()
             now = time.monotonic()
             self._run_connects(now)
@@ -428,10 +454,28 @@ class SessionPool:
                         self._io(s, c.loop_write)
             if now >= next_misc:
                 next_misc = now + MISC_INTERVAL_S
-                for s in self.sessions:
-                    if s.client.socket() is not None and not s.killed:
-                        self._io(s, s.client.loop_misc)
+                self._run_misc_slice()
         self._run_calls()
+
+    def misc_period_s(self) -> float:
+        """How often each session gets ``loop_misc`` (keepalive pings and lost-ping checks)."""
+        keepalive = self.broker.keepalive_s or 60
+        return max(MISC_INTERVAL_S, min(MISC_PERIOD_S, keepalive / 4.0))
+
+    def misc_slice(self) -> list[PooledSession]:
+        """The sessions whose turn for ``loop_misc`` it is now; successive calls cycle through all."""
+        n = len(self.sessions)
+        if not n:
+            return []
+        per_slice = min(n, max(1, math.ceil(n * MISC_INTERVAL_S / self.misc_period_s())))
+        start = self._misc_at % n
+        self._misc_at = (start + per_slice) % n
+        return [self.sessions[(start + i) % n] for i in range(per_slice)]
+
+    def _run_misc_slice(self) -> None:
+        for s in self.misc_slice():
+            if s.client.socket() is not None and not s.killed:
+                self._io(s, s.client.loop_misc)
 
     def _run_calls(self) -> None:
         while self._calls:

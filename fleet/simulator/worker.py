@@ -2,10 +2,11 @@
 
 Threads: the :class:`~edgeops.fleet.simulator.pool.SessionPool` network thread (every
 device's MQTT I/O), and ``threads`` tick threads, each owning a slice of the devices and
-ticking them from a due-time heap (busy devices every 50 ms, resting ones every
-``idle_tick_s``, and at once when a message arrives for them). Several tick threads keep one
-blocking step (a device waiting for a fetch answer, a ``slow`` fault sleeping in inference)
-from stalling the rest of the process.
+ticking them from a due-time heap (when each device next has something to do, see
+:meth:`~edgeops.fleet.simulator.device.SimDevice.step`, and at once when a message arrives
+for it). Several tick threads keep one blocking step (a device waiting for a fetch answer, a
+``slow`` fault sleeping in inference) from stalling the rest of the process; fewer threads
+mean fewer GIL hand-overs inside the agents' latency timers (the benchmark uses 2).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from edgeops.agent.config import parse_config
 from edgeops.profiles import load_profile
 
+from edgeops.fleet.simulator import verifymemo
 from edgeops.fleet.simulator.device import DeviceTiming, SimDevice
 from edgeops.fleet.simulator.faults import parse_faults
 from edgeops.fleet.simulator.pool import SessionPool
@@ -198,6 +200,7 @@ class SimWorker:
             "tick_errors": sum(t.errors for t in self._threads),
             "pool": _copy_counter(self.pool.stats) if self.pool else {},
             "repo_cache": self.cache.stats(),
+            "verify_memo": verifymemo.stats(),
         }
 
     def devices_detail(self) -> list[dict]:

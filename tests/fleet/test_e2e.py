@@ -104,7 +104,7 @@ def test_good_then_regressing_rollout(fleet_env):
     # --- a regressing version halts in the first wave --------------------------------------------
     bad = cli(rollout, "create", "--bundle", "digits@3.0.0", "--select", "tag=site=berlin", "--waves", "10%,50%,100%", "--max-failure-rate", "0.05", "--start", *api, "--json")
     halted = run_to(api, bad["id"], {"paused", "finished", "aborted"})
-    assert halted["status"] == "paused" and "wave 0 halted" in halted["reason"] and "max_failure_rate" in halted["reason"]
+    assert halted["status"] == "paused" and "wave 1 halted" in halted["reason"] and "max_failure_rate" in halted["reason"]
     assert [w["status"] for w in halted["waves"]] == ["halted", "pending", "pending"]
     assigned = cli(rollout, "devices", bad["id"], *api, "--json")
     wave0 = {a["device_id"] for a in assigned}

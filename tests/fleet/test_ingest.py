@@ -116,3 +116,57 @@ def test_p95_from_histogram():
     assert p95_from_histogram([1, 2], [100, 0, 0]) == 1
     assert p95_from_histogram([1, 2], []) is None
     assert p95_from_histogram([1, 2], [1]) is None
+
+
+def test_final_reports_count_only_events_that_can_end_an_assignment(db, ingest):
+    feed(ingest, event("d0", 1, "command_accepted", "c1", "digits@2.0.0"), event("d0", 2, "activated", "c1", "digits@2.0.0"))
+    assert ingest.final_reports == 0
+    feed(ingest, event("d0", 3, "committed", "c1", "digits@2.0.0"), event("d1", 1, "probation_failed", "c2", "digits@2.0.0"))
+    assert ingest.final_reports == 2
+    feed(ingest, event("d0", 3, "committed", "c1", "digits@2.0.0"))  # a redelivery is not a new report
+    assert ingest.final_reports == 2
+
+
+def test_gather_takes_what_is_queued_up_to_a_batch_and_stops_when_nothing_comes(db):
+    ing = Ingestor(db, IngestConfig())  # writer not started: the queue is ours
+    for i in range(25):
+        ing._queue.put(("d0", "telemetry", b"{}", 0.0, None))
+    items: list = []
+    ing._gather(items, 10)
+    assert len(items) == 10
+    items = []
+    ing._gather(items, 100)
+    assert len(items) == 15 and ing.queue_depth == 0  # the rest, then one empty poll ends the wait
+
+
+def test_console_reconciles_soon_after_a_final_report(tmp_path, fleet_repo):
+    from edgeops.fleet.config import config_from_dict
+    from edgeops.fleet.console import FleetConsole
+
+    cfg = config_from_dict(
+        {
+            "database": {"url": f"sqlite:///{tmp_path / 'fleet.db'}"},
+            "repository": {"dir": str(fleet_repo["repo"]), "keys_dir": str(fleet_repo["keys"])},
+            "base_dir": str(tmp_path),
+        }
+    )
+    console = FleetConsole(cfg, mqtt=False, api=False, reconcile=False).start()
+    try:
+        register_devices(console.db, [{"id": "d0"}])
+        feed(console.ingest, event("d0", 1, "activated", "c1", "digits@2.0.0"))
+        assert not console._wake.is_set()  # nothing a wave could decide on
+        feed(console.ingest, event("d0", 2, "committed", "c1", "digits@2.0.0"))
+        assert console._wake.wait(5)  # the reconciler loop wakes (it keeps MIN_TICK_GAP_S between ticks)
+    finally:
+        console.stop()
+
+
+def test_hil_self_test_failure_does_not_mark_the_device_unhealthy(db, ingest):
+    """A candidate bundle failing `hil run --device` is the bundle's problem, not the device's."""
+    from edgeops.fleet.ingest import SELF_TEST_COMMAND_PREFIX
+
+    feed(ingest, event("d2", 1, "committed", target="digits@1.0.0"))
+    feed(ingest, event("d2", 2, "self_test_failed", command_id=f"{SELF_TEST_COMMAND_PREFIX}d2-abc", target="digits@9.0.0"))
+    assert get_device(db, "d2")["health"] == "healthy"
+    feed(ingest, event("d2", 3, "self_test_failed", command_id="assign-r1-d2", target="digits@2.0.0"))  # a rollout's
+    assert get_device(db, "d2")["health"] == "unhealthy"

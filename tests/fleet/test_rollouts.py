@@ -18,6 +18,7 @@ from edgeops.fleet.db import Database
 from edgeops.fleet.ingest import Ingestor
 from edgeops.fleet.registry import register_devices
 from edgeops.fleet.rollouts import service
+from edgeops.fleet.rollouts import reconciler as reconciler_mod
 from edgeops.fleet.rollouts.reconciler import Reconciler
 from edgeops.fleet.rollouts.settings import parse_request
 from edgeops.fleet.signing import KeyringCommandSigner
@@ -146,6 +147,7 @@ def test_regressing_rollout_halts_in_first_wave(h):
     h.rec.tick()
     st = service.rollout_status(h.db, r["id"])
     assert st["status"] == "paused" and "max_failure_rate" in st["reason"]
+    assert st["reason"].startswith("wave 1 halted: ") and st["waves"][0]["reason"].startswith("wave 1 halted: ")  # people count from 1
     assert [w["status"] for w in st["waves"]] == ["halted", "pending", "pending"]
     assigned = h.assignments(r["id"])
     assert len(assigned) == 2 and all(a["status"] == "rolled_back" and a["wave"] == 0 for a in assigned.values())
@@ -330,3 +332,94 @@ def test_already_active_device_succeeds_from_its_state(h):
     h.rec.tick()
     st = service.rollout_status(h.db, r["id"])
     assert st["status"] == "finished" and st["succeeded"] == 2
+
+
+def test_reasons_and_history_number_waves_from_1(h):
+    r = h.create(waves="10%,50%,100%", approve_each_wave=True)
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    h.respond()
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid, history=True)
+    assert st["status"] == "waiting_approval" and st["reason"] == "wave 1 passed; promote to start wave 2"
+    assert [w["number"] for w in st["waves"]] == [1, 2, 3] and [w["idx"] for w in st["waves"]] == [0, 1, 2]
+    actions = [x["action"] for x in st["history"]]
+    assert "wave1:running" in actions and "wave1:passed" in actions and not any(a.startswith("wave0") for a in actions)
+    service.pause_rollout(h.db, rid)
+    assert "wave 1 passed and awaits approval" in service.resume_rollout(h.db, rid)["reason"]
+
+
+def test_last_wave_takes_in_new_and_retagged_devices(h):
+    register_devices(h.db, [{"id": "paris0", "tags": {"site": "paris"}}])
+    r = h.create(waves="50%,100%", select="tag=site=berlin")
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    h.respond()
+    h.rec.tick()  # the last wave starts: all 20 berlin devices; they do not answer yet
+    assert len(h.assignments(rid)) == 20
+    register_devices(h.db, [{"id": "late0", "tags": {"site": "berlin"}}, {"id": "late1", "tags": {"site": "berlin"}}])
+    h.rec.tick()  # a new enrolment: joins at the next tick
+    assert {"late0", "late1"} <= set(h.assignments(rid)) and "paris0" not in h.assignments(rid)
+    register_devices(h.db, [{"id": "paris0", "tags": {"site": "berlin"}}])  # re-tagged: no new row
+    h.rec.tick()
+    assert "paris0" not in h.assignments(rid)  # the device table did not grow: no full read yet
+    h.now += reconciler_mod.TOPUP_EVERY_S
+    h.rec.tick()
+    a = h.assignments(rid)
+    assert "paris0" in a and a["paris0"]["wave"] == 1 and len(a) == 23
+    for _ in range(3):
+        h.respond()
+        h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "finished" and st["succeeded"] == 23
+
+
+def _answer(h, p95, agreement=1.0):
+    """Every new command: accepted, activated, telemetry on the new version, committed."""
+    cmds = h.pub.commands(h.keys)[h.handled :]
+    h.handled += len(cmds)
+    for c in cmds:
+        d, target = c.device_id, f"{c.bundle.name}@{c.bundle.version}"
+        h.feed(
+            event(d, h.next_seq(d), "command_accepted", c.command_id, target),
+            event(d, h.next_seq(d), "activated", c.command_id, target),
+            telemetry(d, h.next_seq(d), target, p95=p95, agreement=agreement),
+            event(d, h.next_seq(d), "committed", c.command_id, target),
+        )
+
+
+def test_telemetry_gates_read_the_new_version_against_the_old_baseline(h):
+    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])  # before the rollout
+    r = h.create(waves="10%,100%", max_latency_regression=2.0, max_error_rate=0.01, min_agreement=0.9)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    _answer(h, p95=50.0)  # ten times slower than the old version on the same devices
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "paused" and st["reason"].startswith("wave 1 halted: max_latency_regression 10 vs 2"), st["reason"]
+    gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    assert gates["max_error_rate"]["outcome"] == "pass" and gates["min_agreement"]["outcome"] == "pass"
+
+
+def test_wave_stats_read_telemetry_only_for_the_gates_that_use_it(h):
+    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])
+    plain = h.create(waves="100%", select="device=dev000+dev001")
+    service.start_rollout(h.db, plain["id"])
+    h.rec.tick()
+    _answer(h, p95=50.0)
+    with h.db.connect() as conn:
+        r = service.load_rollout(h.db, conn, plain["id"])
+        wave = dict(conn.execute(sa.select(h.db.t.waves).where(h.db.t.waves.c.rollout_id == r["id"])).first()._mapping)
+    st = h.rec.wave_stats(r, wave)
+    assert st.size == 2 and st.inferences == 0 and st.new_p95_ms is None and st.baseline_p95_ms is None  # no telemetry gate: not read
+
+    settings = service.settings_of(r).model_copy(update={"max_error_rate": 0.5, "max_latency_regression": 20.0})
+    st = h.rec.wave_stats(r, wave, settings)
+    assert st.inferences == 200 and st.new_p95_ms == 50.0 and st.baseline_p95_ms == 5.0
+    # the baseline is kept for BASELINE_TTL_S, then read again
+    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=15.0) for i in range(2, 20)])
+    assert h.rec.wave_stats(r, wave, settings).baseline_p95_ms == 5.0
+    h.now += reconciler_mod.BASELINE_TTL_S
+    assert h.rec.wave_stats(r, wave, settings).baseline_p95_ms == pytest.approx((20 * 5.0 + 18 * 15.0) / 38)

@@ -39,7 +39,7 @@ def test_wave_transition(cur, new):
     else:
         with pytest.raises(IllegalTransitionError) as e:
             check_wave("r-1", 2, cur, new)
-        assert "wave 2" in str(e.value)
+        assert "wave 3" in str(e.value)  # idx 2 is the third wave: user-facing numbers count from 1
 
 
 def test_expected_paths_exist():

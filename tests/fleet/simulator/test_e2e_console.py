@@ -93,6 +93,9 @@ def test_good_version_to_100_percent_then_nan_version_halts_in_wave_1(env):
     st = sim.stats()
     assert st["active"] == {"digits@1.0.0": N} and st["states"] == {"committed": N}
     assert st["rejected_messages"] == 0 and st["tick_errors"] == 0
+    # devices whose command came before a timestamp.json fetch shared its answer (repocache), and the
+    # process-wide verification memos stay off in the caller's own process (processes=0)
+    assert st["repo_cache"]["shared"] > 0 and st["verify_memo"] == {}
 
     # --- digits 2.0.0 gives NaN on live inputs on these devices: halted in the first wave -------
     bad = cli("create", "--bundle", "digits@2.0.0", "--select", "tag=site=berlin", "--waves", "10%,50%,100%", "--max-failure-rate", "0.05", "--start", *api, "--json")

@@ -157,3 +157,20 @@ def test_connects_are_paced(broker):
         assert time.monotonic() - t0 >= 0.15  # ~30 at 100/s with a burst of 11
     finally:
         pool.stop()
+
+
+@pytest.mark.parametrize("keepalive,slices", [(60, 5), (8, 2)])
+def test_loop_misc_visits_every_session_once_per_period(keepalive, slices):
+    """Keepalive bookkeeping is spread: one slice per second, every session at least once per period."""
+    pool = SessionPool(BrokerConfig(url="mqtt://127.0.0.1:1", keepalive_s=keepalive))  # never started: no I/O
+    try:
+        sessions = [pool.session(f"misc-{i:02d}", b"") for i in range(12)]
+        assert pool.misc_period_s() == min(5.0, keepalive / 4)
+        seen = [s.device_id for _ in range(slices) for s in pool.misc_slice()]
+        # within one period every session's turn comes (once, or twice when slices round up)
+        assert set(seen) == {s.device_id for s in sessions} and max(seen.count(d) for d in set(seen)) <= 2
+        assert len(seen) < 2 * len(sessions)  # not every session every second
+    finally:
+        pool._sel.close()
+        pool._wake_r.close()
+        pool._wake_w.close()

@@ -117,3 +117,99 @@ def test_tampered_bytes_from_the_cache_are_still_rejected_by_the_tuf_client(tmp_
     with pytest.raises(TrustError):
         other.download_target(other.get_target(pub.target_name), tmp_path / "bad.bundle")
     assert not (tmp_path / "bad.bundle").exists()
+
+
+# -- the freshness bound (a device's latest command) -------------------------------------------
+
+
+class FlakyTransport(CountingTransport):
+    """Raises RepositoryUnavailableError for the next ``fail`` fetches."""
+
+    def __init__(self, files, fail=0):
+        super().__init__(files)
+        self.fail = fail
+
+    def fetch(self, path, max_length):
+        if self.fail:
+            self.fail -= 1
+            self.calls.append(path)
+            from edgeops.trust.errors import RepositoryUnavailableError
+
+            raise RepositoryUnavailableError(f"{path}: broker down")
+        return super().fetch(path, max_length)
+
+
+def bounded(cache, up, not_before):
+    t = CachingTransport(cache, up)
+    t.not_before = not_before
+    return t
+
+
+def test_mutable_answers_are_shared_only_with_devices_whose_command_came_before_the_fetch():
+    up = CountingTransport({"metadata/timestamp.json": b"T1"})
+    cache = RepoCache()
+    t0 = time.monotonic()
+    first = bounded(cache, up, t0)
+    assert read(first, "metadata/timestamp.json") == b"T1"
+    # commands that arrived before that fetch was made: the repository's answer after them is this one
+    for _ in range(5):
+        assert read(bounded(cache, up, t0), "metadata/timestamp.json") == b"T1"
+    assert up.calls.count("metadata/timestamp.json") == 1 and cache.stats()["shared"] == 5
+    # a command that arrived after it: the device asks the repository itself, and sees the new version
+    up.files["metadata/timestamp.json"] = b"T2"
+    later = bounded(cache, up, time.monotonic() + 0.001)
+    time.sleep(0.002)
+    assert read(later, "metadata/timestamp.json") == b"T2"
+    assert up.calls.count("metadata/timestamp.json") == 2
+    # and a device without a bound never reuses a finished answer
+    assert read(CachingTransport(cache, up), "metadata/timestamp.json") == b"T2"
+    assert up.calls.count("metadata/timestamp.json") == 3
+
+
+def test_a_shared_not_found_respects_the_bound_and_a_new_root_is_seen():
+    up = CountingTransport({})
+    cache = RepoCache()
+    t0 = time.monotonic()
+    for _ in range(3):
+        with pytest.raises(NotFoundError):
+            read(bounded(cache, up, t0), "metadata/2.root.json")
+    assert up.calls == ["metadata/2.root.json"]  # one probe answered three devices
+    up.files["metadata/2.root.json"] = b"R2"  # a root rotation is published
+    time.sleep(0.002)
+    assert read(bounded(cache, up, time.monotonic()), "metadata/2.root.json") == b"R2"
+    assert up.calls == ["metadata/2.root.json"] * 2
+
+
+def test_repository_errors_are_never_shared():
+    from edgeops.trust.errors import RepositoryUnavailableError
+
+    up = FlakyTransport({"metadata/timestamp.json": b"T"}, fail=1)
+    cache = RepoCache()
+    t0 = time.monotonic()
+    with pytest.raises(RepositoryUnavailableError):
+        read(bounded(cache, up, t0), "metadata/timestamp.json")
+    assert read(bounded(cache, up, t0), "metadata/timestamp.json") == b"T"  # asked again, not the error
+    assert up.calls == ["metadata/timestamp.json"] * 2
+
+
+def test_a_cut_answer_does_not_serve_a_longer_request():
+    up = CountingTransport({"metadata/timestamp.json": b"0123456789"})
+    cache = RepoCache()
+    t0 = time.monotonic()
+    assert read(bounded(cache, up, t0), "metadata/timestamp.json", 3) == b"0123"
+    assert read(bounded(cache, up, t0), "metadata/timestamp.json", 2) == b"012"  # a prefix of the same answer
+    assert read(bounded(cache, up, t0), "metadata/timestamp.json", 100) == b"0123456789"  # asked upstream again
+    assert up.calls == ["metadata/timestamp.json"] * 2
+
+
+def test_overlapping_requests_of_bounded_devices_share_one_fetch():
+    up = CountingTransport({"metadata/timestamp.json": b"T"}, delay=0.2)
+    cache = RepoCache()
+    t0 = time.monotonic()
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(read(bounded(cache, up, t0), "metadata/timestamp.json"))) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert out == [b"T"] * 6 and len(up.calls) == 1
