@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from edgeops.converters import samples
-    from edgeops.converters.pipeline import host_cpu_flags
+    from edgeops.profiles import host_cpu_flags
 
     flags = host_cpu_flags()
     print(f"host: {'VNNI' if {'avx512_vnni', 'avx_vnni'} & flags else 'no VNNI'}, {'AVX-512' if 'avx512f' in flags else 'no AVX-512'}, {'AVX2' if 'avx2' in flags else 'no AVX2'}", file=sys.stderr)

@@ -34,7 +34,7 @@ from edgeops.converters.source import SourceModel, load_source
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier, output_pairs, same_nonfinite
 from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError
 from edgeops.golden import GoldenVectors, Tolerance
-from edgeops.profiles import load_profile
+from edgeops.profiles import VNNI_FLAGS, host_cpu_flags, load_profile
 
 GOLDEN_CASES = 3
 MAX_VALIDATION_FEEDS = 2000
@@ -280,19 +280,6 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     return reference, built, choice, kind, calib
 
 
-VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
-def host_cpu_flags() -> set[str]:
-    """CPU feature flags of the build host (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def _u8s8(profile) -> bool:

@@ -116,7 +116,10 @@ class HardwareProfile(_Strict):
 
 def builtin_profiles_dir() -> Path:
     """Folder that holds the built-in profiles (hardware-profiles/ in the source tree)."""
-    return Path(str(resources.files("edgeops.hardware_profiles")))
+    try:
+        return Path(str(resources.files("edgeops.hardware_profiles")))
+    except ModuleNotFoundError:  # a source checkout on PYTHONPATH, not installed (see edgeops/__init__.py)
+        return Path(__file__).resolve().parent.parent / "hardware-profiles"
 
 
 def list_profiles() -> list[HardwareProfile]:
@@ -177,3 +180,20 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
             return None
         model = field.annotation
     return model
+
+
+# CPU flags (as /proc/cpuinfo spells them) that give int8 dot products: u8 x s8 QDQ graphs run
+# exactly on these; without them onnxruntime's AVX2 kernels can saturate.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx512vnni", "amx_int8"})
+
+
+def host_cpu_flags() -> set[str]:
+    """CPU feature flags of this machine (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()

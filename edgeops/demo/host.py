@@ -9,23 +9,10 @@ So ``auto`` picks the profile this CPU satisfies, and an explicit profile is che
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 from edgeops.errors import ConfigError
 
-VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "avx512vnni"}
-
-
-def host_cpu_flags() -> set[str]:
-    """CPU feature flags of this machine (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+from edgeops.profiles import VNNI_FLAGS, host_cpu_flags
 
 
 def choose_profile(requested: str, flags: set[str] | None = None) -> tuple[str, str]:

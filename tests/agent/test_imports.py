@@ -34,3 +34,20 @@ def test_agent_modules_import_without_the_build_stack():
 def test_agent_cli_help_runs_without_the_build_stack():
     r = run("import sys\nsys.argv = ['edgeops', 'agent', '--help']\nfrom edgeops.cli import main\nmain()\n")
     assert r.returncode == 0 and "run" in r.stdout and "status" in r.stdout, r.stderr
+
+
+def test_agent_imports_from_a_source_checkout_without_install():
+    """PYTHONPATH=. on a checkout (no `pip install -e`): the wings still resolve under edgeops."""
+    r = run(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower() and 'editable' not in repr(f).lower()]\n"
+        "for name in [m for m in sys.modules if m == 'edgeops' or m.startswith('edgeops.')]:\n"
+        "    del sys.modules[name]\n"
+        "sys.path.insert(0, '.')\n"
+        "import edgeops.agent.core, edgeops.agent.cli\n"
+        "from edgeops.profiles import builtin_profiles_dir\n"
+        "assert edgeops.agent.__file__.endswith('agent/__init__.py'), edgeops.agent.__file__\n"
+        "assert (builtin_profiles_dir() / 'raspberry-pi-5.toml').is_file()\n"
+        "print('ok')\n"
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
