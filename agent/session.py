@@ -72,6 +72,36 @@ def set_tcp_nodelay(sock) -> bool:
     return True
 
 
+def device_client(broker, device_id: str, will_payload: bytes, password: str | None = None):
+    """A paho client configured as a device: persistent session, last will = offline state, credentials, TLS.
+
+    ``broker`` is the agent's BrokerConfig; ``password`` defaults to ``broker.read_password()``
+    (the simulator reads it once for all its devices). Callbacks are left to the caller.
+    """
+    import paho.mqtt.client as mqtt
+
+    v5 = broker.mqtt_version == "5"
+    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": device_id, "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311}
+    if not v5:
+        kwargs["clean_session"] = False
+    client = mqtt.Client(**kwargs)
+    client.max_inflight_messages_set(100)
+    client.max_queued_messages_set(0)
+    client.will_set(state_topic(device_id), will_payload, qos=1, retain=True)
+    password = broker.read_password() if password is None else password
+    if password is not None or broker.username:
+        client.username_pw_set(broker.username or device_id, password)
+    if broker.tls:
+        client.tls_set(
+            ca_certs=str(broker.ca_file) if broker.ca_file else None,
+            certfile=str(broker.client_cert) if broker.client_cert else None,
+            keyfile=str(broker.client_key) if broker.client_key else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    return client
+
+
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
     """Capped exponential backoff with jitter: uniform in [d/2, d], d = min(max_s, min_s * 2**attempt)."""
     d = min(max_s, min_s * (2 ** min(attempt, 30)))
@@ -99,27 +129,7 @@ class MqttSession:
 
     # -- setup -------------------------------------------------------------------------------
     def _make_client(self):
-        import paho.mqtt.client as mqtt
-
-        v5 = self.broker.mqtt_version == "5"
-        kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": self.device_id, "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311}
-        if not v5:
-            kwargs["clean_session"] = False
-        client = mqtt.Client(**kwargs)
-        client.max_inflight_messages_set(100)
-        client.max_queued_messages_set(0)
-        client.will_set(state_topic(self.device_id), self.will_payload, qos=1, retain=True)
-        password = self.broker.read_password()
-        if password is not None or self.broker.username:
-            client.username_pw_set(self.broker.username or self.device_id, password)
-        if self.broker.tls:
-            client.tls_set(
-                ca_certs=str(self.broker.ca_file) if self.broker.ca_file else None,
-                certfile=str(self.broker.client_cert) if self.broker.client_cert else None,
-                keyfile=str(self.broker.client_key) if self.broker.client_key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        client = device_client(self.broker, self.device_id, self.will_payload)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Callable
 
-from edgeops.protocol import cmd_topic, fetch_response_topic, parse_topic, state_topic
+from edgeops.protocol import cmd_topic, fetch_response_topic, parse_topic
 
 from edgeops.agent.config import BrokerConfig
 from edgeops.agent.session import SESSION_EXPIRY_S, backoff_delay
@@ -156,27 +156,9 @@ class SessionPool:
         return s
 
     def _make_client(self, s: PooledSession):
-        import paho.mqtt.client as mqtt
+        from edgeops.agent.session import device_client  # the agent's own client setup, shared
 
-        v5 = self.broker.mqtt_version == "5"
-        kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": s.device_id, "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311}
-        if not v5:
-            kwargs["clean_session"] = False
-        c = mqtt.Client(**kwargs)
-        c.max_inflight_messages_set(100)
-        c.max_queued_messages_set(0)
-        c.will_set(state_topic(s.device_id), s.will_payload, qos=1, retain=True)
-        password = self.broker.read_password()
-        if password is not None or self.broker.username:
-            c.username_pw_set(self.broker.username or s.device_id, password)
-        if self.broker.tls:
-            c.tls_set(
-                ca_certs=str(self.broker.ca_file) if self.broker.ca_file else None,
-                certfile=str(self.broker.client_cert) if self.broker.client_cert else None,
-                keyfile=str(self.broker.client_key) if self.broker.client_key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        c = device_client(self.broker, s.device_id, s.will_payload)
         c.user_data_set(s)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
