@@ -40,7 +40,7 @@ from edgeops.agent.config import AgentConfig, SelfTestConfig
 from edgeops.agent.machine import ROLLBACK_COMMAND, InstallMachine
 from edgeops.agent.outbox import OutboxSender
 from edgeops.agent.probation import ProbationMonitor
-from edgeops.agent.runtimes import InferenceError, Runtime, RuntimeFactory, load_runtime
+from edgeops.agent.runtimes import InferenceError, Runtime, RuntimeFactory, load_runtime, trim_freed_memory
 from edgeops.agent.selftest import SelfTestReport, host_figures, load_golden, run_self_test
 from edgeops.agent.spool import EVENT, TELEMETRY, Spool
 from edgeops.agent.statefile import RESTING, PersistedState, State, StateFile, UpdateRecord
@@ -375,6 +375,7 @@ class Agent:
         self._probation = None
         self._probation_sha = None
         self._shadow = None
+        trim_freed_memory()  # the update's transient buffers (and a dropped shadow model) go back to the OS
 
     # -- inference ------------------------------------------------------------------------------
     @property

@@ -82,6 +82,26 @@ def release_large_frees(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     return _malloc_pinned
 
 
+def trim_freed_memory() -> bool:
+    """Hand memory that is free inside glibc's heaps back to the OS (``malloc_trim``; glibc
+    only; True when it ran).
+
+    An update allocates in several threads (MQTT chunks on the network thread, hashing,
+    extraction and the self-test on the main loop), and each thread's malloc arena keeps the
+    freed pages after the update ends. The agent calls this when an update comes to rest, so
+    the steady-state footprint is the serving model's, not the update's peak.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim(0)
+    return True
+
+
 def available_onnx_providers() -> list[str]:
     """Execution providers this onnxruntime build offers."""
     import onnxruntime as ort
@@ -133,50 +153,29 @@ class OnnxRuntime:
         self._session = None
 
 
-def _litert_interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # the LiteRT package
-
-        return Interpreter
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter  # older devices ship this one
-
-        return Interpreter
-    except ImportError as e:
-        raise RuntimeLoadError("no LiteRT runtime: pip install ai-edge-litert (or tflite-runtime)") from e
-
-
 class LiteRtRuntime:
-    """A LiteRT (TFLite) interpreter; calls are serialized because interpreters are not thread-safe."""
+    """A LiteRT (TFLite) model run through its signature, as the packager validated it (names
+    and float I/O of :class:`edgeops.litert.SignatureModel`); calls are serialized because
+    interpreters are not thread-safe."""
 
     def __init__(self, model_path: Path, threads: int = 1):
         release_large_frees()
-        Interpreter = _litert_interpreter_class()
+        from edgeops.errors import ModelLoadError
+        from edgeops.litert import SignatureModel
+
         try:
-            self._interp = Interpreter(model_path=str(model_path), num_threads=threads)
-            self._interp.allocate_tensors()
-        except Exception as e:
-            raise RuntimeLoadError(f"{model_path}: LiteRT cannot load the model: {e}") from e
+            self._model = SignatureModel(model_path=model_path, threads=threads, label=str(model_path))
+        except ModelLoadError as e:
+            raise RuntimeLoadError(str(e)) from e
         self._lock = threading.Lock()
-        self._inputs = self._interp.get_input_details()
-        self._outputs = self._interp.get_output_details()
-        self.input_names = [d["name"] for d in self._inputs]
-        self.output_names = [d["name"] for d in self._outputs]
+        self.input_names = [t.name for t in self._model.inputs]
+        self.output_names = [t.name for t in self._model.outputs]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one inference (resizing inputs whose shape differs from the current one)."""
+        """Run one inference."""
         with self._lock:
             try:
-                for d in self._inputs:
-                    x = np.asarray(inputs[d["name"]], dtype=d["dtype"])
-                    if list(x.shape) != list(d["shape"]):
-                        self._interp.resize_tensor_input(d["index"], list(x.shape))
-                        self._interp.allocate_tensors()
-                    self._interp.set_tensor(d["index"], x)
-                self._interp.invoke()
-                return {d["name"]: np.array(self._interp.get_tensor(d["index"])) for d in self._outputs}
+                return self._model.run(inputs)
             except KeyError as e:
                 raise InferenceError(f"LiteRT: missing input {e}") from e
             except Exception as e:
@@ -184,7 +183,7 @@ class LiteRtRuntime:
 
     def close(self) -> None:
         """Drop the interpreter."""
-        self._interp = None
+        self._model = None
 
 
 def load_runtime(model_path: Path, manifest: Manifest, providers: list[str], threads: int = 1) -> Runtime:

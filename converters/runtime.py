@@ -63,64 +63,23 @@ def _ort_spec(arg) -> TensorSpec:
 
 
 class TfliteRunner:
-    """A LiteRT interpreter (XNNPACK on the host) driven through the default signature."""
+    """A LiteRT interpreter (XNNPACK on the host) driven through the default signature
+    (:class:`edgeops.litert.SignatureModel`, the same code the agent serves bundles with)."""
 
     def __init__(self, model_bytes: bytes, threads: int = 1, label: str = "model"):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as e:
-            raise ModelLoadError(f"{label}: ai-edge-litert is not installed; pip install 'edgeops[tflite]'") from e
-        try:
-            self.interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
-            signatures = self.interpreter.get_signature_list()
-            self.key = sorted(signatures)[0] if signatures else None
-            if self.key is None:
-                raise ModelLoadError(f"{label}: the .tflite model has no signature; convert it with litert-torch (which writes 'serving_default')")
-            self.runner = self.interpreter.get_signature_runner(self.key)
-        except ModelLoadError:
-            raise
-        except Exception as e:
-            raise ModelLoadError(f"{label}: LiteRT cannot load the model: {e}") from e
-        in_details = self.runner.get_input_details()
-        out_details = self.runner.get_output_details()
-        self._in = {n: d for n, d in sorted(in_details.items())}
-        self._out = {n: d for n, d in sorted(out_details.items())}
-        # The I/O schema shows what the *caller* passes and gets: float for quantized I/O.
-        self.inputs = [TensorSpec(name=n, dtype=_float_if_quantized(d), shape=[int(x) for x in d["shape"]]) for n, d in self._in.items()]
-        self.outputs = [TensorSpec(name=n, dtype=_float_if_quantized(d), shape=[int(x) for x in d["shape"]]) for n, d in self._out.items()]
+        from edgeops.litert import SignatureModel
+
+        self.model = SignatureModel(model_content=model_bytes, threads=threads, label=label)
+        self.interpreter = self.model.interpreter
+        self.inputs = self.model.inputs
+        self.outputs = self.model.outputs
 
     @property
     def quantized_io(self) -> bool:
-        return any(_quant(d) for d in list(self._in.values()) + list(self._out.values()))
+        return self.model.quantized_io
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = {}
-        for name, d in self._in.items():
-            x = np.asarray(feed[name])
-            q = _quant(d)
-            if q:
-                scale, zero = q
-                info = np.iinfo(d["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(d["dtype"])
-            args[name] = x.astype(d["dtype"], copy=False)
-        result = self.runner(**args)
-        out = {}
-        for name, d in self._out.items():
-            y = np.asarray(result[name])
-            q = _quant(d)
-            out[name] = ((y.astype(np.float32) - q[1]) * q[0]).astype(np.float32) if q else y.copy()
-        return out
-
-
-def _quant(detail) -> tuple[float, int] | None:
-    if np.dtype(detail["dtype"]).kind not in "iu":
-        return None
-    scale, zero = detail.get("quantization", (0.0, 0))
-    return (float(scale), int(zero)) if scale else None
-
-
-def _float_if_quantized(detail) -> str:
-    return "float32" if _quant(detail) else np.dtype(detail["dtype"]).name
+        return self.model.run(feed)
 
 
 def make_runner(fmt: str, model_bytes: bytes, threads: int = 1, label: str = "model") -> Runner:

@@ -91,7 +91,7 @@ class QuantizeTflite(Pass):
                         "or choose --quantize dynamic-int8 / none"
                     )
                 runner = TfliteRunner(artifact.data)
-                key = runner.key
+                key = runner.model.signature
                 feeds = ctx.calibration.batches(runner.inputs, limit=self.options.max_calibration_samples)
                 result = q.calibrate({key: feeds}, num_threads=1)
                 out = q.quantize(result, enable_progress_report=False)

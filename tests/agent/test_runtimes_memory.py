@@ -56,3 +56,39 @@ def test_freed_model_buffers_return_to_the_os_once_pinned():
 
 def test_environment_setting_takes_precedence():
     assert run("pin", {"MALLOC_MMAP_THRESHOLD_": "131072"})["pinned"] is False
+
+
+TRIM_SCRIPT = """
+import json, sys, threading
+import numpy as np
+from edgeops.agent.runtimes import trim_freed_memory
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+kept = []
+def update_work():  # an update's buffers on another thread: its own malloc arena
+    blocks = [np.ones(64 << 10, np.uint8) for _ in range(512)]  # 32 MiB below the mmap threshold
+    kept.append(blocks[-1])  # the last block pins the arena's top: free() alone cannot shrink it
+    del blocks
+t = threading.Thread(target=update_work)
+t.start(); t.join()
+before = rss()
+ran = trim_freed_memory() if sys.argv[1] == "trim" else None
+print(json.dumps({"ran": ran, "released_mb": before - rss()}))
+"""
+
+
+def run_trim(mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT, mode], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    return json.loads(out.stdout)
+
+
+def test_trim_returns_what_an_update_thread_freed():
+    assert run_trim("none")["released_mb"] < 4  # without the trim the freed pages stay resident
+    trimmed = run_trim("trim")
+    assert trimmed["ran"] is True
+    assert trimmed["released_mb"] > 20, f"only {trimmed['released_mb']:.1f} MiB of 32 freed MiB went back to the OS"

@@ -32,9 +32,11 @@ def test_agent_bench_quick_reports_every_figure(tmp_path):
     assert rb["gate"] == "nan_outputs"
     for key in ("nan_sent_to_gate_ms", "gate_to_old_serving_ms", "nan_sent_to_old_serving_ms", "nan_sent_to_old_answer_ms"):
         assert rb[key] > 0 and r["rollback_ms"][key] > 0
-    rss = r["rss_mb"]
-    assert 0 < rss["idle_mb"] < rss["serving_mb"] and rss["peak_install_mb"] > rss["idle_mb"]
-    assert rss["model"]["quantization"] == "static-int8" and rss["model"]["params"] > 3_000_000
-    assert set(r["meets_targets"]) == {"rollback_gate_to_old", "rollback_nan_to_old", "rss_serving", "rss_peak_install"}
+    for key, runtime, quantization in (("rss_mb", "onnxruntime", "static-int8"), ("rss_litert_mb", "litert", "dynamic-int8")):
+        rss = r[key]
+        assert 0 < rss["idle_mb"] < rss["serving_mb"] and rss["peak_install_mb"] > rss["idle_mb"]
+        assert rss["model"]["runtime"] == runtime and rss["model"]["quantization"] == quantization and rss["model"]["params"] > 3_000_000
+        assert rss["serving_top_mappings_mb"] and sum(rss["serving_top_mappings_mb"].values()) <= rss["serving_mb"] + 0.5
+    assert set(r["meets_targets"]) == {"rollback_gate_to_old", "rollback_nan_to_old", "rss_serving", "rss_peak_install", "rss_serving_litert", "rss_peak_install_litert"}
     assert r["machine"]["broker_tcp_nodelay"] is True
     assert not list(tmp_path.iterdir()), "the bench left its work folder behind"
