@@ -235,7 +235,12 @@ def test_sigkill_at_every_state(ctx, setup, trust_repo, path):
         hits = trials = 0
         while hits < HITS_PER_STATE and trials < HITS_PER_STATE * 6:
             trials += 1
-            hits += _run_trial(ctx, setup, trust_repo, target, durations, make_envelope(), bad, trials, rng, stretch_s)
+            hit = _run_trial(ctx, setup, trust_repo, target, durations, make_envelope(), bad, trials, rng, stretch_s)
+            hits += hit
+            if not hit:
+                # The kill came after the state had ended: the measured run was slower than the
+                # trials (a cold first run: imports, page cache), so narrow the random window.
+                durations[target] = durations.get(target, 0.005) * 0.6
         report[target.value] = (hits, trials)
         assert hits >= HITS_PER_STATE, f"only {hits} of {trials} kills landed inside {target.value}: {report}"
     print("kills inside each state (hits, trials):", report)

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.passes.fusion import rewrite_global_pool
 from edgeops.converters.passes.quantize import shallow_convs
-from edgeops.profiles import load_profile
+from edgeops.profiles import VNNI_FLAGS, host_cpu_flags, load_profile
 
 
 def _run(model_bytes: bytes, feed: dict) -> list[np.ndarray]:
@@ -238,7 +238,11 @@ def test_dynamic_int8_quantizes_gemm_layers_too():
         data = onnx.load(str(path)).SerializeToString()
     assert _ops(onnx.load_model_from_string(data))["Gemm"] == 3
     ctx = _ctx()
-    built = create_pass("quantize-dynamic")(Artifact("onnx", data=data), ctx)
+    # The numbers below are compared on this host: without VNNI, onnxruntime's u8 x s8 kernels
+    # saturate (0.07 off here on an AVX2 host), which a VNNI device never shows; u8 x u8 weights
+    # are exact on both, and the Gemm handling under test is the same for either weight type.
+    weight_type = "int8" if VNNI_FLAGS & host_cpu_flags() else "uint8"
+    built = create_pass("quantize-dynamic", weight_type=weight_type)(Artifact("onnx", data=data), ctx)
     ops = _ops(onnx.load_model_from_string(built.data))
     assert ops["MatMulInteger"] == 3 and ops["Gemm"] == 0 and ops["MatMul"] == 0, ops
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
