@@ -31,7 +31,7 @@ def run(config_path: str) -> None:
 
     cfg = load_config(config_path)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    agent_ = Agent(cfg).start()
+    agent_ = Agent(cfg, hooks=daemon_hooks()).start()
     click.echo(f"edgeops agent {cfg.device_id}: state {agent_.persisted.state.value}, api {agent_.api_address or 'off'}", err=True)
 
     def _stop(signum, frame) -> None:
@@ -44,6 +44,22 @@ def run(config_path: str) -> None:
             pass
     finally:
         agent_.stop()
+
+
+def daemon_hooks():
+    """The hooks of the one agent a daemon process runs: when an update comes to rest, hand
+    what it freed back to the OS (``malloc_trim``), so the resident footprint is the serving
+    model's and not the update's peak. Only the daemon does this: the fleet simulator runs
+    thousands of agents in one process, where a trim per device would walk the whole heap."""
+    from edgeops.agent.core import AgentHooks
+    from edgeops.agent.runtimes import trim_freed_memory
+    from edgeops.agent.statefile import RESTING
+
+    def at_rest(state) -> None:
+        if state in RESTING:
+            trim_freed_memory()
+
+    return AgentHooks(on_state=at_rest)
 
 
 @agent.command("status")

@@ -91,6 +91,10 @@ class TrustConfig(_Section):
     command_keys: list[Path] = Field(default_factory=list, description="public key files of the console's command signing keys (empty: the keys signed into the TUF root)")
     repository: str = Field(default="mqtt", description="'mqtt' (fetch through the broker) or an http(s):// base URL")
     fetch_timeout_s: float = Field(default=10.0, gt=0, description="time to wait for one MQTT fetch chunk before re-requesting it")
+    metadata_worker: bool = Field(
+        default=True,
+        description="verify TUF metadata in a short-lived child process (keeps python-tuf and cryptography out of the resident agent); false verifies in the agent's process",
+    )
 
     @field_validator("repository")
     @classmethod

@@ -40,7 +40,7 @@ from edgeops.agent.config import AgentConfig, SelfTestConfig
 from edgeops.agent.machine import ROLLBACK_COMMAND, InstallMachine
 from edgeops.agent.outbox import OutboxSender
 from edgeops.agent.probation import ProbationMonitor
-from edgeops.agent.runtimes import InferenceError, Runtime, RuntimeFactory, load_runtime, trim_freed_memory
+from edgeops.agent.runtimes import InferenceError, Runtime, RuntimeFactory, load_runtime
 from edgeops.agent.selftest import SelfTestReport, host_figures, load_golden, run_self_test
 from edgeops.agent.spool import EVENT, TELEMETRY, Spool
 from edgeops.agent.statefile import RESTING, PersistedState, State, StateFile, UpdateRecord
@@ -165,9 +165,16 @@ class Agent:
             session.on_publish = self.outbox.acked
             session.on_loop = self.outbox.pump
 
-        from edgeops.trust.client import ReleaseFloor, TrustClient
+        from edgeops.trust.floor import ReleaseFloor
 
-        self.trust = TrustClient(self.data_dir / "tuf", transport, root=config.trust.root)
+        if config.trust.metadata_worker:
+            from edgeops.trust.worker import IsolatedTrustClient
+
+            self.trust = IsolatedTrustClient(self.data_dir / "tuf", transport, root=config.trust.root)
+        else:  # many agents in one process (the fleet simulator): one TUF client each, in-process
+            from edgeops.trust.client import TrustClient
+
+            self.trust = TrustClient(self.data_dir / "tuf", transport, root=config.trust.root)
         self.floor = ReleaseFloor(self.data_dir / "release_floor.json")
         self._verifier = None
 
@@ -375,7 +382,6 @@ class Agent:
         self._probation = None
         self._probation_sha = None
         self._shadow = None
-        trim_freed_memory()  # the update's transient buffers (and a dropped shadow model) go back to the OS
 
     # -- inference ------------------------------------------------------------------------------
     @property
@@ -472,9 +478,9 @@ class Agent:
         """The command verifier (keys from the config, or from the trusted TUF root)."""
         if self._verifier is None:
             from edgeops.trust.commands import CommandVerifier
-            from edgeops.trust.keys import load_public_keys
+            from edgeops.trust.pubkeys import load_verify_keys
 
-            keys = load_public_keys(self.config.trust.command_keys) if self.config.trust.command_keys else self.trust.command_keys()
+            keys = load_verify_keys(self.config.trust.command_keys) if self.config.trust.command_keys else self.trust.command_keys()
             self._verifier = CommandVerifier(self.device_id, keys, self.data_dir / "command_seq.json", cohorts=self.config.cohorts)
         return self._verifier
 

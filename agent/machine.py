@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from edgeops.errors import BundleError, EdgeopsError
 from edgeops.protocol import EventKind, GateResult
-from edgeops.trust.client import TargetRecord
+from edgeops.trust.targets import TargetRecord
 from edgeops.trust.commands import check_assignment
 from edgeops.trust.errors import RepositoryUnavailableError, TrustError
 from edgeops.trust.verify import verify_bundle_file

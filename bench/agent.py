@@ -567,12 +567,25 @@ def measure_rollback(agent: AgentProc, cmd: Commander, bad, good_version: str) -
     }
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (the agent's TUF worker while it runs)."""
+    out: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in children.read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 class RssSampler:
-    """Samples one process's RSS every 10 ms on a thread (the peak between start and stop)."""
+    """Samples a process's RSS every 10 ms on a thread: the peak of the process alone, and of
+    the process plus its children (the agent verifies TUF metadata in a short-lived child)."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.peak_mb = 0.0
+        self.peak_with_children_mb = 0.0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -580,16 +593,68 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak_mb = max(self.peak_mb, read_status_kb(self.pid, "VmRSS") / 1024.0)
+                own = read_status_kb(self.pid, "VmRSS") / 1024.0
             except (OSError, KeyError):
                 return
+            children = 0.0
+            for child in child_pids(self.pid):
+                try:
+                    children += read_status_kb(child, "VmRSS") / 1024.0
+                except (OSError, KeyError):
+                    continue  # exited between the listing and the read
+            self.peak_mb = max(self.peak_mb, own)
+            self.peak_with_children_mb = max(self.peak_with_children_mb, own + children)
             self._stop.wait(0.01)
 
     def stop(self) -> float:
-        """Stop sampling; the peak in MiB."""
+        """Stop sampling; the process's own peak in MiB."""
         self._stop.set()
         self._t.join(2)
         return round(self.peak_mb, 1)
+
+
+# A process that does only what serving needs: numpy, the runtime, the model, the same
+# inferences. The agent's RSS minus this one's is what the agent itself costs.
+FLOOR_SCRIPT = r"""
+import json, sys
+import numpy as np
+runtime, model, threads, infers, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+shape = json.loads(sys.argv[6])
+x = np.random.default_rng(0).random(shape, dtype=np.float32)
+if runtime == "onnxruntime":
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    run = lambda: session.run(None, {name: x})
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=model, num_threads=threads)
+    runner = interpreter.get_signature_runner()
+    run = lambda: runner(**{name: x})
+for _ in range(infers):
+    run()
+status = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(("VmRSS", "RssAnon", "RssFile"))}
+print(json.dumps({"serving_mb": round(status["VmRSS"] / 1024, 1), "anon": round(status["RssAnon"] / 1024, 1), "file": round(status["RssFile"] / 1024, 1)}))
+"""
+
+
+def measure_runtime_floor(work: Path, bundle: Path, infers: int, profile: str) -> dict:
+    """RSS of a bare process serving the bundle's model with its runtime (FLOOR_SCRIPT), MiB."""
+    from edgeops.bundle import extract_bundle
+    from edgeops.profiles import load_profile
+    from edgeops.trust.verify import read_manifest
+
+    manifest = read_manifest(bundle)
+    files = work / f"floor-{manifest.name}"
+    if not files.exists():
+        extract_bundle(bundle, files)
+    spec = manifest.inputs[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+    threads = load_profile(profile).runtime.threads
+    out = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, manifest.runtime, str(files / manifest.artifact), str(threads), str(infers), spec.name, json.dumps(shape)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, infers: int, profile: str = PROFILE) -> dict:
@@ -611,6 +676,7 @@ def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, i
         agent.wait_serving(pub.version, probe=x, input_name=spec.name)
         agent.wait_state({"committed"}, timeout=120)
         peak_install = sampler.stop()
+        peak_with_worker = round(sampler.peak_with_children_mb, 1)
         lat = []
         for _ in range(infers):
             t = time.perf_counter()
@@ -623,6 +689,7 @@ def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, i
             "idle_hwm_mb": round(idle_hwm, 1),
             "idle_top_mappings_mb": idle_top,
             "peak_install_mb": peak_install,
+            "peak_install_with_tuf_worker_mb": peak_with_worker,
             "serving_mb": round(serving, 1),
             "serving_split_mb": agent.rss_split_mb(),
             "serving_top_mappings_mb": smaps_top(agent.proc.pid),
@@ -674,6 +741,9 @@ def run(args) -> dict:
             log(f"MobileNetV2 int8 bundle ({runtime}) built in {time.perf_counter() - t:.1f}s: {minfo}")
             rss = measure_rss(work, tf, broker.url, cmd, mbundle, args.infers, profile)
             rss["model"] = minfo
+            floor = measure_runtime_floor(work, mbundle, args.infers, profile)
+            rss["bare_runtime_process_mb"] = floor
+            rss["agent_over_bare_runtime_mb"] = round(rss["serving_mb"] - floor["serving_mb"], 1)
             log(f"{key}: {rss}")
             result[key] = rss
             result["rss_target_mib"] = round(RSS_TARGET_MIB, 1)
@@ -815,7 +885,11 @@ def print_table(r: dict) -> None:
             t.add_row(f"{m['runtime']} ({m['profile']}): idle, no model", f"{s['idle_mb']:.1f}", f"{s['idle_split_mb']['anon']:.1f} / {s['idle_split_mb']['file']:.1f}")
             t.add_row(f"  peak while installing the {m['quantization']} MobileNetV2 ({m['params'] / 1e6:.2f}M params, {m['model_bytes'] / 1e6:.1f} MB, {m['resolution']} px)",
                       f"{s['peak_install_mb']:.1f}", "")
+            t.add_row("  peak of the agent + its TUF worker process while installing", f"{s['peak_install_with_tuf_worker_mb']:.1f}", "")
             t.add_row(f"  serving it, after {s['inferences']} inferences", f"{s['serving_mb']:.1f}", f"{s['serving_split_mb']['anon']:.1f} / {s['serving_split_mb']['file']:.1f}")
+            f = s["bare_runtime_process_mb"]
+            t.add_row(f"  a bare {m['runtime']} process serving the same model (numpy + runtime only); agent over it: {s['agent_over_bare_runtime_mb']:+.1f}",
+                      f"{f['serving_mb']:.1f}", f"{f['anon']:.1f} / {f['file']:.1f}")
         for k, v in r.get("rss_mlp_agents_mb", {}).items():
             t.add_row(f"{mb:.0f} MB MLP agent ({k}): serving (peak VmHWM {v['peak_hwm']:.1f})", f"{v['serving']:.1f}", f"{v['anon']:.1f} / {v['file']:.1f}")
         out.print(t)

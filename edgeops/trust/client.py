@@ -20,12 +20,9 @@ Errors are those of :mod:`edgeops.trust.errors`; python-tuf's exceptions are wra
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,73 +31,22 @@ from tuf.api import exceptions as tuf_exc
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from edgeops.trust import errors
+from edgeops.trust.floor import ReleaseFloor
 from edgeops.trust.fsutil import atomic_write
+from edgeops.trust.targets import (
+    BUNDLE_SUFFIX,
+    COMMAND_KEYS_FIELD,
+    METADATA_PREFIX,
+    TARGETS_PREFIX,
+    TargetRecord,
+    download_target,
+    target_file_path,
+    target_path,
+    target_record,
+)
 from edgeops.trust.transport import RepositoryTransport
 
-_METADATA_PREFIX = "metadata/"
-_TARGETS_PREFIX = "targets/"
-BUNDLE_SUFFIX = ".bundle"
-# Field of root.json's signed part that lists the console's command keys ({keyid: key dict}).
-COMMAND_KEYS_FIELD = "x-edgeops-command-keys"
-
-
-def target_path(name: str, version: str) -> str:
-    """The TUF target path of bundle ``name`` at ``version``: ``<name>/<version>/<name>-<version>.bundle``."""
-    return f"{name}/{version}/{name}-{version}{BUNDLE_SUFFIX}"
-
-
-def target_file_path(path: str, sha256: str) -> str:
-    """The repository path of a target's file with consistent snapshots (hash-prefixed basename)."""
-    dirname, sep, basename = path.rpartition("/")
-    return f"{_TARGETS_PREFIX}{dirname}{sep}{sha256}.{basename}"
-
-
-@dataclass(frozen=True)
-class TargetRecord:
-    """A target as signed by the repository's targets role (only ever built from verified metadata).
-
-    ``name`` is the TUF target path (``<bundle>/<version>/<bundle>-<version>.bundle``);
-    ``custom`` holds what the publisher signed about the bundle: ``name``, ``version``,
-    ``release`` (the counter devices enforce), ``manifest_release``, ``profile``,
-    ``manifest_sha256`` (see :mod:`edgeops.trust.repository`).
-    """
-
-    name: str
-    length: int
-    sha256: str
-    custom: dict[str, Any] = field(default_factory=dict)
-    hashes: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def bundle_name(self) -> str:
-        """The bundle name from the signed custom field."""
-        return str(self.custom.get("name", ""))
-
-    @property
-    def version(self) -> str:
-        """The bundle version from the signed custom field."""
-        return str(self.custom.get("version", ""))
-
-    @property
-    def release(self) -> int:
-        """The release counter devices enforce (signed; may exceed the manifest's after a downgrade)."""
-        value = self.custom.get("release", 0)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    @property
-    def profile(self) -> str:
-        """The hardware profile the bundle was built for."""
-        return str(self.custom.get("profile", ""))
-
-    @property
-    def repo_path(self) -> str:
-        """Where the file lives in the repository (consistent snapshot path)."""
-        return target_file_path(self.name, self.sha256)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"name": self.name, "length": self.length, "sha256": self.sha256, "custom": dict(self.custom)}
-
+__all__ = ["BUNDLE_SUFFIX", "COMMAND_KEYS_FIELD", "ReleaseFloor", "TargetRecord", "TrustClient", "target_file_path", "target_path"]
 
 class _TransportFetcher(FetcherInterface):
     """ngclient fetcher that maps the Updater's URLs (``metadata/x``, ``targets/x``) to a transport.
@@ -129,7 +75,7 @@ class _TransportFetcher(FetcherInterface):
     @contextlib.contextmanager
     def download_file(self, url: str, max_length: int):
         with self._download(url, max_length) as tmp:
-            if url.startswith(_METADATA_PREFIX):
+            if url.startswith(METADATA_PREFIX):
                 data = tmp.read()
                 check_canonical_encoding(data, url)
                 if self.trusted_root is not None:
@@ -329,9 +275,9 @@ class TrustClient:
         try:
             updater = _Updater(
                 str(self.metadata_dir),
-                _METADATA_PREFIX,
+                METADATA_PREFIX,
                 None,
-                _TARGETS_PREFIX,
+                TARGETS_PREFIX,
                 fetcher=fetcher,
                 config=self.config,
                 bootstrap=self._bootstrap,
@@ -378,11 +324,15 @@ class TrustClient:
             raise translate_tuf_error(e, f"target {name}") from e
         if info is None:
             raise errors.UnknownTargetError(f"the repository's signed targets do not list {name!r}")
-        return _record(info.path, info.length, info.hashes, info.unrecognized_fields.get("custom", {}))
+        return target_record(info.path, info.length, info.hashes, info.unrecognized_fields.get("custom", {}))
 
     def get_bundle(self, bundle_name: str, version: str) -> TargetRecord:
         """The signed record of a bundle by name and version (target path convention)."""
         return self.get_target(target_path(bundle_name, version))
+
+    def root_field(self, name: str) -> Any:
+        """A field the trusted root.json signs beyond the TUF spec (e.g. :data:`COMMAND_KEYS_FIELD`), or None."""
+        return self._ready()._trusted_set.root.unrecognized_fields.get(name)
 
     def command_keys(self) -> list:
         """The console's command-signing public keys, as signed into the trusted root.json.
@@ -402,106 +352,8 @@ class TrustClient:
     def targets(self) -> list[TargetRecord]:
         """Every target the top-level targets role signs."""
         targets = self._ready()._trusted_set.targets
-        return [_record(t.path, t.length, t.hashes, t.unrecognized_fields.get("custom", {})) for t in targets.targets.values()]
+        return [target_record(t.path, t.length, t.hashes, t.unrecognized_fields.get("custom", {})) for t in targets.targets.values()]
 
     def download_target(self, record: TargetRecord, dest: str | Path) -> Path:
-        """Fetch a target into ``dest``, verified against its signed length and hashes.
-
-        The bytes stream into a temp file next to ``dest`` while being hashed; more bytes than
-        the signed length stop the transfer (endless data). Only a file that matched is fsynced
-        and renamed to ``dest``; on any error nothing is left behind.
-        """
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-        hashers = {alg: _hasher(alg, record.name) for alg in record.hashes}
-        received = 0
-        try:
-            with open(tmp, "wb") as out:
-                chunks = self.transport.fetch(record.repo_path, record.length)
-                for chunk in chunks:
-                    received += len(chunk)
-                    if received > record.length:
-                        raise errors.LengthError(f"{record.name}: the repository sent more than the signed {record.length} bytes (endless data); transfer stopped")
-                    for h in hashers.values():
-                        h.update(chunk)
-                    out.write(chunk)
-                if received != record.length:
-                    raise errors.LengthError(f"{record.name}: received {received} bytes, the signed length is {record.length}")
-                for alg, h in hashers.items():
-                    if h.hexdigest() != record.hashes[alg]:
-                        raise errors.HashMismatchError(f"{record.name}: {alg} of the downloaded file does not match the signed target (tampered or corrupt)")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-        except BaseException as e:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if isinstance(e, Exception) and not isinstance(e, errors.TrustError):
-                # A transport that broke its contract (raised something untyped) is still a
-                # transport failure to the caller.
-                raise errors.RepositoryUnavailableError(f"{record.name}: download failed: {e!r}") from e
-            raise
-        return dest
-
-
-def _hasher(alg: str, name: str):
-    try:
-        return hashlib.new(alg)
-    except ValueError as e:
-        raise errors.HashMismatchError(f"{name}: unsupported hash algorithm {alg!r} in signed metadata") from e
-
-
-def _record(path: str, length: int, hashes: dict[str, str], custom: Any) -> TargetRecord:
-    if "sha256" not in hashes:
-        raise errors.MalformedMetadataError(f"target {path!r} has no sha256 in signed metadata")
-    return TargetRecord(name=path, length=length, sha256=hashes["sha256"], custom=dict(custom) if isinstance(custom, dict) else {}, hashes=dict(hashes))
-
-
-class ReleaseFloor:
-    """Persisted per-bundle-name release-counter floor (device-side anti-rollback).
-
-    The file is JSON ``{"format": 1, "floors": {"<bundle name>": <release>}}``, replaced
-    atomically on every raise. A missing file means no floor yet.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def floors(self) -> dict[str, int]:
-        """All floors; TrustError when the file exists but is corrupt (fail closed)."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as e:
-            raise errors.TrustError(f"{self.path}: cannot read the release floor ({e.strerror or e})") from e
-        try:
-            data = json.loads(raw)
-            floors = data["floors"]
-            if not isinstance(floors, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in floors.items()):
-                raise ValueError("floors must map names to integers")
-        except (ValueError, KeyError, TypeError) as e:
-            raise errors.TrustError(f"{self.path}: release floor file is corrupt ({e}); refusing to guess a floor") from e
-        return dict(floors)
-
-    def get(self, name: str) -> int:
-        """The floor of one bundle name (0 when none)."""
-        return self.floors().get(name, 0)
-
-    def check(self, name: str, release: int) -> None:
-        """Raise RollbackError when ``release`` is below the committed floor of ``name``."""
-        floor = self.get(name)
-        if release < floor:
-            raise errors.RollbackError(
-                f"bundle {name!r} release {release} is below this device's floor {floor}: refusing a rollback "
-                f"(publish the old version again with `edgeops publish --allow-downgrade` to issue a higher counter)"
-            )
-
-    def raise_to(self, name: str, release: int) -> None:
-        """Raise the floor of ``name`` to ``release`` (never lowers it); atomic write."""
-        floors = self.floors()
-        if release <= floors.get(name, 0) and name in floors:
-            return
-        floors[name] = max(release, floors.get(name, 0))
-        atomic_write(self.path, json.dumps({"format": 1, "floors": floors}, sort_keys=True, indent=2).encode() + b"\n")
+        """Fetch a target into ``dest`` through this client's transport (see :func:`edgeops.trust.targets.download_target`)."""
+        return download_target(self.transport, record, dest)

@@ -34,13 +34,17 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from securesystemslib.signer import Key, Signature, Signer
 
 from edgeops.protocol import COMMAND_OPTIONAL_FIELDS, COMMAND_PAYLOAD_TYPE, Command
 from edgeops.trust import errors
 from edgeops.trust.fsutil import atomic_write
+from edgeops.trust.pubkeys import VerifyKey, as_verify_key
+
+if TYPE_CHECKING:  # signing is the console's job; devices only verify (edgeops.trust.pubkeys)
+    from securesystemslib.signer import Signer
 
 PAYLOAD_TYPE = COMMAND_PAYLOAD_TYPE
 MAX_ENVELOPE_BYTES = 64 * 1024
@@ -60,8 +64,10 @@ def command_payload(command: Command) -> bytes:
     return json.dumps(command.model_dump(mode="json", exclude=unset or None), sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign_command(command: Command, key: Signer | Sequence[Signer]) -> bytes:
+def sign_command(command: Command, key: "Signer | Sequence[Signer]") -> bytes:
     """Sign a command with one signer (or several) and return the DSSE envelope as JSON bytes."""
+    from securesystemslib.signer import Signer
+
     signers = [key] if isinstance(key, Signer) else list(key)
     payload = command_payload(command)
     message = pae(PAYLOAD_TYPE, payload)
@@ -113,25 +119,22 @@ def parse_envelope(data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     return payload, sigs
 
 
-def verify_envelope(data: bytes, public_keys: Iterable[Key]) -> Command:
+def verify_envelope(data: bytes, public_keys: Iterable[Any]) -> Command:
     """Check structure and signature (steps 1-3 above) and return the Command; no device state.
 
-    Used by :class:`CommandVerifier` and by tools that only need to know who signed a command.
+    ``public_keys`` are :class:`~edgeops.trust.pubkeys.VerifyKey` objects or securesystemslib
+    keys (converted). Used by :class:`CommandVerifier` and by tools that only need to know who
+    signed a command.
     """
     payload, sigs = parse_envelope(data)
     message = pae(PAYLOAD_TYPE, payload)
-    keys = {k.keyid: k for k in public_keys}
+    keys = {k.keyid: k for k in map(as_verify_key, public_keys)}
     verified = False
     for keyid, sig in sigs:
         key = keys.get(keyid)
-        if key is None:
-            continue
-        try:
-            key.verify_signature(Signature(keyid, sig.hex()), message)
-        except Exception:  # noqa: BLE001 - securesystemslib raises several types; all mean "not verified"
-            continue
-        verified = True
-        break
+        if key is not None and key.verify(sig, message):
+            verified = True
+            break
     if not verified:
         raise errors.CommandSignatureError(
             f"command envelope is not signed by a trusted command key (signed by {', '.join(k[:12] for k, _ in sigs)}; trusted: {', '.join(k[:12] for k in keys) or 'none'})"
@@ -147,17 +150,17 @@ class CommandVerifier:
 
     Args:
         device_id: this device's id.
-        public_keys: the command keys this device trusts (securesystemslib Keys, see
-            :func:`edgeops.trust.keys.load_public_keys`).
+        public_keys: the command keys this device trusts (:class:`~edgeops.trust.pubkeys.VerifyKey`,
+            see :func:`edgeops.trust.pubkeys.load_verify_keys`; securesystemslib keys are converted).
         state_path: JSON file with the highest accepted ``seq`` per audience (written atomically).
         cohorts: the cohorts this device belongs to (``cohort:<name>`` commands are accepted for these).
     """
 
-    def __init__(self, device_id: str, public_keys: Sequence[Key], state_path: str | Path, cohorts: Iterable[str] = ()):
+    def __init__(self, device_id: str, public_keys: Sequence[Any], state_path: str | Path, cohorts: Iterable[str] = ()):
         if not public_keys:
             raise errors.KeyFileError(f"device {device_id}: no command public keys configured; every command would be refused")
         self.device_id = device_id
-        self.public_keys = list(public_keys)
+        self.public_keys: list[VerifyKey] = [as_verify_key(k) for k in public_keys]
         self.state_path = Path(state_path)
         self.cohorts = set(cohorts)
 

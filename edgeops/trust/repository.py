@@ -44,7 +44,7 @@ from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Tar
 from tuf.api.serialization.json import JSONSerializer
 
 from edgeops.trust import errors
-from edgeops.trust.client import COMMAND_KEYS_FIELD, target_file_path, target_path
+from edgeops.trust.targets import COMMAND_KEYS_FIELD, target_file_path, target_path
 from edgeops.trust.fsutil import atomic_write, fsync_dir
 from edgeops.trust.keys import TUF_ROLES, Keyring, generate_key
 from edgeops.trust.verify import verify_bundle_file

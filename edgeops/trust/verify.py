@@ -26,7 +26,7 @@ from pathlib import Path
 from edgeops.bundle import DEFAULT_MAX_TOTAL_BYTES, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, _check_member_name
 from edgeops.errors import BundleError
 from edgeops.trust import errors
-from edgeops.trust.client import TargetRecord, target_path
+from edgeops.trust.targets import TargetRecord, target_path
 
 BLOCK = 512
 READ_BYTES = 4 << 20

@@ -97,7 +97,8 @@ class SimSettings:
             "cohorts": list(self.cohorts),
             "tags": dict(self.tags),
             "broker": broker,
-            "trust": {"root": str(self.root), "command_keys": list(self.command_keys), "repository": self.repository},
+            # Thousands of agents share this process and a verified-metadata memo (verifymemo): TUF runs in-process.
+            "trust": {"root": str(self.root), "command_keys": list(self.command_keys), "repository": self.repository, "metadata_worker": False},
             "log_level": "warning",
         }
         cfg = _merge(cfg, DEFAULT_AGENT_OVERRIDES)

@@ -51,3 +51,15 @@ def test_agent_imports_from_a_source_checkout_without_install():
         "print('ok')\n"
     )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_resident_agent_keeps_tuf_and_cryptography_out():
+    """TUF runs in a worker process (edgeops.trust.worker); commands verify with PyNaCl. The
+    resident agent, its API, session and state machine import none of the TUF stack."""
+    r = run(
+        "import sys\n"
+        "from edgeops.agent import core, api, cli, session, mqtt_transport, machine, runtimes\n"
+        "from edgeops.trust import commands, pubkeys, worker, targets, verify\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tuf', 'securesystemslib', 'cryptography'}))\n"
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

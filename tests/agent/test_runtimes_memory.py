@@ -92,3 +92,20 @@ def test_trim_returns_what_an_update_thread_freed():
     trimmed = run_trim("trim")
     assert trimmed["ran"] is True
     assert trimmed["released_mb"] > 20, f"only {trimmed['released_mb']:.1f} MiB of 32 freed MiB went back to the OS"
+
+
+def test_the_daemon_trims_when_an_update_comes_to_rest(monkeypatch):
+    """`edgeops agent run` trims at idle/committed/failed, never in the middle of an update."""
+    import edgeops.agent.runtimes as runtimes
+    from edgeops.agent.cli import daemon_hooks
+    from edgeops.agent.statefile import State
+
+    calls = []
+    monkeypatch.setattr(runtimes, "trim_freed_memory", lambda: calls.append(1) or True)
+    hooks = daemon_hooks()
+    for state in (State.FETCHING, State.VERIFYING, State.INSTALLING, State.SELF_TESTING, State.ACTIVATING, State.PROBATION, State.ROLLING_BACK):
+        hooks.on_state(state)
+    assert calls == []
+    for state in (State.COMMITTED, State.IDLE, State.FAILED):
+        hooks.on_state(state)
+    assert len(calls) == 3

@@ -37,6 +37,10 @@ def test_agent_bench_quick_reports_every_figure(tmp_path):
         assert 0 < rss["idle_mb"] < rss["serving_mb"] and rss["peak_install_mb"] > rss["idle_mb"]
         assert rss["model"]["runtime"] == runtime and rss["model"]["quantization"] == quantization and rss["model"]["params"] > 3_000_000
         assert rss["serving_top_mappings_mb"] and sum(rss["serving_top_mappings_mb"].values()) <= rss["serving_mb"] + 0.5
+        # The TUF worker is a child of the agent: with it the install peak can only be higher.
+        assert rss["peak_install_with_tuf_worker_mb"] >= rss["peak_install_mb"]
+        floor = rss["bare_runtime_process_mb"]
+        assert 0 < floor["serving_mb"] < rss["serving_mb"] and rss["agent_over_bare_runtime_mb"] == round(rss["serving_mb"] - floor["serving_mb"], 1)
     assert set(r["meets_targets"]) == {"rollback_gate_to_old", "rollback_nan_to_old", "rss_serving", "rss_peak_install", "rss_serving_litert", "rss_peak_install_litert"}
     assert r["machine"]["broker_tcp_nodelay"] is True
     assert not list(tmp_path.iterdir()), "the bench left its work folder behind"

@@ -116,6 +116,8 @@ class World:
     repo: Repository
     bundle: Path
     clock_offset: timedelta = field(default_factory=timedelta)
+    # True: the device verifies metadata in the TUF worker process, as the agent does by default.
+    isolated: bool = False
 
     @property
     def device(self) -> Path:
@@ -139,6 +141,11 @@ class World:
 
     def client(self) -> TrustClient:
         """A fresh client (as after an agent restart) with the world's clock."""
+        if self.isolated:
+            from edgeops.trust.worker import IsolatedTrustClient
+
+            assert not self.clock_offset, "the TUF worker runs on the real clock"
+            return IsolatedTrustClient(self.metadata_dir, DirectoryTransport(self.repo.repo_dir), root=self.repo.metadata_dir / "1.root.json")  # type: ignore[return-value]
         root = (self.repo.metadata_dir / "1.root.json").read_bytes()
         return TrustClient(self.metadata_dir, DirectoryTransport(self.repo.repo_dir), root=root, clock=lambda: datetime.now(timezone.utc) + self.clock_offset)
 

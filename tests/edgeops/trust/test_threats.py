@@ -340,6 +340,35 @@ def test_threat_is_refused_and_nothing_persisted(threat: Threat, tmp_path):
         assert (command_state.read_bytes() if command_state.exists() else None) == command_before
 
 
+# The agent verifies metadata in a child process (edgeops.trust.worker) by default: the same
+# threats through it. Expiry rows move the device's clock, which the worker does not take.
+WORKER_THREATS = [t for t in THREATS if not t.id.startswith("expired-") or t.id == "expired-command"]
+
+
+@pytest.mark.slow  # a worker process per refresh: ~25 s for the table
+@pytest.mark.parametrize("threat", WORKER_THREATS, ids=[t.id for t in WORKER_THREATS])
+def test_threat_is_refused_through_the_tuf_worker(threat: Threat, tmp_path):
+    world = make_world(tmp_path)
+    world.isolated = True
+    world.install()
+    if threat.setup:
+        threat.setup(world)
+    metadata_before = file_state(world.metadata_dir)
+    store_before = file_state(world.store)
+    floor_before = world.floor.floors()
+
+    with pytest.raises(threat.expected) as info:
+        threat.action(world)
+
+    assert type(info.value) is threat.expected, f"{threat.id}: got {type(info.value).__name__}: {info.value}"
+    assert str(info.value)
+    if threat.metadata_valid is False:
+        assert file_state(world.metadata_dir) == metadata_before, "metadata cache changed"
+    assert file_state(world.store) == store_before, "something was installed"
+    assert file_state(world.downloads) == {}, "a download was left behind"
+    assert world.floor.floors() == floor_before
+
+
 def test_threat_table_covers_the_issue():
     """Every threat the issue names has a row (guards against a row being dropped)."""
     ids = {t.id for t in THREATS}
