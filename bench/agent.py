@@ -701,6 +701,29 @@ def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, i
         agent.stop()
 
 
+def measure_refresh(work: Path, tf, repeats: int) -> dict:
+    """One TUF refresh (fresh client, as per update) in-process vs through the worker process,
+    alternated on the same repository and metadata cache: what isolating TUF costs an update."""
+    from edgeops.trust.client import TrustClient
+    from edgeops.trust.transport import DirectoryTransport
+    from edgeops.trust.worker import IsolatedTrustClient
+
+    tf.publish("9.0.0", 900)  # a repository with a target to list
+    transport = DirectoryTransport(tf.repo_dir)
+    times: dict[str, list[float]] = {"in_process": [], "worker": []}
+    for i in range(repeats):
+        for kind in ("in_process", "worker"):
+            client = (TrustClient if kind == "in_process" else IsolatedTrustClient)(work / f"refresh-{kind}", transport, root=tf.root_json)
+            t = time.perf_counter()
+            client.refresh()
+            if i:  # the first refresh of each downloads root/targets for the first time
+                times[kind].append(time.perf_counter() - t)
+    out = {f"{k}_ms": round(statistics.median(v) * 1000, 1) for k, v in times.items()}
+    out["worker_extra_ms"] = round(out["worker_ms"] - out["in_process_ms"], 1)
+    out["repeats"] = repeats - 1
+    return out
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -733,6 +756,9 @@ def run(args) -> dict:
         cmd = Commander(broker.url, tf)
         if parts & {"update", "rollback"}:
             result.update(run_updates(args, work, tf, cmd, broker.url, api_port, procs))
+        if "refresh" in parts:
+            result["tuf_refresh"] = measure_refresh(work, tf, max(3, args.repeats * 2 + 1))
+            log(f"tuf_refresh: {result['tuf_refresh']}")
         for part, runtime, profile, key in (("rss", "onnxruntime", PROFILE, "rss_mb"), ("rss-litert", "litert", LITERT_PROFILE, "rss_litert_mb")):
             if part not in parts:
                 continue
@@ -872,6 +898,9 @@ def print_table(r: dict) -> None:
                          ("nan_sent_to_old_answer_ms", "NaN request sent -> old version answered an inference")):
             t.add_row(label, f"{rb[k]:.0f}", f"{mx[k]:.0f}")
         out.print(t)
+    if "tuf_refresh" in r:
+        f = r["tuf_refresh"]
+        out.print(f"TUF refresh per update (median of {f['repeats']}): in-process {f['in_process_ms']:.1f} ms, in the worker process {f['worker_ms']:.1f} ms ({f['worker_extra_ms']:+.1f} ms)")
     if "rss_mb" in r or "rss_litert_mb" in r or "rss_mlp_agents_mb" in r:
         t = Table(title=f"Agent RSS (MiB; target < {RSS_TARGET_MB:.0f} MB = {RSS_TARGET_MIB:.1f} MiB)")
         t.add_column("agent")
@@ -906,7 +935,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 MB bundle, 1 repeat, 96 px MobileNetV2 (the smoke test)")
     ap.add_argument("--workdir", default=None, help="parent folder of the work folder (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, data dirs)")
-    ap.add_argument("--parts", default="update,rollback,rss,rss-litert", help="comma-separated: update, rollback, rss (onnxruntime), rss-litert")
+    ap.add_argument("--parts", default="update,rollback,refresh,rss,rss-litert", help="comma-separated: update, rollback, refresh (TUF in-process vs worker), rss (onnxruntime), rss-litert")
     ap.add_argument("--broker-nagle", action="store_true", help="run mosquitto without set_tcp_nodelay (its default) to show what Nagle costs the MQTT fetch")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--save", default=None, help="also write the JSON result to this file")
@@ -916,9 +945,9 @@ def main() -> int:
     if args.repeats < 1 or args.size_mb <= 0:
         ap.error("--repeats must be >= 1 and --size-mb > 0")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.parts) - {"update", "rollback", "rss", "rss-litert"}
+    unknown = set(args.parts) - {"update", "rollback", "refresh", "rss", "rss-litert"}
     if unknown or not args.parts:
-        ap.error(f"--parts: unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from update, rollback, rss, rss-litert")
+        ap.error(f"--parts: unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from update, rollback, refresh, rss, rss-litert")
     for tool in ("cp", "sha256sum"):
         if not shutil.which(tool):
             sys.exit(f"{tool} (coreutils) not found")

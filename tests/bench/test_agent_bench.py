@@ -41,6 +41,8 @@ def test_agent_bench_quick_reports_every_figure(tmp_path):
         assert rss["peak_install_with_tuf_worker_mb"] >= rss["peak_install_mb"]
         floor = rss["bare_runtime_process_mb"]
         assert 0 < floor["serving_mb"] < rss["serving_mb"] and rss["agent_over_bare_runtime_mb"] == round(rss["serving_mb"] - floor["serving_mb"], 1)
+    refresh = r["tuf_refresh"]
+    assert refresh["in_process_ms"] > 0 and refresh["worker_ms"] > 0 and refresh["repeats"] >= 2
     assert set(r["meets_targets"]) == {"rollback_gate_to_old", "rollback_nan_to_old", "rss_serving", "rss_peak_install", "rss_serving_litert", "rss_peak_install_litert"}
     assert r["machine"]["broker_tcp_nodelay"] is True
     assert not list(tmp_path.iterdir()), "the bench left its work folder behind"
