@@ -318,6 +318,7 @@ class AgentProc:
     repository: str
     probation_s: float = 2.0
     profile: str = PROFILE
+    metadata_worker: bool = True
     proc: subprocess.Popen | None = None
     api: str = ""
     log_path: Path = field(init=False)
@@ -338,7 +339,7 @@ class AgentProc:
             "data_dir": str(self.work / f"data-{self.device_id}"),
             "profile": self.profile,
             "log_level": "info",
-            "trust": {"root": str(self.tf.root_json), "command_keys": [str(self.tf.command_key)], "repository": self.repository},
+            "trust": {"root": str(self.tf.root_json), "command_keys": [str(self.tf.command_key)], "repository": self.repository, "metadata_worker": self.metadata_worker},
             "broker": {"url": self.broker_url, "mqtt_version": "5"},
             "api": {"listen": self.api},
             # Short window so repeats do not wait a minute each; live NaN must still land in it. The
@@ -586,6 +587,7 @@ class RssSampler:
         self.pid = pid
         self.peak_mb = 0.0
         self.peak_with_children_mb = 0.0
+        self.peak_children_mb = 0.0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -604,6 +606,7 @@ class RssSampler:
                     continue  # exited between the listing and the read
             self.peak_mb = max(self.peak_mb, own)
             self.peak_with_children_mb = max(self.peak_with_children_mb, own + children)
+            self.peak_children_mb = max(self.peak_children_mb, children)
             self._stop.wait(0.01)
 
     def stop(self) -> float:
@@ -690,6 +693,7 @@ def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, i
             "idle_top_mappings_mb": idle_top,
             "peak_install_mb": peak_install,
             "peak_install_with_tuf_worker_mb": peak_with_worker,
+            "tuf_worker_peak_mb": round(sampler.peak_children_mb, 1),
             "serving_mb": round(serving, 1),
             "serving_split_mb": agent.rss_split_mb(),
             "serving_top_mappings_mb": smaps_top(agent.proc.pid),
@@ -810,6 +814,8 @@ def run_updates(args, work: Path, tf, cmd: Commander, broker_url: str, api_port:
     agents = {
         "mqtt": AgentProc("bench-mqtt", work, tf, broker_url, "mqtt"),
         "http": AgentProc("bench-http", work, tf, broker_url, f"http://127.0.0.1:{api_port}/repo"),
+        # The same as "http" with TUF in the agent's process: what the TUF worker costs an update.
+        "http-tuf-in-process": AgentProc("bench-http-inproc", work, tf, broker_url, f"http://127.0.0.1:{api_port}/repo", metadata_worker=False),
     }
     for a in agents.values():
         procs.append(a.start())
@@ -817,11 +823,11 @@ def run_updates(args, work: Path, tf, cmd: Commander, broker_url: str, api_port:
         cmd.assign(a.device_id, base)
         a.wait_serving(base.version)
         a.wait_state({"committed"})
-    log("both agents serve 1.0.0")
+    log(f"{len(agents)} agents serve 1.0.0")
     result: dict = {"bundle_bytes": base.length, "repeats": args.repeats}
 
     # 1. assignment -> serving, interleaved with the copy+hash baseline
-    updates: dict[str, list[dict]] = {"mqtt": [], "http": []}
+    updates: dict[str, list[dict]] = {k: [] for k in agents}
     copies: dict[str, list[float]] = {"sha256sum": [], "hashlib": []}
     for r, pub in enumerate(goods):
         for kind, a in agents.items():
@@ -836,7 +842,7 @@ def run_updates(args, work: Path, tf, cmd: Commander, broker_url: str, api_port:
         result["update_phases_median_ms"] = {k: {p: round(statistics.median([u["phases_ms"].get(p, 0.0) for u in v]), 1) for p in [n for n, _ in PHASES] + ["activate"]} for k, v in updates.items()}
         result["copy_sha256sum_s"] = median(copies["sha256sum"])
         result["copy_hashlib_s"] = median(copies["hashlib"])
-        for k in ("mqtt", "http"):
+        for k in agents:
             result[f"ratio_{k}_vs_copy_sha256sum"] = round(result["update_s"][k] / result["copy_sha256sum_s"], 1)
             result[f"ratio_{k}_vs_copy_hashlib"] = round(result["update_s"][k] / result["copy_hashlib_s"], 1)
 
@@ -880,9 +886,10 @@ def print_table(r: dict) -> None:
         t = Table(title=f"Assignment to serving, {mb:.1f} MB bundle, median of {r['repeats']}")
         for col in ("path", "seconds", "x cp+sha256sum", "x cp+hashlib", "command", "fetch", "verify", "install", "self-test", "activate"):
             t.add_column(col, justify="right" if col != "path" else "left")
-        for k in ("mqtt", "http"):
+        labels = {"mqtt": "agent, fetch over MQTT", "http": "agent, fetch over HTTP", "http-tuf-in-process": "agent, HTTP, TUF in the agent's process"}
+        for k in [k for k in labels if k in r["update_s"]]:
             p = r["update_phases_median_ms"][k]
-            t.add_row(f"agent, fetch over {k.upper()}", f"{r['update_s'][k]:.3f}", f"{r[f'ratio_{k}_vs_copy_sha256sum']:.1f}", f"{r[f'ratio_{k}_vs_copy_hashlib']:.1f}",
+            t.add_row(labels[k], f"{r['update_s'][k]:.3f}", f"{r[f'ratio_{k}_vs_copy_sha256sum']:.1f}", f"{r[f'ratio_{k}_vs_copy_hashlib']:.1f}",
                       *(f"{p[n]:.0f} ms" for n in ("command", "fetch", "verify", "install", "self_test", "activate")))
         t.add_row("cp + sha256sum", f"{r['copy_sha256sum_s']:.3f}", "1.0", "", *[""] * 6)
         t.add_row("cp + hashlib sha256", f"{r['copy_hashlib_s']:.3f}", "", "1.0", *[""] * 6)
@@ -914,7 +921,7 @@ def print_table(r: dict) -> None:
             t.add_row(f"{m['runtime']} ({m['profile']}): idle, no model", f"{s['idle_mb']:.1f}", f"{s['idle_split_mb']['anon']:.1f} / {s['idle_split_mb']['file']:.1f}")
             t.add_row(f"  peak while installing the {m['quantization']} MobileNetV2 ({m['params'] / 1e6:.2f}M params, {m['model_bytes'] / 1e6:.1f} MB, {m['resolution']} px)",
                       f"{s['peak_install_mb']:.1f}", "")
-            t.add_row("  peak of the agent + its TUF worker process while installing", f"{s['peak_install_with_tuf_worker_mb']:.1f}", "")
+            t.add_row(f"  peak of the agent + its TUF worker process while installing (the worker alone: {s['tuf_worker_peak_mb']:.1f})", f"{s['peak_install_with_tuf_worker_mb']:.1f}", "")
             t.add_row(f"  serving it, after {s['inferences']} inferences", f"{s['serving_mb']:.1f}", f"{s['serving_split_mb']['anon']:.1f} / {s['serving_split_mb']['file']:.1f}")
             f = s["bare_runtime_process_mb"]
             t.add_row(f"  a bare {m['runtime']} process serving the same model (numpy + runtime only); agent over it: {s['agent_over_bare_runtime_mb']:+.1f}",
