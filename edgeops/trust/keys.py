@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
 
 from edgeops.trust.errors import KeyFileError
@@ -77,41 +77,16 @@ def _public_json(key: SSlibKey) -> bytes:
     return json.dumps({"keyid": key.keyid, **key.to_dict()}, indent=2, sort_keys=True).encode() + b"\n"
 
 
-def public_key_from_dict(data: dict, source: str = "public key") -> SSlibKey:
-    """An SSlibKey from ``{"keyid": ..., "keytype": ..., "scheme": ..., "keyval": ...}``."""
-    try:
-        data = dict(data)
-        keyid = data.pop("keyid")
-        key = SSlibKey.from_dict(keyid, data)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise KeyFileError(f"{source}: not a public key (need keyid, keytype, scheme, keyval): {e}") from e
-    if key.keytype != "ed25519":
-        raise KeyFileError(f"{source}: key type {key.keytype!r} is not ed25519")
-    return key
-
-
 def load_public_key(path: str | Path) -> SSlibKey:
-    """Load a public key: a ``.pub.json`` written by :func:`generate_key`, or a PEM public key."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot read public key ({e.strerror or e})") from e
-    if raw.lstrip().startswith(b"{"):
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise KeyFileError(f"{path}: invalid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise KeyFileError(f"{path}: expected a JSON object")
-        return public_key_from_dict(data, str(path))
-    try:
-        crypto_key = serialization.load_pem_public_key(raw)
-    except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path}: not a PEM public key: {e}") from e
-    if not isinstance(crypto_key, Ed25519PublicKey):
-        raise KeyFileError(f"{path}: not an Ed25519 public key")
-    return SSlibKey.from_crypto(crypto_key)
+    """Load a public key: a ``.pub.json`` written by :func:`generate_key`, or a PEM public key.
+
+    Files are read by :func:`edgeops.trust.pubkeys.load_verify_key` (the device-side reader),
+    so devices and tools accept exactly the same key files with the same key ids.
+    """
+    from edgeops.trust.pubkeys import load_verify_key
+
+    key = load_verify_key(path)
+    return SSlibKey.from_dict(key.keyid, key.to_dict())
 
 
 def load_public_keys(paths: list[str | Path]) -> list[SSlibKey]:
