@@ -142,8 +142,7 @@ def write_mlp_bundle(path: Path, version: str, release: int, size_mb: float, var
     """A complete bundle of :func:`make_mlp` with golden vectors computed by onnxruntime."""
     import onnxruntime as ort
 
-    from edgeops.bundle import GOLDEN_NAME, REPORT_NAME, Manifest, ManifestBudgets, Provenance, TensorSpec, describe_files, sha256_bytes, write_bundle
-    from edgeops.golden import GoldenVectors, Tolerance
+    from tests.support.bundles import write_classifier_bundle
 
     model = make_mlp(size_mb, variant_seed, trigger)
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -155,26 +154,10 @@ def write_mlp_bundle(path: Path, version: str, release: int, size_mb: float, var
         bad = session.run(None, {"input": np.full((1, N_IN), trigger * 10, np.float32)})[0]
         if np.isfinite(bad).all():
             raise RuntimeError("the faulty model does not emit NaN above its trigger")
-    golden = GoldenVectors(cases=cases, tolerances={"probs": Tolerance(atol=1e-4, rtol=1e-3)})
-    payload = {"model/model.onnx": model, GOLDEN_NAME: golden.to_json_bytes(), REPORT_NAME: json.dumps({"bench": "agent", "trigger": trigger}).encode()}
-    manifest = Manifest(
-        name="bench-mlp",
-        version=version,
-        release=release,
-        profile=PROFILE,
-        runtime="onnxruntime",
-        providers=["CPUExecutionProvider"],
-        artifact="model/model.onnx",
-        quantization="none",
-        task="classifier",
-        inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", N_IN])],
-        outputs=[TensorSpec(name="probs", dtype="float32", shape=["batch", N_OUT])],
-        # Generous: this shared VM is noisy, and latency gates are not what is measured here.
-        budgets=ManifestBudgets(latency_p95_ms=100.0),
-        files=describe_files(payload),
-        provenance=Provenance(source_model_sha256=sha256_bytes(model), source_format="onnx", toolchain={"edgeops-bench": "1"}),
-    )
-    return write_bundle(path, manifest, payload)
+    # Generous latency budget: this shared VM is noisy, and latency gates are not what is measured here.
+    write_classifier_bundle(path, model, cases, name="bench-mlp", version=version, release=release, profile=PROFILE, n_in=N_IN, n_out=N_OUT,
+                            latency_p95_ms=100.0, report={"bench": "agent", "trigger": trigger}, toolchain={"edgeops-bench": "1"})
+    return path
 
 
 def mobilenet_v2_module(num_classes: int = 1000):

@@ -29,7 +29,6 @@ N_CLASSES = 4
 
 def make_onnx_model(variant: str = "good", seed: int = 0, slow_size: int = 1024, slow_depth: int = 12) -> bytes:
     """Serialized ONNX model of the given variant (opset 17)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -140,16 +139,16 @@ def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: b
     return model, cases
 
 
-def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None):
-    """Write a complete, valid bundle of a test model to ``path`` and return its Manifest."""
+def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, version: str, release: int, profile: str, n_in: int, n_out: int, latency_p95_ms: float, report: dict, toolchain: dict[str, str]):
+    """Write a complete bundle of an ONNX classifier (``input`` -> ``probs``) with its golden
+    ``cases`` to ``path``; returns the Manifest (shared by the tests and bench/agent.py)."""
     import json
 
-    model, cases = make_bundle_bytes_payload(variant, seed, golden_ok, trigger)
     golden = GoldenVectors(cases=cases, tolerances={"probs": Tolerance(atol=1e-4, rtol=1e-3)})
     payload = {
         "model/model.onnx": model,
         GOLDEN_NAME: golden.to_json_bytes(),
-        REPORT_NAME: json.dumps({"summary": {"variant": variant}}, sort_keys=True).encode(),
+        REPORT_NAME: json.dumps(report, sort_keys=True).encode(),
     }
     manifest = Manifest(
         name=name,
@@ -161,11 +160,18 @@ def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", releas
         artifact="model/model.onnx",
         quantization="none",
         task="classifier",
-        inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", N_FEATURES])],
-        outputs=[TensorSpec(name="probs", dtype="float32", shape=["batch", N_CLASSES])],
+        inputs=[TensorSpec(name="input", dtype="float32", shape=["batch", n_in])],
+        outputs=[TensorSpec(name="probs", dtype="float32", shape=["batch", n_out])],
         budgets=ManifestBudgets(latency_p95_ms=latency_p95_ms),
         files=describe_files(payload),
-        provenance=Provenance(source_model_sha256=sha256_bytes(model), source_format="onnx", toolchain={"edgeops-tests": "1"}),
+        provenance=Provenance(source_model_sha256=sha256_bytes(model), source_format="onnx", toolchain=toolchain),
     )
     write_bundle(path, manifest, payload)
     return manifest
+
+
+def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None):
+    """Write a complete, valid bundle of a test model to ``path`` and return its Manifest."""
+    model, cases = make_bundle_bytes_payload(variant, seed, golden_ok, trigger)
+    return write_classifier_bundle(path, model, cases, name=name, version=version, release=release, profile=profile, n_in=N_FEATURES, n_out=N_CLASSES,
+                                   latency_p95_ms=latency_p95_ms, report={"summary": {"variant": variant}}, toolchain={"edgeops-tests": "1"})
