@@ -152,17 +152,27 @@ class ScriptedDevice:
         self._publish(state_topic(self.device_id), self._state(True), retain=True)
 
     # -- behaviour ---------------------------------------------------------------------------
-    def fetch(self, path: str, length: int) -> bytes:
-        """Download a repository file through the console, one chunk per request."""
+    def fetch(self, path: str, length: int, chunk_timeout_s: float = 5.0, deadline_s: float = 120.0) -> bytes:
+        """Download a repository file through the console, one chunk per request.
+
+        A chunk not answered within ``chunk_timeout_s`` is asked for again from the same offset,
+        as the real agent does: a request published while the console was down (a restart test
+        kills it mid-rollout) is never answered.
+        """
         out = b""
+        last_progress = time.monotonic()
         while len(out) < length:
             rid = uuid.uuid4().hex
             req = FetchRequest(request_id=rid, path=path, offset=len(out), length=64 * 1024)
             self._publish(fetch_request_topic(self.device_id), req.model_dump_json().encode())
             with self._cond:
-                if not self._cond.wait_for(lambda: rid in self._responses, timeout=20):
-                    raise RuntimeError(f"{self.device_id}: no fetch response for {path}")
+                answered = self._cond.wait_for(lambda: rid in self._responses, timeout=chunk_timeout_s)
+                if not answered:
+                    if time.monotonic() - last_progress > deadline_s:
+                        raise RuntimeError(f"{self.device_id}: no fetch response for {path} in {deadline_s:.0f}s")
+                    continue
                 header, chunk = self._responses.pop(rid)
+            last_progress = time.monotonic()
             if header.status != "ok":
                 raise RuntimeError(f"{self.device_id}: fetch {path}: {header.status} {header.error}")
             out += chunk
