@@ -1,7 +1,8 @@
 """Readings of the host: resident memory, CPU use and temperature (where the device exposes it).
 
-psutil is used when installed (it is in the agent extra); otherwise /proc is read directly.
-Every reading returns None when it is not available rather than failing.
+Read from /proc, /sys and ``os`` directly (no psutil: one dependency and ~1 MiB of resident
+memory less on the device). Every reading returns None when it is not available rather than
+failing.
 """
 
 from __future__ import annotations
