@@ -280,8 +280,6 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     return reference, built, choice, kind, calib
 
 
-
-
 def _u8s8(profile) -> bool:
     q = profile.quantization
     return profile.device.arch == "x86_64" and q.activation_type == "uint8" and q.weight_type == "int8"

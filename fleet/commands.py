@@ -23,9 +23,11 @@ import sqlalchemy as sa
 
 from edgeops.errors import FleetError
 from edgeops.fleet.db import Database
-from edgeops.fleet.ingest import SELF_TEST_COMMAND_PREFIX
 from edgeops.fleet.signing import CommandSigner
 from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef, cmd_topic, valid_device_id
+
+# Command ids of hil self-test orders start with this (ingest: their events say nothing about device health).
+SELF_TEST_COMMAND_PREFIX = "selftest-"
 
 log = logging.getLogger("edgeops.fleet.commands")
 

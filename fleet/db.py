@@ -266,6 +266,16 @@ def _pg_type(t: sa.types.TypeEngine) -> str:
     return "text"
 
 
+def weighted_p95_sums(tel: sa.Table) -> tuple[sa.ColumnElement, sa.ColumnElement]:
+    """SUM(p95 x inferences) and SUM(inferences) over telemetry rows that report a p95: their
+    ratio is the inference-weighted mean p95 (the rollout latency gates and the metrics)."""
+    reported = tel.c.p95_ms.is_not(None)
+    return (
+        sa.func.sum(sa.case((reported, tel.c.p95_ms * tel.c.inference_count), else_=0)),
+        sa.func.sum(sa.case((reported, tel.c.inference_count), else_=0)),
+    )
+
+
 def dumps(value: Any) -> str:
     """Compact, stable JSON for text columns."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

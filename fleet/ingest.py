@@ -41,6 +41,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from edgeops.fleet.commands import SELF_TEST_COMMAND_PREFIX
 from edgeops.fleet.config import IngestConfig
 from edgeops.fleet.db import Database, dumps
 from edgeops.fleet.rollouts import progress
@@ -50,7 +51,6 @@ log = logging.getLogger("edgeops.fleet.ingest")
 
 KINDS = {"state": DeviceState, "events": DeviceEvent, "telemetry": TelemetryBatch}
 _UNHEALTHY_EVENTS = {EventKind.ROLLED_BACK, EventKind.PROBATION_FAILED, EventKind.SELF_TEST_FAILED, EventKind.INSTALL_FAILED}
-SELF_TEST_COMMAND_PREFIX = "selftest-"  # the ids fleet/commands.py gives hil self-test orders
 _HEALTHY_EVENTS = {EventKind.COMMITTED, EventKind.PROBATION_PASSED}
 GATHER_MAX_S = 0.05  # longest wait for more messages before writing a batch
 GATHER_POLL_S = 0.005  # ... in polls of this length; a poll that brings nothing ends the wait
@@ -211,23 +211,20 @@ class Ingestor:
     def _gather(self, items: list, batch_size: int) -> None:
         """Add queued messages to ``items``; while they keep coming, wait a little for more (module doc)."""
         deadline = time.monotonic() + GATHER_MAX_S
-        while len(items) < batch_size:
-            try:
-                items.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            if self._stop.is_set() or time.monotonic() >= deadline:
-                return
+        polled = False
+        while True:
             before = len(items)
-            time.sleep(GATHER_POLL_S)
             while len(items) < batch_size:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if len(items) == before:
-                return  # nothing arrived during a poll: write what we have
+            if len(items) >= batch_size or (polled and len(items) == before):
+                return  # full, or nothing arrived during a poll: write what we have
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                return
+            time.sleep(GATHER_POLL_S)
+            polled = True
 
     # -- one batch -------------------------------------------------------------------------
     def _refresh_known(self, conn, wanted: set[str]) -> None:
@@ -394,9 +391,7 @@ class Ingestor:
             elif e.kind in _HEALTHY_EVENTS:
                 health[e.device_id] = "healthy"
         progress.apply_events(self.db, conn, new, received_at)
-        ending = sum(1 for e in new if e.kind in progress.FINAL_EVENTS)
-        if ending:
-            self.final_reports += ending
+        self.final_reports += sum(1 for e in new if e.kind in progress.FINAL_EVENTS)
 
     def _store_telemetry(self, conn, batches: list[TelemetryBatch], received_at: float, seen: dict[str, float], health: dict[str, str]) -> None:
         if not batches:

@@ -29,7 +29,7 @@ import time
 
 import sqlalchemy as sa
 
-from edgeops.fleet.db import Database
+from edgeops.fleet.db import Database, weighted_p95_sums
 from edgeops.fleet.rollouts.status import RolloutStatus
 
 log = logging.getLogger("edgeops.fleet.metrics")
@@ -135,8 +135,7 @@ class FleetCollector:
                     sa.func.sum(tel.c.inference_count),
                     sa.func.sum(tel.c.error_count),
                     sa.func.sum(tel.c.nan_count),
-                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
-                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
+                    *weighted_p95_sums(tel),
                     sa.func.avg(tel.c.agreement),
                 )
                 .where(tel.c.received_at >= now - TELEMETRY_WINDOW_S)

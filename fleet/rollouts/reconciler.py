@@ -48,11 +48,11 @@ from sqlalchemy.engine import Connection
 from edgeops.errors import IllegalTransitionError
 from edgeops.fleet.commands import CommandSender, assign_command, rollback_command
 from edgeops.fleet.config import RolloutConfig
-from edgeops.fleet.db import Database, dumps
+from edgeops.fleet.db import Database, dumps, weighted_p95_sums
 from edgeops.fleet.rollouts import gates as gates_mod
 from edgeops.fleet.rollouts.service import load_rollout, set_rollout_status, set_wave_status, settings_of
 from edgeops.fleet.rollouts.settings import RolloutSettings, Selector
-from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W
+from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W, wave_label
 from edgeops.fleet.targets import list_targets
 
 log = logging.getLogger("edgeops.fleet.reconciler")
@@ -61,11 +61,6 @@ BASELINE_WINDOW_S = 3600.0  # old-version telemetry this long before the rollout
 BASELINE_TTL_S = 30.0  # a rollout's old-version baseline is recomputed at most this often
 EXPIRE_EVERY_S = 5.0  # timeouts are checked at most this often per rollout (reconciler clock)
 TOPUP_EVERY_S = 10.0  # the last wave re-reads every device at least this often (tag edits)
-
-
-def wave_label(idx: int) -> str:
-    """How people read wave ``idx`` (0-based internally): ``wave 1`` is the first."""
-    return f"wave {idx + 1}"
 
 
 def _lit(statuses) -> list:
@@ -331,8 +326,7 @@ class Reconciler:
                     sa.func.sum(tel.c.inference_count),
                     sa.func.sum(tel.c.error_count),
                     sa.func.sum(tel.c.nan_count),
-                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
-                    sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
+                    *weighted_p95_sums(tel),
                     sa.func.count(tel.c.p95_ms),
                     sa.func.avg(tel.c.agreement),
                     sa.func.count(tel.c.agreement),
@@ -352,8 +346,7 @@ class Reconciler:
             return hit[1]
         tel, d = self.db.t.telemetry, self.db.t.devices
         base_q = sa.select(
-            sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.p95_ms * tel.c.inference_count), else_=0)),
-            sa.func.sum(sa.case((tel.c.p95_ms.is_not(None), tel.c.inference_count), else_=0)),
+            *weighted_p95_sums(tel),
             sa.func.count(tel.c.p95_ms),
         ).where(
             tel.c.version_name == r["bundle_name"],

@@ -31,6 +31,7 @@ from edgeops.fleet.rollouts.status import (
     check_action,
     check_rollout,
     check_wave,
+    wave_label,
 )
 from edgeops.fleet.targets import find_target
 
@@ -85,7 +86,7 @@ def set_wave_status(db: Database, conn: Connection, rollout_id: str, idx: int, c
         values["gates"] = dumps(gates)
     res = conn.execute(t.update().where(t.c.rollout_id == rollout_id, t.c.idx == idx, t.c.status == W(current).value).values(**values))
     if res.rowcount != 1:
-        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx + 1}: status changed concurrently (expected {W(current).value})")
+        raise IllegalTransitionError(f"rollout {rollout_id} {wave_label(idx)}: status changed concurrently (expected {W(current).value})")
     audit(db, conn, rollout_id, f"wave{idx + 1}:{W(new).value}", reason, now)
 
 
@@ -154,7 +155,7 @@ def resume_rollout(db: Database, rollout_id: str, actor: str = "operator") -> di
             set_wave_status(db, conn, rollout_id, wave["idx"], W.HALTED, W.RUNNING, f"resumed by {actor}")
         if wave and wave["status"] == W.PASSED.value and settings.approve_each_wave and wave["idx"] < len(settings.waves) - 1:
             # paused while waiting for approval: resuming must not skip the approval
-            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; wave {wave['idx'] + 1} passed and awaits approval")
+            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; {wave_label(wave['idx'])} passed and awaits approval")
         else:
             set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"resumed by {actor}")
     return rollout_status(db, rollout_id)

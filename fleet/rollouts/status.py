@@ -110,6 +110,11 @@ IN_FLIGHT_ASSIGNMENT = frozenset({A.PENDING, A.SENT, A.ACCEPTED, A.INSTALLING, A
 FAILED_ASSIGNMENT = frozenset({A.FAILED, A.ROLLED_BACK, A.TIMED_OUT})
 
 
+def wave_label(idx: int) -> str:
+    """How people read wave ``idx`` (0-based internally): ``wave 1`` is the first."""
+    return f"wave {idx + 1}"
+
+
 def check_rollout(rollout_id: str, current: RolloutStatus | str, new: RolloutStatus | str) -> None:
     """Raise IllegalTransitionError unless ``current -> new`` is allowed for a rollout."""
     cur, nxt = RolloutStatus(current), RolloutStatus(new)
@@ -123,7 +128,7 @@ def check_wave(rollout_id: str, idx: int, current: WaveStatus | str, new: WaveSt
     cur, nxt = WaveStatus(current), WaveStatus(new)
     if nxt not in WAVE_TRANSITIONS[cur]:
         allowed = ", ".join(sorted(s.value for s in WAVE_TRANSITIONS[cur])) or "none (terminal)"
-        raise IllegalTransitionError(f"rollout {rollout_id} wave {idx + 1}: cannot go from {cur.value} to {nxt.value} (allowed from {cur.value}: {allowed})")
+        raise IllegalTransitionError(f"rollout {rollout_id} {wave_label(idx)}: cannot go from {cur.value} to {nxt.value} (allowed from {cur.value}: {allowed})")
 
 
 def check_action(rollout_id: str, action: str, current: RolloutStatus | str) -> None:

@@ -125,6 +125,7 @@ class SessionPool:
 
     def __init__(self, broker: BrokerConfig, connect_rate: float = 500.0, name: str = "sim-pool"):
         self.broker = broker
+        self._password = broker.read_password()  # once for every device of the pool, not per client
         self.connect_rate = connect_rate
         self.name = name
         self.sessions: list[PooledSession] = []
@@ -158,7 +159,7 @@ class SessionPool:
     def _make_client(self, s: PooledSession):
         from edgeops.agent.session import device_client  # the agent's own client setup, shared
 
-        c = device_client(self.broker, s.device_id, s.will_payload)
+        c = device_client(self.broker, s.device_id, s.will_payload, password=self._password)
         c.user_data_set(s)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

@@ -163,7 +163,7 @@ def test_console_reconciles_soon_after_a_final_report(tmp_path, fleet_repo):
 
 def test_hil_self_test_failure_does_not_mark_the_device_unhealthy(db, ingest):
     """A candidate bundle failing `hil run --device` is the bundle's problem, not the device's."""
-    from edgeops.fleet.ingest import SELF_TEST_COMMAND_PREFIX
+    from edgeops.fleet.commands import SELF_TEST_COMMAND_PREFIX
 
     feed(ingest, event("d2", 1, "committed", target="digits@1.0.0"))
     feed(ingest, event("d2", 2, "self_test_failed", command_id=f"{SELF_TEST_COMMAND_PREFIX}d2-abc", target="digits@9.0.0"))
