@@ -255,12 +255,15 @@ class Agent:
             self.handle_command(payload)
         moved = self.machine.step()
         self._synthetic_traffic()
-        now = self.clock()
-        if now - self._last_batch >= self.config.telemetry.interval_s:
+        if self.clock() >= self.next_telemetry_at():
             self.flush_telemetry()
         if self._state_dirty:
             self.publish_state()
         return moved
+
+    def next_telemetry_at(self) -> float:
+        """When (on this agent's clock) the current telemetry interval closes."""
+        return self._last_batch + self.config.telemetry.interval_s
 
     def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Tick on this thread until ``predicate()`` holds (tests and simulators)."""

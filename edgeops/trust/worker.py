@@ -136,7 +136,7 @@ class IsolatedTrustClient:
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         except OSError as e:
-            raise errors.RepositoryUnavailableError(f"cannot start the TUF worker ({self.python}): {e}") from e
+            raise errors.RepositoryUnavailableError(f"cannot start the TUF worker ({self.python}): {e}; check the interpreter exists, or set trust.metadata_worker = false") from e
         assert proc.stdin is not None and proc.stdout is not None
         try:
             _write_line(proc.stdin, request)
@@ -171,14 +171,14 @@ class IsolatedTrustClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 proc.kill()
-                raise errors.RepositoryUnavailableError(f"the TUF worker gave no answer for {self.timeout_s:.0f}s; killed")
+                raise errors.RepositoryUnavailableError(f"the TUF worker gave no answer for {self.timeout_s:.0f}s and was killed; the update is retried (a host this slow may need trust.metadata_worker = false)")
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
             if ready:
                 break
         line = proc.stdout.readline(MAX_LINE_BYTES)
         if not line:
             code = proc.wait()
-            raise errors.RepositoryUnavailableError(f"the TUF worker exited with code {code} before answering")
+            raise errors.RepositoryUnavailableError(f"the TUF worker exited with code {code} before answering (its traceback is in the agent's log); the update is retried")
         try:
             msg = json.loads(line)
         except ValueError as e:

@@ -191,11 +191,7 @@ class SimDevice:
 
     def _telemetry_due_in(self) -> float:
         """Seconds until the agent closes its next telemetry interval (0: due now)."""
-        agent = self.agent
-        last = getattr(agent, "_last_batch", None)  # the agent's own interval start (its clock)
-        if last is None:
-            return 0.0
-        return max(0.0, last + agent.config.telemetry.interval_s - agent.clock())
+        return max(0.0, self.agent.next_telemetry_at() - self.agent.clock())
 
     def _infer(self) -> None:
         model = self.agent.serving

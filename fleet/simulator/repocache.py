@@ -63,7 +63,6 @@ class _Flight:
         self.done = threading.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
-        self.finished_at = 0.0
 
     def answers(self, max_length: int) -> bool:
         """True when this answer (once done, with data) covers a request with ``max_length``."""
@@ -158,7 +157,6 @@ class RepoCache:
             flight.error = e
             raise
         finally:
-            flight.finished_at = time.monotonic()
             with self._lock:
                 if flight.data is not None:
                     self.misses += 1
