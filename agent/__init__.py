@@ -5,7 +5,7 @@ store, self-tests them, activates them by an atomic link swap, watches them in p
 rolls back by itself; it serves inferences on a local API and reports telemetry through a
 bounded on-disk spool. Modules, one job each:
 
-- config        the TOML configuration (pydantic)
+- config        the TOML configuration (typed schemas, edgeops.schema)
 - statefile     the persisted state (by name, atomic writes)
 - machine       the install state machine: handlers, error policy, recovery table
 - store         the content-addressed model store with current/previous links

@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
             model = self.agent.serving
             if model is None:
                 return self._json(503, {"ok": False, "state": self.agent.persisted.state.value, "error": "no verified model is being served"})
-            return self._json(200, {"ok": True, "state": self.agent.persisted.state.value, "model": model.ref().model_dump()})
+            return self._json(200, {"ok": True, "state": self.agent.persisted.state.value, "model": model.ref().to_dict()})
         if self.path == "/v1/status":
             return self._json(200, self.agent.status())
         self._json(404, {"error": f"no such endpoint {self.path}; use /v1/infer, /v1/health or /v1/status"})
@@ -98,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(503, {"error": str(e)})
         except InferenceError as e:
             return self._json(500, {"error": str(e)})
-        ref = model.ref().model_dump()
+        ref = model.ref().to_dict()
         if raw:
             name = self.headers.get("X-Output") or next(iter(outputs))
             if name not in outputs:

@@ -26,6 +26,9 @@ def agent() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True, help="agent TOML file")
 def run(config_path: str) -> None:
     """Run the agent in the foreground until SIGTERM/SIGINT."""
+    from edgeops.agent.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread of the daemon allocates (see its docstring)
     from edgeops.agent.config import load_config
     from edgeops.agent.core import Agent
 
@@ -52,7 +55,7 @@ def daemon_hooks():
     model's and not the update's peak. Only the daemon does this: the fleet simulator runs
     thousands of agents in one process, where a trim per device would walk the whole heap."""
     from edgeops.agent.core import AgentHooks
-    from edgeops.agent.runtimes import trim_freed_memory
+    from edgeops.agent.memory import trim_freed_memory
     from edgeops.agent.statefile import RESTING
 
     def at_rest(state) -> None:
@@ -110,7 +113,7 @@ def _offline_status(cfg) -> dict:
 
     data_dir = Path(cfg.data_dir)
     persisted = StateFile(data_dir / "state.json").load()
-    info: dict = {"device_id": cfg.device_id, "running": False, "state": persisted.state.value, "profile": cfg.profile, "update": persisted.update.model_dump(mode="json") if persisted.update else None, "failed_versions": sorted(persisted.failed)}
+    info: dict = {"device_id": cfg.device_id, "running": False, "state": persisted.state.value, "profile": cfg.profile, "update": persisted.update.to_dict() if persisted.update else None, "failed_versions": sorted(persisted.failed)}
     if (data_dir / "store").is_dir():
         store = ModelStore(data_dir / "store")
         for key, sha in (("active", store.current()), ("previous", store.previous())):

@@ -1,4 +1,4 @@
-"""The agent's configuration: one TOML file, validated with pydantic.
+"""The agent's configuration: one TOML file, validated against typed schemas (edgeops.schema).
 
 Every error names the file and the key at fault (``ConfigError``, exit code 3). See
 ``agent/agent.example.toml`` for a commented example of every setting.
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeops.errors import ConfigError
 from edgeops.protocol import DEVICE_ID_PATTERN
+from edgeops.schema import FieldError, Meta, Schema, SchemaError, field
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,42 +21,43 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Positive = Annotated[float, Meta(gt=0)]
+Share = Annotated[float, Meta(ge=0, le=1)]
 
 
-class BrokerConfig(_Section):
-    """How to reach the MQTT broker: URL, protocol version, credentials, TLS, reconnect backoff."""
+class BrokerConfig(Schema):
+    """How to reach the MQTT broker: URL, protocol version, credentials, TLS, reconnect backoff.
 
-    url: str = Field(description="mqtt://host:port or mqtts://host:port")
-    mqtt_version: Literal["5", "3.1.1"] = Field(default="5", description="MQTT 5 (default) or 3.1.1 for brokers such as the embedded amqtt one")
-    username: str | None = Field(default=None, description="broker username; defaults to the device id when a password is set")
-    password: str | None = Field(default=None, description="broker password (prefer password_file)")
-    password_file: Path | None = Field(default=None, description="file holding the broker password")
-    ca_file: Path | None = Field(default=None, description="CA bundle that signed the broker certificate (mqtts)")
-    client_cert: Path | None = Field(default=None, description="X.509 client certificate (mqtts)")
-    client_key: Path | None = Field(default=None, description="private key of the client certificate")
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    reconnect_min_s: float = Field(default=0.5, gt=0, description="first reconnect delay; doubles up to reconnect_max_s, with jitter")
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    ``url`` is mqtt://host:port or mqtts://host:port; ``mqtt_version`` "5" (default) or "3.1.1"
+    for brokers such as the embedded amqtt one; ``username`` defaults to the device id when a
+    password is set; ``password_file`` (preferred over ``password``) holds the broker password;
+    ``ca_file`` is the CA bundle that signed the broker certificate, ``client_cert`` /
+    ``client_key`` an X.509 client certificate and its key (mqtts). The first reconnect waits
+    ``reconnect_min_s``; each failure doubles it up to ``reconnect_max_s``, with jitter.
+    """
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        u = urlparse(v)
+    url: str
+    mqtt_version: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    reconnect_min_s: Positive = 0.5
+    reconnect_max_s: Positive = 30.0
+
+    def __post_init__(self) -> None:
+        u = urlparse(self.url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError(f"{v!r} must look like mqtt://host:port or mqtts://host:port")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "BrokerConfig":
+            raise FieldError("url", f"{self.url!r} must look like mqtt://host:port or mqtts://host:port")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("client_cert and client_key go together: set both or neither")
         if self.password is not None and self.password_file is not None:
             raise ValueError("set password or password_file, not both")
-        return self
 
     @property
     def tls(self) -> bool:
@@ -84,102 +84,124 @@ class BrokerConfig(_Section):
         return self.password
 
 
-class TrustConfig(_Section):
-    """What the device trusts: the TUF root, the command keys, and where the repository is."""
+class TrustConfig(Schema):
+    """What the device trusts: the TUF root, the command keys, and where the repository is.
 
-    root: Path = Field(description="trusted TUF root.json shipped with the device")
-    command_keys: list[Path] = Field(default_factory=list, description="public key files of the console's command signing keys (empty: the keys signed into the TUF root)")
-    repository: str = Field(default="mqtt", description="'mqtt' (fetch through the broker) or an http(s):// base URL")
-    fetch_timeout_s: float = Field(default=10.0, gt=0, description="time to wait for one MQTT fetch chunk before re-requesting it")
-    metadata_worker: bool = Field(
-        default=True,
-        description="verify TUF metadata in a short-lived child process (keeps python-tuf and cryptography out of the resident agent); false verifies in the agent's process",
-    )
+    ``root`` is the trusted TUF root.json shipped with the device; ``command_keys`` the public
+    key files of the console's command signing keys (empty: the keys signed into the TUF
+    root); ``repository`` is 'mqtt' (fetch through the broker) or an http(s):// base URL;
+    ``fetch_timeout_s`` how long to wait for one MQTT fetch chunk before re-requesting it.
+    ``metadata_worker`` verifies TUF metadata in a short-lived child process (keeps python-tuf
+    and cryptography out of the resident agent); false verifies in the agent's process.
+    """
 
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, v: str) -> str:
-        if v != "mqtt" and not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r} must be 'mqtt' or an http(s):// base URL")
-        return v
+    root: Path
+    command_keys: list[Path] = field(default_factory=list)
+    repository: str = "mqtt"
+    fetch_timeout_s: Positive = 10.0
+    metadata_worker: bool = True
+
+    def __post_init__(self) -> None:
+        if self.repository != "mqtt" and not self.repository.startswith(("http://", "https://")):
+            raise FieldError("repository", f"{self.repository!r} must be 'mqtt' or an http(s):// base URL")
 
 
-class ApiConfig(_Section):
-    """The local inference API: ``host:port`` on loopback or ``unix:/path/to.sock``; empty disables it."""
+class ApiConfig(Schema):
+    """The local inference API: ``listen`` is ``127.0.0.1:PORT``, ``[::1]:PORT`` or
+    ``unix:/path/to.sock`` (empty disables it); ``shadow_sample_rate`` is the share of live
+    inputs also run on the previous model during probation."""
 
-    listen: str = Field(default="127.0.0.1:8765", description="127.0.0.1:PORT, [::1]:PORT, unix:/path, or '' to disable")
-    shadow_sample_rate: float = Field(default=0.25, ge=0, le=1, description="share of live inputs also run on the previous model during probation")
+    listen: str = "127.0.0.1:8765"
+    shadow_sample_rate: Share = 0.25
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
+    def __post_init__(self) -> None:
+        v = self.listen
         if v == "" or v.startswith("unix:"):
             if v.startswith("unix:") and len(v) <= 5:
-                raise ValueError("unix: needs a socket path, e.g. unix:/run/edgeops/agent.sock")
-            return v
+                raise FieldError("listen", "unix: needs a socket path, e.g. unix:/run/edgeops/agent.sock")
+            return
         host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
-            raise ValueError(f"{v!r} must be HOST:PORT or unix:/path")
+            raise FieldError("listen", f"{v!r} must be HOST:PORT or unix:/path")
         if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"{v!r}: the inference API listens on loopback only (127.0.0.1, ::1) or a unix socket")
-        return v
+            raise FieldError("listen", f"{v!r}: the inference API listens on loopback only (127.0.0.1, ::1) or a unix socket")
 
 
-class TelemetryConfig(_Section):
-    """Telemetry batching and the on-disk spool."""
+class TelemetryConfig(Schema):
+    """Telemetry batching and the on-disk spool: one TelemetryBatch per ``interval_s``; the
+    spool holds at most ``spool_max_bytes`` (oldest batches are dropped first, and reported);
+    ``max_inflight`` unacknowledged QoS 1 publishes at a time; a spooled message not
+    acknowledged after ``resend_after_s`` is published again."""
 
-    interval_s: float = Field(default=10.0, gt=0, description="one TelemetryBatch per interval")
-    spool_max_bytes: int = Field(default=16 << 20, ge=16 << 10, description="spool size bound; oldest batches are dropped first (and reported)")
-    max_inflight: int = Field(default=50, ge=1, description="unacknowledged QoS 1 publishes at a time")
-    resend_after_s: float = Field(default=30.0, gt=0, description="re-publish a spooled message not acknowledged after this long")
-
-
-class SelfTestConfig(_Section):
-    """Self-test before activation: golden vectors, load time, latency, memory."""
-
-    latency_runs: int = Field(default=30, ge=1, description="timed inferences for the p95")
-    latency_factor: float = Field(default=1.5, gt=0, description="fail when p95 > budget.latency_p95_ms x factor")
-    max_load_s: float = Field(default=60.0, gt=0, description="fail when loading the model takes longer")
-    max_memory_mb: float | None = Field(default=None, gt=0, description="fail when loading grows RSS by more (default: the manifest budget, if any)")
+    interval_s: Positive = 10.0
+    spool_max_bytes: Annotated[int, Meta(ge=16 << 10)] = 16 << 20
+    max_inflight: Annotated[int, Meta(ge=1)] = 50
+    resend_after_s: Positive = 30.0
 
 
-class ProbationConfig(_Section):
-    """The probation window after activation and its gates."""
+class SelfTestConfig(Schema):
+    """Self-test before activation: golden vectors, load time, latency, memory.
 
-    window_count: int = Field(default=200, ge=1, description="inferences the window needs before it can pass")
-    window_seconds: float = Field(default=60.0, ge=0, description="seconds the window lasts at least")
-    max_error_rate: float = Field(default=0.01, ge=0, le=1)
-    max_nan: int = Field(default=0, ge=0, description="outputs with NaN/Inf tolerated in the window")
-    latency_factor: float = Field(default=1.5, gt=0, description="fail when p95 > budget x factor")
-    previous_latency_factor: float = Field(default=2.0, gt=0, description="fail when p95 > previous model's p95 x factor")
-    min_agreement: float = Field(default=0.95, ge=0, le=1, description="least share of shadowed inputs where new and previous model agree")
-    min_shadow_samples: int = Field(default=10, ge=1, description="shadow samples needed for the agreement gate to count")
-    synthetic_interval_s: float = Field(default=0.5, ge=0, description="run golden inputs this often while live traffic is short of the window (0 disables)")
-    max_restarts: int = Field(default=1, ge=0, description="agent restarts during probation before it rolls back")
+    ``latency_runs`` timed inferences give the p95, which fails above the manifest's
+    ``latency_p95_ms`` x ``latency_factor``; loading may take ``max_load_s`` at most and grow
+    RSS by ``max_memory_mb`` at most (default: the manifest budget, if any).
+    """
+
+    latency_runs: Annotated[int, Meta(ge=1)] = 30
+    latency_factor: Positive = 1.5
+    max_load_s: Positive = 60.0
+    max_memory_mb: Positive | None = None
 
 
-class AgentConfig(_Section):
-    """The whole agent configuration file."""
+class ProbationConfig(Schema):
+    """The probation window after activation and its gates.
 
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    The window needs ``window_count`` inferences and lasts ``window_seconds`` at least. Gates:
+    error rate up to ``max_error_rate``; at most ``max_nan`` outputs with NaN/Inf; p95 up to
+    the budget x ``latency_factor`` and the previous model's p95 x ``previous_latency_factor``;
+    agreement with the previous model on shadowed inputs at least ``min_agreement`` once
+    ``min_shadow_samples`` were taken. Golden inputs run every ``synthetic_interval_s`` while
+    live traffic is short of the window (0 disables); more than ``max_restarts`` agent restarts
+    during probation roll back.
+    """
+
+    window_count: Annotated[int, Meta(ge=1)] = 200
+    window_seconds: Annotated[float, Meta(ge=0)] = 60.0
+    max_error_rate: Share = 0.01
+    max_nan: Annotated[int, Meta(ge=0)] = 0
+    latency_factor: Positive = 1.5
+    previous_latency_factor: Positive = 2.0
+    min_agreement: Share = 0.95
+    min_shadow_samples: Annotated[int, Meta(ge=1)] = 10
+    synthetic_interval_s: Annotated[float, Meta(ge=0)] = 0.5
+    max_restarts: Annotated[int, Meta(ge=0)] = 1
+
+
+class AgentConfig(Schema):
+    """The whole agent configuration file.
+
+    ``profile`` is a hardware profile name or the path to a profile TOML; ``cohorts`` the
+    cohorts whose commands this device obeys; ``store_quota_bytes`` the largest size of the
+    model store (installs beyond it abort cleanly).
+    """
+
+    device_id: Annotated[str, Meta(pattern=DEVICE_ID_PATTERN)]
     data_dir: Path
-    profile: str = Field(description="hardware profile name or path to a profile TOML")
-    cohorts: list[str] = Field(default_factory=list, description="cohorts whose commands this device obeys")
-    tags: dict[str, str] = Field(default_factory=dict)
+    profile: str
+    cohorts: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
     broker: BrokerConfig | None = None
     trust: TrustConfig
-    api: ApiConfig = Field(default_factory=ApiConfig)
-    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
-    self_test: SelfTestConfig = Field(default_factory=SelfTestConfig)
-    probation: ProbationConfig = Field(default_factory=ProbationConfig)
-    store_quota_bytes: int | None = Field(default=None, ge=1, description="largest size of the model store; installs beyond it abort cleanly")
+    api: ApiConfig = field(default_factory=ApiConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    self_test: SelfTestConfig = field(default_factory=SelfTestConfig)
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+    store_quota_bytes: Annotated[int, Meta(ge=1)] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @model_validator(mode="after")
-    def _needs_broker(self) -> "AgentConfig":
+    def __post_init__(self) -> None:
         if self.trust.repository == "mqtt" and self.broker is None:
             raise ValueError("trust.repository = 'mqtt' needs a [broker] section")
-        return self
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -199,12 +221,10 @@ def load_config(path: str | Path) -> AgentConfig:
 def parse_config(raw: dict, source: str = "agent config", base_dir: Path | None = None) -> AgentConfig:
     """Validate a config dict; the error names ``source`` and the dotted key."""
     try:
-        cfg = AgentConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        hint = " (unknown key: check the spelling against agent.example.toml)" if first["type"] == "extra_forbidden" else ""
-        raise ConfigError(f"{source}: key '{key}': {first['msg']}{hint}") from e
+        cfg = AgentConfig.parse(raw)
+    except SchemaError as e:
+        hint = " (check the spelling against agent.example.toml)" if e.kind == "unknown" else ""
+        raise ConfigError(f"{source}: key '{e.key or '(top level)'}': {e.message}{hint}") from e
     if base_dir is not None:
         cfg = _resolve_paths(cfg, Path(base_dir))
     return cfg

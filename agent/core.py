@@ -70,6 +70,9 @@ class AgentHooks:
     checkpoint: Callable[[State, str], None] | None = None
 
 
+_NOT_READ = object()  # LoadedModel golden vectors not read from disk yet
+
+
 @dataclass
 class LoadedModel:
     """A verified version from the store, loaded in its runtime."""
@@ -78,7 +81,27 @@ class LoadedModel:
     manifest: Manifest
     runtime: Runtime
     files_dir: Path
-    golden: GoldenVectors | None = field(default=None, repr=False)
+    _golden: GoldenVectors | None | object = field(default=_NOT_READ, repr=False)
+
+    def golden(self) -> GoldenVectors | None:
+        """The bundle's golden vectors, read from disk on first use; None when it ships none
+        (or they cannot be read: the self-test already judged them)."""
+        if self._golden is _NOT_READ:
+            try:
+                self._golden = load_golden(self.files_dir)
+            except EdgeopsError:
+                self._golden = None
+        return self._golden  # type: ignore[return-value]
+
+    @property
+    def golden_in_memory(self) -> bool:
+        """Whether the golden vectors are held in memory right now."""
+        return self._golden is not _NOT_READ
+
+    def release_golden(self) -> None:
+        """Forget the golden vectors (read again on next use). Only probation's synthetic
+        traffic needs them, and a 224x224 model's are ~2 MB of arrays."""
+        self._golden = _NOT_READ
 
     def ref(self) -> VersionRef:
         """How the protocol names this version."""
@@ -308,11 +331,7 @@ class Agent:
         manifest = self.store.verify(sha256)  # complete and matching its manifest, or StoreError
         files = self.store.files_dir(sha256)
         runtime = self.runtime_factory(files / manifest.artifact, manifest, list(self.profile.runtime.providers), self.profile.runtime.threads)
-        try:
-            golden = load_golden(files)
-        except EdgeopsError:
-            golden = None
-        return LoadedModel(sha256, manifest, runtime, files, golden)
+        return LoadedModel(sha256, manifest, runtime, files)
 
     def serve_current(self) -> None:
         """Serve what the ``current`` link names (verified), or nothing when there is none."""
@@ -346,11 +365,7 @@ class Agent:
         settings = settings or self.config.self_test
         report = run_self_test(files, manifest, settings, self.runtime_factory, list(self.profile.runtime.providers), self.profile.runtime.threads, keep_runtime=keep_runtime)
         if keep_runtime and report.runtime is not None:
-            try:
-                golden = load_golden(files)
-            except EdgeopsError:
-                golden = None
-            self._staged = LoadedModel(sha256, manifest, report.runtime, files, golden)
+            self._staged = LoadedModel(sha256, manifest, report.runtime, files)
         return report
 
     def probation_monitor(self) -> ProbationMonitor:
@@ -381,7 +396,11 @@ class Agent:
         return self._probation
 
     def end_probation(self) -> None:
-        """Forget the probation window and the shadow model."""
+        """Forget the probation window, the shadow model, and the golden vectors its synthetic
+        traffic used."""
+        for model in (self._serving, self._shadow):
+            if model is not None:
+                model.release_golden()
         self._probation = None
         self._probation_sha = None
         self._shadow = None
@@ -437,7 +456,7 @@ class Agent:
         """During probation, run golden inputs when live traffic is short of the window."""
         monitor, model = self._probation, self._serving
         interval = self.config.probation.synthetic_interval_s
-        if monitor is None or model is None or interval <= 0 or model.golden is None or self._probation_sha != model.sha256:
+        if monitor is None or model is None or interval <= 0 or self._probation_sha != model.sha256:
             return
         if monitor.count >= self.config.probation.window_count:
             return
@@ -445,7 +464,8 @@ class Agent:
         if now - self._last_synthetic < interval:
             return
         self._last_synthetic = now
-        for inputs, _ in model.golden.cases:
+        golden = model.golden()
+        for inputs, _ in golden.cases if golden else []:
             try:
                 self.infer(inputs, synthetic=True)
             except (InferenceError, BadInputError, NoModelError):
@@ -590,7 +610,7 @@ class Agent:
         if not (sha and cmd.target_name and cmd.target_length is not None):
             return self._refuse(cmd, "self_test needs target_name, target_sha256 and target_length")
         # ``runs`` was bounded (1..MAX_SELF_TEST_RUNS) when the envelope was validated; absent: the config's.
-        settings = self.config.self_test if cmd.runs is None else self.config.self_test.model_copy(update={"latency_runs": cmd.runs})
+        settings = self.config.self_test if cmd.runs is None else self.config.self_test.replace(latency_runs=cmd.runs)
         target = cmd.bundle
 
         def answer(kind: EventKind, detail: str) -> None:
@@ -670,7 +690,7 @@ class Agent:
         ts = self.clock()
 
         def build(seq: int, dropped: dict) -> bytes:
-            return DeviceEvent(device_id=self.device_id, seq=seq, kind=kind, ts=ts, target=target, command_id=command_id, gates=gates or [], detail=detail).model_dump_json().encode()
+            return DeviceEvent(device_id=self.device_id, seq=seq, kind=kind, ts=ts, target=target, command_id=command_id, gates=gates or [], detail=detail).to_json().encode()
 
         log.info("%s: event %s %s", self.device_id, kind.value, detail[:200])
         return self.spool.append(EVENT, events_topic(self.device_id), build)
@@ -705,8 +725,8 @@ class Agent:
 
     def _state_payload(self, online: bool) -> bytes:
         if not hasattr(self, "machine"):
-            return DeviceState(device_id=self.device_id, online=online, agent_version=__version__).model_dump_json().encode()
-        return self.device_state(online).model_dump_json().encode()
+            return DeviceState(device_id=self.device_id, online=online, agent_version=__version__).to_json().encode()
+        return self.device_state(online).to_json().encode()
 
     def publish_state(self) -> bool:
         """Publish the retained state now (True when handed to the broker)."""
@@ -760,7 +780,7 @@ class Agent:
 
         def build(seq: int, dropped: dict) -> bytes:
             seen.update(dropped)
-            return TelemetryBatch(seq=seq, dropped_batches=dropped.get(TELEMETRY, 0), **base).model_dump_json().encode()
+            return TelemetryBatch(seq=seq, dropped_batches=dropped.get(TELEMETRY, 0), **base).to_json().encode()
 
         seq = self.spool.append(TELEMETRY, telemetry_topic(self.device_id), build, report_drops=True)
         if seen.get(TELEMETRY) or seen.get(EVENT):
@@ -777,9 +797,9 @@ class Agent:
             "device_id": self.device_id,
             "state": self.persisted.state.value,
             "profile": self.profile.name,
-            "active": self._serving.ref().model_dump() if self._serving else None,
-            "previous": (r.model_dump() if (r := self._version_ref(self.store.previous())) else None),
-            "update": u.model_dump(mode="json") if u else None,
+            "active": self._serving.ref().to_dict() if self._serving else None,
+            "previous": (r.to_dict() if (r := self._version_ref(self.store.previous())) else None),
+            "update": u.to_dict() if u else None,
             "failed_versions": sorted(self.persisted.failed),
             "connected": bool(self.session and self.session.connected),
             "spool": {"messages": self.spool.count(), "bytes": self.spool.size_bytes(), "max_bytes": self.spool.max_bytes, "dropped_unreported": self.spool.dropped(TELEMETRY)},

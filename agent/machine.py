@@ -290,7 +290,7 @@ class InstallMachine:
         u, a = self.update, self.a
         if u.probation_restarts > a.config.probation.max_restarts:
             gate = GateResult(gate="agent_restarts", passed=False, measured=float(u.probation_restarts), threshold=float(a.config.probation.max_restarts), detail="the agent restarted during probation")
-            u.gates = [gate.model_dump(mode="json")]
+            u.gates = [gate.to_dict()]
             u.rollback_reason = "agent restarted during probation"
             a.emit(EventKind.PROBATION_FAILED, gates=[gate], detail=u.rollback_reason)
             return State.ROLLING_BACK
@@ -301,7 +301,7 @@ class InstallMachine:
             return State.PROBATION  # window still open: stay
         if not verdict.passed:
             failed = verdict.failed_gates
-            u.gates = [g.model_dump(mode="json") for g in verdict.gates]
+            u.gates = [g.to_dict() for g in verdict.gates]
             u.rollback_reason = "probation gate failed: " + ", ".join(g.gate for g in failed)
             a.emit(EventKind.PROBATION_FAILED, gates=verdict.gates, detail=u.rollback_reason)
             return State.ROLLING_BACK
@@ -339,7 +339,7 @@ class InstallMachine:
         a.serve_current()  # the shadow session of the previous version, when probation had one
         a.end_probation()
         a.store.set_previous(None)  # neither the bad version nor the one now current
-        gates = [GateResult.model_validate(g) for g in (u.gates or [])]
+        gates = [GateResult.parse(g) for g in (u.gates or [])]
         a.emit(EventKind.ROLLED_BACK, gates=[g for g in gates if not g.passed] or gates, detail=u.rollback_reason or "rolled back")
         a.checkpoint(State.ROLLING_BACK, "served")
         return State.IDLE if u.reason == ROLLBACK_COMMAND else State.FAILED

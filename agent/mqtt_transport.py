@@ -59,7 +59,7 @@ class MqttTransport:
         with self._cond:
             self._waiting.add(rid)
         req = FetchRequest(request_id=rid, path=path, offset=offset, length=length)
-        self.session.publish(fetch_request_topic(self.device_id), req.model_dump_json().encode(), qos=1)
+        self.session.publish(fetch_request_topic(self.device_id), req.to_json().encode(), qos=1)
         return rid
 
     def _forget(self, rid: str) -> None:

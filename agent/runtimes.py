@@ -6,21 +6,19 @@ Runtime``) so tests and the fleet simulator can inject light in-process ones; th
 factory is :func:`load_runtime`. Runtime libraries are imported inside functions: importing
 this module imports neither.
 
-Before the first model loads, :func:`release_large_frees` pins glibc's mmap threshold, so the
-memory of a replaced or rolled-back version goes back to the OS (see its docstring).
+Before the first model loads, :func:`edgeops.agent.memory.release_large_frees` pins glibc's
+mmap threshold, so the memory of a replaced or rolled-back version goes back to the OS.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import platform
 import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
+from edgeops.agent.memory import release_large_frees
 from edgeops.bundle import Manifest
 from edgeops.errors import AgentError
 
@@ -49,58 +47,6 @@ class Runtime(Protocol):
 
 
 RuntimeFactory = Callable[[Path, Manifest, list[str], int], Runtime]
-
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
-MMAP_THRESHOLD_BYTES = 1 << 20
-_malloc_pinned: bool | None = None
-
-
-def release_large_frees(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Serve allocations of ``threshold`` bytes and more with mmap, so freeing them returns memory
-    to the OS (glibc only; once per process; True when in effect).
-
-    glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is freed; from
-    then on model-sized buffers (weights, pre-packed weights, the model bytes) come from the heap
-    and stay resident after the model is unloaded. Measured with bench/agent.py: an agent serving
-    one 20 MB model grew from 119 to 241 MiB RSS over five updates; pinned at 1 MiB it stays at
-    117 MiB. 1 MiB rather than glibc's 128 KiB default keeps request-sized buffers (a 224x224
-    image is 600 KB) on the heap, where reusing them costs nothing per request.
-    ``MALLOC_MMAP_THRESHOLD_`` in the environment takes precedence (nothing is changed then).
-    """
-    global _malloc_pinned
-    if _malloc_pinned is not None:
-        return _malloc_pinned
-    _malloc_pinned = False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _malloc_pinned = mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
-    return _malloc_pinned
-
-
-def trim_freed_memory() -> bool:
-    """Hand memory that is free inside glibc's heaps back to the OS (``malloc_trim``; glibc
-    only; True when it ran).
-
-    An update allocates in several threads (MQTT chunks on the network thread, hashing,
-    extraction and the self-test on the main loop), and each thread's malloc arena keeps the
-    freed pages after the update ends. The agent calls this when an update comes to rest, so
-    the steady-state footprint is the serving model's, not the update's peak.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim(0)
-    return True
-
 
 def available_onnx_providers() -> list[str]:
     """Execution providers this onnxruntime build offers."""

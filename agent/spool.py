@@ -45,6 +45,9 @@ class Spool:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # The outbox is written and read in order, a few rows at a time: a 256 KiB page cache
+        # serves it as well as SQLite's default 2 MiB, which would stay resident in the agent.
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS outbox (

@@ -13,9 +13,10 @@ import os
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated
 
 from edgeops.errors import AgentError
+from edgeops.schema import Meta, Schema, SchemaError, field
 
 
 class State(str, Enum):
@@ -37,15 +38,18 @@ class State(str, Enum):
 RESTING = frozenset({State.IDLE, State.COMMITTED, State.FAILED})
 
 
-class UpdateRecord(BaseModel):
-    """The update in progress (or the last one): what, why, and how far it got."""
+class UpdateRecord(Schema):
+    """The update in progress (or the last one): what, why, and how far it got.
 
-    model_config = ConfigDict(extra="forbid")
+    ``target`` is the TUF-verified target record (``TargetRecord.to_dict()``), ``gates`` the
+    gate results that decided probation.
+    """
+
     command_id: str
     command_seq: int = 0
     target_name: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    length: int = Field(ge=0)
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    length: Annotated[int, Meta(ge=0)]
     name: str | None = None
     version: str | None = None
     release: int | None = None
@@ -53,23 +57,22 @@ class UpdateRecord(BaseModel):
     reason: str = ""
     failure: str = ""
     rollback_reason: str = ""
-    target: dict | None = Field(default=None, description="the TUF-verified target record (TargetRecord.to_dict())")
-    gates: list[dict] = Field(default_factory=list, description="gate results that decided probation")
+    target: dict | None = None
+    gates: list[dict] = field(default_factory=list)
     reported: bool = False
     probation_started: float | None = None
     probation_restarts: int = 0
     attempts: int = 0
 
 
-class PersistedState(BaseModel):
+class PersistedState(Schema):
     """Contents of state.json."""
 
-    model_config = ConfigDict(extra="forbid")
     format: int = 1
     state: State = State.IDLE
     update: UpdateRecord | None = None
     # sha256 -> command id that installed it: versions refused until a new command re-assigns them.
-    failed: dict[str, str] = Field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
     last_command_seq: int = 0
 
 
@@ -106,11 +109,11 @@ class StateFile:
         except FileNotFoundError:
             return PersistedState()
         try:
-            return PersistedState.model_validate_json(raw)
-        except (ValidationError, ValueError) as e:
+            return PersistedState.parse_json(raw)
+        except SchemaError as e:
             # Cannot happen through atomic writes; if it does (disk corruption), say where and how to recover.
             raise AgentError(f"{self.path}: state file is corrupt ({e}); move it aside to start idle") from e
 
     def save(self, state: PersistedState) -> None:
         """Persist atomically."""
-        atomic_write(self.path, json.dumps(state.model_dump(mode="json"), indent=2, sort_keys=True).encode())
+        atomic_write(self.path, json.dumps(state.to_dict(), indent=2, sort_keys=True).encode())

@@ -94,7 +94,7 @@ def result_document(result) -> dict:
     return {
         "bundle": str(result.path) if result.path else None,
         "gates_passed": result.gates_passed,
-        "manifest": result.manifest.model_dump(mode="json"),
+        "manifest": result.manifest.to_dict(),
         "report": result.report,
         "host_latency": result.host_latency,
     }

@@ -22,9 +22,9 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Literal
+from typing import Annotated, BinaryIO, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from edgeops.schema import Meta, Schema, SchemaError, field
 
 from edgeops.errors import BundleError
 
@@ -36,57 +36,56 @@ MAX_MANIFEST_BYTES = 1 << 20
 DEFAULT_MAX_TOTAL_BYTES = 4 << 30
 
 
-class TensorSpec(BaseModel):
+class TensorSpec(Schema):
     """One model input or output: name, element type and shape (ints, or strings for dynamic dims)."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str
     dtype: str
     shape: list[int | str]
 
 
-class FileEntry(BaseModel):
+class FileEntry(Schema):
     """Hash and size of one bundle member."""
 
-    model_config = ConfigDict(extra="forbid")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Meta(ge=0)]
 
 
-class Provenance(BaseModel):
+class Provenance(Schema):
     """Where the bundle came from, so a build can be reproduced and audited."""
 
-    model_config = ConfigDict(extra="forbid")
     source_model_sha256: str
     source_format: Literal["onnx", "pytorch", "torchscript", "exported-program", "tflite"]
     calibration_sha256: str | None = None
     validation_sha256: str | None = None
-    toolchain: dict[str, str] = Field(default_factory=dict)
+    toolchain: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
-    options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    options: dict[str, str | int | float | bool | None] = field(default_factory=dict)
 
 
-class ManifestBudgets(BaseModel):
+class ManifestBudgets(Schema):
     """The profile budgets the device checks during self-test and probation."""
 
-    model_config = ConfigDict(extra="forbid")
     latency_p95_ms: float
     max_memory_mb: float | None = None
 
 
-class Manifest(BaseModel):
-    """manifest.json of a bundle."""
+class Manifest(Schema):
+    """manifest.json of a bundle.
 
-    model_config = ConfigDict(extra="forbid")
+    ``release`` is the monotonic release counter (devices refuse a lower one); ``artifact``
+    the path of the model file inside the bundle.
+    """
+
     format: Literal[1] = BUNDLE_FORMAT
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")
-    release: int = Field(ge=0, description="monotonic release counter: devices refuse a lower one")
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    version: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")]
+    release: Annotated[int, Meta(ge=0)]
     profile: str
     profile_sha256: str = ""
     runtime: Literal["onnxruntime", "litert"]
     providers: list[str]
-    artifact: str = Field(description="path of the model file inside the bundle")
+    artifact: str
     quantization: str
     task: Literal["classifier", "generic"] = "generic"
     inputs: list[TensorSpec]
@@ -97,17 +96,15 @@ class Manifest(BaseModel):
 
     def to_json_bytes(self) -> bytes:
         """Deterministic JSON encoding."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2).encode() + b"\n"
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2).encode() + b"\n"
 
     @classmethod
     def from_json_bytes(cls, raw: bytes, source: str = "manifest.json") -> "Manifest":
         """Parse and validate manifest bytes; errors name the field."""
         try:
-            return cls.model_validate_json(raw)
-        except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise BundleError(f"{source}: invalid manifest field '{field}': {first['msg']}") from e
+            return cls.parse_json(raw)
+        except SchemaError as e:
+            raise BundleError(f"{source}: invalid manifest field '{e.key}': {e.message}") from e
 
 
 def sha256_bytes(data: bytes) -> str:

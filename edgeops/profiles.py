@@ -11,11 +11,10 @@ import hashlib
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing import Annotated, ClassVar, Literal
 
 from edgeops.errors import ProfileError
+from edgeops.schema import Meta, Schema, SchemaError, field, nested_schema
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,34 +27,40 @@ QuantScheme = Literal["static-int8", "dynamic-int8", "full-int8", "fp16", "none"
 QUANT_CHOICES = ("auto", "static-int8", "dynamic-int8", "full-int8", "fp16", "none")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Schema, frozen=True):
+    """A profile section: unknown keys refused, immutable once loaded."""
 
 
 class DeviceSpec(_Strict):
-    """What the device is: CPU architecture and features, cores, memory, accelerator."""
+    """What the device is: CPU architecture (as `uname -m` prints it), CPU model (for people),
+    the ISA features the runtime may use (e.g. avx512_vnni, dotprod), the cores available to
+    the model, RAM in MiB, accelerator."""
 
-    arch: Arch = Field(description="CPU architecture as `uname -m` prints it")
-    cpu: str = Field(description="CPU model, for people")
-    cpu_features: list[str] = Field(default_factory=list, description="ISA features the runtime may use, e.g. avx512_vnni, dotprod")
-    cores: int = Field(ge=1, description="CPU cores available to the model")
-    memory_mb: int = Field(ge=16, description="RAM of the device in MiB")
+    arch: Arch
+    cpu: str
+    cpu_features: list[str] = field(default_factory=list)
+    cores: Annotated[int, Meta(ge=1)]
+    memory_mb: Annotated[int, Meta(ge=16)]
     accelerator: Literal["none", "cuda", "edgetpu", "npu"] = "none"
 
 
 class RuntimeSpec(_Strict):
-    """The inference runtime on the device and its execution providers / delegates."""
+    """The inference runtime on the device: onnxruntime execution providers (or LiteRT
+    delegates) in priority order, and the intra-op threads used to measure latency against
+    the budget."""
 
     name: RuntimeName
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], description="onnxruntime execution providers in priority order, or LiteRT delegates")
-    threads: int = Field(default=1, ge=1, description="intra-op threads used to measure latency against the budget")
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: Annotated[int, Meta(ge=1)] = 1
 
 
 class QuantizationSpec(_Strict):
-    """How the packager quantizes models for this target when `--quantize auto` is used."""
+    """How the packager quantizes models for this target when `--quantize auto` is used:
+    ``scheme`` for conv nets (`auto` adapts it per model), ``transformer_scheme`` for
+    Linear-heavy models if it differs."""
 
-    scheme: QuantScheme = Field(description="preferred scheme for conv nets; `auto` adapts it per model")
-    transformer_scheme: QuantScheme | None = Field(default=None, description="scheme for Linear-heavy models, if it differs")
+    scheme: QuantScheme
+    transformer_scheme: QuantScheme | None = None
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
@@ -63,50 +68,54 @@ class QuantizationSpec(_Strict):
 
 
 class Budgets(_Strict):
-    """Limits a built model must meet on this target; validation gates and the agent use them."""
+    """Limits a built model must meet on this target; validation gates and the agent use them:
+    p95 latency of one inference on the device, the largest bundle the device accepts, the
+    largest top-1 accuracy drop in percentage points, the least top-1 agreement and output
+    cosine similarity with the original model, the largest resident memory growth when
+    loading the model."""
 
-    latency_p95_ms: float = Field(gt=0, description="p95 latency of one inference on the device")
-    max_bundle_mb: float = Field(gt=0, description="largest bundle the device accepts")
-    max_accuracy_drop: float = Field(ge=0, le=100, description="largest top-1 accuracy drop in percentage points")
-    min_agreement: float = Field(default=0.99, ge=0, le=1, description="least top-1 agreement with the original model")
-    min_cosine: float = Field(default=0.98, ge=-1, le=1, description="least cosine similarity of outputs with the original")
-    max_memory_mb: float | None = Field(default=None, gt=0, description="largest resident memory growth when loading the model")
+    latency_p95_ms: Annotated[float, Meta(gt=0)]
+    max_bundle_mb: Annotated[float, Meta(gt=0)]
+    max_accuracy_drop: Annotated[float, Meta(ge=0, le=100)]
+    min_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.99
+    min_cosine: Annotated[float, Meta(ge=-1, le=1)] = 0.98
+    max_memory_mb: Annotated[float, Meta(gt=0)] | None = None
 
 
 class Constraints(_Strict):
-    """What models this target can run at all."""
+    """What models this target can run at all: fixed input dimensions only
+    (``static_shapes``), the opset range, operators it cannot run, accepted input formats."""
 
-    static_shapes: bool = Field(default=False, description="every input dimension must be fixed")
-    min_opset: int = Field(default=13, ge=1)
-    max_opset: int = Field(default=21, ge=1)
-    unsupported_ops: list[str] = Field(default_factory=list, description="ONNX/TFLite operators the target cannot run")
-    input_formats: list[Literal["onnx", "pytorch", "tflite"]] = Field(default_factory=lambda: ["onnx", "pytorch", "tflite"])
+    static_shapes: bool = False
+    min_opset: Annotated[int, Meta(ge=1)] = 13
+    max_opset: Annotated[int, Meta(ge=1)] = 21
+    unsupported_ops: list[str] = field(default_factory=list)
+    input_formats: list[Literal["onnx", "pytorch", "tflite"]] = field(default_factory=lambda: ["onnx", "pytorch", "tflite"])
 
-    @model_validator(mode="after")
-    def _opset_range(self) -> "Constraints":
+    def __post_init__(self) -> None:
         if self.min_opset > self.max_opset:
             raise ValueError(f"min_opset {self.min_opset} is above max_opset {self.max_opset}")
-        return self
 
 
 class HardwareProfile(_Strict):
-    """A validated hardware profile."""
+    """A validated hardware profile. ``source`` (the file it was read from) and ``sha256`` (of
+    that file) are set by the loader and are not part of the profile's data."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    __schema_exclude__: ClassVar[tuple[str, ...]] = ("source", "sha256")
+
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
     description: str = ""
     device: DeviceSpec
     runtime: RuntimeSpec
     quantization: QuantizationSpec
     budgets: Budgets
-    constraints: Constraints = Field(default_factory=Constraints)
-    source: str = Field(default="", exclude=True, description="file the profile was read from")
-    sha256: str = Field(default="", exclude=True)
+    constraints: Constraints = field(default_factory=Constraints)
+    source: str = ""
+    sha256: str = ""
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "HardwareProfile":
+    def __post_init__(self) -> None:
         if self.runtime.name == "litert" and self.quantization.scheme in ("static-int8", "dynamic-int8") and "EdgeTpuDelegate" in self.runtime.providers:
             raise ValueError("an Edge TPU profile needs quantization.scheme = 'full-int8'")
-        return self
 
     @property
     def artifact_format(self) -> str:
@@ -150,36 +159,44 @@ def load_profile_file(path: str | Path) -> HardwareProfile:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ProfileError(f"{path}: not valid TOML: {e}") from e
+    if isinstance(data, dict) and ({"source", "sha256"} & data.keys()):
+        raise ProfileError(_describe_validation_error(path, SchemaError(next(k for k in ("source", "sha256") if k in data), "unknown", "unknown key")))
     try:
-        profile = HardwareProfile.model_validate(data)
-    except ValidationError as e:
-        raise ProfileError(_describe_validation_error(path, e)) from e
-    return profile.model_copy(update={"source": str(path), "sha256": hashlib.sha256(raw).hexdigest()})
+        profile = HardwareProfile.parse(data)
+    except SchemaError as e:
+        raise ProfileError(_describe_validation_error(path, e, data)) from e
+    return profile.replace(source=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
-def _describe_validation_error(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid hardware profile"]
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            section = _section_model(item["loc"][:-1])
-            allowed = ", ".join(sorted(section.model_fields)) if section else "?"
-            lines.append(f"  key '{key}': unknown key; allowed keys here are {allowed}")
-        elif item["type"] == "missing":
-            lines.append(f"  key '{key}': required key is missing")
+def _describe_validation_error(path: Path, error: SchemaError, data: object = None) -> str:
+    key = error.key or "(top level)"
+    if error.kind == "unknown":
+        section = nested_schema(HardwareProfile, error.key.rpartition(".")[0])
+        allowed = ", ".join(sorted(n for n in section.field_names() if n not in section.__schema_exclude__)) if section else "?"
+        detail = f"unknown key; allowed keys here are {allowed}"
+    elif error.kind == "missing":
+        detail = "required key is missing"
+    else:
+        detail = error.message
+        got = _value_at(data, error.key)
+        if got is not _ABSENT:
+            detail += f" (got {got!r})"
+    return f"{path}: invalid hardware profile\n  key '{key}': {detail}"
+
+
+_ABSENT = object()
+
+
+def _value_at(data: object, dotted: str) -> object:
+    """The value at a dotted key of parsed TOML, or _ABSENT."""
+    for part in filter(None, dotted.split(".")):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
         else:
-            lines.append(f"  key '{key}': {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _section_model(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = HardwareProfile
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return None
-        model = field.annotation
-    return model
+            return _ABSENT
+    return data if dotted else _ABSENT
 
 
 # CPU flags (as /proc/cpuinfo spells them) that give int8 dot products: u8 x s8 QDQ graphs run

@@ -22,14 +22,15 @@ from __future__ import annotations
 import re
 import time
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from edgeops.schema import Meta, Schema, SchemaError, field
 
 PROTOCOL = "edgeops/v1"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 FETCH_CHUNK_BYTES = 256 * 1024
+M = TypeVar("M", bound=Schema)
 
 
 def valid_device_id(device_id: str) -> bool:
@@ -75,11 +76,11 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
     return parts[2], "/".join(parts[3:])
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+DeviceId = Annotated[str, Meta(pattern=DEVICE_ID_PATTERN)]
+NonNegative = Annotated[int, Meta(ge=0)]
 
 
-class VersionRef(_Msg):
+class VersionRef(Schema):
     """A bundle as devices and the console name it."""
 
     name: str
@@ -88,10 +89,10 @@ class VersionRef(_Msg):
     sha256: str | None = None
 
 
-class DeviceState(_Msg):
+class DeviceState(Schema):
     """Retained state of a device. ``state`` is the agent's install state machine state."""
 
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    device_id: DeviceId
     online: bool
     state: str = "idle"
     profile: str | None = None
@@ -100,8 +101,8 @@ class DeviceState(_Msg):
     pending: VersionRef | None = None
     last_command_seq: int = 0
     agent_version: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
-    ts: float = Field(default_factory=time.time)
+    tags: dict[str, str] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
 
 
 class EventKind(str, Enum):
@@ -124,7 +125,7 @@ class EventKind(str, Enum):
     AGENT_STARTED = "agent_started"
 
 
-class GateResult(_Msg):
+class GateResult(Schema):
     """One health gate's verdict with the measured value and its threshold."""
 
     gate: str
@@ -134,20 +135,20 @@ class GateResult(_Msg):
     detail: str = ""
 
 
-class DeviceEvent(_Msg):
+class DeviceEvent(Schema):
     """One event from a device, QoS 1; ``seq`` de-duplicates redeliveries."""
 
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    seq: int = Field(ge=0)
+    device_id: DeviceId
+    seq: NonNegative
     kind: EventKind
-    ts: float = Field(default_factory=time.time)
+    ts: float = field(default_factory=time.time)
     target: VersionRef | None = None
     command_id: str | None = None
-    gates: list[GateResult] = Field(default_factory=list)
+    gates: list[GateResult] = field(default_factory=list)
     detail: str = ""
 
 
-class OutputStats(_Msg):
+class OutputStats(Schema):
     """Summary statistics of one output over a batch interval, for drift detection."""
 
     mean: float
@@ -157,29 +158,36 @@ class OutputStats(_Msg):
     nan_count: int = 0
 
 
-class TelemetryBatch(_Msg):
-    """Metrics of one interval from one device; ``seq`` is gap-free per device."""
+class TelemetryBatch(Schema):
+    """Metrics of one interval from one device; ``seq`` is gap-free per device.
 
-    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    seq: int = Field(ge=0)
+    ``latency_buckets_ms`` are the upper bounds of the histogram buckets and
+    ``latency_counts`` the counts per bucket plus one overflow bucket; ``agreement`` is the
+    shadow agreement with the previous model during probation; ``dropped_batches`` counts the
+    batches the spool dropped (oldest first) since the last report; ``rejected_messages`` the
+    malformed, unsigned or refused messages (commands, fetch responses) dropped in the interval.
+    """
+
+    device_id: DeviceId
+    seq: NonNegative
     ts_start: float
     ts_end: float
     active: VersionRef | None = None
     state: str = "idle"
-    inference_count: int = Field(default=0, ge=0)
-    error_count: int = Field(default=0, ge=0)
-    nan_count: int = Field(default=0, ge=0)
-    latency_buckets_ms: list[float] = Field(default_factory=list, description="upper bounds of histogram buckets")
-    latency_counts: list[int] = Field(default_factory=list, description="counts per bucket, plus one overflow bucket")
+    inference_count: NonNegative = 0
+    error_count: NonNegative = 0
+    nan_count: NonNegative = 0
+    latency_buckets_ms: list[float] = field(default_factory=list)
+    latency_counts: list[int] = field(default_factory=list)
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
-    agreement: float | None = Field(default=None, description="shadow agreement with the previous model, during probation")
-    outputs: dict[str, OutputStats] = Field(default_factory=dict)
+    agreement: float | None = None
+    outputs: dict[str, OutputStats] = field(default_factory=dict)
     cpu_percent: float | None = None
     memory_rss_mb: float | None = None
     temperature_c: float | None = None
-    dropped_batches: int = Field(default=0, ge=0, description="batches the spool dropped (oldest first) since the last report")
-    rejected_messages: int = Field(default=0, ge=0, description="malformed, unsigned or refused messages (commands, fetch responses) dropped in the interval")
+    dropped_batches: NonNegative = 0
+    rejected_messages: NonNegative = 0
 
 
 CommandKind = Literal["assign", "rollback", "self_test", "report"]
@@ -191,7 +199,7 @@ MAX_SELF_TEST_RUNS = 10_000  # timed inferences a self_test command may ask for 
 COMMAND_OPTIONAL_FIELDS = ("runs",)
 
 
-class Command(_Msg):
+class Command(Schema):
     """A console → device command; travels as the payload of a DSSE envelope.
 
     ``target_name``/``target_sha256``/``target_length`` (assign, self_test) must match a
@@ -200,21 +208,21 @@ class Command(_Msg):
     without it the agent uses its ``self_test.latency_runs``.
     """
 
-    device_id: str = Field(description="a device id, or 'cohort:<name>' for a group")
-    command_id: str = Field(min_length=1, max_length=128)
-    seq: int = Field(ge=1)
+    device_id: str  # a device id, or 'cohort:<name>' for a group
+    command_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    seq: Annotated[int, Meta(ge=1)]
     expires: float
     kind: CommandKind
     target_name: str | None = None
-    target_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    target_length: int | None = Field(default=None, ge=0)
+    target_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    target_length: NonNegative | None = None
     bundle: VersionRef | None = None
     rollout_id: str | None = None
     reason: str = ""
-    runs: int | None = Field(default=None, ge=1, le=MAX_SELF_TEST_RUNS, description="self_test: timed inferences for the latency figures")
+    runs: Annotated[int, Meta(ge=1, le=MAX_SELF_TEST_RUNS)] | None = None
 
 
-class FetchRequest(_Msg):
+class FetchRequest(Schema):
     """Ask for ``length`` bytes of a repository file from ``offset``.
 
     ``path`` is a TUF metadata file name (e.g. ``timestamp.json``, ``3.snapshot.json``) under
@@ -222,12 +230,12 @@ class FetchRequest(_Msg):
     """
 
     request_id: str
-    path: str = Field(pattern=r"^(metadata|targets)/[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]{0,511}$")
-    offset: int = Field(default=0, ge=0)
-    length: int = Field(default=FETCH_CHUNK_BYTES, ge=1, le=4 * FETCH_CHUNK_BYTES)
+    path: Annotated[str, Meta(pattern=r"^(metadata|targets)/[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]{0,511}$")]
+    offset: NonNegative = 0
+    length: Annotated[int, Meta(ge=1, le=4 * FETCH_CHUNK_BYTES)] = FETCH_CHUNK_BYTES
 
 
-class FetchResponse(_Msg):
+class FetchResponse(Schema):
     """Header of one fetch response chunk; the chunk bytes follow it in the payload."""
 
     request_id: str
@@ -240,7 +248,7 @@ class FetchResponse(_Msg):
 
 def encode_fetch_response(header: FetchResponse, chunk: bytes = b"") -> bytes:
     """Payload of a fetch response: 4-byte big-endian header length, JSON header, chunk."""
-    head = header.model_dump_json().encode()
+    head = header.to_json().encode()
     return len(head).to_bytes(4, "big") + head + chunk
 
 
@@ -257,9 +265,9 @@ def decode_fetch_response(payload: bytes) -> tuple[FetchResponse, bytes] | None:
     return header, payload[4 + n :]  # type: ignore[return-value]
 
 
-def parse_message(model: type[BaseModel], payload: bytes) -> BaseModel | None:
+def parse_message(model: type[M], payload: bytes) -> M | None:
     """Validate a JSON payload against ``model``; None when malformed (the caller counts and drops)."""
     try:
-        return model.model_validate_json(payload)
-    except (ValidationError, ValueError):
+        return model.parse_json(payload)
+    except SchemaError:
         return None

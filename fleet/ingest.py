@@ -372,7 +372,7 @@ class Ingestor:
                 "target_version": e.target.version if e.target else None,
                 "command_id": e.command_id,
                 "detail": e.detail[:4000],
-                "gates": dumps([g.model_dump() for g in e.gates]),
+                "gates": dumps([g.to_dict() for g in e.gates]),
             }
             for e in events
         ]

@@ -22,7 +22,7 @@ def inspect_bundle(bundle: str, as_json: bool) -> None:
     report = json.loads(contents.files[REPORT_NAME]) if REPORT_NAME in contents.files else None
     golden = GoldenVectors.from_json_bytes(contents.files[GOLDEN_NAME]) if GOLDEN_NAME in contents.files else None
     if as_json:
-        click.echo(json.dumps({"manifest": m.model_dump(mode="json"), "report": report, "golden_cases": len(golden.cases) if golden else 0}, indent=2, sort_keys=True))
+        click.echo(json.dumps({"manifest": m.to_dict(), "report": report, "golden_cases": len(golden.cases) if golden else 0}, indent=2, sort_keys=True))
         return
     console = Console()
     console.print(f"[bold]{m.name} {m.version}[/bold] (release {m.release}) for [cyan]{m.profile}[/cyan] on {m.runtime} [{', '.join(m.providers)}], quantization {m.quantization}")

@@ -38,7 +38,7 @@ def list_cmd(as_json: bool) -> None:
 def show_cmd(name: str, as_json: bool) -> None:
     """Show one profile: NAME is a built-in name or a path to a .toml file."""
     p = load_profile(name)
-    doc = p.model_dump(mode="json")
+    doc = p.to_dict()
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return

@@ -36,9 +36,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from edgeops.protocol import COMMAND_OPTIONAL_FIELDS, COMMAND_PAYLOAD_TYPE, Command
+from edgeops.schema import SchemaError
 from edgeops.trust import errors
 from edgeops.trust.fsutil import atomic_write
 from edgeops.trust.pubkeys import VerifyKey, as_verify_key
@@ -59,17 +58,28 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def command_payload(command: Command) -> bytes:
     """The canonical JSON payload of a command: sorted keys, no spaces, and the optional fields
-    added after v1 (:data:`~edgeops.protocol.COMMAND_OPTIONAL_FIELDS`) left out when unset."""
+    added after v1 (:data:`~edgeops.protocol.COMMAND_OPTIONAL_FIELDS`) left out when unset.
+
+    The payload is validated as devices will parse it (SchemaError, a ValueError, naming the
+    field), so the console never signs a command every device would refuse.
+    """
     unset = {f for f in COMMAND_OPTIONAL_FIELDS if getattr(command, f) is None}
-    return json.dumps(command.model_dump(mode="json", exclude=unset or None), sort_keys=True, separators=(",", ":")).encode()
+    payload = json.dumps(command.to_dict(exclude=unset), sort_keys=True, separators=(",", ":")).encode()
+    Command.parse_json(payload)
+    return payload
 
 
 def sign_command(command: Command, key: "Signer | Sequence[Signer]") -> bytes:
     """Sign a command with one signer (or several) and return the DSSE envelope as JSON bytes."""
+    return sign_payload(command_payload(command), key)
+
+
+def sign_payload(payload: bytes, key: "Signer | Sequence[Signer]") -> bytes:
+    """Sign command payload bytes as they are (no validation) into a DSSE envelope; the
+    console signs through :func:`sign_command`, tests use this to sign what devices must refuse."""
     from securesystemslib.signer import Signer
 
     signers = [key] if isinstance(key, Signer) else list(key)
-    payload = command_payload(command)
     message = pae(PAYLOAD_TYPE, payload)
     sigs = []
     for signer in signers:
@@ -140,8 +150,8 @@ def verify_envelope(data: bytes, public_keys: Iterable[Any]) -> Command:
             f"command envelope is not signed by a trusted command key (signed by {', '.join(k[:12] for k, _ in sigs)}; trusted: {', '.join(k[:12] for k in keys) or 'none'})"
         )
     try:
-        return Command.model_validate_json(payload)
-    except (ValidationError, ValueError) as e:
+        return Command.parse_json(payload)
+    except SchemaError as e:
         raise errors.MalformedCommandError(f"command payload is not a valid Command: {e}") from e
 
 

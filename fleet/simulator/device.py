@@ -197,7 +197,7 @@ class SimDevice:
         model = self.agent.serving
         if model is None:
             return
-        inputs = self.models.traffic(model.sha256, model.golden)
+        inputs = self.models.traffic(model.sha256, model.golden)  # read only on a cache miss
         if not inputs:
             return
         try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -167,13 +168,15 @@ class SharedModels:
             self._models.setdefault(key, m)
             return self._models[key]
 
-    def traffic(self, key: str, golden: GoldenVectors | None) -> list[dict[str, np.ndarray]]:
-        """Live inputs for a bundle: noisy copies of its golden inputs (cached, deterministic)."""
+    def traffic(self, key: str, read_golden: Callable[[], GoldenVectors | None]) -> list[dict[str, np.ndarray]]:
+        """Live inputs for a bundle: noisy copies of its golden inputs (cached, deterministic);
+        ``read_golden`` (e.g. ``LoadedModel.golden``) is called only on a cache miss."""
         with self._lock:
             hit = self._traffic.get(key)
         if hit is not None:
             return hit
         out: list[dict[str, np.ndarray]] = []
+        golden = read_golden()
         if golden and golden.cases:
             rng = np.random.default_rng(7)
             for i in range(TRAFFIC_VARIANTS):

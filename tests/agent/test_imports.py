@@ -53,13 +53,16 @@ def test_agent_imports_from_a_source_checkout_without_install():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
 
 
-def test_resident_agent_keeps_tuf_and_cryptography_out():
-    """TUF runs in a worker process (edgeops.trust.worker); commands verify with PyNaCl. The
-    resident agent, its API, session and state machine import none of the TUF stack."""
+def test_resident_agent_keeps_tuf_cryptography_and_pydantic_out():
+    """TUF runs in a worker process (edgeops.trust.worker); commands verify with PyNaCl; the
+    shared schemas are msgspec Structs (edgeops.schema). The resident agent, its API, session
+    and state machine import none of the TUF stack and no pydantic (edgeops[agent] does not
+    even install it)."""
     r = run(
         "import sys\n"
-        "from edgeops.agent import core, api, cli, session, mqtt_transport, machine, runtimes\n"
+        "from edgeops.agent import core, api, cli, config, session, mqtt_transport, machine, runtimes, statefile\n"
+        "from edgeops import bundle, profiles, protocol\n"
         "from edgeops.trust import commands, pubkeys, worker, targets, verify\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tuf', 'securesystemslib', 'cryptography'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tuf', 'securesystemslib', 'cryptography', 'pydantic', 'pydantic_core'}))\n"
     )
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -12,14 +12,14 @@ def state(device, active=None, online=True, previous=None, ts=None, **kw) -> tup
     """(topic, payload) of a DeviceState."""
     ref = (lambda v: VersionRef(name=v.split("@")[0], version=v.split("@")[1]) if v else None)
     msg = DeviceState(device_id=device, online=online, active=ref(active), previous=ref(previous), ts=ts or time.time(), **kw)
-    return state_topic(device), msg.model_dump_json().encode()
+    return state_topic(device), msg.to_json().encode()
 
 
 def event(device, seq, kind, command_id=None, target=None, detail="") -> tuple[str, bytes]:
     """(topic, payload) of a DeviceEvent."""
     t = VersionRef(name=target.split("@")[0], version=target.split("@")[1]) if target else None
     msg = DeviceEvent(device_id=device, seq=seq, kind=EventKind(kind), command_id=command_id, target=t, detail=detail)
-    return events_topic(device), msg.model_dump_json().encode()
+    return events_topic(device), msg.to_json().encode()
 
 
 def telemetry(device, seq, version="digits@1.0.0", inferences=100, errors=0, nans=0, p95=5.0, agreement=None) -> tuple[str, bytes]:
@@ -29,7 +29,7 @@ def telemetry(device, seq, version="digits@1.0.0", inferences=100, errors=0, nan
     msg = TelemetryBatch(
         device_id=device, seq=seq, ts_start=now - 10, ts_end=now, active=VersionRef(name=n, version=v), inference_count=inferences, error_count=errors, nan_count=nans, latency_p95_ms=p95, agreement=agreement
     )
-    return telemetry_topic(device), msg.model_dump_json().encode()
+    return telemetry_topic(device), msg.to_json().encode()
 
 
 class _Acked:
@@ -60,5 +60,5 @@ class RecordingPublisher:
 
                 from edgeops.protocol import Command
 
-                out.append(Command.model_validate_json(base64.b64decode(json.loads(payload)["payload"])))
+                out.append(Command.parse_json(base64.b64decode(json.loads(payload)["payload"])))
         return out

@@ -87,7 +87,7 @@ class ScriptedDevice:
     # -- MQTT --------------------------------------------------------------------------------
     def _state(self, online: bool) -> bytes:
         ref = lambda v: VersionRef(name=v.split("@")[0], version=v.split("@")[1]) if v else None  # noqa: E731
-        return DeviceState(device_id=self.device_id, online=online, state="idle", profile="x86", active=ref(self.active), previous=ref(self.previous), last_command_seq=self.verifier.last_seq()).model_dump_json().encode()
+        return DeviceState(device_id=self.device_id, online=online, state="idle", profile="x86", active=ref(self.active), previous=ref(self.previous), last_command_seq=self.verifier.last_seq()).to_json().encode()
 
     def start(self) -> "ScriptedDevice":
         import paho.mqtt.client as mqtt
@@ -139,14 +139,14 @@ class ScriptedDevice:
         self.event_seq += 1
         t = VersionRef(name=target.split("@")[0], version=target.split("@")[1]) if target else None
         ev = DeviceEvent(device_id=self.device_id, seq=self.event_seq, kind=kind, command_id=cmd.command_id if cmd else None, target=t, detail=detail, gates=list(gates))
-        self._publish(events_topic(self.device_id), ev.model_dump_json().encode())
+        self._publish(events_topic(self.device_id), ev.to_json().encode())
 
     def telemetry(self, version: str, nans: int = 0, p95: float = 4.0) -> None:
         self.tel_seq += 1
         now = time.time()
         n, v = version.split("@")
         b = TelemetryBatch(device_id=self.device_id, seq=self.tel_seq, ts_start=now - 1, ts_end=now, active=VersionRef(name=n, version=v), state="probation", inference_count=50, nan_count=nans, latency_p95_ms=p95, agreement=0.0 if nans else 1.0)
-        self._publish(telemetry_topic(self.device_id), b.model_dump_json().encode())
+        self._publish(telemetry_topic(self.device_id), b.to_json().encode())
 
     def report_state(self) -> None:
         self._publish(state_topic(self.device_id), self._state(True), retain=True)
@@ -164,7 +164,7 @@ class ScriptedDevice:
         while len(out) < length:
             rid = uuid.uuid4().hex
             req = FetchRequest(request_id=rid, path=path, offset=len(out), length=64 * 1024)
-            self._publish(fetch_request_topic(self.device_id), req.model_dump_json().encode())
+            self._publish(fetch_request_topic(self.device_id), req.to_json().encode())
             with self._cond:
                 answered = self._cond.wait_for(lambda: rid in self._responses, timeout=chunk_timeout_s)
                 if not answered:

@@ -16,7 +16,7 @@ def ask(server, path, offset=0, length=4096, device="d1"):
     sent = []
     server.publish = lambda topic, payload: sent.append((topic, payload))
     req = FetchRequest(request_id=f"r{offset}", path=path, offset=offset, length=length)
-    server.handle(f"edgeops/v1/{device}/fetch/req", req.model_dump_json().encode())
+    server.handle(f"edgeops/v1/{device}/fetch/req", req.to_json().encode())
     assert len(sent) == 1 and sent[0][0] == f"edgeops/v1/{device}/fetch/resp"
     return decode_fetch_response(sent[0][1])
 
@@ -55,7 +55,7 @@ def test_refuses_escapes_and_missing(fleet_repo, tmp_path):
     server.publish = lambda topic, payload: sent.append(topic)
     for payload in (b"junk", b'{"request_id": "x", "path": "/etc/passwd"}', b'{"request_id": "x", "path": "metadata/a", "length": 0}'):
         server.handle("edgeops/v1/d1/fetch/req", payload)
-    server.handle("not/ours", FetchRequest(request_id="x", path="metadata/timestamp.json").model_dump_json().encode())
+    server.handle("not/ours", FetchRequest(request_id="x", path="metadata/timestamp.json").to_json().encode())
     assert sent == [] and server.stats["malformed"] == 4
     server.close()
 

@@ -21,7 +21,7 @@ from edgeops.agent.system import temperature_c
 from edgeops.hil.remote import report_from_event
 from edgeops.hil.report import HilReport
 from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef
-from edgeops.trust.commands import sign_command
+from edgeops.trust.commands import sign_command, sign_payload
 from edgeops.trust.transport import DirectoryTransport
 from tests.agent.helpers import TrustFixture, agent_config_dict
 from tests.support.bundles import sample_inputs
@@ -59,8 +59,9 @@ def command(tf, kind, pub, runs=None, seq=None) -> tuple[bytes, str]:
         bundle=VersionRef(name=pub.name, version=pub.version, release=pub.release, sha256=pub.sha256),
         runs=runs,
     )
-    # model_construct: lets a test sign a value the model would refuse (the agent must refuse it)
-    cmd = Command(**fields) if runs is None or runs <= MAX_SELF_TEST_RUNS else Command.model_construct(**fields)
+    cmd = Command(**fields)
+    if runs is not None and runs > MAX_SELF_TEST_RUNS:  # sign a value the console would never sign: the agent must refuse it
+        return sign_payload(json.dumps(cmd.to_dict(), sort_keys=True, separators=(",", ":")).encode(), tf.signer), cid
     return sign_command(cmd, tf.signer), cid
 
 

@@ -84,7 +84,7 @@ def test_check_assignment_exact_match(tmp_path):
     check_assignment(good, rec)
     for bad in ({"target_name": "digits/2.0.0/digits-2.0.0.bundle"}, {"target_length": rec.length + 1}, {"target_sha256": None}):
         with pytest.raises(errors.AssignmentMismatchError):
-            check_assignment(good.model_copy(update=bad), rec)
+            check_assignment(good.replace(**bad), rec)
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "metadata/../../x", "/metadata/x", "metadata/", "other/x", "metadata//x", "targets/./x"])

@@ -68,7 +68,7 @@ def test_nan_and_crash_hit_live_inputs_only_by_default(installed):
     models = SharedModels("onnx")
     files, manifest = installed["a"]
     golden = golden_cases(files)
-    live = models.traffic("k", __import__("edgeops.golden", fromlist=["GoldenVectors"]).GoldenVectors(cases=golden))[0]
+    live = models.traffic("k", lambda: __import__("edgeops.golden", fromlist=["GoldenVectors"]).GoldenVectors(cases=golden))[0]
     nan = make(models, installed, "a", "nan:1@digits=2.0.0")
     assert np.isfinite(nan.run(golden[0][0])["probs"]).all()
     assert np.isnan(nan.run(live)["probs"]).all()
@@ -101,7 +101,7 @@ def test_traffic_is_near_the_golden_inputs(installed):
 
     files, _ = installed["a"]
     cases = golden_cases(files)
-    traffic = SharedModels().traffic("sha", GoldenVectors(cases=cases))
+    traffic = SharedModels().traffic("sha", lambda: GoldenVectors(cases=cases))
     assert len(traffic) == 8
     for i, x in enumerate(traffic):
         base = cases[i % len(cases)][0]["input"]

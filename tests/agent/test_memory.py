@@ -1,4 +1,5 @@
-"""release_large_frees: model-sized buffers go back to the OS when freed (glibc).
+"""edgeops.agent.memory: one malloc arena for the daemon's threads, model-sized buffers back to
+the OS when freed, free heap pages trimmed at rest (glibc).
 
 Each case runs in a fresh interpreter: malloc settings are per process and the test must see
 glibc's own dynamic threshold, not one this pytest process already moved.
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 SCRIPT = """
 import json, sys
 import numpy as np
-from edgeops.agent.runtimes import release_large_frees
+from edgeops.agent.memory import release_large_frees
 
 def rss():
     for line in open("/proc/self/status"):
@@ -39,10 +40,15 @@ print(json.dumps({"pinned": pinned, "retained_mb": rss() - before}))
 """
 
 
-def run(mode: str, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+def run_script(script: str, mode: str, env: dict | None = None) -> dict:
+    """Run one of the scripts below in a fresh interpreter; its JSON answer."""
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})})
     return json.loads(out.stdout)
+
+
+def run(mode: str, env: dict | None = None) -> dict:
+    return run_script(SCRIPT, mode, env)
 
 
 def test_freed_model_buffers_return_to_the_os_once_pinned():
@@ -61,7 +67,7 @@ def test_environment_setting_takes_precedence():
 TRIM_SCRIPT = """
 import json, sys, threading
 import numpy as np
-from edgeops.agent.runtimes import trim_freed_memory
+from edgeops.agent.memory import trim_freed_memory
 
 def rss():
     for line in open("/proc/self/status"):
@@ -82,9 +88,7 @@ print(json.dumps({"ran": ran, "released_mb": before - rss()}))
 
 
 def run_trim(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT, mode], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
-                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    return json.loads(out.stdout)
+    return run_script(TRIM_SCRIPT, mode)
 
 
 def test_trim_returns_what_an_update_thread_freed():
@@ -96,12 +100,12 @@ def test_trim_returns_what_an_update_thread_freed():
 
 def test_the_daemon_trims_when_an_update_comes_to_rest(monkeypatch):
     """`edgeops agent run` trims at idle/committed/failed, never in the middle of an update."""
-    import edgeops.agent.runtimes as runtimes
+    import edgeops.agent.memory as memory
     from edgeops.agent.cli import daemon_hooks
     from edgeops.agent.statefile import State
 
     calls = []
-    monkeypatch.setattr(runtimes, "trim_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(memory, "trim_freed_memory", lambda: calls.append(1) or True)
     hooks = daemon_hooks()
     for state in (State.FETCHING, State.VERIFYING, State.INSTALLING, State.SELF_TESTING, State.ACTIVATING, State.PROBATION, State.ROLLING_BACK):
         hooks.on_state(state)
@@ -109,3 +113,60 @@ def test_the_daemon_trims_when_an_update_comes_to_rest(monkeypatch):
     for state in (State.COMMITTED, State.IDLE, State.FAILED):
         hooks.on_state(state)
     assert len(calls) == 3
+
+
+ARENA_SCRIPT = """
+import ctypes, json, os, sys, tempfile, threading
+from edgeops.agent.memory import limit_malloc_arenas
+
+limited = limit_malloc_arenas() if sys.argv[1] == "limit" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+start = threading.Barrier(6)
+def work():  # the daemon's threads: each allocates while the others do
+    start.wait()
+    for _ in range(2000):
+        libc.free(libc.malloc(4096))
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+path = tempfile.mktemp()
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(json.dumps({"limited": limited, "arenas": open(path).read().count("<heap nr=")}))
+os.unlink(path)
+"""
+
+
+def run_arenas(mode: str, env: dict | None = None) -> dict:
+    return run_script(ARENA_SCRIPT, mode, env)
+
+
+def test_daemon_threads_share_one_malloc_arena():
+    control = run_arenas("none")
+    assert control["arenas"] > 1, "glibc gave these threads no arenas of their own; nothing to show"
+    limited = run_arenas("limit")
+    assert limited["limited"] is True and limited["arenas"] == 1, limited
+
+
+def test_malloc_arena_max_in_the_environment_takes_precedence():
+    assert run_arenas("limit", {"MALLOC_ARENA_MAX": "4"})["limited"] is False
+
+
+def test_agent_run_limits_arenas_before_it_starts(monkeypatch, tmp_path):
+    """`edgeops agent run` calls limit_malloc_arenas before it reads the config or starts a thread."""
+    import edgeops.agent.memory as memory
+    from click.testing import CliRunner
+
+    from edgeops.agent.cli import agent
+
+    calls = []
+    monkeypatch.setattr(memory, "limit_malloc_arenas", lambda arenas=1: calls.append(arenas) or True)
+    result = CliRunner().invoke(agent, ["run", "--config", str(tmp_path / "missing.toml")])
+    assert calls == [1] and result.exit_code != 0  # then the missing config stops it
