@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -43,10 +44,30 @@ def run(config_path: str) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        while not agent_.wait_stopped(1.0):
-            pass
+        serve_until_stopped(agent_)
     finally:
         agent_.stop()
+
+
+TRIM_EVERY_S = 30.0
+
+
+def serve_until_stopped(agent_, trim_every_s: float = TRIM_EVERY_S, clock=time.monotonic) -> None:
+    """The daemon's foreground loop: wait for the agent to stop, and every ``trim_every_s``
+    hand the heap pages freed since back to the OS.
+
+    Each inference request's body and outputs (600 KB for a 224x224 image) are heap blocks
+    under the mmap threshold; freed between other live blocks they stay resident until a
+    trim. Measured on an agent serving an int8 MobileNetV2 after 200 requests: a trim gave
+    back 2.9 MiB, of which 1.5 came back over the next 200. A trim takes ~0.1 ms.
+    """
+    from edgeops.agent import memory
+
+    next_trim = clock() + trim_every_s
+    while not agent_.wait_stopped(1.0):
+        if clock() >= next_trim:
+            memory.trim_freed_memory()
+            next_trim = clock() + trim_every_s
 
 
 def daemon_hooks():

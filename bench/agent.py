@@ -31,6 +31,13 @@ repository, DSSE-signed commands published to the devices' command topics.
    updates. Once per runtime: onnxruntime (profile x86_64-avx512-vnni, static int8) and
    LiteRT with XNNPACK (profile arm64-litert, the runtime of Arm boards, dynamic-range int8;
    part ``rss-litert``). Target: < 100 MB = 95.4 MiB (figures are MiB, as /proc reports).
+   RSS counts the pages of shared libraries a process maps, and how many the kernel maps
+   per fault depends on how the file sits in the page cache: a library pip has just written
+   is cached in large folios and onnxruntime's maps 27.8 MiB, the same library read back
+   through page faults (a device after a reboot) 20.7 MiB. So before each RSS part the bench
+   drops the installed packages' libraries from the page cache (``posix_fadvise``
+   DONTNEED: the state after a reboot) for the agent and the bare floor alike;
+   ``--page-cache as-is`` measures whatever state the machine is in.
 
 The broker runs with ``set_tcp_nodelay true`` (mosquitto's default leaves Nagle on, which
 makes the MQTT fetch several times slower; ``--broker-nagle`` measures that). Times in the
@@ -625,6 +632,32 @@ print(json.dumps({"serving_mb": round(status["VmRSS"] / 1024, 1), "anon": round(
 """
 
 
+def evict_installed_libraries() -> dict:
+    """Drop the page-cache pages of the shared libraries pip installed (every ``.so`` under
+    site-packages) and of libpython, as a reboot would; pages some running process maps stay.
+    Returns how many files and MiB were in the cache before."""
+    import site
+    import sysconfig
+
+    roots = [Path(p) for p in site.getsitepackages()]
+    files = [f for r in roots if r.is_dir() for f in r.rglob("*.so*") if f.is_file()]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        files += [f for f in Path(libdir).glob("libpython3*.so*") if f.is_file()]
+    total = 0
+    for f in files:
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            total += f.stat().st_size
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return {"files": len(files), "mb": round(total / 2**20, 1)}
+
+
 def measure_runtime_floor(work: Path, bundle: Path, infers: int, profile: str) -> dict:
     """RSS of a bare process serving the bundle's model with its runtime (FLOOR_SCRIPT), MiB."""
     from edgeops.bundle import extract_bundle
@@ -643,8 +676,9 @@ def measure_runtime_floor(work: Path, bundle: Path, infers: int, profile: str) -
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, infers: int, profile: str = PROFILE) -> dict:
-    """A fresh agent: RSS idle with no model, peak while installing, and serving the int8 model."""
+def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, infers: int, profile: str = PROFILE, after_trim: bool = True) -> dict:
+    """A fresh agent: RSS idle with no model, peak while installing, serving the int8 model,
+    and (``after_trim``) once more after the daemon's next periodic heap trim."""
     pub = tf.publish_file(bundle)
     agent = AgentProc(f"bench-rss-{profile}", work, tf, broker_url, "mqtt", probation_s=1.0, profile=profile).start()
     try:
@@ -669,6 +703,12 @@ def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, i
             agent.client.infer_raw(x)
             lat.append((time.perf_counter() - t) * 1000)
         serving = agent.rss_mb()
+        after = None
+        if after_trim:
+            from edgeops.agent.cli import TRIM_EVERY_S
+
+            time.sleep(TRIM_EVERY_S + 2.0)
+            after = round(agent.rss_mb(), 1)
         return {
             "idle_mb": round(idle, 1),
             "idle_split_mb": idle_split,
@@ -678,6 +718,7 @@ def measure_rss(work: Path, tf, broker_url: str, cmd: Commander, bundle: Path, i
             "peak_install_with_tuf_worker_mb": peak_with_worker,
             "tuf_worker_peak_mb": round(sampler.peak_children_mb, 1),
             "serving_mb": round(serving, 1),
+            "serving_after_periodic_trim_mb": after,
             "serving_split_mb": agent.rss_split_mb(),
             "serving_top_mappings_mb": smaps_top(agent.proc.pid),
             "hwm_mb": round(agent.hwm_mb(), 1),
@@ -752,8 +793,13 @@ def run(args) -> dict:
             t = time.perf_counter()
             mbundle, minfo = build_mobilenet_bundle(work, args.mobilenet_res, args.calib_n, runtime)
             log(f"MobileNetV2 int8 bundle ({runtime}) built in {time.perf_counter() - t:.1f}s: {minfo}")
-            rss = measure_rss(work, tf, broker.url, cmd, mbundle, args.infers, profile)
+            if args.page_cache == "cold":
+                evicted = evict_installed_libraries()
+            rss = measure_rss(work, tf, broker.url, cmd, mbundle, args.infers, profile, after_trim=not args.quick)
             rss["model"] = minfo
+            rss["page_cache"] = args.page_cache if args.page_cache == "as-is" else f"cold (dropped {evicted['files']} libraries, {evicted['mb']} MiB)"
+            if args.page_cache == "cold":
+                evict_installed_libraries()
             floor = measure_runtime_floor(work, mbundle, args.infers, profile)
             rss["bare_runtime_process_mb"] = floor
             rss["agent_over_bare_runtime_mb"] = round(rss["serving_mb"] - floor["serving_mb"], 1)
@@ -901,11 +947,13 @@ def print_table(r: dict) -> None:
                 continue
             s = r[key]
             m = s["model"]
-            t.add_row(f"{m['runtime']} ({m['profile']}): idle, no model", f"{s['idle_mb']:.1f}", f"{s['idle_split_mb']['anon']:.1f} / {s['idle_split_mb']['file']:.1f}")
+            t.add_row(f"{m['runtime']} ({m['profile']}; page cache {s.get('page_cache', 'as-is')}): idle, no model", f"{s['idle_mb']:.1f}", f"{s['idle_split_mb']['anon']:.1f} / {s['idle_split_mb']['file']:.1f}")
             t.add_row(f"  peak while installing the {m['quantization']} MobileNetV2 ({m['params'] / 1e6:.2f}M params, {m['model_bytes'] / 1e6:.1f} MB, {m['resolution']} px)",
                       f"{s['peak_install_mb']:.1f}", "")
             t.add_row(f"  peak of the agent + its TUF worker process while installing (the worker alone: {s['tuf_worker_peak_mb']:.1f})", f"{s['peak_install_with_tuf_worker_mb']:.1f}", "")
             t.add_row(f"  serving it, after {s['inferences']} inferences", f"{s['serving_mb']:.1f}", f"{s['serving_split_mb']['anon']:.1f} / {s['serving_split_mb']['file']:.1f}")
+            if s.get("serving_after_periodic_trim_mb") is not None:
+                t.add_row("  the same agent after the daemon's next periodic heap trim", f"{s['serving_after_periodic_trim_mb']:.1f}", "")
             f = s["bare_runtime_process_mb"]
             t.add_row(f"  a bare {m['runtime']} process serving the same model (numpy + runtime only); agent over it: {s['agent_over_bare_runtime_mb']:+.1f}",
                       f"{f['serving_mb']:.1f}", f"{f['anon']:.1f} / {f['file']:.1f}")
@@ -926,6 +974,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="parent folder of the work folder (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, data dirs)")
     ap.add_argument("--parts", default="update,rollback,refresh,rss,rss-litert", help="comma-separated: update, rollback, refresh (TUF in-process vs worker), rss (onnxruntime), rss-litert")
+    ap.add_argument("--page-cache", choices=["cold", "as-is"], default="cold", help="RSS parts: drop the installed libraries from the page cache first, as after a reboot (cold), or measure as the machine is")
     ap.add_argument("--broker-nagle", action="store_true", help="run mosquitto without set_tcp_nodelay (its default) to show what Nagle costs the MQTT fetch")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--save", default=None, help="also write the JSON result to this file")

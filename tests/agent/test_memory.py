@@ -170,3 +170,23 @@ def test_agent_run_limits_arenas_before_it_starts(monkeypatch, tmp_path):
     monkeypatch.setattr(memory, "limit_malloc_arenas", lambda arenas=1: calls.append(arenas) or True)
     result = CliRunner().invoke(agent, ["run", "--config", str(tmp_path / "missing.toml")])
     assert calls == [1] and result.exit_code != 0  # then the missing config stops it
+
+
+def test_the_daemon_loop_trims_every_interval_until_the_agent_stops(monkeypatch):
+    import edgeops.agent.memory as memory
+    from edgeops.agent.cli import serve_until_stopped
+
+    now = [0.0]
+    trims = []
+
+    class Agent:  # stops after 100 waits of 1 s
+        waits = 0
+
+        def wait_stopped(self, timeout):
+            self.waits += 1
+            now[0] += timeout
+            return self.waits > 100
+
+    monkeypatch.setattr(memory, "trim_freed_memory", lambda: trims.append(now[0]) or True)
+    serve_until_stopped(Agent(), trim_every_s=30.0, clock=lambda: now[0])
+    assert trims == [30.0, 60.0, 90.0]

@@ -39,6 +39,7 @@ def test_agent_bench_quick_reports_every_figure(tmp_path):
         assert rss["serving_top_mappings_mb"] and sum(rss["serving_top_mappings_mb"].values()) <= rss["serving_mb"] + 0.5
         # The TUF worker is a child of the agent: with it the install peak can only be higher.
         assert rss["peak_install_with_tuf_worker_mb"] >= rss["peak_install_mb"] and rss["tuf_worker_peak_mb"] > 10  # a Python process with python-tuf
+        assert rss["page_cache"].startswith("cold (dropped ") and "0 libraries" != rss["page_cache"][14:25]
         floor = rss["bare_runtime_process_mb"]
         assert 0 < floor["serving_mb"] < rss["serving_mb"] and rss["agent_over_bare_runtime_mb"] == round(rss["serving_mb"] - floor["serving_mb"], 1)
     refresh = r["tuf_refresh"]
