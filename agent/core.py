@@ -365,7 +365,10 @@ class Agent:
         settings = settings or self.config.self_test
         report = run_self_test(files, manifest, settings, self.runtime_factory, list(self.profile.runtime.providers), self.profile.runtime.threads, keep_runtime=keep_runtime)
         if keep_runtime and report.runtime is not None:
-            self._staged = LoadedModel(sha256, manifest, report.runtime, files)
+            # probation's synthetic traffic uses the golden vectors the self-test just read:
+            # reading golden.json again would briefly hold its text and JSON (~3.5x the arrays)
+            # on top of the session, the agent's peak while installing
+            self._staged = LoadedModel(sha256, manifest, report.runtime, files, _golden=report.golden)
         return report
 
     def probation_monitor(self) -> ProbationMonitor:

@@ -34,7 +34,8 @@ CPUINFO_PATH = Path("/proc/cpuinfo")
 
 @dataclass
 class SelfTestReport:
-    """Outcome of a self-test: gates, benchmark figures, and the loaded runtime when it passed."""
+    """Outcome of a self-test: gates, benchmark figures, and (``keep_runtime``) the loaded
+    runtime and the golden vectors it was checked with when it passed."""
 
     passed: bool
     gates: list[GateResult]
@@ -46,6 +47,7 @@ class SelfTestReport:
     memory_mb: float | None = None
     seconds: float = 0.0  # wall time of the whole self-test
     runtime: Runtime | None = field(default=None, repr=False)
+    golden: GoldenVectors | None = field(default=None, repr=False)
 
     def summary(self) -> str:
         """One line naming the failed gates (or 'passed') and the figures."""
@@ -161,7 +163,7 @@ def run_self_test(
         seconds=round(time.perf_counter() - started, 4),
     )
     if passed and keep_runtime:
-        report.runtime = runtime
+        report.runtime, report.golden = runtime, golden
     else:
         runtime.close()
     return report

@@ -33,3 +33,28 @@ def test_a_rollback_releases_the_golden_vectors_of_both_versions(tmp_path, trust
     assert settle(agent) is State.FAILED
     assert agent.serving.manifest.version == "1.0.0" and not agent.serving.golden_in_memory
     agent.stop()
+
+
+def test_an_update_reads_golden_json_once(tmp_path, trust_repo, monkeypatch):
+    """Probation's synthetic traffic reuses the vectors the self-test read: a second parse of
+    golden.json during probation was the agent's peak while installing (+4 MiB measured)."""
+    import edgeops.agent.core as core
+    import edgeops.agent.selftest as selftest
+
+    agent, _ = committed_v1(tmp_path, trust_repo)
+    reads = []
+    real = selftest.load_golden
+
+    def counting(files_dir):
+        reads.append(files_dir)
+        return real(files_dir)
+
+    monkeypatch.setattr(selftest, "load_golden", counting)
+    monkeypatch.setattr(core, "load_golden", counting)
+    pub = trust_repo.publish("43.0.0", 4300)
+    agent.submit(trust_repo.command("assign", pub))
+    agent.tick()
+    assert agent.run_until(lambda: agent.persisted.state is State.PROBATION and agent.probation_monitor().count > 0, 30)
+    assert settle(agent) is State.COMMITTED and agent.serving.manifest.version == "43.0.0"
+    assert len(reads) == 1, reads
+    agent.stop()
