@@ -75,7 +75,9 @@ _NOT_READ = object()  # LoadedModel golden vectors not read from disk yet
 
 @dataclass
 class LoadedModel:
-    """A verified version from the store, loaded in its runtime."""
+    """A verified version from the store, loaded in its runtime. ``_golden`` holds its golden
+    vectors once read (the self-test hands over the ones it checked), else they are read from
+    the store on first use."""
 
     sha256: str
     manifest: Manifest

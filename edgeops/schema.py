@@ -7,7 +7,8 @@ The console's own settings and the packager's options stay pydantic: they never 
 
 :class:`Schema` is the base of every shared schema. Unknown keys are refused, fields are
 keyword-only, constraints are ``Annotated[T, Meta(...)]``, and cross-field rules go in
-``__post_init__`` (raise ``ValueError``). Validation happens where data comes in
+``__post_init__`` (raise ``ValueError``, or :class:`FieldError` to name one field). Validation
+happens where data comes in
 (:meth:`Schema.parse`, :meth:`Schema.parse_json`); constructing a Struct in code does not
 validate, as with dataclasses. Errors are :class:`SchemaError`, which names the dotted key
 (``broker.keepalive_s``, ``inputs.0.name``) so callers can say which file and key is wrong.
@@ -16,13 +17,15 @@ validate, as with dataclasses. Errors are :class:`SchemaError`, which names the 
 from __future__ import annotations
 
 import re
+import typing
+from enum import Enum
 from pathlib import PurePath
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from msgspec import Meta, field
 
-__all__ = ["FieldError", "Meta", "Schema", "SchemaError", "field"]
+__all__ = ["FieldError", "Meta", "Schema", "SchemaError", "allowed_values", "field", "nested_schema", "schema_error"]
 
 S = TypeVar("S", bound="Schema")
 
@@ -62,8 +65,8 @@ def _in_words(msg: str) -> str:
     """msgspec's constraint messages in words people read ("should be greater than 0")."""
     m = _BOUND.match(msg)
     if m:
-        what = "length" if m.group("length") else f"a `{m.group('type')}`"
-        return f"should be {what} {_BOUND_WORDS[m.group('op')]} {m.group('n')}" if not m.group("length") else f"length should be {_BOUND_WORDS[m.group('op')]} {m.group('n')}"
+        bound = f"{_BOUND_WORDS[m.group('op')]} {m.group('n')}"
+        return f"length should be {bound}" if m.group("length") else f"should be a `{m.group('type')}` {bound}"
     m = _REGEX.match(msg)
     if m:
         return f"should match the pattern {m.group('re')}"
@@ -170,11 +173,12 @@ class Schema(msgspec.Struct, metaclass=_SchemaMeta, forbid_unknown_fields=True):
 
 
 def nested_schema(cls: type[Schema], dotted: str) -> type[Schema] | None:
-    """The schema of the section at a dotted key (``device`` of HardwareProfile), or None."""
-    import typing
-
+    """The schema of the section at a dotted key (``device`` of HardwareProfile, ``inputs.0``
+    of Manifest), or None when the key names no section."""
     current: Any = cls
     for part in filter(None, dotted.split(".")):
+        if part.isdigit():  # an item of the list (or dict) the previous part unwrapped
+            continue
         if not (isinstance(current, type) and issubclass(current, Schema)):
             return None
         current = typing.get_type_hints(current).get(part)
@@ -187,13 +191,13 @@ def nested_schema(cls: type[Schema], dotted: str) -> type[Schema] | None:
 
 def allowed_values(cls: type[Schema], dotted: str) -> list:
     """The values a Literal or Enum field at a dotted key allows ([] for other fields)."""
-    import typing
-    from enum import Enum
-
     parts = dotted.split(".")
-    index = parts and parts[-1].isdigit()
-    owner_path, name = (parts[:-2], parts[-2]) if index and len(parts) > 1 else (parts[:-1], parts[-1])
-    owner = nested_schema(cls, ".".join(owner_path))
+    while parts and parts[-1].isdigit():  # an item of a list field: the field's own values
+        parts.pop()
+    if not parts:
+        return []
+    owner = nested_schema(cls, ".".join(parts[:-1]))
+    name = parts[-1]
     if owner is None:
         return []
     type_ = typing.get_type_hints(owner).get(name)

@@ -68,6 +68,7 @@ def error(data) -> SchemaError:
         ({"name": "a", "colour": "green"}, "colour", "invalid", "allowed: red, blue"),
         ({"name": "a", "inner": {"formats": ["onnx", "pt"]}}, "inner.formats.1", "invalid", "allowed: onnx, tflite"),
         ({"name": "a", "items": [{}, {"count": -1}]}, "items.1.count", "invalid", "greater than or equal to 1"),
+        ({"name": "a", "items": [{"formats": ["pt"]}]}, "items.0.formats.0", "invalid", "allowed: onnx, tflite"),
         ({"name": "a", "inner": {"url": "http://x"}}, "inner.url", "invalid", "must start with mqtt://"),
         ({"name": "both", "inner": {"count": 2}}, "", "invalid", "a rule across fields"),
         ([1, 2], "", "invalid", "Expected `object`"),
@@ -120,6 +121,7 @@ def test_fields_are_keyword_only_in_every_subclass():
 
 def test_nested_schema_and_allowed_values_follow_dotted_keys():
     assert nested_schema(Outer, "") is Outer and nested_schema(Outer, "inner") is Inner
+    assert nested_schema(Outer, "items.1") is Inner  # a list item's section
     assert nested_schema(Outer, "name") is None and nested_schema(Outer, "nope") is None
     assert allowed_values(Outer, "colour") == ["red", "blue"]
     assert allowed_values(Outer, "inner.formats.0") == ["onnx", "tflite"]
