@@ -635,7 +635,7 @@ print(json.dumps({"serving_mb": round(status["VmRSS"] / 1024, 1), "anon": round(
 def evict_installed_libraries() -> dict:
     """Drop the page-cache pages of the shared libraries pip installed (every ``.so`` under
     site-packages) and of libpython, as a reboot would; pages some running process maps stay.
-    Returns how many files and MiB were in the cache before."""
+    Returns how many files it advised and their total size in MiB."""
     import site
     import sysconfig
 
@@ -793,12 +793,12 @@ def run(args) -> dict:
             t = time.perf_counter()
             mbundle, minfo = build_mobilenet_bundle(work, args.mobilenet_res, args.calib_n, runtime)
             log(f"MobileNetV2 int8 bundle ({runtime}) built in {time.perf_counter() - t:.1f}s: {minfo}")
-            if args.page_cache == "cold":
-                evicted = evict_installed_libraries()
+            cold = args.page_cache == "cold"
+            evicted = evict_installed_libraries() if cold else None
             rss = measure_rss(work, tf, broker.url, cmd, mbundle, args.infers, profile, after_trim=not args.quick)
             rss["model"] = minfo
-            rss["page_cache"] = args.page_cache if args.page_cache == "as-is" else f"cold (dropped {evicted['files']} libraries, {evicted['mb']} MiB)"
-            if args.page_cache == "cold":
+            rss["page_cache"] = f"cold (dropped {evicted['files']} libraries, {evicted['mb']} MiB)" if evicted else "as-is"
+            if cold:  # the bare floor starts from the same page-cache state as the agent did
                 evict_installed_libraries()
             floor = measure_runtime_floor(work, mbundle, args.infers, profile)
             rss["bare_runtime_process_mb"] = floor

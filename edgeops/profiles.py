@@ -159,8 +159,6 @@ def load_profile_file(path: str | Path) -> HardwareProfile:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ProfileError(f"{path}: not valid TOML: {e}") from e
-    if isinstance(data, dict) and ({"source", "sha256"} & data.keys()):
-        raise ProfileError(_describe_validation_error(path, SchemaError(next(k for k in ("source", "sha256") if k in data), "unknown", "unknown key")))
     try:
         profile = HardwareProfile.parse(data)
     except SchemaError as e:

@@ -130,12 +130,17 @@ class _SchemaMeta(type(msgspec.Struct)):  # type: ignore[misc]
 class Schema(msgspec.Struct, metaclass=_SchemaMeta, forbid_unknown_fields=True):
     """Base of the shared schemas (see the module docstring)."""
 
-    # Fields that describe where an object came from rather than what it is (left out of to_dict).
+    # Fields that describe where an object came from rather than what it is (a profile's
+    # source file): set by the loader, never read from the data, left out of to_dict.
     __schema_exclude__: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def parse(cls: type[S], data: Any) -> S:
         """Validate Python data (a dict from TOML or JSON) into this schema; raises SchemaError."""
+        if cls.__schema_exclude__ and isinstance(data, dict):
+            given = [k for k in cls.__schema_exclude__ if k in data]
+            if given:
+                raise SchemaError(given[0], "unknown", "unknown key")
         try:
             return msgspec.convert(data, cls, dec_hook=_decode_hook)
         except msgspec.MsgspecError as e:
@@ -145,6 +150,8 @@ class Schema(msgspec.Struct, metaclass=_SchemaMeta, forbid_unknown_fields=True):
     def parse_json(cls: type[S], raw: bytes | str) -> S:
         """Decode and validate JSON into this schema; raises SchemaError."""
         try:
+            if cls.__schema_exclude__:  # check the keys first, as parse() does
+                return cls.parse(msgspec.json.decode(raw))
             return msgspec.json.decode(raw, type=cls, dec_hook=_decode_hook)
         except msgspec.MsgspecError as e:
             raise schema_error(e, cls) from e

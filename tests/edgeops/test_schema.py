@@ -99,6 +99,13 @@ def test_round_trip_through_dict_and_json():
     assert "ratio" not in o.to_dict(exclude={"ratio"})
 
 
+def test_excluded_fields_are_not_read_from_the_data():
+    for parse, data in ((Outer.parse, {"name": "a", "source": "x"}), (Outer.parse_json, b'{"name": "a", "source": "x"}')):
+        with pytest.raises(SchemaError) as e:
+            parse(data)
+        assert (e.value.key, e.value.kind) == ("source", "unknown")
+
+
 def test_numpy_scalars_encode_as_json_numbers():
     b = TelemetryBatch(device_id="d1", seq=np.int64(3), ts_start=0.0, ts_end=np.float32(1.5), inference_count=np.int64(7))
     assert json.loads(b.to_json())["inference_count"] == 7 and json.loads(b.to_json())["ts_end"] == 1.5
