@@ -1,10 +1,10 @@
 """The console's HTTP side (aiohttp): REST API, OpenAPI document, /metrics, the repository.
 
-    GET  /openapi.json                         the OpenAPI 3 document (public)
-    GET  /healthz                              liveness (public)
-    GET  /metrics                              Prometheus (public unless api.metrics_public = false)
+    GET  /openapi.json                         the OpenAPI 3.1 document (public)
+    GET  /healthz                              health (public): 503 with a reason while the broker session is down
+    GET  /metrics                              Prometheus (token required unless api.metrics_public = true)
     GET  /repo/metadata/..., /repo/targets/... the TUF repository (public: devices verify it)
-    GET  /api/v1/devices[?online=&version=]    devices
+    GET  /api/v1/devices[?online=&version=&limit=&offset=]    devices
     GET  /api/v1/devices/{id}
     POST /api/v1/devices/{id}/self-test        order a self-test of a published bundle (body: {"bundle", "runs"})
     GET  /api/v1/events[?device=&kind=&command_id=&since=&limit=]
@@ -14,11 +14,16 @@
     GET  /api/v1/rollouts/{id}/devices         assignments
     POST /api/v1/rollouts/{id}/{start|pause|resume|promote|abort}
 
-``/api`` requires ``Authorization: Bearer <token>`` (api.tokens). Errors are JSON
-``{"error": message, "type": class}``: 400 bad input, 401 no/wrong token, 404 unknown id
-(device, rollout, or a bundle a self-test names that is not published), 409 action not allowed
-in the rollout's current state or a self-test the device cannot take now (offline, other
-profile, a rollout command still queued), 422 refused rollout settings, 503 no broker.
+``/api`` requires ``Authorization: Bearer <token>`` (api.tokens; the scheme in any case).
+With ``api.cert_file``/``key_file`` the server speaks https only. Query parameters and bodies
+are checked before any work (fleet/api_input.py: ranges, 64 KiB and 16 levels of JSON).
+Errors are JSON ``{"error": message, "type": class, "request_id": id}``: 400 bad input,
+401 no/wrong token, 404 unknown id (device, rollout, or a bundle a self-test names that is not
+published), 409 action not allowed in the rollout's current state or a self-test the device
+cannot take now (offline, other profile, a rollout command still queued), 413 body too large,
+422 refused rollout settings, 503 no broker. A fault of the console is a 500 whose body says
+only where to look: the details go to the log under the request id, which every response
+carries in ``X-Request-Id`` (a sane id the client sent is kept, so logs can be joined).
 Database work runs in a thread pool so the event loop never blocks.
 """
 
@@ -27,18 +32,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import json
+import ipaddress
 import logging
+import re
+import ssl
 import threading
+import uuid
 
 from edgeops import __version__
-from edgeops.errors import ConfigError, EdgeopsError, FleetError, IllegalTransitionError
+from edgeops.errors import ConfigError, FleetError, IllegalTransitionError
 from edgeops.fleet import commands, registry
+from edgeops.fleet.api_input import MAX_BODY_BYTES, MAX_TEXT, OFFSET, TEXT_PATTERN, Param, RequestError, limit_param, parse_json_body, valid_device_id, valid_text
 from edgeops.fleet.rollouts import service
 from edgeops.fleet.rollouts.settings import RolloutRequest, RolloutSettingsError, parse_request
-from edgeops.fleet.rollouts.status import ACTION_FROM
+from edgeops.fleet.rollouts.status import ACTION_FROM, RolloutStatus
 from edgeops.fleet.targets import UnknownBundleError
-from edgeops.protocol import MAX_SELF_TEST_RUNS
+from edgeops.protocol import DEVICE_ID_PATTERN, MAX_SELF_TEST_RUNS, EventKind
 
 log = logging.getLogger("edgeops.fleet.api")
 
@@ -55,26 +64,56 @@ def _allowed(action: str) -> str:
     return ", ".join(sorted(s.value for s in ACTION_FROM[action]))
 
 
+# Query parameters, declared once: the handlers read them and the OpenAPI document shows them.
+DEVICE_PARAMS = (
+    Param("online", "bool", "only online (true) or offline (false) devices"),
+    Param("version", "text", "NAME@VERSION of the active bundle (NAME alone: any version)"),
+    limit_param(None),
+    OFFSET,
+)
+EVENT_PARAMS = (
+    Param("device", "device", "only this device's events"),
+    Param("kind", "enum", values=tuple(k.value for k in EventKind)),
+    Param("command_id", "text", "only events answering this command (e.g. a self-test's)"),
+    Param("since", "number", "unix time: only events received since"),
+    limit_param(200),
+)
+ROLLOUT_LIST_PARAMS = (Param("status", "enum", values=tuple(s.value for s in RolloutStatus)),)
+HISTORY = Param("history", "bool", "include the status history")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 def openapi_document() -> dict:
-    """The OpenAPI 3.0 description of the REST API."""
-    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    """The OpenAPI 3.1 description of the REST API (validated by openapi-spec-validator in the tests)."""
+    err = {
+        "description": "error (JSON body; the X-Request-Id header names the request in the console's log)",
+        "headers": {REQUEST_ID_HEADER: {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     obj = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
     arr = {"description": "ok", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}
-    rid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    device_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}}
+    rid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}}
+    public = []  # no security requirement
     paths: dict = {
-        "/api/v1/devices": {
+        "/openapi.json": {"get": {"summary": "This document", "security": public, "responses": {"200": obj}}},
+        "/healthz": {
             "get": {
-                "summary": "List devices",
-                "parameters": [
-                    {"name": "online", "in": "query", "schema": {"type": "boolean"}},
-                    {"name": "version", "in": "query", "schema": {"type": "string"}, "description": "NAME@VERSION of the active bundle"},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer"}},
-                ],
-                "responses": {"200": arr, "401": err},
+                "summary": "Health: 200 while the console serves and holds its broker session, 503 with a reason otherwise",
+                "security": public,
+                "responses": {"200": {"description": "healthy", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}, "503": {"description": "unhealthy", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}},
             }
         },
-        "/api/v1/devices/{id}": {"get": {"summary": "One device", "parameters": [rid], "responses": {"200": obj, "401": err, "404": err}}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (bearer token required unless api.metrics_public = true)",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}, "401": err},
+            }
+        },
+        "/api/v1/devices": {"get": {"summary": "List devices", "parameters": [p.openapi() for p in DEVICE_PARAMS], "responses": {"200": arr, "400": err, "401": err}}},
+        "/api/v1/devices/{id}": {"get": {"summary": "One device", "parameters": [device_id], "responses": {"200": obj, "401": err, "404": err}}},
         "/api/v1/devices/{id}/self-test": {
             "post": {
                 "summary": "Self-test a published bundle on one device without activating it",
@@ -85,7 +124,7 @@ def openapi_document() -> dict:
                 "command_rejected / install_failed): poll GET /api/v1/events?device={id}&command_id=... "
                 "404: device not enrolled, or bundle not published; 409: device offline, bundle built for another profile, or a "
                 "rollout command for the device not yet published; 503: the console has no broker connection.",
-                "parameters": [rid],
+                "parameters": [device_id],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SelfTestRequest"}}}},
                 "responses": {
                     "202": {"description": "command published", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SelfTestOrder"}}}},
@@ -93,38 +132,27 @@ def openapi_document() -> dict:
                     "401": err,
                     "404": err,
                     "409": err,
+                    "413": err,
                     "503": err,
                 },
             }
         },
-        "/api/v1/events": {
-            "get": {
-                "summary": "Device events, newest first",
-                "parameters": [
-                    {"name": "device", "in": "query", "schema": {"type": "string"}},
-                    {"name": "kind", "in": "query", "schema": {"type": "string"}},
-                    {"name": "command_id", "in": "query", "schema": {"type": "string"}, "description": "only events answering this command (e.g. a self-test's)"},
-                    {"name": "since", "in": "query", "schema": {"type": "number"}, "description": "unix time"},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 200}},
-                ],
-                "responses": {"200": arr, "401": err},
-            }
-        },
+        "/api/v1/events": {"get": {"summary": "Device events, newest first", "parameters": [p.openapi() for p in EVENT_PARAMS], "responses": {"200": arr, "400": err, "401": err}}},
         "/api/v1/rollouts": {
-            "get": {"summary": "List rollouts", "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}}], "responses": {"200": arr, "401": err}},
+            "get": {"summary": "List rollouts", "parameters": [p.openapi() for p in ROLLOUT_LIST_PARAMS], "responses": {"200": arr, "400": err, "401": err}},
             "post": {
                 "summary": "Create a rollout (status created)",
                 "description": "Settings are validated here; malformed or contradictory ones are refused with 422 naming the field. "
-                "The bundle must be a signed target of the console's repository.",
+                "The bundle must be a signed target of the console's repository (400 otherwise).",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RolloutRequest"}}}},
-                "responses": {"201": obj, "400": err, "401": err, "422": err},
+                "responses": {"201": obj, "400": err, "401": err, "413": err, "422": err},
             },
         },
         "/api/v1/rollouts/{id}": {
             "get": {
                 "summary": "Rollout status with waves, device counts and gate verdicts",
-                "parameters": [rid, {"name": "history", "in": "query", "schema": {"type": "boolean"}}],
-                "responses": {"200": obj, "401": err, "404": err},
+                "parameters": [rid, HISTORY.openapi()],
+                "responses": {"200": obj, "400": err, "401": err, "404": err},
             }
         },
         "/api/v1/rollouts/{id}/devices": {"get": {"summary": "Devices of a rollout with their assignment status", "parameters": [rid], "responses": {"200": arr, "401": err, "404": err}}},
@@ -142,7 +170,7 @@ def openapi_document() -> dict:
     schema = RolloutRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "edgeops fleet console", "version": __version__},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -150,14 +178,27 @@ def openapi_document() -> dict:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}, "type": {"type": "string"}}, "required": ["error"]},
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "type", "request_id"],
+                    "properties": {
+                        "error": {"type": "string", "description": "what was wrong and what to do; internal errors say only where to look"},
+                        "type": {"type": "string"},
+                        "request_id": {"type": "string", "description": "the same as the X-Request-Id header; the console's log carries the details"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["ok", "leader", "mqtt_connected"],
+                    "properties": {"ok": {"type": "boolean"}, "leader": {"type": "boolean"}, "mqtt_connected": {"type": "boolean"}, "reason": {"type": "string"}},
+                },
                 "RolloutRequest": schema,
                 "SelfTestRequest": {
                     "type": "object",
                     "additionalProperties": False,
                     "required": ["bundle"],
                     "properties": {
-                        "bundle": {"type": "string", "description": "NAME@VERSION as published to the console's repository", "example": "detector@1.4.0"},
+                        "bundle": {"type": "string", "description": "NAME@VERSION as published to the console's repository", "examples": ["detector@1.4.0"]},
                         "runs": {"type": "integer", "minimum": 1, "maximum": MAX_SELF_TEST_RUNS, "description": "timed inferences for the latency figures (default: the agent's self_test.latency_runs)"},
                     },
                 },
@@ -170,7 +211,7 @@ def openapi_document() -> dict:
                         "bundle": {"type": "string"},
                         "seq": {"type": "integer"},
                         "expires": {"type": "number"},
-                        "runs": {"type": "integer", "nullable": True},
+                        "runs": {"type": ["integer", "null"]},
                         "target": {"type": "object", "properties": {"name": {"type": "string"}, "sha256": {"type": "string"}, "length": {"type": "integer"}}},
                     },
                 },
@@ -180,20 +221,38 @@ def openapi_document() -> dict:
     }
 
 
-def _status_for(e: Exception) -> int:
-    if isinstance(e, (IllegalTransitionError, commands.DeviceOfflineError, commands.CommandConflictError)):
-        return 409
-    if isinstance(e, (service.UnknownRolloutError, registry.UnknownDeviceError, commands.UnpublishedBundleError)):
-        return 404
-    if isinstance(e, commands.BrokerUnavailableError):
-        return 503
-    if isinstance(e, RolloutSettingsError):
-        return 422
-    if isinstance(e, (UnknownBundleError, ConfigError)):
-        return 400
-    if isinstance(e, FleetError):
-        return 400
-    return 500
+# Errors whose message is written for the API's client (it names the field or id at fault and
+# holds no path or internal detail), with their status. Any other exception is a fault of the
+# console: the client gets a generic 500 naming the request id, the log gets the details.
+_CLIENT_ERRORS: tuple[tuple[type, int], ...] = (
+    (RequestError, 400),  # status taken from the error
+    (IllegalTransitionError, 409),
+    (commands.DeviceOfflineError, 409),
+    (commands.CommandConflictError, 409),
+    (service.UnknownRolloutError, 404),
+    (registry.UnknownDeviceError, 404),
+    (commands.UnpublishedBundleError, 404),
+    (commands.BrokerUnavailableError, 503),
+    (RolloutSettingsError, 422),
+    (UnknownBundleError, 400),
+    (commands.InvalidOrderError, 400),
+)
+
+
+def client_error_status(e: BaseException) -> int | None:
+    """The HTTP status of an error meant for the client; None for a console fault (500)."""
+    for cls, status in _CLIENT_ERRORS:
+        if isinstance(e, cls):
+            return getattr(e, "status", status)
+    return None
+
+
+def bearer_token(header: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header (scheme case-insensitive, RFC 7235)."""
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
 
 
 def make_app(console):
@@ -208,90 +267,107 @@ def make_app(console):
     metrics_public = console.config.api.metrics_public
 
     def _authorized(request) -> bool:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        given = bearer_token(request.headers.get("Authorization", ""))
+        if given is None:
             return False
-        given = header[7:].strip().encode()
-        return any(hmac.compare_digest(given, t) for t in tokens)
+        raw = given.encode("utf-8", "surrogateescape")
+        return any(hmac.compare_digest(raw, t) for t in tokens)
+
+    def _error(request, status: int, message: str, kind: str, headers=None):
+        rid = request["request_id"]
+        return web.json_response({"error": message, "type": kind, "request_id": rid}, status=status, headers=headers)
 
     @web.middleware
     async def guard(request, handler):
+        rid = request.headers.get(REQUEST_ID_HEADER, "")
+        request["request_id"] = rid if _REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        response = await _answer(request, handler)
+        response.headers[REQUEST_ID_HEADER] = request["request_id"]
+        return response
+
+    async def _answer(request, handler):
         path = request.path
         needs_auth = path.startswith("/api/") or (path == "/metrics" and not metrics_public)
         if needs_auth and not _authorized(request):
-            return web.json_response({"error": "missing or wrong bearer token (Authorization: Bearer <token>; see api.tokens in fleet.toml)", "type": "Unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+            return _error(request, 401, "missing or wrong bearer token (Authorization: Bearer <token>; see api.tokens in fleet.toml)", "Unauthorized", {"WWW-Authenticate": "Bearer"})
         try:
             return await handler(request)
-        except web.HTTPException:
-            raise
-        except EdgeopsError as e:
-            return web.json_response({"error": str(e), "type": type(e).__name__}, status=_status_for(e))
-        except Exception as e:  # a bug must answer 500, not kill the server
-            log.exception("%s %s failed", request.method, path)
-            return web.json_response({"error": f"internal error: {e}", "type": type(e).__name__}, status=500)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            # aiohttp's own refusals (no route 404, 405, 413 over client_max_size) answer in JSON like the rest
+            headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
+            return _error(request, e.status, e.reason if e.status != 413 else f"body larger than {MAX_BODY_BYTES} bytes", type(e).__name__.removeprefix("HTTP"), headers)
+        except Exception as e:  # noqa: BLE001 (every exception must answer, and only client errors show their text)
+            status = client_error_status(e)
+            if status is not None:
+                log.info("request %s: %s %s -> %d %s", request["request_id"], request.method, path, status, e)
+                return _error(request, status, str(e), type(e).__name__)
+            log.error("request %s: %s %s failed", request["request_id"], request.method, path, exc_info=True)
+            return _error(request, 500, f"internal error; the console's log has the details under request id {request['request_id']}", "InternalError")
 
     async def run(fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
-    def _bool(v: str | None) -> bool | None:
-        if v is None or v == "":
-            return None
-        return v.lower() in ("1", "true", "yes", "on")
+    def _query(request, params) -> dict:
+        return {p.name: p.read(request.query) for p in params}
 
-    def _int(request, name: str, default=None):
-        v = request.query.get(name)
-        if v is None:
-            return default
-        try:
-            return int(v)
-        except ValueError:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter {name}: {v!r} is not an integer"}), content_type="application/json") from None
+    async def _body(request, example: str) -> dict:
+        return parse_json_body(await request.read(), example)
+
+    def _device_id(request) -> str:
+        device_id = request.match_info["id"]
+        if not valid_device_id(device_id):
+            raise registry.UnknownDeviceError(f"device {device_id[:70]!r}: not a valid device id, so not enrolled")
+        return device_id
+
+    def _rollout_id(request) -> str:
+        rollout_id = request.match_info["id"]
+        if not valid_text(rollout_id):
+            raise service.UnknownRolloutError(f"rollout {rollout_id[:70]!r}: no such rollout (see `edgeops rollout list`)")
+        return rollout_id
 
     async def openapi(request):
         return web.json_response(openapi_document())
 
     async def healthz(request):
-        return web.json_response({"ok": True, "leader": console.is_leader, "mqtt_connected": console.mqtt_connected})
+        body = {"ok": True, "leader": console.is_leader, "mqtt_connected": console.mqtt_connected}
+        if console.mqtt is not None and not console.mqtt_connected:  # a console without MQTT (tests, tools) needs no session
+            body.update(ok=False, reason="no broker session: the console is not connected to the MQTT broker (it keeps reconnecting; see its log)")
+            return web.json_response(body, status=503)
+        return web.json_response(body)
 
     async def metrics_handler(request):
         body, ctype = await run(metrics.render, db, console)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def devices(request):
-        return web.json_response(await run(registry.list_devices, db, online=_bool(request.query.get("online")), version=request.query.get("version"), limit=_int(request, "limit"), offset=_int(request, "offset", 0)))
+        q = _query(request, DEVICE_PARAMS)
+        return web.json_response(await run(registry.list_devices, db, **q))
 
     async def device(request):
-        return web.json_response(await run(registry.get_device, db, request.match_info["id"]))
+        return web.json_response(await run(registry.get_device, db, _device_id(request)))
 
     async def events(request):
-        since = request.query.get("since")
-        try:
-            since_f = float(since) if since else None
-        except ValueError:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"query parameter since: {since!r} is not a unix time"}), content_type="application/json") from None
-        return web.json_response(
-            await run(registry.list_events, db, device_id=request.query.get("device"), since=since_f, kind=request.query.get("kind"), command_id=request.query.get("command_id"), limit=_int(request, "limit", 200))
-        )
+        q = _query(request, EVENT_PARAMS)
+        return web.json_response(await run(registry.list_events, db, device_id=q["device"], since=q["since"], kind=q["kind"], command_id=q["command_id"], limit=q["limit"]))
 
     async def self_test(request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "body is not JSON; send {\"bundle\": \"NAME@VERSION\", \"runs\": N}", "type": "BadRequest"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "body must be a JSON object {\"bundle\": \"NAME@VERSION\", \"runs\": N}", "type": "BadRequest"}, status=400)
+        example = '{"bundle": "NAME@VERSION", "runs": N}'
+        device_id = _device_id(request)
+        body = await _body(request, example)
         extra = sorted(set(body) - {"bundle", "runs"})
         if extra:
-            return web.json_response({"error": f"unknown field(s) {', '.join(extra)}; the body takes bundle and runs", "type": "BadRequest"}, status=400)
+            raise RequestError(f"unknown field(s) {', '.join(repr(k[:40]) for k in extra[:5])}; the body takes bundle and runs")
         if "bundle" not in body:
-            return web.json_response({"error": "bundle: required (NAME@VERSION as published)", "type": "BadRequest"}, status=400)
+            raise RequestError("bundle: required (NAME@VERSION as published)")
         sender = console.reconciler.sender if console.reconciler is not None else None
         out = await run(
             commands.order_self_test,
             db,
             console.repo_dir,
             sender,
-            request.match_info["id"],
+            device_id,
             body["bundle"],
             body.get("runs"),
             ttl_s=console.config.rollouts.command_ttl_s,
@@ -301,34 +377,30 @@ def make_app(console):
         return web.json_response(out, status=202)
 
     async def rollouts(request):
-        return web.json_response(await run(service.list_rollouts, db, status=request.query.get("status")))
+        return web.json_response(await run(service.list_rollouts, db, **_query(request, ROLLOUT_LIST_PARAMS)))
 
     async def create(request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "body is not JSON", "type": "BadRequest"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "body must be a JSON object", "type": "BadRequest"}, status=400)
-        settings = parse_request(body)
+        settings = parse_request(await _body(request, "a RolloutRequest object (see /openapi.json)"))
         out = await run(service.create_rollout, db, settings, console.repo_dir)
         return web.json_response(out, status=201)
 
     async def rollout(request):
-        return web.json_response(await run(service.rollout_status, db, request.match_info["id"], history=bool(_bool(request.query.get("history")))))
+        rollout_id = _rollout_id(request)
+        history = bool(HISTORY.read(request.query))
+        return web.json_response(await run(service.rollout_status, db, rollout_id, history=history))
 
     async def rollout_devices(request):
-        return web.json_response(await run(service.rollout_assignments, db, request.match_info["id"]))
+        return web.json_response(await run(service.rollout_assignments, db, _rollout_id(request)))
 
     async def action(request):
         name = request.match_info["action"]
         if name not in service.ACTIONS:
             raise web.HTTPNotFound()
-        out = await run(service.ACTIONS[name], db, request.match_info["id"], actor="api")
+        out = await run(service.ACTIONS[name], db, _rollout_id(request), actor="api")
         console.wake()
         return web.json_response(out)
 
-    app = web.Application(middlewares=[guard])
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
@@ -345,6 +417,30 @@ def make_app(console):
     return app
 
 
+def server_ssl_context(config) -> "ssl.SSLContext | None":
+    """The TLS context of ``[api] cert_file``/``key_file`` (None: plain http); FleetError naming the file."""
+    api = config.api
+    if not api.tls:
+        return None
+    cert, key = config.path(api.cert_file), config.path(api.key_file)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"api.cert_file {cert} / api.key_file {key}: cannot load the API's TLS certificate and key ({e}); issue them with `edgeops fleet api-cert`") from e
+    return ctx
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ApiServer:
     """Runs the aiohttp app on its own thread and event loop."""
 
@@ -352,6 +448,7 @@ class ApiServer:
         self.console = console
         self.host = host
         self.port = port
+        self.ssl_context = server_ssl_context(console.config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner = None
         self._thread: threading.Thread | None = None
@@ -360,11 +457,13 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        """http://host:port of the running server."""
-        return f"http://{self.host}:{self.port}"
+        """http(s)://host:port of the running server."""
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> "ApiServer":
         """Start serving; returns once the socket listens."""
+        if self.ssl_context is None and not _loopback(self.host):
+            log.warning("api.bind %s:%s serves plain http beyond this host: bearer tokens cross the network in clear; set api.cert_file/key_file (edgeops fleet api-cert)", self.host, self.port)
         self._thread = threading.Thread(target=self._run, name="edgeops-api", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error:
@@ -380,7 +479,7 @@ class ApiServer:
         async def boot():
             self._runner = web.AppRunner(make_app(self.console), access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
+            site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
             await site.start()
             self.port = self._runner.addresses[0][1]
 

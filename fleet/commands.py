@@ -131,13 +131,17 @@ class CommandNotAcknowledgedError(BrokerUnavailableError):
     """The broker did not acknowledge a published command in time."""
 
 
+class InvalidOrderError(FleetError):
+    """A field of a command order (``bundle``, ``runs``) is malformed; the message names it."""
+
+
 def parse_bundle_ref(text: object) -> tuple[str, str]:
-    """``NAME@VERSION`` -> (name, version); FleetError naming the ``bundle`` field otherwise."""
+    """``NAME@VERSION`` -> (name, version); InvalidOrderError naming the ``bundle`` field otherwise."""
     if not isinstance(text, str):
-        raise FleetError(f"bundle: expected a string NAME@VERSION, got {type(text).__name__}")
+        raise InvalidOrderError(f"bundle: expected a string NAME@VERSION, got {type(text).__name__}")
     name, sep, version = text.partition("@")
     if not sep or not name or not version or "/" in name or "/" in version or "@" in version:
-        raise FleetError(f"bundle: {text!r} should be NAME@VERSION as published (e.g. detector@1.4.0)")
+        raise InvalidOrderError(f"bundle: {text!r} should be NAME@VERSION as published (e.g. detector@1.4.0)")
     return name, version
 
 
@@ -146,7 +150,7 @@ def check_runs(runs: object) -> int | None:
     if runs is None:
         return None
     if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= MAX_SELF_TEST_RUNS:
-        raise FleetError(f"runs: {runs!r} must be an integer from 1 to {MAX_SELF_TEST_RUNS}")
+        raise InvalidOrderError(f"runs: {runs!r} must be an integer from 1 to {MAX_SELF_TEST_RUNS}")
     return runs
 
 

@@ -7,7 +7,8 @@ Example (``edgeops fleet init`` writes one)::
     username = "edgeops-console"
     password_env = "EDGEOPS_BROKER_PASSWORD"   # or password = "..."
     protocol = "auto"                  # "5", "3.1.1" or "auto" (5, falling back to 3.1.1)
-    client_id = "edgeops-console"      # persistent session: events queued while the console is down
+    # client_id                        # default: the username (the broker binds client ids to users)
+    # allow_anonymous_broker = false   # true: accept a broker without authentication off this host
     # shared_group = "edgeops"         # MQTT shared subscriptions when running several replicas
     # ca_file / cert_file / key_file   # TLS
 
@@ -22,6 +23,9 @@ Example (``edgeops fleet init`` writes one)::
     [api]
     bind = "127.0.0.1:8780"
     tokens = ["..."]                   # Bearer tokens; or tokens_env = "EDGEOPS_FLEET_TOKEN"
+    # cert_file / key_file             # serve https (`edgeops fleet api-cert` issues them from the fleet CA)
+    # ca_file                          # the CA clients verify the API with (`edgeops rollout --config`)
+    # metrics_public = false           # true: /metrics without the token
 
     [rollouts]
     reconcile_interval_s = 2.0
@@ -30,7 +34,9 @@ Example (``edgeops fleet init`` writes one)::
     command_ttl_s = 86400
 
     [enroll]
-    dir = "enroll"                     # password file, ACL, CA and per-device agent.toml
+    dir = "enroll"                     # password file, ACL, CA, broker/*.conf and per-device agent.toml
+    # broker_group = "mosquitto"       # group the broker runs as (default: the mosquitto user's group)
+    # password_listener_port = 1883    # 0: no password listener (every client uses a certificate)
 
 Relative paths are resolved against the folder of the config file. Unknown keys are errors.
 """
@@ -43,7 +49,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeops.errors import ConfigError
 
@@ -65,7 +71,8 @@ class BrokerConfig(_Section):
     password: str | None = None
     password_env: str | None = Field(default=None, description="environment variable holding the password")
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
-    client_id: str = "edgeops-console"
+    client_id: str | None = Field(default=None, description="MQTT client id; default: the username (with authentication the broker binds the client id to it), else edgeops-console")
+    allow_anonymous_broker: bool = Field(default=False, description="accept a broker reached without authentication on another host (any client there can take the console's session)")
     shared_group: str | None = Field(default=None, description="MQTT shared subscription group for events and telemetry (several replicas)")
     ca_file: str | None = None
     cert_file: str | None = None
@@ -80,6 +87,13 @@ class BrokerConfig(_Section):
         if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
             raise ValueError(f"{v!r}: expected mqtt://host:port or mqtts://host:port")
         return v
+
+    @model_validator(mode="after")
+    def _default_client_id(self) -> "BrokerConfig":
+        # the broker forces client id = username (use_username_as_clientid): say so in the config
+        if self.client_id is None:
+            self.client_id = self.username or "edgeops-console"
+        return self
 
     @property
     def host(self) -> str:
@@ -136,7 +150,21 @@ class ApiConfig(_Section):
     bind: str = "127.0.0.1:8780"
     tokens: list[str] = Field(default_factory=list)
     tokens_env: str | None = "EDGEOPS_FLEET_TOKEN"
-    metrics_public: bool = Field(default=True, description="serve /metrics without a token (Prometheus scrapers)")
+    metrics_public: bool = Field(default=False, description="serve /metrics without a token (a scraper that cannot send one); default: the token is required")
+    cert_file: str | None = Field(default=None, description="PEM certificate (chain) of the API: serve https (with key_file)")
+    key_file: str | None = Field(default=None, description="PEM private key of cert_file")
+    ca_file: str | None = Field(default=None, description="CA certificate clients (edgeops rollout ..., --config fleet.toml) verify the API's certificate with")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ApiConfig":
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file: set both to serve https, or neither for plain http")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the API serves https."""
+        return bool(self.cert_file)
 
     @field_validator("bind")
     @classmethod
@@ -193,6 +221,8 @@ class EnrollConfig(_Section):
     acl_file: str = "enroll/mosquitto.acl"
     ca_dir: str = "enroll/ca"
     console_username: str = "edgeops-console"
+    broker_group: str | None = Field(default=None, description="group the broker runs as: its password file and server key are written 0640 with this group (default: the group of the 'mosquitto' user when there is one)")
+    password_listener_port: int | None = Field(default=None, ge=0, le=65535, description="port of the broker's password listener (enroll/broker/password-listener.conf); default: the port of the mqtt:// device or console URL, else 1883; 0: none")
     device_broker_url: str | None = Field(default=None, description="broker URL written into agent.toml (default: broker.url)")
     repository_http_url: str | None = Field(default=None, description="HTTP repository URL for agent.toml (default: MQTT fetch)")
 

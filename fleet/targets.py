@@ -90,6 +90,16 @@ def list_targets(repo_dir: str | Path) -> dict[str, TargetInfo]:
     return out
 
 
+def published_versions(targets: dict[str, TargetInfo]) -> set[tuple[str, str]]:
+    """(bundle, version) of every bundle target (``N/V/N-V.bundle``) in :func:`list_targets`' answer."""
+    out = set()
+    for path in targets:
+        parts = path.split("/")
+        if len(parts) == 3 and parts[2] == f"{parts[0]}-{parts[1]}.bundle":
+            out.add((parts[0], parts[1]))
+    return out
+
+
 def find_target(repo_dir: str | Path, name: str, version: str) -> TargetInfo:
     """The signed target of ``name@version``; UnknownBundleError when the repository lacks it."""
     path = target_path(name, version)
@@ -97,7 +107,8 @@ def find_target(repo_dir: str | Path, name: str, version: str) -> TargetInfo:
     if path not in targets:
         known = sorted(p.split("/")[0] + "@" + p.split("/")[1] for p in targets if p.count("/") == 2)
         raise UnknownBundleError(
-            f"bundle {name}@{version}: not in the repository {repo_dir} (target {path}); "
+            # no filesystem path: the REST API shows this message to its clients
+            f"bundle {name}@{version}: not a signed target of the console's repository (target {path}); "
             f"published: {', '.join(known[:10]) or 'none'}; publish it with `edgeops publish`"
         )
     return targets[path]

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 
 import pytest
@@ -115,7 +116,8 @@ def test_good_then_regressing_rollout(fleet_env):
     # every device that took it is back on the old version, on the device and in the registry
     assert all(d.active == "digits@2.0.0" for d in berlin)
     wait_for(lambda: all(get_device(fleet_env["console"].db, d)["active"]["version"] == "2.0.0" for d in wave0), 20, what="registry shows rollback")
-    metrics = __import__("urllib.request").request.urlopen(fleet_env["console"].api_url + "/metrics").read().decode()
+    scrape = urllib.request.Request(fleet_env["console"].api_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})  # /metrics needs the token by default
+    metrics = urllib.request.urlopen(scrape).read().decode()
     assert f'edgeops_rollout_gate_passing{{gate="max_failure_rate",rollout="{bad["id"]}",wave="0"}} 0.0' in metrics
     assert 'edgeops_devices_online_by_version{bundle="digits",version="2.0.0"} 20.0' in metrics
 
