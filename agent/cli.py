@@ -94,7 +94,7 @@ def status(config_path: str, as_json: bool) -> None:
     from edgeops.agent.config import load_config
 
     cfg = load_config(config_path)
-    info = _live_status(cfg.api.listen) if cfg.api.listen else None
+    info = _live_status(cfg.api.listen, cfg.api.token_file) if cfg.api.listen else None
     if info is None:
         info = _offline_status(cfg)
     if as_json:
@@ -117,11 +117,11 @@ def status(config_path: str, as_json: bool) -> None:
     Console().print(table)
 
 
-def _live_status(listen: str) -> dict | None:
+def _live_status(listen: str, token_file: Path | None) -> dict | None:
     from edgeops.agent.client import AgentClient
 
     try:
-        info = AgentClient(listen, timeout=3).status()
+        info = AgentClient(listen, timeout=3, token_file=token_file).status()
     except Exception:  # not running (or not reachable): fall back to the files
         return None
     info["running"] = True

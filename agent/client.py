@@ -1,7 +1,7 @@
 """A small Python client of the agent's local inference API (standard library + numpy).
 
     from edgeops.agent.client import AgentClient
-    client = AgentClient("127.0.0.1:8765")          # or "unix:/run/edgeops/agent.sock"
+    client = AgentClient("127.0.0.1:8765", token_file="/etc/edgeops/api-token")  # or "unix:/run/edgeops/agent.sock"
     outputs = client.infer({"input": x})            # dict of numpy arrays
     y = client.infer_raw(x)                         # first output, raw tensor body both ways
     client.health(); client.status()
@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,11 +42,15 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AgentClient:
-    """Talks to one agent at ``address`` (``host:port`` or ``unix:/path``)."""
+    """Talks to one agent at ``address`` (``host:port`` or ``unix:/path``), sending the bearer
+    ``token`` (or the one in ``token_file``) when the agent's API has one (``api.token_file``)."""
 
-    def __init__(self, address: str, timeout: float = 30.0):
+    def __init__(self, address: str, timeout: float = 30.0, token: str | None = None, token_file: str | Path | None = None):
         self.address = address
         self.timeout = timeout
+        if token is None and token_file is not None:
+            token = Path(token_file).read_text().strip()
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.address.startswith("unix:"):
@@ -56,7 +61,7 @@ class AgentClient:
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = self._conn()
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers={**self._auth, **(headers or {})})
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:

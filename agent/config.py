@@ -109,12 +109,34 @@ class TrustConfig(Schema):
 class ApiConfig(Schema):
     """The local inference API: ``listen`` is ``127.0.0.1:PORT``, ``[::1]:PORT`` or
     ``unix:/path/to.sock`` (empty disables it); ``shadow_sample_rate`` is the share of live
-    inputs also run on the previous model during probation."""
+    inputs also run on the previous model during probation.
+
+    Who may call it: ``token_file`` holds a bearer token every request must carry
+    (``Authorization: Bearer ...``; ``edgeops fleet enroll`` writes one, 0600) and/or, on a Unix
+    socket, the socket's ``socket_mode`` and ``socket_group`` (default 0660, the agent's group).
+    A socket mode with bits for 'other' needs a token. Without a token, any local process that
+    can reach a TCP port calls the API (the agent logs a warning).
+
+    Bounds: a request body over ``max_body_bytes`` is refused before it is read (413), and the
+    bodies being read at once never exceed it in total; a request (headers and body) must
+    arrive within ``timeout_s``, and an idle kept-alive connection closes after it; ``workers``
+    threads serve requests, at most ``max_queued`` connections wait for one, and further ones
+    are answered 503 at once.
+    """
 
     listen: str = "127.0.0.1:8765"
+    token_file: Path | None = None
+    socket_mode: Annotated[int, Meta(ge=0, le=0o777)] = 0o660
+    socket_group: str | None = None
+    max_body_bytes: Annotated[int, Meta(ge=1 << 10, le=1 << 30)] = 64 << 20
+    timeout_s: Positive = 10.0
+    workers: Annotated[int, Meta(ge=1, le=64)] = 4
+    max_queued: Annotated[int, Meta(ge=0, le=1024)] = 16
     shadow_sample_rate: Share = 0.25
 
     def __post_init__(self) -> None:
+        if self.socket_mode & 0o007 and self.token_file is None:
+            raise FieldError("socket_mode", f"{oct(self.socket_mode)} lets every local user call the API; set api.token_file or drop the bits for 'other' (e.g. 0o660)")
         v = self.listen
         if v == "" or v.startswith("unix:"):
             if v.startswith("unix:") and len(v) <= 5:
@@ -237,6 +259,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     cfg.data_dir = fix(cfg.data_dir)  # type: ignore[assignment]
     cfg.trust.root = fix(cfg.trust.root)  # type: ignore[assignment]
     cfg.trust.command_keys = [fix(k) for k in cfg.trust.command_keys]  # type: ignore[misc]
+    cfg.api.token_file = fix(cfg.api.token_file)  # type: ignore[assignment]
     if cfg.broker:
         for name in ("password_file", "ca_file", "client_cert", "client_key"):
             setattr(cfg.broker, name, fix(getattr(cfg.broker, name)))

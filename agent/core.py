@@ -37,6 +37,7 @@ from edgeops.protocol import DeviceEvent, DeviceState, EventKind, GateResult, Te
 from edgeops.trust.errors import TrustError
 
 from edgeops.agent.config import AgentConfig, SelfTestConfig
+from edgeops.agent.inputs import BadInputError, check_inputs
 from edgeops.agent.machine import ROLLBACK_COMMAND, InstallMachine
 from edgeops.agent.outbox import OutboxSender
 from edgeops.agent.probation import ProbationMonitor
@@ -56,10 +57,6 @@ MAX_QUEUED_COMMANDS = 64
 
 class NoModelError(AgentError):
     """No verified model is being served (nothing installed yet, or a rollback had nothing to go to)."""
-
-
-class BadInputError(AgentError):
-    """An inference request whose inputs do not match the model's."""
 
 
 @dataclass
@@ -424,9 +421,8 @@ class Agent:
         model = self._serving
         if model is None:
             raise NoModelError(f"{self.device_id}: no model is being served yet")
-        missing = [s.name for s in model.manifest.inputs if s.name not in inputs]
-        if missing:
-            raise BadInputError(f"missing input(s) {', '.join(missing)}; model {model.manifest.name} takes {', '.join(s.name for s in model.manifest.inputs)}")
+        # the caller's mistakes (names, dtypes, shapes, NaN/Inf) are refused here, never counted as model errors
+        check_inputs(model.manifest.inputs, inputs, model.manifest.name, fixed_dims=model.manifest.runtime == "onnxruntime")
         monitor = self._probation if self._probation_sha == model.sha256 else None
         t0 = time.perf_counter()
         try:
