@@ -82,6 +82,12 @@ ROLLOUT_LIST_PARAMS = (Param("status", "enum", values=tuple(s.value for s in Rol
 HISTORY = Param("history", "bool", "include the status history")
 
 REQUEST_ID_HEADER = "X-Request-Id"
+try:  # typed request storage keys (aiohttp >= 3.12); made at import: RequestKey names itself after the importing module
+    from aiohttp.web import RequestKey
+
+    _REQUEST_ID_KEY = RequestKey("request_id", str)
+except ImportError:  # pragma: no cover
+    _REQUEST_ID_KEY = "request_id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -274,15 +280,15 @@ def make_app(console):
         return any(hmac.compare_digest(raw, t) for t in tokens)
 
     def _error(request, status: int, message: str, kind: str, headers=None):
-        rid = request["request_id"]
+        rid = request[_REQUEST_ID_KEY]
         return web.json_response({"error": message, "type": kind, "request_id": rid}, status=status, headers=headers)
 
     @web.middleware
     async def guard(request, handler):
         rid = request.headers.get(REQUEST_ID_HEADER, "")
-        request["request_id"] = rid if _REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        request[_REQUEST_ID_KEY] = rid if _REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
         response = await _answer(request, handler)
-        response.headers[REQUEST_ID_HEADER] = request["request_id"]
+        response.headers[REQUEST_ID_HEADER] = request[_REQUEST_ID_KEY]
         return response
 
     async def _answer(request, handler):
@@ -301,10 +307,10 @@ def make_app(console):
         except Exception as e:  # noqa: BLE001 (every exception must answer, and only client errors show their text)
             status = client_error_status(e)
             if status is not None:
-                log.info("request %s: %s %s -> %d %s", request["request_id"], request.method, path, status, e)
+                log.info("request %s: %s %s -> %d %s", request[_REQUEST_ID_KEY], request.method, path, status, e)
                 return _error(request, status, str(e), type(e).__name__)
-            log.error("request %s: %s %s failed", request["request_id"], request.method, path, exc_info=True)
-            return _error(request, 500, f"internal error; the console's log has the details under request id {request['request_id']}", "InternalError")
+            log.error("request %s: %s %s failed", request[_REQUEST_ID_KEY], request.method, path, exc_info=True)
+            return _error(request, 500, f"internal error; the console's log has the details under request id {request[_REQUEST_ID_KEY]}", "InternalError")
 
     async def run(fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))

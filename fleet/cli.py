@@ -29,10 +29,16 @@ def _ts(value) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "-"
 
 
+def _remember_ca(ctx, param, value):
+    ctx.meta["edgeops_api_ca"] = value
+    return value
+
+
 def _api_options(fn):
-    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="fleet.toml to read the API address and token from")(fn)
+    fn = click.option("--ca", "ca_file", envvar="EDGEOPS_FLEET_CA", type=click.Path(dir_okay=False), default=None, expose_value=False, callback=_remember_ca, help="CA certificate to verify an https console with [env EDGEOPS_FLEET_CA; default: [api] ca_file of --config, else the system CAs]")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="fleet.toml to read the API address, token and CA from")(fn)
     fn = click.option("--token", envvar="EDGEOPS_FLEET_TOKEN", default=None, help="API bearer token [env EDGEOPS_FLEET_TOKEN]")(fn)
-    fn = click.option("--url", envvar="EDGEOPS_FLEET_URL", default=None, help="console URL, e.g. http://127.0.0.1:8780 [env EDGEOPS_FLEET_URL]")(fn)
+    fn = click.option("--url", envvar="EDGEOPS_FLEET_URL", default=None, help="console URL, e.g. https://console.example.org:8780 [env EDGEOPS_FLEET_URL]")(fn)
     return fn
 
 
@@ -41,7 +47,8 @@ def _client(url, token, config_path):
 
     if not url and not config_path and Path(DEFAULT_CONFIG).exists():
         config_path = DEFAULT_CONFIG
-    return FleetClient.from_options(url, token, config_path)
+    ca_file = click.get_current_context().meta.get("edgeops_api_ca")
+    return FleetClient.from_options(url, token, config_path, ca_file)
 
 
 # --------------------------------------------------------------------------- fleet
@@ -198,6 +205,36 @@ def broker_cert_cmd(names, port, config_path, update_config, as_json) -> None:
         click.echo(f"console: put these lines in the [broker] section of {config_path}:")
         click.echo(result["fleet_toml_broker"].split("\n", 1)[1].rstrip())
     click.echo(f"devices: `edgeops fleet enroll DEVICE --method cert` now writes agent.toml files for {result['device_broker_url']}")
+
+
+@fleet.command("api-cert")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--update-config/--no-update-config", default=True, show_default=True, help="point [api] cert_file, key_file and ca_file of fleet.toml at the new files")
+@click.option("--json", "as_json", is_flag=True)
+def api_cert_cmd(names, config_path, update_config, as_json) -> None:
+    """Issue the REST API's TLS certificate for NAMES (host names / IPs operators use) from the fleet CA.
+
+    127.0.0.1 and localhost are always included. Writes enroll/api/{server.crt,server.key,ca.crt};
+    the console serves https from the next `edgeops fleet serve`, and `edgeops rollout ... --config
+    fleet.toml` verifies it with ca.crt (elsewhere: --ca ca.crt or EDGEOPS_FLEET_CA).
+    """
+    from edgeops.fleet.api_tls import set_api_tls, write_api_tls
+    from edgeops.fleet.config import load_config
+
+    result = write_api_tls(load_config(config_path), list(names))
+    if update_config:
+        set_api_tls(config_path, result["cert_file"], result["key_file"], result["ca_file"])
+        result["config_updated"] = config_path
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"api: certificate for {', '.join(result['names'])} in {Path(result['cert_file']).parent}")
+    if update_config:
+        click.echo(f"console: {config_path} [api] now serves https (restart `edgeops fleet serve`)")
+    else:
+        click.echo(f'console: put these lines in the [api] section of {config_path}:\ncert_file = "{result["cert_file"]}"\nkey_file = "{result["key_file"]}"\nca_file = "{result["ca_file"]}"')
+    click.echo(f"clients elsewhere: --url https://{names[0]}:PORT --ca {result['ca_file']} (or EDGEOPS_FLEET_CA)")
 
 
 @fleet.command("devices")
