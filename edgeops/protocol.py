@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 from enum import Enum
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from edgeops.schema import Meta, Schema, SchemaError, field
 
@@ -76,17 +76,74 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
     return parts[2], "/".join(parts[3:])
 
 
+# -- Bounds of what a device may send ----------------------------------------------------------
+# Every number and string a device sends ends up in a database column (fleet/db.py), and some
+# are added up by the rollout gates and /metrics. The schemas below bound each field so that any
+# message that parses fits its column on SQLite and PostgreSQL and any sum the console takes
+# stays inside int64; a value outside its bound makes the message malformed (counted, dropped).
+#
+# - Sequence numbers (events/telemetry ``seq``, ``last_command_seq``) are BIGINT columns, never
+#   summed: 0 .. 2^63-1.
+# - Counts per batch (inferences, errors, NaN, latency histogram counts, dropped batches,
+#   rejected messages) are at most 2^31-1: that fits PostgreSQL INTEGER (``dropped_batches``),
+#   and a batch covers one telemetry interval (seconds to minutes), so 2^31 inferences in one
+#   batch would be over 35 million a second for a minute, far beyond any edge device. The gates
+#   and /metrics add counts over the batches of one question: a million batches (a large fleet
+#   over a long wave) sum to at most 2.1e15, and it takes over 4 billion batches (2^32) to reach
+#   int64's 9.2e18.
+# - ``release`` is an INTEGER column: 0 .. 2^31-1.
+# - Latencies are at most a day in milliseconds; the agreement is a fraction; timestamps are unix
+#   seconds from 0 to 1e10 (year 2286), so a device whose clock is years off still reports (the
+#   console counts the skew, see fleet/ingest.py); every float is finite (NaN/Inf are refused).
+# - Strings are at most as long as their column and never hold NUL or lone surrogates (PostgreSQL
+#   text cannot store them); free text (event details) is bounded and truncated where stored.
+# - Lists and maps are bounded in length, so one message cannot carry unbounded work.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+SEQ_MAX = INT64_MAX
+COUNT_MAX = INT32_MAX
+RELEASE_MAX = INT32_MAX
+TIMESTAMP_MAX = 1e10
+LATENCY_MS_MAX = 86_400_000.0
+FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max: the bound refuses Inf and NaN
+MAX_DETAIL_CHARS = 16_384  # an event's free text (stored truncated to 4,000 characters)
+MAX_GATE_DETAIL_CHARS = 4_096
+MAX_GATES = 64
+MAX_TAGS = 64
+MAX_OUTPUTS = 256
+MAX_LATENCY_BUCKETS = 64
+_TEXT = r"^[^\x00\ud800-\udfff]*$"  # no NUL, no lone surrogates
+
+
+def _text(max_length: int, min_length: int = 0) -> Any:
+    return Annotated[str, Meta(pattern=_TEXT, min_length=min_length, max_length=max_length)]
+
+
 DeviceId = Annotated[str, Meta(pattern=DEVICE_ID_PATTERN)]
 NonNegative = Annotated[int, Meta(ge=0)]
+Seq = Annotated[int, Meta(ge=0, le=SEQ_MAX)]
+Count = Annotated[int, Meta(ge=0, le=COUNT_MAX)]
+Timestamp = Annotated[float, Meta(ge=0.0, le=TIMESTAMP_MAX)]
+Finite = Annotated[float, Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+NonNegativeFinite = Annotated[float, Meta(ge=0.0, le=FLOAT_MAX)]
+LatencyMs = Annotated[float, Meta(ge=0.0, le=LATENCY_MS_MAX)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+ShortText = _text(64)  # a state, an agent version, a gate name
+NameText = _text(128)  # a profile, a command id, an output name, a tag
 
 
 class VersionRef(Schema):
-    """A bundle as devices and the console name it."""
+    """A bundle as devices and the console name it.
 
-    name: str
-    version: str
-    release: int = 0
-    sha256: str | None = None
+    Bounded as the registry stores it (name 128, version and sha256 64 characters) rather than by
+    the manifest's stricter patterns: an agent names a half-known update by what it has (a
+    target path, an empty version), and its events must still get through.
+    """
+
+    name: NameText
+    version: ShortText
+    release: Annotated[int, Meta(ge=0, le=RELEASE_MAX)] = 0
+    sha256: ShortText | None = None
 
 
 class DeviceState(Schema):
@@ -94,15 +151,15 @@ class DeviceState(Schema):
 
     device_id: DeviceId
     online: bool
-    state: str = "idle"
-    profile: str | None = None
+    state: ShortText = "idle"
+    profile: NameText | None = None
     active: VersionRef | None = None
     previous: VersionRef | None = None
     pending: VersionRef | None = None
-    last_command_seq: int = 0
-    agent_version: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    ts: float = field(default_factory=time.time)
+    last_command_seq: Seq = 0
+    agent_version: ShortText = ""
+    tags: Annotated[dict[NameText, _text(256)], Meta(max_length=MAX_TAGS)] = field(default_factory=dict)
+    ts: Timestamp = field(default_factory=time.time)
 
 
 class EventKind(str, Enum):
@@ -128,34 +185,34 @@ class EventKind(str, Enum):
 class GateResult(Schema):
     """One health gate's verdict with the measured value and its threshold."""
 
-    gate: str
+    gate: ShortText
     passed: bool
-    measured: float | None = None
-    threshold: float | None = None
-    detail: str = ""
+    measured: Finite | None = None
+    threshold: Finite | None = None
+    detail: _text(MAX_GATE_DETAIL_CHARS) = ""
 
 
 class DeviceEvent(Schema):
     """One event from a device, QoS 1; ``seq`` de-duplicates redeliveries."""
 
     device_id: DeviceId
-    seq: NonNegative
+    seq: Seq
     kind: EventKind
-    ts: float = field(default_factory=time.time)
+    ts: Timestamp = field(default_factory=time.time)
     target: VersionRef | None = None
-    command_id: str | None = None
-    gates: list[GateResult] = field(default_factory=list)
-    detail: str = ""
+    command_id: NameText | None = None
+    gates: Annotated[list[GateResult], Meta(max_length=MAX_GATES)] = field(default_factory=list)
+    detail: _text(MAX_DETAIL_CHARS) = ""
 
 
 class OutputStats(Schema):
     """Summary statistics of one output over a batch interval, for drift detection."""
 
-    mean: float
-    std: float
-    min: float
-    max: float
-    nan_count: int = 0
+    mean: Finite
+    std: Finite
+    min: Finite
+    max: Finite
+    nan_count: Count = 0
 
 
 class TelemetryBatch(Schema):
@@ -169,25 +226,25 @@ class TelemetryBatch(Schema):
     """
 
     device_id: DeviceId
-    seq: NonNegative
-    ts_start: float
-    ts_end: float
+    seq: Seq
+    ts_start: Timestamp
+    ts_end: Timestamp
     active: VersionRef | None = None
-    state: str = "idle"
-    inference_count: NonNegative = 0
-    error_count: NonNegative = 0
-    nan_count: NonNegative = 0
-    latency_buckets_ms: list[float] = field(default_factory=list)
-    latency_counts: list[int] = field(default_factory=list)
-    latency_p50_ms: float | None = None
-    latency_p95_ms: float | None = None
-    agreement: float | None = None
-    outputs: dict[str, OutputStats] = field(default_factory=dict)
-    cpu_percent: float | None = None
-    memory_rss_mb: float | None = None
-    temperature_c: float | None = None
-    dropped_batches: NonNegative = 0
-    rejected_messages: NonNegative = 0
+    state: ShortText = "idle"
+    inference_count: Count = 0
+    error_count: Count = 0
+    nan_count: Count = 0
+    latency_buckets_ms: Annotated[list[LatencyMs], Meta(max_length=MAX_LATENCY_BUCKETS)] = field(default_factory=list)
+    latency_counts: Annotated[list[Count], Meta(max_length=MAX_LATENCY_BUCKETS + 1)] = field(default_factory=list)
+    latency_p50_ms: LatencyMs | None = None
+    latency_p95_ms: LatencyMs | None = None
+    agreement: Fraction | None = None
+    outputs: Annotated[dict[NameText, OutputStats], Meta(max_length=MAX_OUTPUTS)] = field(default_factory=dict)
+    cpu_percent: NonNegativeFinite | None = None
+    memory_rss_mb: NonNegativeFinite | None = None
+    temperature_c: Finite | None = None
+    dropped_batches: Count = 0
+    rejected_messages: Count = 0
 
 
 CommandKind = Literal["assign", "rollback", "self_test", "report"]
@@ -229,9 +286,9 @@ class FetchRequest(Schema):
     ``metadata/`` or a consistent-snapshot target path under ``targets/``.
     """
 
-    request_id: str
+    request_id: NameText
     path: Annotated[str, Meta(pattern=r"^(metadata|targets)/[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]{0,511}$")]
-    offset: NonNegative = 0
+    offset: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
     length: Annotated[int, Meta(ge=1, le=4 * FETCH_CHUNK_BYTES)] = FETCH_CHUNK_BYTES
 
 

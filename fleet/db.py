@@ -17,6 +17,8 @@ where the last one stopped. Tables (each name gets ``table_prefix``; PostgreSQL 
     audit         rollout history: every status change and operator action
     commands      one-off commands ordered through the API (``self_test`` for ``edgeops hil
                   run --device``): id, device, kind, seq, expiry, bundle, status, timestamps
+    device_clock  per device, the messages whose own timestamp was off the console's receive
+                  clock (ingest.clock_skew): how many, the last offset and when
 
 Timestamps are unix seconds (float) and JSON columns are text, so the schema is identical on
 both dialects. Writes that arrive in volume (ingest) go through ``executemany``; duplicate
@@ -54,6 +56,7 @@ class Tables:
     assignments: sa.Table
     audit: sa.Table
     commands: sa.Table
+    device_clock: sa.Table
 
 
 def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
@@ -205,7 +208,16 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("sent_at", sa.Float),
         sa.Index(f"{prefix}ix_commands_device", "device_id", "created_at"),
     )
-    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands)
+    # A table of its own for the same reason; a row only for devices whose clock was seen off.
+    device_clock = sa.Table(
+        f"{prefix}device_clock",
+        md,
+        sa.Column("device_id", S(64), primary_key=True),
+        sa.Column("skewed_messages", sa.BigInteger, nullable=False, default=0),
+        sa.Column("last_skew_s", sa.Float, nullable=False),
+        sa.Column("last_skewed_at", sa.Float, nullable=False),
+    )
+    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands, device_clock)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -266,13 +278,24 @@ def _pg_type(t: sa.types.TypeEngine) -> str:
     return "text"
 
 
+def float_sum(expr: sa.ColumnElement) -> sa.ColumnElement:
+    """SUM of an integer column in double precision: it cannot overflow on either dialect.
+
+    Ingest bounds every count a device sends (edgeops.protocol.COUNT_MAX), so integer sums over a
+    question stay far inside int64 anyway; summing as float also keeps rows stored before those
+    bounds from failing the gates and /metrics (SQLite raises on an int64 overflow). Counts are
+    exact as floats up to 2^53.
+    """
+    return sa.func.sum(sa.cast(expr, sa.Float))
+
+
 def weighted_p95_sums(tel: sa.Table) -> tuple[sa.ColumnElement, sa.ColumnElement]:
     """SUM(p95 x inferences) and SUM(inferences) over telemetry rows that report a p95: their
     ratio is the inference-weighted mean p95 (the rollout latency gates and the metrics)."""
     reported = tel.c.p95_ms.is_not(None)
     return (
-        sa.func.sum(sa.case((reported, tel.c.p95_ms * tel.c.inference_count), else_=0)),
-        sa.func.sum(sa.case((reported, tel.c.inference_count), else_=0)),
+        sa.func.sum(sa.case((reported, tel.c.p95_ms * sa.cast(tel.c.inference_count, sa.Float)), else_=0.0)),
+        float_sum(sa.case((reported, tel.c.inference_count), else_=0)),
     )
 
 
@@ -377,6 +400,19 @@ class Database:
             stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={c: stmt.excluded[c] for c in cols})
         else:
             stmt = stmt.on_conflict_do_nothing()
+        conn.execute(stmt, list(rows))
+
+    def add_clock_skew(self, conn: Connection, rows: Sequence[dict]) -> None:
+        """Add to the per-device clock-skew counts: dicts with ``device_id``, ``skewed_messages``
+        (this batch), ``last_skew_s`` and ``last_skewed_at``."""
+        if not rows:
+            return
+        t = self.t.device_clock
+        stmt = self._insert(t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device_id"],
+            set_={"skewed_messages": t.c.skewed_messages + stmt.excluded.skewed_messages, "last_skew_s": stmt.excluded.last_skew_s, "last_skewed_at": stmt.excluded.last_skewed_at},
+        )
         conn.execute(stmt, list(rows))
 
     def dispose(self) -> None:

@@ -66,6 +66,8 @@ class IngestStats:
         self.duplicates: Counter[str] = Counter()
         self.malformed: Counter[str] = Counter()
         self.unknown_device: Counter[str] = Counter()
+        self.clock_skew: Counter[str] = Counter()  # stored messages whose device time is off (clock_skew())
+        self.db_rejected: Counter[tuple[str, str]] = Counter()  # (kind, reason): messages the database refused
         self.db_errors = 0
         self.batches = 0
 
@@ -75,18 +77,64 @@ class IngestStats:
             with self._lock:
                 getattr(self, field)[kind] += n
 
-    def snapshot(self) -> dict:
-        """A copy of all counters."""
+    def add_rejected(self, kind: str, reason: str, n: int = 1) -> None:
+        """Count ``n`` messages of ``kind`` the database refused, by reason (see ``REFUSAL_REASONS``)."""
         with self._lock:
+            self.db_rejected[kind, reason] += n
+
+    def snapshot(self) -> dict:
+        """A copy of all counters (``db_rejected``: kind -> reason -> n)."""
+        with self._lock:
+            rejected: dict[str, dict[str, int]] = {}
+            for (kind, reason), n in self.db_rejected.items():
+                rejected.setdefault(kind, {})[reason] = n
             return {
                 "received": dict(self.received),
                 "stored": dict(self.stored),
                 "duplicates": dict(self.duplicates),
                 "malformed": dict(self.malformed),
                 "unknown_device": dict(self.unknown_device),
+                "clock_skew": dict(self.clock_skew),
+                "db_rejected": rejected,
                 "db_errors": self.db_errors,
                 "batches": self.batches,
             }
+
+
+CLOCK_AHEAD_S = 300.0  # a device timestamp this far ahead of the console's receive clock is skew
+CLOCK_BEHIND_S = 7 * 86400.0  # ... or this far behind it (longer than a spool holds a message)
+REFUSAL_REASONS = ("out_of_range", "integrity", "refused")
+
+
+def clock_skew(kind: str, msg, received_at: float) -> float | None:
+    """Seconds the device's own clock is off, judged from one message; None when it looks sane.
+
+    The console places messages on its receive clock and keeps the device's timestamps as data.
+    A message cannot be made after it arrived, so a device time more than ``CLOCK_AHEAD_S`` ahead
+    of ``received_at`` is a clock ahead; a time behind it may be a spool replay after an outage,
+    so only more than ``CLOCK_BEHIND_S`` counts. A telemetry interval that ends before it starts
+    (the clock stepped back) counts too.
+    """
+    ts = msg.ts_end if kind == "telemetry" else msg.ts
+    off = ts - received_at
+    if off > CLOCK_AHEAD_S or off < -CLOCK_BEHIND_S or (kind == "telemetry" and msg.ts_start > msg.ts_end):
+        return off
+    return None
+
+
+def _transient(e: BaseException) -> bool:
+    # the database or the connection failed, not the message: retry the batch, drop nothing
+    return isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError))
+
+
+def _refusal_reason(e: BaseException) -> str:
+    """One of REFUSAL_REASONS for an error the database raised for one message's data."""
+    orig = getattr(e, "orig", None) or e.__cause__ or e
+    if isinstance(e, (OverflowError, sa.exc.DataError)) or isinstance(orig, OverflowError):
+        return "out_of_range"
+    if isinstance(e, sa.exc.IntegrityError):
+        return "integrity"
+    return "refused"
 
 
 def p95_from_histogram(bounds: list[float], counts: list[int]) -> float | None:
@@ -182,16 +230,25 @@ class Ingestor:
                     return
                 continue
             self._gather(items, batch_size)
-            for attempt in range(self.config.db_retries + 1):
+            # The first attempt stores the batch in one go; when the database refuses it, the
+            # next attempts store each message in a savepoint of its own, so one message it
+            # refuses is dropped and counted and never costs the others (issue 13).
+            isolate, failures = False, 0
+            while failures <= self.config.db_retries:
                 try:
-                    self.process(items)
+                    self.process(items, isolate=isolate)
                     break
-                except Exception:  # never let one bad batch kill ingest
-                    log.exception("ingest batch of %d messages failed (attempt %d)", len(items), attempt + 1)
+                except Exception as e:  # never let one bad batch kill ingest
+                    if not isolate and not _transient(e):
+                        log.info("ingest batch of %d messages refused (%s: %s); storing its messages one by one", len(items), type(e).__name__, e)
+                        isolate = True
+                        continue
+                    failures += 1
+                    log.exception("ingest batch of %d messages failed (attempt %d)", len(items), failures)
                     with self.stats._lock:
                         self.stats.db_errors += 1
-                    if attempt < self.config.db_retries and not self._stop.is_set():
-                        time.sleep(min(5.0, 0.5 * 2**attempt))
+                    if failures <= self.config.db_retries and not self._stop.is_set():
+                        time.sleep(min(5.0, 0.5 * 2 ** (failures - 1)))
             try:
                 for item in items:
                     if item[4] is not None:
@@ -242,44 +299,71 @@ class Ingestor:
             for d in set(chunk) - found:
                 self._negative[d] = now + 1.0  # bounds look-ups for a spamming unknown id to 1/s
 
-    def process(self, items: list[tuple]) -> None:
-        """Validate, de-duplicate and store one batch of (device, kind, payload, received_at[, ack])."""
+    def process(self, items: list[tuple], isolate: bool = False) -> None:
+        """Validate, de-duplicate and store one batch of (device, kind, payload, received_at[, ack]).
+
+        ``received_at`` is the console's clock when the message arrived: stored with events and
+        telemetry, it is the time the gates and /metrics select by. With ``isolate`` each message
+        is stored in a savepoint of its own, so a message the database refuses is dropped and
+        counted (``db_rejected`` by reason) while the rest of the batch is stored; a transient
+        database error (connection, lock) still fails the whole attempt, to be retried.
+        """
         db, t = self.db, self.db.t
-        states: dict[str, DeviceState] = {}
-        events: list[DeviceEvent] = []
-        telemetry: list[TelemetryBatch] = []
-        for device, kind, payload, *_ in items:
+        msgs: list[tuple[str, object, float]] = []  # (kind, message, received_at)
+        last_state: dict[str, int] = {}
+        for device, kind, payload, received_at, *_ in items:
             msg = parse_message(KINDS[kind], payload)
             if msg is None or msg.device_id != device:
-                # a body that does not validate, or claims another device than its topic
+                # a body that does not validate (bounds included), or claims another device than its topic
                 self.stats.add("malformed", kind)
                 continue
             if kind == "state":
-                states[device] = msg  # arrival order per topic is publish order: last wins
-            elif kind == "events":
-                events.append(msg)
-            else:
-                telemetry.append(msg)
-        if not (states or events or telemetry):
+                last_state[device] = len(msgs)  # arrival order per topic is publish order: last wins
+            msgs.append((kind, msg, received_at))
+        superseded = {i for i, (kind, m, _) in enumerate(msgs) if kind == "state" and last_state[m.device_id] != i}
+        msgs = [m for i, m in enumerate(msgs) if i not in superseded]
+        if not msgs:
             return
-        received_at = time.time()
+        tally: Counter[tuple[str, str]] = Counter()  # (stats field, kind) -> n, added once committed
+        rejected: Counter[tuple[str, str]] = Counter()  # (kind, reason) -> n
+        final_reports = 0
         with db.begin() as conn:
-            wanted = set(states) | {e.device_id for e in events} | {b.device_id for b in telemetry}
-            self._refresh_known(conn, wanted)
+            self._refresh_known(conn, {m.device_id for _, m, _ in msgs})
             if self.config.auto_register:
-                self._auto_register(conn, [s for d, s in states.items() if d not in self._known])
+                new = [m for kind, m, _ in msgs if kind == "state" and m.device_id not in self._known]
+                for group in ([[s] for s in new] if isolate else [new]):
+                    if self._isolated(conn, isolate, lambda: self._auto_register(conn, group), "state", rejected):
+                        self._known |= {s.device_id for s in group}
             known = self._known
-            for kind, msgs in (("state", list(states.values())), ("events", events), ("telemetry", telemetry)):
-                unknown = sum(1 for m in msgs if m.device_id not in known)
-                self.stats.add("unknown_device", kind, unknown)
-            states = {d: s for d, s in states.items() if d in known}
-            events = [e for e in events if e.device_id in known]
-            telemetry = [b for b in telemetry if b.device_id in known]
+            for kind, m, _ in msgs:
+                if m.device_id not in known:
+                    tally["unknown_device", kind] += 1
+            msgs = [x for x in msgs if x[1].device_id in known]
             seen: dict[str, float] = {}
             health: dict[str, str] = {}
-            self._store_states(conn, list(states.values()), seen)
-            self._store_events(conn, events, received_at, seen, health)
-            self._store_telemetry(conn, telemetry, received_at, seen, health)
+            skew: dict[str, tuple[int, float, float]] = {}  # device -> (messages, last skew s, at)
+            for group in ([[x] for x in msgs] if isolate else [msgs]):
+                part_tally: Counter[tuple[str, str]] = Counter()
+                part_seen: dict[str, float] = {}
+                part_health: dict[str, str] = {}
+                finals = [0]
+
+                def store(group=group, part_tally=part_tally, part_seen=part_seen, part_health=part_health, finals=finals) -> None:
+                    finals[0] = self._store(conn, group, part_tally, part_seen, part_health)
+
+                if not self._isolated(conn, isolate, store, group[0][0], rejected):
+                    continue
+                tally.update(part_tally)
+                final_reports += finals[0]
+                for d, ts in part_seen.items():
+                    seen[d] = max(seen.get(d, 0.0), ts)
+                health.update(part_health)
+                for kind, m, received_at in group:
+                    off = clock_skew(kind, m, received_at)
+                    if off is not None:
+                        tally["clock_skew", kind] += 1
+                        n, _, _ = skew.get(m.device_id, (0, 0.0, 0.0))
+                        skew[m.device_id] = (n + 1, off, received_at)
             if seen or health:
                 # one statement for both: sorted ids keep the row-lock order stable across replicas
                 rows = [{"id": d, "last_seen": seen.get(d), "health": health.get(d)} for d in sorted(set(seen) | set(health))]
@@ -289,8 +373,43 @@ class Ingestor:
                 db.bulk_update(conn, t.devices, "id", full)
                 db.bulk_update(conn, t.devices, "id", only_seen)
                 db.bulk_update(conn, t.devices, "id", only_health)
+            if skew:
+                db.add_clock_skew(conn, [{"device_id": d, "skewed_messages": n, "last_skew_s": off, "last_skewed_at": at} for d, (n, off, at) in sorted(skew.items())])
+        for (field, kind), n in tally.items():
+            self.stats.add(field, kind, n)
+        for (kind, reason), n in rejected.items():
+            self.stats.add_rejected(kind, reason, n)
+        self.final_reports += final_reports
         with self.stats._lock:
             self.stats.batches += 1
+
+    def _isolated(self, conn, isolate: bool, work: Callable[[], None], kind: str, rejected: Counter) -> bool:
+        """Run ``work``; with ``isolate``, in a savepoint: a refusal of this message's data rolls it
+        back and is counted by reason (False), a transient error is raised for the whole batch."""
+        if not isolate:
+            work()
+            return True
+        try:
+            with conn.begin_nested():
+                work()
+            return True
+        except Exception as e:
+            if _transient(e):
+                raise
+            reason = _refusal_reason(e)
+            log.warning("ingest: the database refused one %s message (%s: %s); dropped, the rest of the batch is stored", kind, reason, e)
+            rejected[kind, reason] += 1
+            return False
+
+    def _store(self, conn, msgs: list[tuple[str, object, float]], tally: Counter, seen: dict[str, float], health: dict[str, str]) -> int:
+        """Store validated messages of known devices; returns how many stored events can end an assignment."""
+        states = [(m, r) for kind, m, r in msgs if kind == "state"]
+        events = [(m, r) for kind, m, r in msgs if kind == "events"]
+        telemetry = [(m, r) for kind, m, r in msgs if kind == "telemetry"]
+        self._store_states(conn, [m for m, _ in states], seen, tally)
+        finals = self._store_events(conn, events, seen, health, tally)
+        self._store_telemetry(conn, telemetry, seen, health, tally)
+        return finals
 
     def _auto_register(self, conn, states: list[DeviceState]) -> None:
         if not states:
@@ -301,9 +420,8 @@ class Ingestor:
             for s in states
         ]
         self.db.upsert(conn, self.db.t.devices, rows, ["id"], [])
-        self._known |= {s.device_id for s in states}
 
-    def _store_states(self, conn, states: list[DeviceState], seen: dict[str, float]) -> None:
+    def _store_states(self, conn, states: list[DeviceState], seen: dict[str, float], tally: Counter) -> None:
         if not states:
             return
         t = self.db.t.devices
@@ -356,48 +474,50 @@ class Ingestor:
                 offline,
             )
         progress.apply_states(self.db, conn, states)
-        self.stats.add("stored", "state", len(states))
+        tally["stored", "state"] += len(states)
 
-    def _store_events(self, conn, events: list[DeviceEvent], received_at: float, seen: dict[str, float], health: dict[str, str]) -> None:
-        if not events:
-            return
+    def _store_events(self, conn, received: list[tuple[DeviceEvent, float]], seen: dict[str, float], health: dict[str, str], tally: Counter) -> int:
+        if not received:
+            return 0
+        events = [e for e, _ in received]
+        arrived = {(e.device_id, e.seq): at for e, at in received}
         rows = [
             {
                 "device_id": e.device_id,
                 "seq": e.seq,
                 "kind": e.kind.value,
                 "ts": e.ts,
-                "received_at": received_at,
+                "received_at": at,
                 "target_name": e.target.name if e.target else None,
                 "target_version": e.target.version if e.target else None,
                 "command_id": e.command_id,
                 "detail": e.detail[:4000],
                 "gates": dumps([g.to_dict() for g in e.gates]),
             }
-            for e in events
+            for e, at in received
         ]
         # one batch may hold the same (device, seq) twice (a redelivery racing the original)
         unique = list({(r["device_id"], r["seq"]): r for r in rows}.values())
         inserted = set(self.db.insert_ignore_returning(conn, self.db.t.events, unique, ["device_id", "seq"]))
-        self.stats.add("duplicates", "events", len(events) - len(inserted))
-        self.stats.add("stored", "events", len(inserted))
+        tally["duplicates", "events"] += len(events) - len(inserted)
+        tally["stored", "events"] += len(inserted)
         new = sorted((e for e in {(e.device_id, e.seq): e for e in events}.values() if (e.device_id, e.seq) in inserted), key=lambda e: (e.device_id, e.seq))
         for e in new:
-            seen[e.device_id] = max(seen.get(e.device_id, 0.0), received_at)
+            seen[e.device_id] = max(seen.get(e.device_id, 0.0), arrived[e.device_id, e.seq])
             if e.command_id and e.command_id.startswith(SELF_TEST_COMMAND_PREFIX):
                 pass  # a hil self-test of a candidate bundle says nothing about the device's health
             elif e.kind in _UNHEALTHY_EVENTS:
                 health[e.device_id] = "unhealthy"
             elif e.kind in _HEALTHY_EVENTS:
                 health[e.device_id] = "healthy"
-        progress.apply_events(self.db, conn, new, received_at)
-        self.final_reports += sum(1 for e in new if e.kind in progress.FINAL_EVENTS)
+        progress.apply_events(self.db, conn, new, max(arrived.values()))
+        return sum(1 for e in new if e.kind in progress.FINAL_EVENTS)
 
-    def _store_telemetry(self, conn, batches: list[TelemetryBatch], received_at: float, seen: dict[str, float], health: dict[str, str]) -> None:
-        if not batches:
+    def _store_telemetry(self, conn, received: list[tuple[TelemetryBatch, float]], seen: dict[str, float], health: dict[str, str], tally: Counter) -> None:
+        if not received:
             return
         rows = {}
-        for b in batches:
+        for b, received_at in received:
             p95 = b.latency_p95_ms
             if p95 is None and b.latency_counts:
                 p95 = p95_from_histogram(b.latency_buckets_ms, b.latency_counts)
@@ -418,10 +538,10 @@ class Ingestor:
                 "received_at": received_at,
             }
         inserted = set(self.db.insert_ignore_returning(conn, self.db.t.telemetry, list(rows.values()), ["device_id", "seq"]))
-        self.stats.add("duplicates", "telemetry", len(batches) - len(inserted))
-        self.stats.add("stored", "telemetry", len(inserted))
+        tally["duplicates", "telemetry"] += len(received) - len(inserted)
+        tally["stored", "telemetry"] += len(inserted)
         for key in sorted(inserted):
             r = rows[key]
-            seen[r["device_id"]] = max(seen.get(r["device_id"], 0.0), received_at)
+            seen[r["device_id"]] = max(seen.get(r["device_id"], 0.0), r["received_at"])
             if r["inference_count"]:
                 health[r["device_id"]] = "unhealthy" if (r["nan_count"] or r["error_count"]) else "healthy"

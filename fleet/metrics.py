@@ -15,8 +15,16 @@ replica report the same fleet-wide numbers and survives restarts. Counters of th
     edgeops_telemetry_{inferences,errors,nan}{bundle,version}  sums over the last 5 minutes
     edgeops_telemetry_p95_ms{bundle,version}                   inference-weighted mean p95, last 5 minutes
     edgeops_telemetry_agreement{bundle,version}                mean shadow agreement, last 5 minutes
-    edgeops_ingest_messages_total{kind,result}                 received|stored|duplicate|malformed|unknown_device
+    edgeops_ingest_messages_total{kind,result}                 received|stored|duplicate|malformed|unknown_device|db_rejected
+    edgeops_ingest_db_rejected_total{kind,reason}              messages the database refused (out_of_range|integrity|refused)
+    edgeops_ingest_clock_skew_total{kind}                      stored messages whose device time was off the console's clock
     edgeops_ingest_queue_depth, edgeops_ingest_db_errors_total
+
+Label values never come from free device text: ``bundle``/``version`` are a published
+(bundle, version) of the console's repository, or ``(unpublished)`` for every other version a
+device reports (summed into that one series), so a device that sends 2,000 version strings adds
+no series. ``kind``, ``result``, ``reason`` and ``gate`` come from fixed sets; ``rollout`` and
+``wave`` from the console's own rollouts.
     edgeops_repo_requests_total{result}                        MQTT fetch requests: served|not_found|malformed|errors
     edgeops_reconciler_leader                                  1 on the replica that drives rollouts
 """
@@ -29,20 +37,43 @@ import time
 
 import sqlalchemy as sa
 
-from edgeops.fleet.db import Database, weighted_p95_sums
+from edgeops.fleet.db import Database, float_sum, weighted_p95_sums
 from edgeops.fleet.rollouts.status import RolloutStatus
+from edgeops.fleet.targets import list_targets, published_versions
 
 log = logging.getLogger("edgeops.fleet.metrics")
 
 TELEMETRY_WINDOW_S = 300.0
+UNPUBLISHED = "(unpublished)"  # the bundle and version label of versions the repository does not publish (no bundle name has parentheses)
+
+
+def version_labels(name: str | None, version: str | None, published: set[tuple[str, str]]) -> tuple[str, str]:
+    """The (bundle, version) labels of a version a device reported: itself when published,
+    ``("", "")`` when it reported none, else ``(UNPUBLISHED, UNPUBLISHED)``."""
+    if name is None and version is None:
+        return "", ""
+    if (name, version) in published:
+        return name, version  # type: ignore[return-value]
+    return UNPUBLISHED, UNPUBLISHED
 
 
 class FleetCollector:
     """A prometheus_client collector over the database and the console's live components."""
 
-    def __init__(self, db: Database, console=None):
+    def __init__(self, db: Database, console=None, repo_dir=None):
         self.db = db
         self.console = console
+        self.repo_dir = repo_dir if repo_dir is not None else getattr(console, "repo_dir", None)
+
+    def published(self) -> set[tuple[str, str]]:
+        """(bundle, version) pairs the console's repository publishes (empty without one)."""
+        if self.repo_dir is None:
+            return set()
+        try:
+            return published_versions(list_targets(self.repo_dir))
+        except Exception:
+            log.warning("metrics: cannot read the repository's targets; every version is labelled %s", UNPUBLISHED, exc_info=True)
+            return set()
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -59,7 +90,17 @@ class FleetCollector:
         for result, key in (("received", "received"), ("stored", "stored"), ("duplicate", "duplicates"), ("malformed", "malformed"), ("unknown_device", "unknown_device")):
             for kind, n in snap[key].items():
                 ing.add_metric([kind, result], n)
+        rej = CounterMetricFamily("edgeops_ingest_db_rejected", "Device messages the database refused, dropped alone (the rest of their batch stored)", labels=["kind", "reason"])
+        for kind, reasons in snap["db_rejected"].items():
+            ing.add_metric([kind, "db_rejected"], sum(reasons.values()))
+            for reason, n in reasons.items():
+                rej.add_metric([kind, reason], n)
         yield ing
+        yield rej
+        skew = CounterMetricFamily("edgeops_ingest_clock_skew", "Stored device messages whose own timestamp was off the console's receive clock", labels=["kind"])
+        for kind, n in snap["clock_skew"].items():
+            skew.add_metric([kind], n)
+        yield skew
         yield CounterMetricFamily("edgeops_ingest_db_errors", "Ingest batches that failed to store", value=snap["db_errors"])
         yield GaugeMetricFamily("edgeops_ingest_queue_depth", "Messages waiting for the ingest writer", value=c.ingest.queue_depth)
         if c.repo_server is not None:
@@ -72,16 +113,21 @@ class FleetCollector:
     def _db_metrics(self, Gauge):
         t = self.db.t
         now = time.time()
+        published = self.published()
         with self.db.connect() as conn:
             dev = Gauge("edgeops_devices", "Enrolled devices by online flag", labels=["online"])
             for online, n in conn.execute(sa.select(t.devices.c.online, sa.func.count()).group_by(t.devices.c.online)):
                 dev.add_metric(["true" if online else "false"], n)
             yield dev
             byv = Gauge("edgeops_devices_online_by_version", "Online devices per active bundle version", labels=["bundle", "version"])
+            online: dict[tuple[str, str], int] = {}
             for name, ver, n in conn.execute(
                 sa.select(t.devices.c.active_name, t.devices.c.active_version, sa.func.count()).where(t.devices.c.online.is_(True)).group_by(t.devices.c.active_name, t.devices.c.active_version)
             ):
-                byv.add_metric([name or "", ver or ""], n)
+                key = version_labels(name, ver, published)
+                online[key] = online.get(key, 0) + n
+            for key, n in sorted(online.items()):
+                byv.add_metric(list(key), n)
             yield byv
 
             recent = now - 7 * 86400
@@ -132,31 +178,37 @@ class FleetCollector:
                 sa.select(
                     tel.c.version_name,
                     tel.c.version_version,
-                    sa.func.sum(tel.c.inference_count),
-                    sa.func.sum(tel.c.error_count),
-                    sa.func.sum(tel.c.nan_count),
+                    float_sum(tel.c.inference_count),
+                    float_sum(tel.c.error_count),
+                    float_sum(tel.c.nan_count),
                     *weighted_p95_sums(tel),
-                    sa.func.avg(tel.c.agreement),
+                    sa.func.sum(tel.c.agreement),
+                    sa.func.count(tel.c.agreement),
                 )
                 .where(tel.c.received_at >= now - TELEMETRY_WINDOW_S)
                 .group_by(tel.c.version_name, tel.c.version_version)
             )
-            for name, ver, i, e, n, pw, pn, ag in conn.execute(q):
-                lab = [name or "", ver or ""]
-                inf.add_metric(lab, float(i or 0))
-                err.add_metric(lab, float(e or 0))
-                nan.add_metric(lab, float(n or 0))
+            sums: dict[tuple[str, str], list[float]] = {}  # labels -> [inferences, errors, nan, p95 x n, n, agreement sum, agreement count]
+            for name, ver, *values in conn.execute(q):
+                acc = sums.setdefault(version_labels(name, ver, published), [0.0] * 7)
+                for k, v in enumerate(values):
+                    acc[k] += float(v or 0)
+            for key, (i, e, n, pw, pn, ag, agn) in sorted(sums.items()):
+                lab = list(key)
+                inf.add_metric(lab, i)
+                err.add_metric(lab, e)
+                nan.add_metric(lab, n)
                 if pn:
-                    p95.add_metric(lab, float(pw) / float(pn))
-                if ag is not None:
-                    agr.add_metric(lab, float(ag))
+                    p95.add_metric(lab, pw / pn)
+                if agn:
+                    agr.add_metric(lab, ag / agn)
             yield from (inf, err, nan, p95, agr)
 
 
-def render(db: Database, console=None) -> tuple[bytes, str]:
-    """The /metrics body and its content type."""
+def render(db: Database, console=None, repo_dir=None) -> tuple[bytes, str]:
+    """The /metrics body and its content type (version labels from ``repo_dir``, default the console's repository)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(db, console))
+    registry.register(FleetCollector(db, console, repo_dir))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -40,8 +40,19 @@ def device_ids(db: Database) -> set[str]:
         return {r[0] for r in conn.execute(sa.select(db.t.devices.c.id))}
 
 
+def _devices_select(db: Database):
+    """SELECT of device rows with their clock-skew counts (``device_clock``, outer-joined)."""
+    t, c = db.t.devices, db.t.device_clock
+    return sa.select(t, c.c.skewed_messages, c.c.last_skew_s, c.c.last_skewed_at).select_from(t.outerjoin(c, c.c.device_id == t.c.id))
+
+
 def device_row_to_dict(row) -> dict:
-    """API form of a devices row."""
+    """API form of a devices row.
+
+    ``clock``: how many of the device's messages carried a timestamp off the console's receive
+    clock (edgeops.fleet.ingest.clock_skew), the last offset in seconds (positive: the device's
+    clock is ahead) and when the console saw it; zero and None for a device never seen off.
+    """
     m = row._mapping
 
     def ref(prefix: str):
@@ -67,13 +78,14 @@ def device_row_to_dict(row) -> dict:
         "reported_cmd_seq": m["reported_cmd_seq"],
         "cmd_seq": m["cmd_seq"],
         "enrolled_at": m["enrolled_at"],
+        "clock": {"skewed_messages": m.get("skewed_messages") or 0, "last_skew_s": m.get("last_skew_s"), "last_skewed_at": m.get("last_skewed_at")},
     }
 
 
 def get_device(db: Database, device_id: str) -> dict:
     """One device as a dict; UnknownDeviceError when not enrolled."""
     with db.connect() as conn:
-        row = conn.execute(sa.select(db.t.devices).where(db.t.devices.c.id == device_id)).first()
+        row = conn.execute(_devices_select(db).where(db.t.devices.c.id == device_id)).first()
     if row is None:
         raise UnknownDeviceError(f"device {device_id}: not enrolled (enrol it with `edgeops fleet enroll {device_id}`)")
     return device_row_to_dict(row)
@@ -82,7 +94,7 @@ def get_device(db: Database, device_id: str) -> dict:
 def list_devices(db: Database, online: bool | None = None, version: str | None = None, limit: int | None = None, offset: int = 0) -> list[dict]:
     """Devices ordered by id; filter by online flag and ``NAME@VERSION`` of the active bundle."""
     t = db.t.devices
-    q = sa.select(t).order_by(t.c.id)
+    q = _devices_select(db).order_by(t.c.id)
     if online is not None:
         q = q.where(t.c.online == online)
     if version:

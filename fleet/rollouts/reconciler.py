@@ -48,12 +48,12 @@ from sqlalchemy.engine import Connection
 from edgeops.errors import IllegalTransitionError
 from edgeops.fleet.commands import CommandSender, assign_command, rollback_command
 from edgeops.fleet.config import RolloutConfig
-from edgeops.fleet.db import Database, dumps, weighted_p95_sums
+from edgeops.fleet.db import Database, dumps, float_sum, weighted_p95_sums
 from edgeops.fleet.rollouts import gates as gates_mod
 from edgeops.fleet.rollouts.service import load_rollout, set_rollout_status, set_wave_status, settings_of
 from edgeops.fleet.rollouts.settings import RolloutSettings, Selector
 from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W, wave_label
-from edgeops.fleet.targets import list_targets
+from edgeops.fleet.targets import list_targets, published_versions
 
 log = logging.getLogger("edgeops.fleet.reconciler")
 
@@ -323,9 +323,9 @@ class Reconciler:
         return tuple(
             conn.execute(
                 sa.select(
-                    sa.func.sum(tel.c.inference_count),
-                    sa.func.sum(tel.c.error_count),
-                    sa.func.sum(tel.c.nan_count),
+                    float_sum(tel.c.inference_count),
+                    float_sum(tel.c.error_count),
+                    float_sum(tel.c.nan_count),
                     *weighted_p95_sums(tel),
                     sa.func.count(tel.c.p95_ms),
                     sa.func.avg(tel.c.agreement),
@@ -334,30 +334,62 @@ class Reconciler:
                     tel.c.device_id.in_(members),
                     tel.c.version_name == r["bundle_name"],
                     tel.c.version_version == r["bundle_version"],
-                    tel.c.ts_end >= started - 1.0,
+                    # the console's receive clock, never the device's own ts_end (issue 13)
+                    tel.c.received_at >= started - 1.0,
                 )
             ).first()
         )
 
     def _baseline_of(self, conn: Connection, r: dict, settings: RolloutSettings, now: float) -> tuple:
-        """p95 inputs of the cohort on other versions of the bundle (cached ``BASELINE_TTL_S``)."""
+        """p95 inputs of the cohort on the old versions (cached ``BASELINE_TTL_S``).
+
+        Only what belongs to the question counts: devices the rollout's selector matches, and
+        versions of the bundle the repository publishes other than the new one, received by the
+        console since ``BASELINE_WINDOW_S`` before the rollout was created. A device outside the
+        selection, or a version string no one published, cannot move the baseline. Sums are
+        taken per device in SQL and added up here for the cohort.
+        """
         hit = self._baseline.get(r["id"])
         if hit is not None and 0 <= now - hit[0] < BASELINE_TTL_S:
             return hit[1]
-        tel, d = self.db.t.telemetry, self.db.t.devices
-        base_q = sa.select(
-            *weighted_p95_sums(tel),
-            sa.func.count(tel.c.p95_ms),
-        ).where(
-            tel.c.version_name == r["bundle_name"],
-            tel.c.version_version != r["bundle_version"],
-            tel.c.ts_end >= r["created_at"] - BASELINE_WINDOW_S,
-        )
-        if settings.selector.profile:
-            base_q = base_q.where(tel.c.device_id.in_(sa.select(d.c.id).where(d.c.profile == settings.selector.profile).scalar_subquery()))
-        base = tuple(conn.execute(base_q).first())
+        tel = self.db.t.telemetry
+        old_versions = sorted(v for n, v in published_versions(self._targets()) if n == r["bundle_name"] and v != r["bundle_version"])
+        weighted = weight = count = 0.0
+        if old_versions:
+            cohort = self._cohort(conn, settings.selector)
+            per_device = conn.execute(
+                sa.select(tel.c.device_id, *weighted_p95_sums(tel), sa.func.count(tel.c.p95_ms))
+                .where(
+                    tel.c.version_name == r["bundle_name"],
+                    tel.c.version_version.in_(old_versions),
+                    tel.c.received_at >= r["created_at"] - BASELINE_WINDOW_S,
+                )
+                .group_by(tel.c.device_id)
+            )
+            for device_id, w, n, c in per_device:
+                if device_id in cohort:
+                    weighted, weight, count = weighted + float(w or 0), weight + float(n or 0), count + float(c or 0)
+        base = (weighted, weight, count)
         self._baseline[r["id"]] = (now, base)
         return base
+
+    def _cohort(self, conn: Connection, selector: Selector) -> set[str]:
+        """Ids of the enrolled devices the selector matches."""
+        d = self.db.t.devices
+        q = sa.select(d.c.id, d.c.profile, d.c.tags)
+        if selector.profile is not None:
+            q = q.where(d.c.profile == selector.profile)
+        if selector.devices is not None:
+            q = q.where(d.c.id.in_(selector.devices))
+        parsed: dict[str, dict] = {}
+        out = set()
+        for device_id, profile, tags in conn.execute(q):
+            key = tags or "{}"
+            if key not in parsed:
+                parsed[key] = json.loads(key)
+            if selector.matches(device_id, profile, parsed[key]):
+                out.add(device_id)
+        return out
 
     # -- timeouts --------------------------------------------------------------------------
     def _expire(self, r: dict) -> None:

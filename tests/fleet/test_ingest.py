@@ -170,3 +170,91 @@ def test_hil_self_test_failure_does_not_mark_the_device_unhealthy(db, ingest):
     assert get_device(db, "d2")["health"] == "healthy"
     feed(ingest, event("d2", 3, "self_test_failed", command_id="assign-r1-d2", target="digits@2.0.0"))  # a rollout's
     assert get_device(db, "d2")["health"] == "unhealthy"
+
+
+def _with(msg: tuple[str, bytes], **changes) -> tuple[str, bytes]:
+    """The message with some body fields replaced (any JSON value, in or out of the schema's bounds)."""
+    topic, payload = msg
+    body = json.loads(payload)
+    for key, value in changes.items():
+        target = body
+        *path, last = key.split("__")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return topic, json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        _with(telemetry("d0", 1), seq=2**63),  # issue 13 finding 2: OverflowError on SQLite failed the whole batch
+        _with(telemetry("d0", 1), inference_count=2**62),  # finding 3: sums over it overflowed the gates
+        _with(telemetry("d0", 1), dropped_batches=2**31),  # an INTEGER column on PostgreSQL
+        _with(telemetry("d0", 1), latency_counts=[2**40, 0]),
+        _with(telemetry("d0", 1), ts_end=-1.0),
+        _with(telemetry("d0", 1), latency_p95_ms=1e300),
+        _with(telemetry("d0", 1), active__version="v" * 65),  # VARCHAR(64): PostgreSQL refuses it
+        _with(state("d0"), last_command_seq=2**64),
+        _with(state("d0", active="digits@1.0.0"), active__release=2**31),
+        _with(state("d0"), profile="p" * 129),
+        _with(state("d0"), tags={"k": "\u0000"}),  # PostgreSQL text cannot hold NUL
+        _with(event("d0", 1, "installed"), detail="a\u0000b"),
+        _with(event("d0", 1, "installed"), command_id="c" * 129),
+    ],
+    ids=["seq", "inference_count", "dropped_batches", "latency_counts", "ts_end", "p95", "version", "last_command_seq", "release", "profile", "tag_nul", "detail_nul", "command_id"],
+)
+def test_values_outside_the_bounds_are_malformed_and_the_batch_is_stored(db, ingest, msg):
+    others = [telemetry(f"d{1 + i % 2}", i + 1) for i in range(50)]  # another device's messages in the same batch
+    feed(ingest, msg, *others)
+    s = ingest.stats.snapshot()
+    kind = msg[0].rsplit("/", 1)[1]
+    assert s["malformed"] == {kind: 1} and s["stored"] == {"telemetry": 50} and s["db_errors"] == 0, s
+
+
+@pytest.fixture
+def refuse_telemetry_seq_13(db):
+    """A database that refuses one particular row (a trigger), standing for any value the schema
+    lets through and the database still refuses."""
+    with db.begin() as conn:
+        if db.dialect == "sqlite":
+            conn.exec_driver_sql("CREATE TRIGGER refuse_13 BEFORE INSERT ON telemetry WHEN NEW.seq = 13 BEGIN SELECT RAISE(ABORT, 'seq 13 refused'); END")
+        else:
+            fn = f'"{db.schema}".refuse_13'
+            conn.exec_driver_sql(
+                f"CREATE FUNCTION {fn}() RETURNS trigger AS $$ BEGIN IF NEW.seq = 13 THEN "
+                "RAISE EXCEPTION 'seq 13 refused' USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(f'CREATE TRIGGER refuse_13 BEFORE INSERT ON "{db.schema}".telemetry FOR EACH ROW EXECUTE FUNCTION {fn}()')
+
+
+def test_a_message_the_database_refuses_is_dropped_alone(db, refuse_telemetry_seq_13):
+    register_devices(db, [{"id": f"d{i}"} for i in range(3)])
+    ing = Ingestor(db, IngestConfig(flush_interval_s=0.02, db_retries=0)).start()
+    try:
+        batch = [telemetry("d0", 13)] + [telemetry(f"d{1 + i % 2}", 100 + i) for i in range(50)] + [event("d1", 1, "agent_started"), state("d2", active="digits@1.0.0")]
+        feed(ing, *batch)
+    finally:
+        ing.stop()
+    s = ing.stats.snapshot()
+    assert s["stored"] == {"telemetry": 50, "events": 1, "state": 1}, s
+    assert s["db_rejected"] == {"telemetry": {"integrity": 1}} and s["db_errors"] == 0
+    with db.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(db.t.telemetry)).scalar() == 50
+    assert get_device(db, "d2")["active"]["version"] == "1.0.0" and get_device(db, "d1")["last_seen"] is not None
+
+
+def test_telemetry_is_placed_on_the_console_clock_and_device_skew_is_counted(db, ingest):
+    ten_years = 10 * 365 * 86400.0
+    before = time.time()
+    feed(ingest, _with(telemetry("d0", 1), ts_start=time.time() + ten_years - 10, ts_end=time.time() + ten_years), telemetry("d1", 1))
+    feed(ingest, _with(telemetry("d0", 2), ts_start=time.time() + ten_years - 10, ts_end=time.time() + ten_years))
+    after = time.time()
+    with db.connect() as c:
+        rows = {(r.device_id, r.seq): r for r in c.execute(sa.select(db.t.telemetry))}
+    assert all(before <= r.received_at <= after for r in rows.values())  # the console's clock
+    assert rows["d0", 1].ts_end > before + ten_years - 60  # the device's own time kept as data
+    assert ingest.stats.snapshot()["clock_skew"] == {"telemetry": 2}
+    clock = get_device(db, "d0")["clock"]
+    assert clock["skewed_messages"] == 2 and clock["last_skew_s"] == pytest.approx(ten_years, abs=60) and before <= clock["last_skewed_at"] <= after
+    assert get_device(db, "d1")["clock"] == {"skewed_messages": 0, "last_skew_s": None, "last_skewed_at": None}
