@@ -63,14 +63,26 @@ def fleet() -> None:
 @click.option("--database-url", default="sqlite:///fleet.db", show_default=True, help="or postgresql+psycopg://user@host/db")
 @click.option("--api-bind", default="127.0.0.1:8780", show_default=True)
 @click.option("--no-keys", is_flag=True, help="do not create keys/ and repo/ (use existing ones; edit fleet.toml)")
+@click.option("--root-keys", default=3, show_default=True, type=click.IntRange(1, 16), help="number of TUF root keys (kept in root-keys/, apart from the online keys)")
+@click.option("--root-threshold", default=2, show_default=True, type=click.IntRange(1, 16), help="root signatures needed")
+@click.option("--broker-group", default=None, help="group the broker runs as (reads mosquitto.passwd and its key); default: the mosquitto user's group")
 @click.option("--force", is_flag=True, help="overwrite an existing fleet.toml")
 @click.option("--json", "as_json", is_flag=True)
-def init_cmd(directory, broker_url, database_url, api_bind, no_keys, force, as_json) -> None:
-    """Write fleet.toml (with a fresh API token and console broker password), keys and a TUF repository."""
+def init_cmd(directory, broker_url, database_url, api_bind, no_keys, root_keys, root_threshold, broker_group, force, as_json) -> None:
+    """Write fleet.toml (with a fresh API token and console broker password), keys and a TUF repository.
+
+    Keys: keys/ holds the online keys (targets, snapshot, timestamp, command) and every public
+    key; root-keys/ the root private keys (3, threshold 2 by default): move it to offline media
+    and bring it back to that path only to sign a new root (`edgeops keys rotate`).
+    """
     import os
 
+    from edgeops.fleet.broker_files import broker_access
     from edgeops.fleet.config import config_from_dict, render_toml
     from edgeops.fleet.enroll import set_console_password
+
+    if root_threshold > root_keys:
+        raise ConfigError(f"--root-threshold {root_threshold} is more than --root-keys {root_keys}")
 
     base = Path(directory)
     base.mkdir(parents=True, exist_ok=True)
@@ -80,14 +92,16 @@ def init_cmd(directory, broker_url, database_url, api_bind, no_keys, force, as_j
     token = secrets.token_urlsafe(32)
     console_password = secrets.token_urlsafe(24)
     data = {
-        "broker": {"url": broker_url, "username": "edgeops-console", "password": console_password, "client_id": "edgeops-console"},
+        # no client_id: it is the username, which the generated broker config forces (broker_identity.py)
+        "broker": {"url": broker_url, "username": "edgeops-console", "password": console_password},
         "database": {"url": database_url},
         "repository": {"dir": "repo", "keys_dir": "keys"},
         "api": {"bind": api_bind, "tokens": [token]},
         "rollouts": {"reconcile_interval_s": 2.0, "offline_timeout_s": 300.0},
-        "enroll": {"dir": "enroll", "password_file": "enroll/mosquitto.passwd", "acl_file": "enroll/mosquitto.acl", "ca_dir": "enroll/ca"},
+        "enroll": {"dir": "enroll", "password_file": "enroll/mosquitto.passwd", "acl_file": "enroll/mosquitto.acl", "ca_dir": "enroll/ca", "broker_group": broker_group},
     }
     config = config_from_dict({**data, "base_dir": str(base.resolve())}, source=str(path))
+    access = broker_access(config)  # a bad --broker-group is refused before anything is written
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds secrets
     with os.fdopen(fd, "w") as f:
         f.write("# edgeops fleet console configuration (edgeops fleet init)\n" + render_toml(data))
@@ -98,19 +112,24 @@ def init_cmd(directory, broker_url, database_url, api_bind, no_keys, force, as_j
 
         keys = config.path("keys")
         if not (keys / "keyring.json").exists():
-            Keyring.create(keys, root_keys=1, root_threshold=1, passphrase=passphrase_from_env())
-            made.append(str(keys))
+            Keyring.create(keys, root_keys=root_keys, root_threshold=root_threshold, passphrase=passphrase_from_env(), root_private_dir="../root-keys")
+            made += [str(keys), str(config.path("root-keys"))]
         repo = config.path("repo")
         if not (repo / "metadata" / "timestamp.json").exists():
             Repository.init(repo, Keyring.load(keys, passphrase_from_env()))
             made.append(str(repo))
-    set_console_password(config, console_password)
+    notes = set_console_password(config, console_password, access)
     made.append(str(config.path(config.enroll.dir)))
+    broker_conf = config.path(config.enroll.dir) / "broker"
     if as_json:
-        _echo_json({"config": str(path), "created": made, "api_url": f"http://{api_bind}"})
+        _echo_json({"config": str(path), "created": made, "api_url": f"http://{api_bind}", "broker_dir": str(broker_conf), "notes": notes})
         return
     click.echo(f"wrote {', '.join(made)}")
-    click.echo(f"broker: include {config.path(config.enroll.dir) / 'mosquitto.conf.snippet'} in mosquitto.conf (password file + ACL)")
+    if not no_keys:
+        click.echo(f"keys: move {config.path('root-keys')} (the {root_keys} root keys, {root_threshold} needed to sign) to offline media; keys/ holds the online ones")
+    click.echo(f"broker: add `include_dir {broker_conf.resolve()}` to mosquitto.conf (ACL, password file, listener binding client ids to users)")
+    for note in notes:
+        click.echo(f"broker: {note}")
     click.echo(f"next: edgeops fleet serve --config {path}")
 
 
@@ -148,18 +167,50 @@ def serve_cmd(config_path, log_level) -> None:
 @click.option("--method", type=click.Choice(["password", "cert"]), default="password", show_default=True, help="broker authentication")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
 @click.option("--no-register", is_flag=True, help="write credentials only; do not add the device to the database")
+@click.option("--broker-group", default=None, help="group the broker runs as (default: fleet.toml [enroll] broker_group, else the mosquitto user's group)")
 @click.option("--json", "as_json", is_flag=True)
-def enroll_cmd(device_id, tags, profile, method, config_path, no_register, as_json) -> None:
+def enroll_cmd(device_id, tags, profile, method, config_path, no_register, broker_group, as_json) -> None:
     """Create DEVICE_ID's broker credentials, update the ACL, write its agent.toml, register it."""
+    from edgeops.fleet.broker_files import broker_access
     from edgeops.fleet.config import load_config
     from edgeops.fleet.enroll import enroll_device, parse_tags
 
     config = load_config(config_path)
-    result = enroll_device(config, device_id, parse_tags(tags), profile, method, register=not no_register)
+    result = enroll_device(config, device_id, parse_tags(tags), profile, method, register=not no_register, access=broker_access(config, broker_group))
     if as_json:
         _echo_json(result.to_dict())
         return
     click.echo(f"enrolled {device_id} ({method}); agent config: {result.agent_toml}")
+    for note in result.notes:
+        click.echo(f"broker: {note}")
+    click.echo("reload the broker so it reads the new password file / ACL (e.g. kill -HUP $(pidof mosquitto))")
+
+
+@fleet.command("console-user")
+@click.argument("name")
+@click.option("--method", type=click.Choice(["password", "cert"]), default="password", show_default=True, help="broker authentication")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--broker-group", default=None, help="group the broker runs as (default: fleet.toml [enroll] broker_group, else the mosquitto user's group)")
+@click.option("--json", "as_json", is_flag=True)
+def console_user_cmd(name, method, config_path, broker_group, as_json) -> None:
+    """A broker user NAME for one more console replica (the broker binds client ids to users, so
+    replicas sharing one user would keep taking each other's session).
+
+    Writes enroll/consoles/NAME/broker.toml (0600): put its [broker] lines into that replica's
+    fleet.toml, then reload the broker.
+    """
+    from edgeops.fleet.broker_files import broker_access
+    from edgeops.fleet.config import load_config
+    from edgeops.fleet.enroll import add_console_user
+
+    config = load_config(config_path)
+    result = add_console_user(config, name, method, broker_access(config, broker_group))
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"console user {name} ({method}): copy the [broker] lines of {result['broker_toml']} into that replica's fleet.toml")
+    for note in result["notes"]:
+        click.echo(f"broker: {note}")
     click.echo("reload the broker so it reads the new password file / ACL (e.g. kill -HUP $(pidof mosquitto))")
 
 
@@ -168,37 +219,46 @@ def enroll_cmd(device_id, tags, profile, method, config_path, no_register, as_js
 @click.option("--port", default=8883, show_default=True, type=click.IntRange(1, 65535), help="TLS listener port")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
 @click.option("--update-config/--no-update-config", default=True, show_default=True, help="point fleet.toml's [broker] (console) and [enroll] device_broker_url at the TLS listener")
+@click.option("--broker-group", default=None, help="group the broker runs as (reads server.key); default: fleet.toml [enroll] broker_group, else the mosquitto user's group")
 @click.option("--json", "as_json", is_flag=True)
-def broker_cert_cmd(names, port, config_path, update_config, as_json) -> None:
+def broker_cert_cmd(names, port, config_path, update_config, broker_group, as_json) -> None:
     """Issue the broker's TLS certificate for NAMES (host names / IPs devices use) and the console's client certificate.
 
     Writes enroll/broker/tls-listener.conf to include in mosquitto.conf: a TLS listener where
     every client (devices enrolled with --method cert, and the console) authenticates with a
     certificate from the fleet CA and the certificate's name is its ACL user.
     """
+    from edgeops.fleet.broker_files import broker_access, password_listener_port
     from edgeops.fleet.config import load_config
     from edgeops.fleet.enroll import write_broker_tls
 
-    result = write_broker_tls(load_config(config_path), list(names), port)
+    config = load_config(config_path)
+    result = write_broker_tls(config, list(names), port, broker_access(config, broker_group))
     if update_config:
-        import shutil
         import tomllib
 
-        from edgeops.fleet.config import render_toml
+        from edgeops.fleet.config import config_from_dict, render_toml
+        from edgeops.trust.fsutil import atomic_write
 
-        raw = tomllib.loads(open(config_path, encoding="utf-8").read())
+        original = Path(config_path).read_bytes()
+        raw = tomllib.loads(original.decode("utf-8"))
         raw.setdefault("broker", {}).update(url=result["device_broker_url"], ca_file=result["ca_cert"], cert_file=result["console_cert"], key_file=result["console_key"])
-        raw.setdefault("enroll", {})["device_broker_url"] = result["device_broker_url"]
-        load_config_text = render_toml(raw)
-        shutil.copyfile(config_path, config_path + ".bak")
-        with open(config_path, "w", encoding="utf-8") as f:
-            f.write("# edgeops fleet console configuration (updated by edgeops fleet broker-cert)\n" + load_config_text)
-        load_config(config_path)  # still valid
+        enroll = raw.setdefault("enroll", {})
+        enroll["device_broker_url"] = result["device_broker_url"]
+        # password devices keep the listener they were enrolled for, not the TLS one
+        enroll.setdefault("password_listener_port", password_listener_port(config))
+        text = "# edgeops fleet console configuration (updated by edgeops fleet broker-cert)\n" + render_toml(raw)
+        config_from_dict({**tomllib.loads(text), "base_dir": config.base_dir}, source=config_path)  # still valid before it replaces the file
+        # both hold the API token and the broker password: 0600, written atomically
+        atomic_write(config_path + ".bak", original, mode=0o600)
+        atomic_write(config_path, text.encode("utf-8"), mode=0o600)
         result["config_updated"] = config_path
     if as_json:
         _echo_json(result)
         return
-    click.echo(f"broker: include {result['listener_conf']} in mosquitto.conf, then restart it")
+    click.echo(f"broker: `include_dir {result['broker_dir']}` in mosquitto.conf (tls-listener.conf, security.conf, ...), then restart it")
+    for note in result["notes"]:
+        click.echo(f"broker: {note}")
     if update_config:
         click.echo(f"console: {config_path} now connects to {result['device_broker_url']} with its certificate (previous file: {config_path}.bak)")
     else:

@@ -105,6 +105,10 @@ class FleetConsole:
         """Create the schema if needed and start every component."""
         from edgeops.fleet.repo_server import MqttRepositoryServer, RepositoryRefresher
 
+        if self._use_mqtt:  # before anything starts: a config that lets devices take our session is refused
+            from edgeops.fleet.broker_identity import check_console_identity
+
+            check_console_identity(self.config.broker)
         self.db.create_all()
         self.ingest.start()
         sender = None

@@ -14,10 +14,17 @@ other user, through ``pattern`` lines with ``%u``, only its own subtree: it may 
 state, events, telemetry and fetch requests, and read its commands and fetch responses, so it
 can neither read another device's commands nor publish as another device.
 
+Both listeners of the generated broker config bind the client id to the authenticated
+identity (``use_username_as_clientid``), so a device cannot take over the console's or another
+device's session whatever client id it sends; each console replica gets its own broker user
+(:func:`add_console_user`).
+
 Files under ``enroll.dir`` (see fleet.toml)::
 
-    mosquitto.passwd  mosquitto.acl  mosquitto.conf.snippet
+    mosquitto.passwd  mosquitto.acl   password hashes (0640, broker's group) and the ACL
+    broker/*.conf  broker/server.*    the broker's config and TLS files (see broker_files.py)
     ca/ca.key ca/ca.crt               the fleet CA (cert mode)
+    consoles/<name>/                  broker credentials of an extra console replica
     devices/<id>/agent.toml password root.json command-*.pub.json [client.crt client.key ca.crt]
 
 Mosquitto reads the password and ACL files at start and on SIGHUP: reload it after enrolling.
@@ -36,6 +43,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeops.errors import ConfigError, FleetError
+from edgeops.fleet.broker_files import (
+    BrokerAccess,
+    broker_access,
+    broker_dir,
+    password_listener_port,
+    tls_device_url,
+    tls_listener_conf,
+    write_broker_confs,
+    write_broker_file,
+    write_tls_record,
+)
 from edgeops.fleet.config import FleetConfig, render_toml
 from edgeops.protocol import PROTOCOL, valid_device_id
 
@@ -91,18 +109,22 @@ class PasswordFile:
         """Add or replace the entry of ``username``."""
         self.entries[username] = mosquitto_hash(password)
 
-    def save(self) -> None:
-        """Write the file (0600)."""
-        _write_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(self.entries.items())))
+    def save(self, access: BrokerAccess | None = None) -> str | None:
+        """Write the file atomically, readable by the broker's group (0640; 0600 without one).
+
+        Returns a warning when the group could not be set (see ``write_broker_file``).
+        """
+        return write_broker_file(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(self.entries.items())), access, secret=True)
 
 
-def acl_text(console_username: str) -> str:
-    """The mosquitto ACL: the console sees everything, each device only its own subtree."""
+def acl_text(console_usernames: str | list[str]) -> str:
+    """The mosquitto ACL: the console users see everything, each device only its own subtree."""
     p = PROTOCOL
+    users = [console_usernames] if isinstance(console_usernames, str) else list(console_usernames)
+    consoles = "".join(f"user {u}\ntopic readwrite {p}/#\n" for u in users)
     return (
         "# edgeops broker ACL (written by `edgeops fleet enroll`; regenerate rather than edit)\n"
-        f"user {console_username}\n"
-        f"topic readwrite {p}/#\n"
+        f"{consoles}"
         "\n"
         "# every other user (a device: username = device id = %u) is confined to its own subtree\n"
         f"pattern write {p}/%u/state\n"
@@ -111,24 +133,6 @@ def acl_text(console_username: str) -> str:
         f"pattern write {p}/%u/fetch/req\n"
         f"pattern read {p}/%u/cmd\n"
         f"pattern read {p}/%u/fetch/resp\n"
-    )
-
-
-def broker_snippet(config: FleetConfig) -> str:
-    """mosquitto.conf lines that use the generated password file and ACL."""
-    e = config.enroll
-    return (
-        "# include in mosquitto.conf (edgeops fleet)\n"
-        "allow_anonymous false\n"
-        "# agents fetch bundles as request/response chunks: without this every request waits for\n"
-        "# a delayed ACK (~40 ms on Linux); bench/agent.py measured 951 ms vs 226 ms for 20 MB\n"
-        "set_tcp_nodelay true\n"
-        f"password_file {config.path(e.password_file).resolve()}\n"
-        f"acl_file {config.path(e.acl_file).resolve()}\n"
-        "# for X.509 client certificates instead (a TLS listener):\n"
-        f"# cafile {config.path(e.ca_dir).resolve() / 'ca.crt'}\n"
-        "# require_certificate true\n"
-        "# use_identity_as_username true\n"
     )
 
 
@@ -244,55 +248,52 @@ class FleetCA:
         )
 
 
-def write_broker_tls(config: FleetConfig, names: list[str], port: int = 8883) -> dict:
+def write_broker_tls(config: FleetConfig, names: list[str], port: int = 8883, access: BrokerAccess | None = None) -> dict:
     """Issue the broker's server certificate and the console's client certificate from the fleet CA.
 
-    Writes ENROLL/broker/{server.crt,server.key,ca.crt,tls-listener.conf} and
+    Writes ENROLL/broker/{server.crt,server.key,ca.crt,tls-listener.conf,tls.json} (the key
+    0640 with the broker's group, see broker_files.py), the shared security.conf, and
     ENROLL/console/{client.crt,client.key}; returns their paths and the fleet.toml [broker]
     lines the console needs. Devices enrolled with ``--method cert`` then connect with their own
-    certificates (identity = device id = ACL user), so the broker needs no password file.
+    certificates (identity = device id = ACL user = client id), so the broker needs no password
+    file for them.
     """
+    access = access or broker_access(config)
     ca = FleetCA(config.path(config.enroll.ca_dir))
     key_pem, cert_pem = ca.issue_server(names)
-    broker_dir = config.path(config.enroll.dir) / "broker"
-    broker_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(broker_dir / "server.key", key_pem)
-    _write_private(broker_dir / "server.crt", cert_pem, 0o644)
-    shutil.copyfile(ca.cert_path, broker_dir / "ca.crt")
+    bdir = broker_dir(config)
+    notes = [access.note]
+    warning = write_broker_file(bdir / "server.key", key_pem, access, secret=True)
+    notes += [warning] if warning else []
+    write_broker_file(bdir / "server.crt", cert_pem)
+    write_broker_file(bdir / "ca.crt", ca.cert_path.read_bytes())
     console_dir = config.path(config.enroll.dir) / "console"
-    console_dir.mkdir(parents=True, exist_ok=True)
     ckey, ccert = ca.issue(config.enroll.console_username)
     _write_private(console_dir / "client.key", ckey)
     _write_private(console_dir / "client.crt", ccert, 0o644)
-    listener = (
-        "# TLS listener for edgeops devices and console (edgeops fleet broker-cert)\n"
-        f"listener {port}\n"
-        f"cafile {(broker_dir / 'ca.crt').resolve()}\n"
-        f"certfile {(broker_dir / 'server.crt').resolve()}\n"
-        f"keyfile {(broker_dir / 'server.key').resolve()}\n"
-        "require_certificate true\n"
-        "use_identity_as_username true\n"
-        "set_tcp_nodelay true\n"
-        f"acl_file {ensure_acl(config).resolve()}\n"
-    )
-    (broker_dir / "tls-listener.conf").write_text(listener)
+    write_broker_file(bdir / "tls-listener.conf", tls_listener_conf(port, bdir / "ca.crt", bdir / "server.crt", bdir / "server.key"))
+    ensure_acl(config, access)
     host = names[0]
+    device_url = f"mqtts://{host}:{port}"
+    write_tls_record(config, device_url)
     toml_lines = (
         "[broker]\n"
-        f'url = "mqtts://{host}:{port}"\n'
-        f'ca_file = "{(broker_dir / "ca.crt").resolve()}"\n'
+        f'url = "{device_url}"\n'
+        f'ca_file = "{(bdir / "ca.crt").resolve()}"\n'
         f'cert_file = "{(console_dir / "client.crt").resolve()}"\n'
         f'key_file = "{(console_dir / "client.key").resolve()}"\n'
     )
     return {
-        "server_cert": str(broker_dir / "server.crt"),
-        "server_key": str(broker_dir / "server.key"),
-        "ca_cert": str(broker_dir / "ca.crt"),
-        "listener_conf": str(broker_dir / "tls-listener.conf"),
+        "server_cert": str(bdir / "server.crt"),
+        "server_key": str(bdir / "server.key"),
+        "ca_cert": str(bdir / "ca.crt"),
+        "listener_conf": str(bdir / "tls-listener.conf"),
+        "broker_dir": str(bdir),
         "console_cert": str(console_dir / "client.crt"),
         "console_key": str(console_dir / "client.key"),
         "fleet_toml_broker": toml_lines,
-        "device_broker_url": f"mqtts://{host}:{port}",
+        "device_broker_url": device_url,
+        "notes": notes,
     }
 
 
@@ -306,10 +307,11 @@ class Enrollment:
     agent_toml: Path
     files: list[Path] = field(default_factory=list)
     password: str | None = None
+    notes: list[str] = field(default_factory=list)  # what was done about the broker files' group
 
     def to_dict(self) -> dict:
         """JSON form (the password is not included)."""
-        return {"device_id": self.device_id, "method": self.method, "device_dir": str(self.device_dir), "agent_toml": str(self.agent_toml), "files": [str(f) for f in self.files]}
+        return {"device_id": self.device_id, "method": self.method, "device_dir": str(self.device_dir), "agent_toml": str(self.agent_toml), "files": [str(f) for f in self.files], "notes": self.notes}
 
 
 def parse_tags(text: str | None) -> dict[str, str]:
@@ -323,20 +325,108 @@ def parse_tags(text: str | None) -> dict[str, str]:
     return tags
 
 
-def ensure_acl(config: FleetConfig) -> Path:
-    """(Re)write the ACL file and the broker config snippet."""
+def consoles_dir(config: FleetConfig) -> Path:
+    """ENROLL/consoles: one folder per extra console replica user."""
+    return config.path(config.enroll.dir) / "consoles"
+
+
+def console_users(config: FleetConfig) -> list[str]:
+    """Broker users with the whole tree: the console's and one per extra replica."""
+    extra = sorted(d.name for d in consoles_dir(config).iterdir() if d.is_dir()) if consoles_dir(config).is_dir() else []
+    return [config.enroll.console_username] + [u for u in extra if u != config.enroll.console_username]
+
+
+def ensure_acl(config: FleetConfig, access: BrokerAccess | None = None) -> Path:
+    """(Re)write the ACL file and the broker's security.conf / password-listener.conf."""
     acl = config.path(config.enroll.acl_file)
-    _write_private(acl, acl_text(config.enroll.console_username), 0o644)
-    _write_private(config.path(config.enroll.dir) / "mosquitto.conf.snippet", broker_snippet(config), 0o644)
+    write_broker_file(acl, acl_text(console_users(config)), access)
+    write_broker_confs(config)
     return acl
 
 
-def set_console_password(config: FleetConfig, password: str) -> None:
-    """Put the console's own broker user into the password file."""
+def set_console_password(config: FleetConfig, password: str, access: BrokerAccess | None = None) -> list[str]:
+    """Put the console's own broker user into the password file; returns notes on its group."""
+    access = access or broker_access(config)
     pw = PasswordFile(config.path(config.enroll.password_file))
     pw.set(config.enroll.console_username, password)
-    pw.save()
-    ensure_acl(config)
+    warning = pw.save(access)
+    ensure_acl(config, access)
+    return [access.note] + ([warning] if warning else [])
+
+
+def _device_url(config: FleetConfig, method: str) -> str:
+    """The broker URL a device enrolled with ``method`` reaches its listener at.
+
+    Password devices use the password listener (an mqtts:// URL there would be the certificate
+    listener, which ignores passwords); certificate devices the TLS listener ``broker-cert``
+    made (its port, not the plain one with an s added).
+    """
+    from urllib.parse import urlparse
+
+    configured = config.enroll.device_broker_url
+    scheme = urlparse(configured).scheme if configured else None
+    if method == "password":
+        if scheme in ("mqtt", "tcp"):
+            return configured
+        port = password_listener_port(config)
+        if not port:
+            raise ConfigError("--method password: fleet.toml [enroll] password_listener_port = 0 (no password listener); enroll with --method cert or set the port")
+        host = urlparse(configured or config.broker.url).hostname or "127.0.0.1"
+        return f"mqtt://{host}:{port}"
+    if scheme in ("mqtts", "ssl"):
+        return configured
+    recorded = tls_device_url(config)
+    if recorded:
+        return recorded
+    raise ConfigError(
+        "--method cert: no TLS listener yet; run `edgeops fleet broker-cert HOST ...` first "
+        "(or set device_broker_url = \"mqtts://host:port\" in fleet.toml [enroll])"
+    )
+
+
+def _check_user_name(config: FleetConfig, name: str, kind: str) -> None:
+    if not valid_device_id(name):
+        raise ConfigError(f"{kind} {name!r}: use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)")
+    if kind == "device id" and name in console_users(config):
+        raise ConfigError(f"device id {name!r} is a console's broker user; pick another id")
+    if kind == "console user" and (config.path(config.enroll.dir) / "devices" / name).exists():
+        raise ConfigError(f"console user {name!r} is an enrolled device; pick another name")
+
+
+def add_console_user(config: FleetConfig, name: str, method: str = "password", access: BrokerAccess | None = None) -> dict:
+    """A broker user for one more console replica (the broker forces client id = user, so each
+    replica needs its own, or they would keep taking each other's session).
+
+    Writes ENROLL/consoles/NAME/broker.toml (0600): the ``[broker]`` lines for that replica's
+    fleet.toml; with ``password`` a password file entry, with ``cert`` a client certificate
+    (CN = NAME). Regenerates the ACL so the user gets the whole tree.
+    """
+    _check_user_name(config, name, "console user")
+    if method not in ("password", "cert"):
+        raise ConfigError(f"--method {method!r}: password or cert")
+    access = access or broker_access(config)
+    d = consoles_dir(config) / name
+    d.mkdir(parents=True, exist_ok=True)
+    notes = [access.note]
+    broker: dict = {"username": name}
+    if method == "password":
+        password = secrets.token_urlsafe(24)
+        pw = PasswordFile(config.path(config.enroll.password_file))
+        pw.set(name, password)
+        warning = pw.save(access)
+        notes += [warning] if warning else []
+        broker.update(url=_device_url(config, "password"), password=password)
+    else:
+        ca = FleetCA(config.path(config.enroll.ca_dir))
+        key_pem, cert_pem = ca.issue(name)
+        _write_private(d / "client.key", key_pem)
+        _write_private(d / "client.crt", cert_pem, 0o644)
+        _write_private(d / "ca.crt", ca.cert_path.read_bytes(), 0o644)
+        broker.update(url=_device_url(config, "cert"), ca_file=str((d / "ca.crt").resolve()), cert_file=str((d / "client.crt").resolve()), key_file=str((d / "client.key").resolve()))
+    acl = ensure_acl(config, access)
+    toml = d / "broker.toml"
+    _write_private(toml, f"# [broker] of console replica {name!r} (edgeops fleet console-user); secret: keep 0600\n" + render_toml({"broker": broker}))
+    return {"user": name, "method": method, "broker_toml": str(toml), "acl": str(acl), "notes": notes}
 
 
 def _copy_trust_files(config: FleetConfig, device_dir: Path) -> tuple[Path | None, list[Path]]:
@@ -365,23 +455,24 @@ def enroll_device(
     method: str = "password",
     password: str | None = None,
     register: bool = True,
+    access: BrokerAccess | None = None,
 ) -> Enrollment:
     """Create credentials, update the ACL, write the device's agent.toml, register it in the database."""
-    if not valid_device_id(device_id):
-        raise ConfigError(f"device id {device_id!r}: use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)")
-    if device_id == config.enroll.console_username:
-        raise ConfigError(f"device id {device_id!r} is the console's broker user; pick another id")
+    _check_user_name(config, device_id, "device id")
     if method not in ("password", "cert"):
         raise ConfigError(f"--method {method!r}: password or cert")
+    access = access or broker_access(config)
+    notes = [access.note]
+    broker: dict = {"url": _device_url(config, method), "mqtt_version": "5", "username": device_id}
     device_dir = config.path(config.enroll.dir) / "devices" / device_id
     device_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    broker: dict = {"url": config.enroll.device_broker_url or config.broker.url, "mqtt_version": "5", "username": device_id}
     if method == "password":
         password = password or secrets.token_urlsafe(24)
         pw = PasswordFile(config.path(config.enroll.password_file))
         pw.set(device_id, password)
-        pw.save()
+        warning = pw.save(access)
+        notes += [warning] if warning else []
         _write_private(device_dir / "password", password + "\n")
         files += [pw.path, device_dir / "password"]
         broker["password_file"] = "password"
@@ -393,9 +484,7 @@ def enroll_device(
         shutil.copyfile(ca.cert_path, device_dir / "ca.crt")
         files += [device_dir / "client.key", device_dir / "client.crt", device_dir / "ca.crt"]
         broker.update(client_cert="client.crt", client_key="client.key", ca_file="ca.crt")
-        if not broker["url"].startswith("mqtts://"):
-            broker["url"] = "mqtts://" + broker["url"].split("://", 1)[-1]
-    files.append(ensure_acl(config))
+    files.append(ensure_acl(config, access))
     root, trust_files = _copy_trust_files(config, device_dir)
     files += trust_files
     agent = {
@@ -426,4 +515,4 @@ def enroll_device(
             raise FleetError(f"device {device_id}: credentials written, but registering it in {config.database.url} failed: {e}") from e
         finally:
             db.dispose()
-    return Enrollment(device_id, method, device_dir, agent_toml, files, password)
+    return Enrollment(device_id, method, device_dir, agent_toml, files, password, notes)

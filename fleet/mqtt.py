@@ -13,7 +13,6 @@ import logging
 import ssl
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from edgeops.errors import FleetError
@@ -57,10 +56,19 @@ def _make_client(cfg: BrokerConfig, protocol: str, client_id: str):
 
 
 def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
-    """'5' when the broker accepts an MQTT 5 connection from these credentials, else '3.1.1'."""
-    import paho.mqtt.client as mqtt
+    """'5' when the broker accepts an MQTT 5 connection from these credentials, else '3.1.1'.
 
-    client = _make_client(cfg, "5", f"{cfg.client_id}-probe-{uuid.uuid4().hex[:6]}")
+    The probe resumes the console's own session (same client id, clean_start off, same expiry)
+    and acknowledges nothing: a broker that binds client ids to usernames gives any connection
+    of the console's user the console's session, and a clean start there would throw away the
+    events and telemetry queued for it. Unacknowledged messages are delivered again on the
+    real connection.
+    """
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = _make_client(cfg, "5", cfg.client_id)
+    client.manual_ack_set(True)
     result: dict = {}
     done = threading.Event()
 
@@ -75,7 +83,9 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     try:
-        client.connect(cfg.host, cfg.port, keepalive=10, clean_start=True)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        client.connect(cfg.host, cfg.port, keepalive=10, clean_start=False, properties=props)
     except OSError as e:
         raise FleetError(f"broker {cfg.url}: cannot connect ({e})") from e
     client.loop_start()

@@ -48,8 +48,9 @@ def keys() -> None:
 @click.option("--root-threshold", default=2, show_default=True, type=click.IntRange(1, 16), help="root signatures needed")
 @click.option("--expiry-days", "expiry", multiple=True, metavar="ROLE=DAYS", help="override a role's expiry period, e.g. timestamp=1 (defaults: root 365, targets 90, snapshot 7, timestamp 1)")
 @click.option("--passphrase-prompt", is_flag=True, help="encrypt private keys with a passphrase typed now (else $EDGEOPS_KEY_PASSPHRASE, else unencrypted)")
+@click.option("--root-dir", default=None, metavar="DIR", help="keep the root private keys in DIR (relative to KEYS or absolute), apart from the online keys")
 @click.option("--json", "as_json", is_flag=True, help="print the created keys as JSON")
-def keys_init(keys_dir: str, root_keys: int, root_threshold: int, expiry: tuple[str, ...], passphrase_prompt: bool, as_json: bool) -> None:
+def keys_init(keys_dir: str, root_keys: int, root_threshold: int, expiry: tuple[str, ...], passphrase_prompt: bool, root_dir: str | None, as_json: bool) -> None:
     """Generate Ed25519 keys for root, targets, snapshot, timestamp and command signing."""
     from edgeops.trust.keys import DEFAULT_EXPIRY_DAYS, Keyring, passphrase_from_env
 
@@ -67,7 +68,7 @@ def keys_init(keys_dir: str, root_keys: int, root_threshold: int, expiry: tuple[
         if overrides[role] <= 0:
             raise ConfigError(f"--expiry-days {item!r}: DAYS must be positive")
     passphrase = click.prompt("passphrase for the new keys", hide_input=True, confirmation_prompt=True) if passphrase_prompt else passphrase_from_env()
-    ring = Keyring.create(keys_dir, root_keys=root_keys, root_threshold=root_threshold, expiry_days=overrides, passphrase=passphrase)
+    ring = Keyring.create(keys_dir, root_keys=root_keys, root_threshold=root_threshold, expiry_days=overrides, passphrase=passphrase, root_private_dir=root_dir)
     _show(ring, as_json, encrypted=bool(passphrase))
 
 
@@ -77,7 +78,7 @@ def _show(ring, as_json: bool, encrypted: bool | None = None) -> None:
         data["roles"][role] = {
             "threshold": entry.threshold,
             "expiry_days": entry.expiry_days,
-            "keys": [{"name": name, "keyid": key.keyid, "private_key_present": (ring.directory / f"{name}.key").exists()} for name, key in zip(entry.keys, ring.public_keys(role))],
+            "keys": [{"name": name, "keyid": key.keyid, "private_key_present": (ring.private_dir(role) / f"{name}.key").exists()} for name, key in zip(entry.keys, ring.public_keys(role))],
         }
     if encrypted is not None:
         data["encrypted"] = encrypted

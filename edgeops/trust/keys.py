@@ -7,6 +7,11 @@ A key directory (``edgeops keys init --keys DIR``) holds::
     <role>-<n>.pub.json       the public key in securesystemslib/TUF form (keyid, keytype, keyval)
     retired/                  keys replaced by ``edgeops keys rotate`` (kept for audit)
 
+A role may keep its private keys in another folder (keyring.json ``private_dir``, relative to
+the key directory or absolute): ``edgeops fleet init`` puts the root keys in ``../root-keys``,
+apart from the online keys, so they can be moved to offline media and brought back (to that
+path) only to sign a new root. Public keys always stay in the key directory.
+
 Roles: ``root``, ``targets``, ``snapshot``, ``timestamp`` (TUF) and ``command`` (the console's
 key for DSSE command envelopes; devices get ``command-*.pub.json``).
 
@@ -53,14 +58,18 @@ def _resolve_passphrase(passphrase: Passphrase, path: Path) -> bytes | None:
     return passphrase or None
 
 
-def generate_key(directory: str | Path, name: str, passphrase: Passphrase = None) -> SSlibKey:
+def generate_key(directory: str | Path, name: str, passphrase: Passphrase = None, private_dir: str | Path | None = None) -> SSlibKey:
     """Create ``<name>.key`` (0600, encrypted when a passphrase is given) and ``<name>.pub.json``.
 
+    The private key goes to ``private_dir`` (made 0700) when given, else next to the public one.
     Refuses to overwrite an existing key file (KeyFileError).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    key_path = directory / f"{name}.key"
+    if private_dir is not None:
+        Path(private_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(private_dir, 0o700)
+    key_path = Path(private_dir or directory) / f"{name}.key"
     if key_path.exists():
         raise KeyFileError(f"{key_path}: key file exists already; move it away or use `edgeops keys rotate`")
     private = Ed25519PrivateKey.generate()
@@ -127,12 +136,15 @@ class RoleKeys:
     keys: list[str]
     threshold: int = 1
     expiry_days: float | None = None
+    private_dir: str | None = None  # where the private keys live (relative to the key directory); None: there
 
     def to_dict(self) -> dict:
         """JSON form."""
         out: dict = {"keys": list(self.keys), "threshold": self.threshold}
         if self.expiry_days is not None:
             out["expiry_days"] = self.expiry_days
+        if self.private_dir is not None:
+            out["private_dir"] = self.private_dir
         return out
 
 
@@ -152,8 +164,13 @@ class Keyring:
         root_threshold: int = 2,
         expiry_days: dict[str, float] | None = None,
         passphrase: Passphrase = None,
+        root_private_dir: str | None = None,
     ) -> "Keyring":
-        """Generate all keys in a new (or empty) directory and write keyring.json."""
+        """Generate all keys in a new (or empty) directory and write keyring.json.
+
+        ``root_private_dir`` (relative to ``directory`` or absolute) keeps the root private keys
+        apart from the online ones.
+        """
         directory = Path(directory)
         if (directory / KEYRING_NAME).exists():
             raise KeyFileError(f"{directory}: a keyring exists already (keyring.json); use `edgeops keys rotate ROLE`")
@@ -166,9 +183,9 @@ class Keyring:
         for role in ALL_ROLES:
             count = root_keys if role == "root" else 1
             names = [f"{role}-{i + 1}" for i in range(count)]
+            ring.roles[role] = RoleKeys(names, root_threshold if role == "root" else 1, expiry.get(role), root_private_dir if role == "root" else None)
             for name in names:
-                generate_key(directory, name, passphrase)
-            ring.roles[role] = RoleKeys(names, root_threshold if role == "root" else 1, expiry.get(role))
+                generate_key(directory, name, passphrase, ring.private_dir(role))
         ring.save()
         return ring
 
@@ -179,7 +196,7 @@ class Keyring:
         path = directory / KEYRING_NAME
         try:
             data = json.loads(path.read_bytes())
-            roles = {name: RoleKeys(list(r["keys"]), int(r.get("threshold", 1)), r.get("expiry_days")) for name, r in data["roles"].items()}
+            roles = {name: RoleKeys(list(r["keys"]), int(r.get("threshold", 1)), r.get("expiry_days"), r.get("private_dir")) for name, r in data["roles"].items()}
         except OSError as e:
             raise KeyFileError(f"{path}: cannot read keyring ({e.strerror or e}); create one with `edgeops keys init --keys {directory}`") from e
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -198,6 +215,14 @@ class Keyring:
         except KeyError:
             raise KeyFileError(f"{self.directory / KEYRING_NAME}: no keys for role {role!r}") from None
 
+    def private_dir(self, role: str) -> Path:
+        """The folder holding the private keys of ``role`` (the key directory unless keyring.json says otherwise)."""
+        entry = self.roles.get(role)
+        if entry is None or not entry.private_dir:
+            return self.directory
+        p = Path(entry.private_dir).expanduser()
+        return p if p.is_absolute() else self.directory / p
+
     def public_keys(self, role: str) -> list[SSlibKey]:
         """The public keys of a role."""
         return [load_public_key(self.directory / f"{name}.pub.json") for name in self.role(role).keys]
@@ -209,14 +234,16 @@ class Keyring:
         (default: the role's threshold) are available.
         """
         entry = self.role(role)
+        where = self.private_dir(role)
         out: list[Signer] = []
         for name in entry.keys:
-            key_path = self.directory / f"{name}.key"
+            key_path = where / f"{name}.key"
             if key_path.exists():
                 out.append(load_signer(key_path, self.passphrase))
         need = entry.threshold if minimum is None else minimum
         if len(out) < need:
-            raise KeyFileError(f"{self.directory}: {len(out)} private key(s) of role {role!r} available, {need} needed")
+            offline = f" (keyring.json keeps them in {where}: bring the offline keys back there)" if where != self.directory else ""
+            raise KeyFileError(f"{self.directory}: {len(out)} private key(s) of role {role!r} available in {where}, {need} needed{offline}")
         return out
 
     def expiry_days(self, role: str) -> float:
@@ -228,15 +255,17 @@ class Keyring:
     def next_key_name(self, role: str) -> str:
         """A key file name for a new key of ``role`` that is not used yet (nor retired)."""
         n = 1
-        while (self.directory / f"{role}-{n}.key").exists() or (self.directory / "retired" / f"{role}-{n}.key").exists() or (self.directory / f"{role}-{n}.pub.json").exists():
+        dirs = {self.directory, self.private_dir(role)}
+        while any((d / f"{role}-{n}.key").exists() or (d / "retired" / f"{role}-{n}.key").exists() for d in dirs) or (self.directory / f"{role}-{n}.pub.json").exists():
             n += 1
         return f"{role}-{n}"
 
     def retire(self, name: str) -> None:
         """Move a key's files to ``retired/`` (kept for audit; no longer used)."""
-        retired = self.directory / "retired"
-        retired.mkdir(mode=0o700, exist_ok=True)
-        for suffix in (".key", ".pub.json"):
-            src = self.directory / f"{name}{suffix}"
+        role = next((r for r, entry in self.roles.items() if name in entry.keys), name.rsplit("-", 1)[0])
+        for folder, suffix in ((self.private_dir(role), ".key"), (self.directory, ".key"), (self.directory, ".pub.json")):
+            src = folder / f"{name}{suffix}"
             if src.exists():
+                retired = folder / "retired"
+                retired.mkdir(mode=0o700, exist_ok=True)
                 os.replace(src, retired / src.name)

@@ -328,7 +328,7 @@ class Repository:
             new_names = []
             for _ in old_names:
                 name = ring.next_key_name(role)
-                generate_key(ring.directory, name, ring.passphrase)
+                generate_key(ring.directory, name, ring.passphrase, ring.private_dir(role))
                 new_names.append(name)
             root_md = self.root()
             root = root_md.signed

@@ -97,9 +97,14 @@ def test_init_and_enroll_write_everything(fleet_dir):
     acfg = agent_config.load_config(out["agent_toml"])
     assert acfg.device_id == "cam-1" and acfg.broker.username == "cam-1" and acfg.broker.read_password() == (device_dir / "password").read_text().strip()
     assert acfg.tags == {"site": "berlin", "line": "3"} and acfg.trust.root.exists() and all(p.exists() for p in acfg.trust.command_keys)
+    # a certificate device needs the TLS listener `broker-cert` makes, and gets its port
+    res = CliRunner().invoke(fleet, ["enroll", "cam-2", "--method", "cert", "--config", str(fleet_dir / "fleet.toml")])
+    assert res.exit_code != 0 and "broker-cert" in str(res.exception)
+    tls = CliRunner().invoke(fleet, ["broker-cert", "localhost", "--port", "18883", "--no-update-config", "--config", str(fleet_dir / "fleet.toml")])
+    assert tls.exit_code == 0, tls.output
     cert = enroll(fleet_dir, "cam-2", "--method", "cert")
     acfg2 = agent_config.load_config(cert["agent_toml"])
-    assert acfg2.broker.client_cert.exists() and acfg2.broker.url.startswith("mqtts://")
+    assert acfg2.broker.client_cert.exists() and acfg2.broker.url == "mqtts://localhost:18883"
     # bad input names the device
     res = CliRunner().invoke(fleet, ["enroll", "bad id!", "--config", str(fleet_dir / "fleet.toml")])
     assert res.exit_code != 0 and "bad id!" in str(res.exception)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgeops.fleet.cli import fleet
-from tests.support.broker import MOSQUITTO, TestBroker, free_port
+from tests.fleet.generated_broker import GeneratedBroker, fleet_folder
+from tests.support.broker import MOSQUITTO, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +40,12 @@ def test_broker_cert_names_and_bad_name(tmp_path):
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["broker.example.com"]
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
-    assert oct(Path(out["server_key"]).stat().st_mode & 0o777) == "0o600"
+    # the broker's key: readable by the broker's group (the mosquitto user's, when the host has one), nobody else
+    from edgeops.fleet.broker_files import broker_access
+    from edgeops.fleet.config import load_config
+
+    group_readable = broker_access(load_config(tmp_path / "fleet.toml")).gid is not None and os.geteuid() == 0
+    assert oct(Path(out["server_key"]).stat().st_mode & 0o777) == ("0o640" if group_readable else "0o600")
     raw = tomllib.loads((tmp_path / "fleet.toml").read_text())
     assert raw["broker"]["url"] == "mqtts://broker.example.com:18883" and raw["enroll"]["device_broker_url"] == raw["broker"]["url"]
     assert raw["repository"]["dir"] == "repo"  # the rest of the file is kept
@@ -51,7 +58,7 @@ def test_broker_cert_names_and_bad_name(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto (TLS listener)")
-def test_tls_fleet_with_device_certificates(tmp_path):
+def test_tls_fleet_with_device_certificates():
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -59,31 +66,30 @@ def test_tls_fleet_with_device_certificates(tmp_path):
     from edgeops.fleet.console import FleetConsole, wait_for
     from edgeops.fleet.registry import get_device
 
-    fleet_toml = tmp_path / "fleet.toml"
-    cli("init", "--dir", str(tmp_path), "--api-bind", f"127.0.0.1:{free_port()}")
+    base = fleet_folder()  # mosquitto (dropped to its own user when started by root) reads the generated files in place
+    fleet_toml = base / "fleet.toml"
+    plain = free_port()
+    cli("init", "--dir", str(base), "--broker-url", f"mqtt://127.0.0.1:{plain}", "--api-bind", f"127.0.0.1:{free_port()}")
     tls_port = free_port()
     tls = cli("broker-cert", "localhost", "127.0.0.1", "--port", str(tls_port), "--config", str(fleet_toml))
     cam1 = cli("enroll", "cam-1", "--method", "cert", "--tags", "site=lab", "--config", str(fleet_toml))
     cli("enroll", "cam-2", "--method", "cert", "--config", str(fleet_toml))
 
-    extra = Path(tls["listener_conf"]).read_text()
-    if os.geteuid() == 0:
-        extra += "user root\n"  # mosquitto started by root drops to 'mosquitto', which cannot read pytest's tmp dirs
-    with TestBroker(extra_config=extra, allow_anonymous=False):
+    with GeneratedBroker(base / "enroll").start(plain, tls_port):
         console = FleetConsole(load_config(fleet_toml))
         console.db.create_all()
         console.start()
         agent_toml = Path(cam1["agent_toml"])
-        text = agent_toml.read_text().replace('data_dir = "/var/lib/edgeops-agent"', f'data_dir = "{tmp_path / "cam-1-data"}"')
+        text = agent_toml.read_text().replace('data_dir = "/var/lib/edgeops-agent"', f'data_dir = "{base / "cam-1-data"}"')
         agent_toml.write_text(text)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        agent = subprocess.Popen([sys.executable, "-m", "edgeops.cli", "agent", "run", "--config", str(agent_toml)], cwd=agent_toml.parent, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "ab"))
+        agent = subprocess.Popen([sys.executable, "-m", "edgeops.cli", "agent", "run", "--config", str(agent_toml)], cwd=agent_toml.parent, env=env, stdout=subprocess.DEVNULL, stderr=open(base / "agent.log", "ab"))
         try:
             # the real agent, on its certificate, reaches the console through the TLS listener
             wait_for(lambda: get_device(console.db, "cam-1")["online"], 60, 0.2, "cam-1 online over TLS")
 
             def client(device, name):
-                d = tmp_path / "enroll" / "devices" / device
+                d = base / "enroll" / "devices" / device
                 got, connacks = [], []
                 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
                 c.tls_set(ca_certs=str(d / "ca.crt"), certfile=str(d / "client.crt"), keyfile=str(d / "client.key"))
@@ -126,3 +132,4 @@ def test_tls_fleet_with_device_certificates(tmp_path):
             agent.terminate()
             agent.wait(20)
             console.stop()
+            shutil.rmtree(base, ignore_errors=True)
