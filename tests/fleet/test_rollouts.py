@@ -6,7 +6,9 @@ replaced by a recorder here (the end-to-end tests use a real mosquitto).
 
 from __future__ import annotations
 
+import json
 import math
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -423,3 +425,74 @@ def test_wave_stats_read_telemetry_only_for_the_gates_that_use_it(h):
     assert h.rec.wave_stats(r, wave, settings).baseline_p95_ms == 5.0
     h.now += reconciler_mod.BASELINE_TTL_S
     assert h.rec.wave_stats(r, wave, settings).baseline_p95_ms == pytest.approx((2 * 5.0 + 2 * 15.0) / 4)
+
+
+def _rows_of_wave_1(h, rid):
+    return [a for a in h.assignments(rid).values() if a["wave"] == 0]
+
+
+def _with_body(msg, **changes):
+    topic, payload = msg
+    body = json.loads(payload)
+    body.update(changes)
+    return topic, json.dumps(body).encode()
+
+
+def test_gate_and_metric_sums_stay_in_range_with_huge_counts_already_stored(h):
+    """Issue 13 finding 3: rows stored before the bounds (inference_count 2^62) must not wedge the
+    gates (SQLite's integer SUM overflows) nor drop the telemetry families from /metrics."""
+    from edgeops.fleet import metrics
+
+    r = h.create(waves="10%,100%", max_error_rate=0.5)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    members = [a["device_id"] for a in _rows_of_wave_1(h, r["id"])]
+    with h.db.begin() as conn:
+        conn.execute(
+            h.db.t.telemetry.insert(),
+            [
+                {"device_id": d, "seq": 10_000 + i, "ts_start": time.time() - 10, "ts_end": time.time(), "version_name": "digits", "version_version": "2.0.0", "state": "", "inference_count": 2**62, "error_count": 0, "nan_count": 0, "p95_ms": 5.0, "dropped_batches": 0, "received_at": time.time()}
+                for i, d in enumerate(members)
+            ],
+        )
+    h.respond()
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["waves"][0]["status"] == "passed", st
+    body = metrics.render(h.db, repo_dir=h.repo)[0].decode()
+    assert 'edgeops_telemetry_inferences{bundle="digits",version="2.0.0"}' in body
+
+
+def test_a_device_outside_the_selection_or_an_unpublished_version_cannot_move_the_baseline(h):
+    """Issue 13 finding 4: one batch dated 10 years ahead from a device outside the rollout halted
+    a good rollout; a version string no one published must not count either."""
+    register_devices(h.db, [{"id": "paris0", "tags": {"site": "paris"}, "profile": "x86"}])
+    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])
+    future = time.time() + 10 * 365 * 86400
+    h.feed(
+        _with_body(telemetry("paris0", 1, "digits@1.0.0", p95=0.01, inferences=10**9), ts_start=future - 10, ts_end=future),
+        telemetry("dev005", h.next_seq("dev005"), "digits@0.0.1-unpublished", p95=0.01, inferences=10**9),
+    )
+    r = h.create(waves="10%,100%", select="tag=site=berlin", max_latency_regression=2.0)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    h.respond()  # the new version runs at 5 ms like the old one
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    assert st["waves"][0]["status"] == "passed" and gates["max_latency_regression"]["measured"] == pytest.approx(1.0), st
+
+
+def test_a_regression_counts_whatever_the_device_clock_says(h):
+    """Issue 13 finding 4: the gates select telemetry by the console's receive clock, so a wave
+    member whose clock says 1970 cannot hide its regression."""
+    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])
+    r = h.create(waves="10%,100%", max_latency_regression=2.0)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    for a in _rows_of_wave_1(h, r["id"]):
+        d = a["device_id"]
+        h.feed(_with_body(telemetry(d, h.next_seq(d), "digits@2.0.0", p95=50.0), ts_start=990.0, ts_end=1000.0))
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    assert st["status"] == "paused" and "max_latency_regression 10 vs 2" in st["reason"], st
