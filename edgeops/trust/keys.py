@@ -221,7 +221,7 @@ class Keyring:
         if entry is None or not entry.private_dir:
             return self.directory
         p = Path(entry.private_dir).expanduser()
-        return p if p.is_absolute() else self.directory / p
+        return p if p.is_absolute() else Path(os.path.normpath(self.directory / p))
 
     def public_keys(self, role: str) -> list[SSlibKey]:
         """The public keys of a role."""

@@ -55,7 +55,7 @@ class GeneratedBroker:
         conf.write_text(
             "persistence false\n"
             "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            "log_type error\nlog_type warning\nlog_type information\n"
             f"include_dir {self.broker_dir}\n"
         )
         conf.chmod(0o644)
