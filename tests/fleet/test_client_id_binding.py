@@ -88,6 +88,13 @@ def test_devices_cannot_take_over_the_console_or_each_other(tmp_path):
                 assert count_rows(console.db, "telemetry") == 30
                 assert console.mqtt.connects == 1 and console.mqtt_connected, "the console's session was taken over"
                 assert owner.drops == [] and len(owner.connacks) == 1, "dev-a was kicked by a device using its client id"
+                # acknowledged while the console is down: queued in its session, which its next start
+                # (protocol "auto" probes first, under the same forced client id) must not wipe
+                console.stop()
+                for seq in range(31, 36):
+                    owner.publish("edgeops/v1/dev-a/telemetry", _telemetry("dev-a", seq), qos=1).wait_for_publish(10)
+                console = FleetConsole(load_config(fleet_toml)).start()
+                wait_for(lambda: count_rows(console.db, "telemetry") >= 35, 20, 0.1, "the 5 batches queued while the console was down")
             finally:
                 for c in clients:
                     c.disconnect()
