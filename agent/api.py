@@ -64,6 +64,7 @@ log = logging.getLogger("edgeops.agent.api")
 MAX_BODY_BYTES = ApiConfig().max_body_bytes  # the default cap (api.max_body_bytes)
 MIN_TOKEN_CHARS = 16
 DRAIN_BYTES = 64 << 10  # a refused request's body up to this size is read and dropped
+LINGER_BYTES, LINGER_S = 1 << 20, 1.0  # what a closing connection still reads from its client, at most
 _DECIMAL = re.compile(r"[0-9]+")
 _BUSY = json.dumps({"error": "the agent's API is busy (every worker and queue slot is taken); retry shortly"}).encode()
 
@@ -345,8 +346,27 @@ class _WorkerPool:
                 log.debug("inference API connection ended: %r", e)
             finally:
                 self.disarm(request)
+                self._linger(request)
                 self.shutdown_request(request)
                 self._slots.release()
+
+    @staticmethod
+    def _linger(request) -> None:
+        """Half-close, then read and drop what the client still sends (bounded: LINGER_BYTES,
+        LINGER_S): closing a socket with unread bytes sends a reset, which can destroy the
+        answer before the client reads it (e.g. a 400 to a body it is still sending)."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + LINGER_S
+            left = LINGER_BYTES
+            while left > 0 and (wait := end - time.monotonic()) > 0:
+                request.settimeout(wait)
+                chunk = request.recv(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
 
     def arm(self, request, keep: bool = False) -> None:
         """Start the deadline of the request about to be read on ``request`` (``keep``: unless

@@ -5,6 +5,8 @@ failed, whether its outputs hold NaN/Inf, and, for a sampled share of inputs, th
 version's outputs and latency on the same input (run in shadow). Gates:
 
 - ``nan_outputs``:        outputs holding NaN/Inf, at most ``max_nan`` (fails at once when exceeded)
+                          (inputs holding NaN/Inf are refused before the model runs, see
+                          edgeops.agent.inputs, so every NaN counted here is the model's)
 - ``error_rate``:         failed inferences / inferences <= ``max_error_rate`` (fails as soon as the
                           errors alone exceed the rate for the whole window)
 - ``latency_p95``:        p95 latency <= manifest budget x ``latency_factor``

@@ -29,6 +29,13 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
     assert cfg.data_dir == tmp_path / "data" and cfg.trust.root == tmp_path / "root.json"
 
 
+def test_api_token_file_resolves_and_allows_an_open_socket_mode(tmp_path):
+    (tmp_path / "a.toml").write_text('device_id = "d1"\ndata_dir = "data"\nprofile = "x86_64-avx2"\n[trust]\nroot = "root.json"\nrepository = "http://h/"\n'
+                                     '[api]\nlisten = "unix:/run/edgeops/agent.sock"\ntoken_file = "api-token"\nsocket_mode = 0o666\n')
+    cfg = load_config(tmp_path / "a.toml")
+    assert cfg.api.token_file == tmp_path / "api-token" and cfg.api.socket_mode == 0o666
+
+
 @pytest.mark.parametrize(
     "change, key",
     [
@@ -39,6 +46,10 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ({"broker": {"url": "mqtt://b:1883", "mqtt_version": "4"}}, "broker.mqtt_version"),
         ({"api": {"listen": "0.0.0.0:8765"}}, "api.listen"),
         ({"api": {"listen": "nonsense"}}, "api.listen"),
+        ({"api": {"listen": "unix:/run/a.sock", "socket_mode": 0o666}}, "api.socket_mode"),
+        ({"api": {"workers": 0}}, "api.workers"),
+        ({"api": {"max_body_bytes": -1}}, "api.max_body_bytes"),
+        ({"api": {"timeout_s": 0}}, "api.timeout_s"),
         ({"trust": {"root": "r.json", "repository": "ftp://x"}}, "trust.repository"),
         ({"trust": {"root": "r.json", "repository": "mqtt"}}, "(top level)"),
         ({"probation": {"max_error_rate": 2}}, "probation.max_error_rate"),
