@@ -12,7 +12,8 @@ with a mode the broker can read:
 - the rest (ACL, certificates, ``broker/*.conf``): 0644.
 
 ``ENROLL/broker/`` holds the mosquitto config, one concern per file, so that
-``include_dir ENROLL/broker`` loads them all and any subset the operator keeps still works::
+``include_dir ENROLL/broker`` loads them all (``[enroll] password_listener_port = 0`` drops the
+password listener when every client uses a certificate)::
 
     security.conf            allow_anonymous false, password_file, acl_file, set_tcp_nodelay (global: once)
     password-listener.conf   listener PORT + use_username_as_clientid   (fleet init / enroll)
@@ -111,6 +112,13 @@ def write_broker_file(path: Path, data: bytes | str, access: BrokerAccess | None
     return warning
 
 
+def password_listener_bind(config: FleetConfig) -> str | None:
+    """127.0.0.1 when every client reaches the password listener on this host (the URLs name a
+    loopback host), else None (all interfaces): passwords cross no network they need not cross."""
+    hosts = {urlparse(u).hostname for u in (config.enroll.device_broker_url, config.broker.url) if u and urlparse(u).scheme in ("mqtt", "tcp")}
+    return "127.0.0.1" if hosts and hosts <= {"127.0.0.1", "localhost"} else None
+
+
 def password_listener_port(config: FleetConfig) -> int:
     """Port of the password listener: ``enroll.password_listener_port``, else the mqtt:// URL's, else 1883."""
     if config.enroll.password_listener_port is not None:
@@ -142,11 +150,11 @@ def security_conf(config: FleetConfig) -> str:
     )
 
 
-def password_listener_conf(port: int) -> str:
+def password_listener_conf(port: int, bind: str | None = None) -> str:
     """A listener for username/password clients whose client id is forced to the username."""
     return (
-        "# edgeops password listener (edgeops fleet init/enroll)\n"
-        f"listener {port}\n"
+        "# edgeops password listener (edgeops fleet init/enroll; [enroll] password_listener_port = 0 removes it)\n"
+        f"listener {port}{' ' + bind if bind else ''}\n"
         "# the client id is the username, whatever the client asks for: no device can take over the\n"
         "# console's or another device's session\n"
         "use_username_as_clientid true\n"
@@ -176,7 +184,7 @@ def write_broker_confs(config: FleetConfig) -> list[Path]:
     listener = d / "password-listener.conf"
     port = password_listener_port(config)
     if port:
-        write_broker_file(listener, password_listener_conf(port))
+        write_broker_file(listener, password_listener_conf(port, password_listener_bind(config)))
         paths.append(listener)
     else:
         listener.unlink(missing_ok=True)
