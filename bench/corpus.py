@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import zipfile
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -221,18 +222,29 @@ def _torch_entries() -> list[Entry]:
         import corpus_torch  # noqa: PLC0415
     finally:
         sys.path.remove(str(here))
-    out = []
-    for e in getattr(corpus_torch, "ENTRIES", []):
-        out.append(e if isinstance(e, Entry) else Entry(**e) if isinstance(e, dict) else _entry_from_object(e))
-    return out
+    return [e if isinstance(e, Entry) else _entry_from_dict(e) for e in getattr(corpus_torch, "ENTRIES", [])]
 
 
-def _entry_from_object(obj) -> Entry:
-    """Adapt an entry object from corpus_torch that is not ours (attributes of the same names)."""
-    fields = Entry.__dataclass_fields__
-    kwargs = {k: getattr(obj, k) for k in fields if hasattr(obj, k)}
-    kwargs["inputs"] = tuple(i if isinstance(i, InputSpec) else InputSpec(i.name, tuple(i.shape), i.dtype, getattr(i, "what", "")) for i in kwargs.get("inputs", ()))
-    return Entry(**kwargs)
+def _entry_from_dict(d: dict) -> Entry:
+    """An entry of corpus_torch.ENTRIES (a dict: name, factory, inputs, source, licence, task, conv_net)."""
+    from importlib import metadata
+
+    inputs = tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"], i.get("what", "")) for i in d["inputs"])
+    if any(np.dtype(i.dtype).kind in "iu" for i in inputs):
+        data = "text"
+    elif len(inputs) == 1 and len(inputs[0].shape) == 4:
+        data = "photo_imagenet"
+    else:
+        data = "random"
+    try:
+        version = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    return Entry(
+        name=d["name"], package="transformers", version=version, member="", sha256="", licence=d.get("licence", ""),
+        source_url=d.get("source", ""), task=d.get("task", ""), inputs=inputs, data=d.get("data", data), conv_net=bool(d.get("conv_net")),
+        notes=d.get("notes", "exported by the packager (module:factory), random weights from the config"), factory=d["factory"],
+    )
 
 
 def entries(include_torch: bool = True) -> list[Entry]:
@@ -474,6 +486,25 @@ def _audio_sequence(entry, n, rng):
     return {"input": audio, "h": rng.normal(0, 0.2, (n,) + hshape).astype(np.float32), "c": rng.normal(0, 0.2, (n,) + hshape).astype(np.float32)}
 
 
+def _text(entry, n, rng):
+    """Token ids (range from the input's description '0..V', else 1..99) and a mask with a padded tail."""
+    out = {}
+    for spec in entry.inputs:
+        shape = (n * spec.shape[0],) + tuple(spec.shape[1:])
+        if "mask" in spec.name:
+            mask = np.ones(shape, np.int64)
+            for i in range(shape[0]):
+                mask[i, int(rng.integers(shape[-1] // 2, shape[-1] + 1)):] = 0
+            out[spec.name] = mask.astype(spec.dtype)
+        elif np.dtype(spec.dtype).kind in "iu":
+            m = re.search(r"(\d+)\.\.(\d+)", spec.what)
+            low, high = (int(m.group(1)), int(m.group(2)) + 1) if m else (1, 100)
+            out[spec.name] = rng.integers(max(low, 1000) if high > 2000 else low, high, shape).astype(spec.dtype)
+        else:
+            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return out
+
+
 def _iris(entry, n, rng):
     from sklearn.datasets import load_iris
 
@@ -495,7 +526,7 @@ def _random_range(entry, n, rng):
 DATA_MAKERS = {
     "ocr_det": _ocr_det, "ocr_rec": _ocr_rec, "ocr_cls": _ocr_cls, "ocr_grey": _ocr_grey, "document": _document,
     "photo_imagenet": _photo_imagenet, "photo_unit": _photo_unit, "photo_255": _photo_255,
-    "audio_state": _audio_state, "audio_sequence": _audio_sequence, "iris": _iris, "random": _random_range,
+    "audio_state": _audio_state, "audio_sequence": _audio_sequence, "iris": _iris, "text": _text, "random": _random_range,
 }
 
 

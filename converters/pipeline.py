@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgeops.bundle import GOLDEN_NAME, REPORT_NAME, Manifest, ManifestBudgets, Provenance, TensorSpec, describe_files, write_bundle
 from edgeops.converters import checks
 from edgeops.converters.choose import Choice, choose_scheme
-from edgeops.converters.data import Dataset, ImageOptions, generated_dataset, load_dataset
+from edgeops.converters.data import Dataset, ImageOptions, describe_inputs, generated_dataset, load_dataset
 from edgeops.converters.errors import CalibrationMissingError, NonFiniteOutputError
 from edgeops.converters.graph import ModelKind, classify_onnx, classify_torch, graph_inputs, set_input_shapes
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.runtime import make_runner, measure_latency
+from edgeops.converters.shapes import fix_dims_from_data
 from edgeops.converters.source import SourceModel, load_source
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier, output_pairs, same_nonfinite
 from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError
@@ -134,11 +135,12 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         if options.validation:
             validation = load_dataset(options.validation, ref_runner.inputs, "validation", options.image)
         else:
-            validation = generated_dataset(ref_runner.inputs)
+            validation = generated_dataset(ref_runner.inputs, label=_display_name(source))
             ctx.warn("no --validation data: compared on generated random inputs, so accuracy is NOT measured; pass --validation DATA (.npz with 'labels' for accuracy)")
         feeds = validation.batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
         labels = validation.label_batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
         classifier = is_classifier(built_runner.outputs)
+        _trial_run(ref_runner, feeds, "validation", validation)
         try:
             metrics, built_outputs = compare_models(ref_runner, built_runner, feeds, labels, classifier)
         except ValueError as e:
@@ -239,6 +241,10 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
         except ValueError as e:
             raise ConfigError(f"--input-shape: {e}") from e
         reference = Artifact("onnx", data=model.SerializeToString())
+    shape_notes = fix_dims_from_data(model, graph_inputs(model), _given_datasets(options, graph_inputs(model)))
+    if shape_notes:
+        ctx.log.extend(shape_notes)
+        reference = Artifact("onnx", data=model.SerializeToString())
     checks.check_onnx_opset(model, profile, label)
     checks.check_onnx_ops(model, profile, label)
     specs = graph_inputs(model)
@@ -250,6 +256,10 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
         raise ConfigError(f"--quantize full-int8 is the fully integer TFLite scheme for LiteRT / Edge TPU profiles; profile '{profile.name}' runs onnxruntime: use static-int8")
     calib = _load_calibration(options, choice, specs)
     ctx.calibration = calib
+    if calib is not None:
+        from edgeops.converters.runtime import OnnxRunner
+
+        _trial_run(OnnxRunner(reference.data, threads=1, label="original model"), calib.batches(specs, limit=1), "calibration", calib)
     with step("pre-processing (shape inference, graph optimization)"):
         # onnxruntime's optimizer fuses MatMul+Add into Gemm, which quantize_dynamic leaves float:
         # for dynamic int8 only shape inference runs, the optimizer runs at session start on the device.
@@ -383,6 +393,28 @@ def _load_calibration(options: BuildOptions, choice: Choice, specs: list[TensorS
     if not options.calibration:
         return None
     return load_dataset(options.calibration, specs, "calibration", options.image)
+
+
+def _trial_run(runner, feeds: list[dict[str, np.ndarray]], role: str, ds: Dataset) -> None:
+    """Run the original model on the first feed: data it cannot take is a DataError, not a traceback."""
+    if not feeds:
+        raise DataError(f"{role} data {ds.source}: no complete feed ({ds.count} samples)")
+    try:
+        runner.run(feeds[0])
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidArgument, RuntimeException)
+        shapes = ", ".join(f"'{k}' {list(np.shape(v))} {np.asarray(v).dtype}" for k, v in feeds[0].items())
+        what = "the generated inputs" if ds.source == "generated" else f"{role} data {ds.source}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"the original model fails on the first feed of {what} ({shapes}): {first}. "
+            f"Check the data against the model's inputs {describe_inputs(runner.inputs)}; values the model needs (a sample rate, token ids) "
+            "must come from --calibration / --validation data"
+        ) from e
+
+
+def _given_datasets(options: BuildOptions, specs: list[TensorSpec]) -> list[tuple[str, Dataset]]:
+    """The calibration and validation data, loaded against the unresolved inputs (to fix open dims)."""
+    return [(role, load_dataset(path, specs, role, options.image)) for role, path in (("calibration", options.calibration), ("validation", options.validation)) if path]
 
 
 def _is_exported_program(obj) -> bool:
