@@ -45,10 +45,10 @@ def test_secret_broker_files_belong_to_the_broker_group(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chgrp to another group needs root")
 def test_broker_group_option_and_config_key(tmp_path):
-    group = grp.getgrgid(1).gr_name  # 'daemon' on Debian: any group other than root's
-    cli("init", "--dir", str(tmp_path), "--broker-group", group)
-    assert os.stat(tmp_path / "enroll" / "mosquitto.passwd").st_gid == 1
-    assert f'broker_group = "{group}"' in (tmp_path / "fleet.toml").read_text()
+    other = next(g for g in grp.getgrall() if g.gr_gid != 0)  # any group other than root's
+    cli("init", "--dir", str(tmp_path), "--broker-group", other.gr_name)
+    assert os.stat(tmp_path / "enroll" / "mosquitto.passwd").st_gid == other.gr_gid
+    assert f'broker_group = "{other.gr_name}"' in (tmp_path / "fleet.toml").read_text()
     res = CliRunner().invoke(fleet, ["enroll", "cam-1", "--broker-group", "no-such-group-x", "--config", str(tmp_path / "fleet.toml")])
     assert res.exit_code != 0 and "--broker-group 'no-such-group-x': no such group" in str(res.exception)
     assert not (tmp_path / "enroll" / "devices" / "cam-1").exists()  # refused before anything was written

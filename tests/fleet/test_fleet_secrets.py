@@ -37,6 +37,7 @@ def test_no_secret_is_readable_by_others(tmp_path):
     cli("console-user", "console-3", "--method", "cert", "--config", fleet_toml)
     secrets = {before["api"]["tokens"][0], before["broker"]["password"], (tmp_path / "enroll/devices/dev-1/password").read_text().strip()}
     secrets.add(tomllib.loads((tmp_path / "enroll/consoles/console-2/broker.toml").read_text())["broker"]["password"])
+    secrets |= {p.read_text().strip() for p in (tmp_path / "enroll/devices").glob("*/api-token")}  # the agent API's bearer tokens
     assert (tmp_path / "fleet.toml.bak").exists() and init["config"]
     checked = []
     for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
