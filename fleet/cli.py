@@ -75,11 +75,10 @@ def init_cmd(directory, broker_url, database_url, api_bind, no_keys, root_keys, 
     key; root-keys/ the root private keys (3, threshold 2 by default): move it to offline media
     and bring it back to that path only to sign a new root (`edgeops keys rotate`).
     """
-    import os
-
     from edgeops.fleet.broker_files import broker_access
     from edgeops.fleet.config import config_from_dict, render_toml
     from edgeops.fleet.enroll import set_console_password
+    from edgeops.trust.fsutil import atomic_write
 
     if root_threshold > root_keys:
         raise ConfigError(f"--root-threshold {root_threshold} is more than --root-keys {root_keys}")
@@ -102,9 +101,8 @@ def init_cmd(directory, broker_url, database_url, api_bind, no_keys, root_keys, 
     }
     config = config_from_dict({**data, "base_dir": str(base.resolve())}, source=str(path))
     access = broker_access(config)  # a bad --broker-group is refused before anything is written
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds secrets
-    with os.fdopen(fd, "w") as f:
-        f.write("# edgeops fleet console configuration (edgeops fleet init)\n" + render_toml(data))
+    # holds secrets: 0600 even where --force replaces a file with a looser mode
+    atomic_write(path, ("# edgeops fleet console configuration (edgeops fleet init)\n" + render_toml(data)).encode(), mode=0o600)
     made = [str(path)]
     if not no_keys:
         from edgeops.trust.keys import Keyring, passphrase_from_env
@@ -125,7 +123,7 @@ def init_cmd(directory, broker_url, database_url, api_bind, no_keys, root_keys, 
         _echo_json({"config": str(path), "created": made, "api_url": f"http://{api_bind}", "broker_dir": str(broker_conf), "notes": notes})
         return
     click.echo(f"wrote {', '.join(made)}")
-    if not no_keys:
+    if str(config.path("root-keys")) in made:
         click.echo(f"keys: move {config.path('root-keys')} (the {root_keys} root keys, {root_threshold} needed to sign) to offline media; keys/ holds the online ones")
     click.echo(f"broker: add `include_dir {broker_conf.resolve()}` to mosquitto.conf (ACL, password file, listener binding client ids to users)")
     for note in notes:

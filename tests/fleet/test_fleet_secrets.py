@@ -106,3 +106,10 @@ def test_certificate_devices_get_the_tls_listener_port(tmp_path):
     assert tomllib.loads(Path(cam2["agent_toml"]).read_text())["broker"]["url"] == "mqtts://broker.lan:18885"
     assert tomllib.loads(Path(dev2["agent_toml"]).read_text())["broker"]["url"] == "mqtt://broker.lan:1884"
     assert oct(os.stat(fleet_toml).st_mode & 0o777) == "0o600"
+
+
+def test_init_force_leaves_fleet_toml_private(tmp_path):
+    cli("init", "--dir", str(tmp_path), "--no-keys")
+    (tmp_path / "fleet.toml").chmod(0o644)  # e.g. copied around by hand
+    cli("init", "--dir", str(tmp_path), "--no-keys", "--force")
+    assert oct((tmp_path / "fleet.toml").stat().st_mode & 0o777) == "0o600"
