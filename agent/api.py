@@ -146,8 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         and dropped first (closing on unread bytes resets the connection, and the client would
         lose the answer); otherwise the connection closes after the answer, so body bytes are
         never taken for the next request."""
-        text = (self.headers.get("Content-Length") or "").strip()
-        small = self.headers.get("Transfer-Encoding") is None and len(self.headers.get_all("Content-Length") or []) == 1 and _DECIMAL.fullmatch(text) and int(text[:15]) <= DRAIN_BYTES
+        values = self.headers.get_all("Content-Length") or []
+        text = values[0].strip() if len(values) == 1 else ""
+        small = self.headers.get("Transfer-Encoding") is None and _DECIMAL.fullmatch(text) and len(text) <= 15 and int(text) <= DRAIN_BYTES
         if not (small and len(self.rfile.read(int(text))) == int(text)):
             self.close_connection = True
         self._json(code, {"error": message}, headers)

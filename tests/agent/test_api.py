@@ -289,3 +289,11 @@ def test_stalled_connections_are_bounded_and_timed_out(served):
         for s in held:
             s.close()
         server.stop()
+
+
+def test_refused_request_with_a_padded_length_is_not_read(guarded):
+    """A 401 reads and drops only a small declared body; a length written with leading zeros
+    is judged by its value, not by its first digits."""
+    tcp, _, _ = guarded
+    answer = _exchange(tcp.address, b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0000000000000001000000000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"connection: close" in answer.lower()
