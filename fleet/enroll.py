@@ -25,7 +25,7 @@ Files under ``enroll.dir`` (see fleet.toml)::
     broker/*.conf  broker/server.*    the broker's config and TLS files (see broker_files.py)
     ca/ca.key ca/ca.crt               the fleet CA (cert mode)
     consoles/<name>/                  broker credentials of an extra console replica
-    devices/<id>/agent.toml password root.json command-*.pub.json [client.crt client.key ca.crt]
+    devices/<id>/agent.toml password api-token root.json command-*.pub.json [client.crt client.key ca.crt]
 
 Mosquitto reads the password and ACL files at start and on SIGHUP: reload it after enrolling.
 """
@@ -485,6 +485,9 @@ def enroll_device(
         files += [device_dir / "client.key", device_dir / "client.crt", device_dir / "ca.crt"]
         broker.update(client_cert="client.crt", client_key="client.key", ca_file="ca.crt")
     files.append(ensure_acl(config, access))
+    # the bearer token local applications present to the agent's inference API (docs/agent.md)
+    _write_private(device_dir / "api-token", secrets.token_urlsafe(32) + "\n")
+    files.append(device_dir / "api-token")
     root, trust_files = _copy_trust_files(config, device_dir)
     files += trust_files
     agent = {
@@ -498,6 +501,7 @@ def enroll_device(
             "command_keys": [p.name for p in trust_files if p.name.startswith("command-")],
             "repository": config.enroll.repository_http_url or "mqtt",
         },
+        "api": {"token_file": "api-token"},
     }
     agent_toml = device_dir / "agent.toml"
     header = f"# agent.toml for {device_id}, written by `edgeops fleet enroll`; install with the files next to it.\n"
