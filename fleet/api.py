@@ -44,7 +44,7 @@ from edgeops.errors import ConfigError, FleetError, IllegalTransitionError
 from edgeops.fleet import commands, registry
 from edgeops.fleet.api_input import MAX_BODY_BYTES, MAX_TEXT, OFFSET, TEXT_PATTERN, Param, RequestError, limit_param, parse_json_body, valid_device_id, valid_text
 from edgeops.fleet.rollouts import service
-from edgeops.fleet.rollouts.settings import RolloutRequest, RolloutSettingsError, parse_request
+from edgeops.fleet.rollouts.settings import BUNDLE_REF_PATTERN, RolloutRequest, RolloutSettingsError, parse_request
 from edgeops.fleet.rollouts.status import ACTION_FROM, RolloutStatus
 from edgeops.fleet.targets import UnknownBundleError
 from edgeops.protocol import DEVICE_ID_PATTERN, MAX_SELF_TEST_RUNS, EventKind
@@ -89,6 +89,14 @@ try:  # typed request storage keys (aiohttp >= 3.12); made at import: RequestKey
 except ImportError:  # pragma: no cover
     _REQUEST_ID_KEY = "request_id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _name_operations(paths: dict) -> None:
+    """operationId of every operation: method + path words (``getApiV1RolloutsIdDevices``)."""
+    for path, item in paths.items():
+        words = [w.strip("{}") for w in re.split(r"[/._-]", path) if w]
+        for method, op in item.items():
+            op["operationId"] = method + "".join(w[:1].upper() + w[1:] for w in words)
 
 
 def openapi_document() -> dict:
@@ -173,6 +181,17 @@ def openapi_document() -> dict:
                 "responses": {"200": obj, "401": err, "404": err, "409": err},
             }
         }
+    _name_operations(paths)
+    # what a created rollout's id leads to (schemathesis' stateful phase follows these)
+    paths["/api/v1/rollouts"]["post"]["responses"]["201"] = {
+        **obj,
+        "links": {
+            op["operationId"]: {"operationId": op["operationId"], "parameters": {"id": "$response.body#/id"}}
+            for path, item in paths.items()
+            if path.startswith("/api/v1/rollouts/{id}")
+            for op in item.values()
+        },
+    }
     schema = RolloutRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
     return {
@@ -204,7 +223,7 @@ def openapi_document() -> dict:
                     "additionalProperties": False,
                     "required": ["bundle"],
                     "properties": {
-                        "bundle": {"type": "string", "description": "NAME@VERSION as published to the console's repository", "examples": ["detector@1.4.0"]},
+                        "bundle": {"type": "string", "pattern": BUNDLE_REF_PATTERN, "description": "NAME@VERSION as published to the console's repository", "examples": ["detector@1.4.0"]},
                         "runs": {"type": "integer", "minimum": 1, "maximum": MAX_SELF_TEST_RUNS, "description": "timed inferences for the latency figures (default: the agent's self_test.latency_runs)"},
                     },
                 },
@@ -400,8 +419,6 @@ def make_app(console):
 
     async def action(request):
         name = request.match_info["action"]
-        if name not in service.ACTIONS:
-            raise web.HTTPNotFound()
         out = await run(service.ACTIONS[name], db, _rollout_id(request), actor="api")
         console.wake()
         return web.json_response(out)
@@ -418,7 +435,7 @@ def make_app(console):
     app.router.add_post("/api/v1/rollouts", create)
     app.router.add_get("/api/v1/rollouts/{id}", rollout)
     app.router.add_get("/api/v1/rollouts/{id}/devices", rollout_devices)
-    app.router.add_post("/api/v1/rollouts/{id}/{action}", action)
+    app.router.add_post("/api/v1/rollouts/{id}/{action:" + "|".join(service.ACTIONS) + "}", action)  # only actions: /devices answers GET alone
     add_http_routes(app, console.repo_dir, console.config.repository.http_prefix)
     return app
 

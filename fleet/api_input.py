@@ -201,7 +201,7 @@ def parse_json_body(raw: bytes, example: str) -> dict:
         body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        raise RequestError(f"body is not valid JSON ({reason[:120]}); send {example}") from None
+        raise RequestError(f"body is not JSON ({reason[:120]}); send {example}") from None
     if not isinstance(body, dict):
         raise RequestError(f"body must be a JSON object: {example}")
     _check_strings(body)

@@ -149,6 +149,8 @@ def check_runs(runs: object) -> int | None:
     """A ``runs`` value from a request: None, or an integer in 1..MAX_SELF_TEST_RUNS."""
     if runs is None:
         return None
+    if isinstance(runs, float) and runs.is_integer():  # JSON has one number type: 300.0 is the integer 300
+        runs = int(runs)
     if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= MAX_SELF_TEST_RUNS:
         raise InvalidOrderError(f"runs: {runs!r} must be an integer from 1 to {MAX_SELF_TEST_RUNS}")
     return runs

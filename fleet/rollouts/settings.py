@@ -134,6 +134,9 @@ def parse_bundle(text: str) -> tuple[str, str]:
     return name, version
 
 
+BUNDLE_REF_PATTERN = r"^[^@/]{1,128}@[^@/]{1,64}$"  # NAME@VERSION within RolloutSettings' lengths
+
+
 class RolloutSettings(BaseModel):
     """Validated settings of one rollout (stored as JSON in the rollouts table)."""
 
@@ -213,19 +216,20 @@ class RolloutRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bundle: str
+    # The ranges repeat RolloutSettings' so the OpenAPI document (made from this model) states them.
+    bundle: str = Field(pattern=BUNDLE_REF_PATTERN, description="NAME@VERSION, a signed target of the console's repository")
     select: str | Selector = "all"
     waves: str | list[float] = "1%,10%,50%,100%"
     bake: str | float = 0
-    min_reporting: float = 0.9
-    max_failure_rate: float = 0.05
-    max_rollback_rate: float | None = None
-    max_error_rate: float | None = None
+    min_reporting: float = Field(default=0.9, gt=0, le=1)
+    max_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    max_rollback_rate: float | None = Field(default=None, ge=0, le=1)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_latency_regression: float | None = None
-    min_agreement: float | None = None
-    on_gate_failure: str = "pause"
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    on_gate_failure: Literal["pause", "abort"] = "pause"
     approve_each_wave: bool = False
-    name: str = ""
+    name: str = Field(default="", max_length=200)
 
     def to_settings(self) -> RolloutSettings:
         """Parse the text forms and validate everything (RolloutSettingsError names the field)."""
