@@ -127,6 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
         self.server.disarm(self.connection)  # type: ignore[attr-defined]
 
+    def handle_expect_100(self) -> bool:
+        # "100 Continue" is sent by _post once the headers passed (token, path, length, budget):
+        # a refused client then never sends its body
+        return True
+
     def _send(self, code: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
@@ -211,6 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not server.budget.acquire(length, server.settings.timeout_s):  # type: ignore[attr-defined]
             return self._refuse(503, "the agent's API is reading other large bodies; retry shortly", {"Retry-After": "1"})
         try:
+            if self.headers.get("Expect", "").strip().lower() == "100-continue":
+                self.send_response_only(100)
+                self.end_headers()
             body = self.rfile.read(length)
             if len(body) != length:  # the client went away, or its deadline shut the socket
                 self.close_connection = True

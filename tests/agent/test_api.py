@@ -297,3 +297,22 @@ def test_refused_request_with_a_padded_length_is_not_read(guarded):
     tcp, _, _ = guarded
     answer = _exchange(tcp.address, b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 0000000000000001000000000\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 401 ") and b"connection: close" in answer.lower()
+
+
+def test_expect_100_continue_comes_only_after_the_headers_passed(served):
+    """A client that waits for "100 Continue" (curl does above 1 KiB) gets the refusal instead,
+    and one that passes gets the 100 first, then its answer."""
+    _, tcp, _ = served
+    head = b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+    refused = _exchange(tcp.address, head + b"Content-Length: 67108865\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 413 ")
+    body = _json_body({"input": encode_tensor(sample_inputs(1))})
+    host, _, port = tcp.address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 ")
+        s.sendall(body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"probs"' in answer
