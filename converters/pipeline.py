@@ -120,6 +120,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     with step("validating against the original"):
         threads = profile.runtime.threads
         ref_runner = make_runner(target, reference.data, threads=1, label="original model")
+        _check_tensor_io(ref_runner, _display_name(source))
         emulate = _needs_vnni_emulation(profile, choice)
         if emulate:
             from edgeops.converters.runtime import OnnxRunner
@@ -393,6 +394,18 @@ def _load_calibration(options: BuildOptions, choice: Choice, specs: list[TensorS
     if not options.calibration:
         return None
     return load_dataset(options.calibration, specs, "calibration", options.image)
+
+
+def _check_tensor_io(runner, label: str) -> None:
+    """Bundles carry tensors: a sequence or map input/output (skl2onnx's ZipMap) is refused by name."""
+    bad = [(kind, spec) for kind, specs in (("input", runner.inputs), ("output", runner.outputs)) for spec in specs
+           if spec.dtype.startswith(("seq", "map", "opt", "tensor(")) or spec.dtype.startswith("onnx-type")]
+    if bad:
+        listed = ", ".join(f"{kind} '{spec.name}' of type {spec.dtype}" for kind, spec in bad)
+        raise ModelLoadError(
+            f"{label}: {listed} is not a tensor; bundles, golden vectors and the device runtime take tensors only. "
+            "Export the model with tensor outputs (for skl2onnx: options={'zipmap': False}), or drop that output"
+        )
 
 
 def _trial_run(runner, feeds: list[dict[str, np.ndarray]], role: str, ds: Dataset) -> None:
