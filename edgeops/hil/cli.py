@@ -24,13 +24,14 @@ def hil() -> None:
 @click.option("--device", "device_id", help="device id to run on, through the console (BUNDLE is NAME@VERSION as published)")
 @click.option("--fleet", "fleet_url", envvar="EDGEOPS_FLEET_URL", help="console URL, e.g. http://console:8080 [env EDGEOPS_FLEET_URL]")
 @click.option("--token", envvar="EDGEOPS_FLEET_TOKEN", help="console API token [env EDGEOPS_FLEET_TOKEN]")
+@click.option("--ca", "ca_file", envvar="EDGEOPS_FLEET_CA", type=click.Path(exists=True, dir_okay=False), help="CA certificate of an https console (the fleet CA: enroll/api/ca.crt) [env EDGEOPS_FLEET_CA]")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1, 100000), help=f"timed inferences for the latency figures (at most {MAX_SELF_TEST_RUNS} with --device)")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 256), help="intra-op threads (local runs; a device uses its profile's)")
 @click.option("--latency-factor", default=1.0, show_default=True, type=click.FloatRange(min=0.01), help="pass when p95 <= budget x factor")
 @click.option("--wait", "wait_s", default=300.0, show_default=True, type=click.FloatRange(min=1), help="seconds to wait for the device's answer (--device)")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="write JUnit XML here")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON report here ('-' for stdout)")
-def run_cmd(bundle, local, device_id, fleet_url, token, runs, threads, latency_factor, wait_s, junit_path, json_path) -> None:
+def run_cmd(bundle, local, device_id, fleet_url, token, ca_file, runs, threads, latency_factor, wait_s, junit_path, json_path) -> None:
     """Run BUNDLE's self-test and benchmark; exit 10 when any check fails."""
     if local == bool(device_id):
         raise click.UsageError("give exactly one of --local or --device ID (with --fleet URL)")
@@ -50,7 +51,7 @@ def run_cmd(bundle, local, device_id, fleet_url, token, runs, threads, latency_f
             raise click.UsageError(f"--runs {runs}: a device self-test takes at most {MAX_SELF_TEST_RUNS} runs")
         from edgeops.hil.remote import run_remote
 
-        report = run_remote(bundle, device_id, fleet_url, token, runs, wait_s=wait_s, latency_factor=latency_factor, progress=lambda m: click.echo(m, err=True))
+        report = run_remote(bundle, device_id, fleet_url, token, runs, wait_s=wait_s, latency_factor=latency_factor, progress=lambda m: click.echo(m, err=True), ca_file=ca_file)
     if junit_path:
         report.write_junit(junit_path)
     if json_path == "-":

@@ -12,6 +12,7 @@ latency p50/p95/p99, memory, CPU frequency, temperature). This module polls
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -39,13 +40,14 @@ class ConsoleUnreachableError(FleetError):
     """The console could not be reached at all."""
 
 
-def _call(method: str, url: str, token: str | None, body: dict | None = None, timeout: float = 60.0) -> dict:
+def _call(method: str, url: str, token: str | None, body: dict | None = None, timeout: float = 60.0, ca_file: str | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https://") else None  # ca_file None: the system CAs
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as e:
         raw = e.read()[:1000].decode(errors="replace")
@@ -56,19 +58,21 @@ def _call(method: str, url: str, token: str | None, body: dict | None = None, ti
         hint = " (check --token / EDGEOPS_FLEET_TOKEN)" if e.code == 401 else ""
         raise ConsoleHttpError(f"{method} {url}: HTTP {e.code}: {text}{hint}", e.code) from e
     except (urllib.error.URLError, OSError) as e:
+        if isinstance(getattr(e, "reason", None), ssl.SSLCertVerificationError):
+            raise ConsoleUnreachableError(f"{method} {url}: the console's certificate is not trusted ({e.reason.verify_message}); pass --ca with the fleet CA (enroll/api/ca.crt) or set EDGEOPS_FLEET_CA") from e
         raise ConsoleUnreachableError(f"{method} {url}: console unreachable ({e}); check --fleet and that `edgeops fleet serve` runs") from e
 
 
-def order_self_test(fleet_url: str, token: str | None, device_id: str, bundle_ref: str, runs: int | None) -> dict:
+def order_self_test(fleet_url: str, token: str | None, device_id: str, bundle_ref: str, runs: int | None, ca_file: str | None = None) -> dict:
     """POST the self-test order; the console's answer (``command_id``, ``device``, ``bundle``, ...)."""
     base = fleet_url.rstrip("/")
     body: dict = {"bundle": bundle_ref}
     if runs is not None:
         body["runs"] = runs
-    return _call("POST", f"{base}/api/v1/devices/{urllib.parse.quote(device_id, safe='')}/self-test", token, body)
+    return _call("POST", f"{base}/api/v1/devices/{urllib.parse.quote(device_id, safe='')}/self-test", token, body, ca_file=ca_file)
 
 
-def wait_for_answer(fleet_url: str, token: str | None, device_id: str, command_id: str, wait_s: float, poll_s: float = 0.5) -> dict | None:
+def wait_for_answer(fleet_url: str, token: str | None, device_id: str, command_id: str, wait_s: float, poll_s: float = 0.5, ca_file: str | None = None) -> dict | None:
     """The device's final event for ``command_id``, or None when none came within ``wait_s``.
 
     A console that is briefly unreachable while polling (a restart) is polled again until the
@@ -79,7 +83,7 @@ def wait_for_answer(fleet_url: str, token: str | None, device_id: str, command_i
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            events = _call("GET", f"{base}/api/v1/events?{query}", token)
+            events = _call("GET", f"{base}/api/v1/events?{query}", token, ca_file=ca_file)
         except ConsoleUnreachableError:
             if time.monotonic() >= deadline:
                 raise
@@ -137,6 +141,7 @@ def run_remote(
     wait_s: float = 300.0,
     latency_factor: float = 1.0,
     progress: Callable[[str], None] | None = None,
+    ca_file: str | None = None,
 ) -> HilReport:
     """Order a self-test of ``bundle_ref`` (NAME@VERSION) on ``device_id`` and collect the result.
 
@@ -145,14 +150,14 @@ def run_remote(
     answer within ``wait_s`` is a failed ``device_answered`` check.
     """
     t0 = time.monotonic()
-    order = order_self_test(fleet_url, token, device_id, bundle_ref, runs)
+    order = order_self_test(fleet_url, token, device_id, bundle_ref, runs, ca_file=ca_file)
     command_id = order["command_id"]
     if progress:
         progress(f"self-test of {order.get('bundle', bundle_ref)} ordered on {device_id} (command {command_id}); waiting up to {wait_s:.0f}s for the device")
     report = HilReport(bundle=order.get("bundle", bundle_ref), target=f"device:{device_id}")
     sha256 = (order.get("target") or {}).get("sha256")
     report.figures.update({"device": device_id, "command_id": command_id, "target_sha256": sha256})
-    event = wait_for_answer(fleet_url, token, device_id, command_id, wait_s)
+    event = wait_for_answer(fleet_url, token, device_id, command_id, wait_s, ca_file=ca_file)
     if event is None:
         report.checks.append(Check("device_answered", False, detail=f"no self-test result from {device_id} within {wait_s:.0f}s (command {command_id}); is the agent running and connected?"))
         return report

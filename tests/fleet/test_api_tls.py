@@ -85,3 +85,14 @@ def test_tls_settings_are_checked(tmp_path):
     cfg = config_from_dict({"database": {"url": f"sqlite:///{tmp_path / 'f.db'}"}, "api": {"bind": "127.0.0.1:0", "cert_file": "nope.crt", "key_file": "nope.key"}, "base_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"api.cert_file .*nope.crt.*edgeops fleet api-cert"):
         FleetConsole(cfg, mqtt=False, reconcile=False).start()
+
+
+def test_hil_reaches_an_https_console_with_the_ca(tls_fleet):
+    from edgeops.hil.remote import ConsoleHttpError, ConsoleUnreachableError, order_self_test
+
+    url, token, ca = tls_fleet["console"].api_url, tls_fleet["token"], tls_fleet["result"]["ca_file"]
+    with pytest.raises(ConsoleHttpError) as answered:  # TLS verified; the console itself answers (no such device)
+        order_self_test(url, token, "cam-1", "digits@2.0.0", None, ca_file=ca)
+    assert answered.value.status == 404 and "cam-1" in str(answered.value)
+    with pytest.raises(ConsoleUnreachableError, match="--ca"):
+        order_self_test(url, token, "cam-1", "digits@2.0.0", None)
