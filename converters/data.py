@@ -120,17 +120,18 @@ class Dataset:
             return [np.atleast_1d(self.labels[i]) for i in range(n)]
         return [self.labels[i : i + b] for i in range(0, n, b)]
 
-    def known_dims(self, specs: list[TensorSpec]) -> dict[str, list[int | None]]:
+    def known_dims(self, specs: list[TensorSpec], fix_batch: bool = False) -> dict[str, list[int | None]]:
         """Per input, the value the data gives each axis (None: the data leaves it open).
 
-        In the batch layout axis 0 is the sample axis and stays open; in the per-sample layout an
-        axis is known when every sample agrees on it.
+        In the batch layout axis 0 is the sample axis and stays open (``fix_batch``: it is the
+        feed's batch, for profiles that need static shapes); in the per-sample layout an axis is
+        known when every sample agrees on it.
         """
         out: dict[str, list[int | None]] = {}
         for spec in specs:
             value = self.arrays[spec.name]
             if self.layout == "batch":
-                out[spec.name] = [None] + [int(d) for d in value.shape[1:]]
+                out[spec.name] = [batch_size(specs) if fix_batch else None] + [int(d) for d in value.shape[1:]]
                 continue
             shapes = {tuple(np.shape(v)) for v in value}
             rank = len(spec.shape)

@@ -242,7 +242,7 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
         except ValueError as e:
             raise ConfigError(f"--input-shape: {e}") from e
         reference = Artifact("onnx", data=model.SerializeToString())
-    shape_notes = fix_dims_from_data(model, graph_inputs(model), _given_datasets(options, graph_inputs(model)))
+    shape_notes = fix_dims_from_data(model, graph_inputs(model), _given_datasets(options, graph_inputs(model)), fix_batch=profile.constraints.static_shapes)
     if shape_notes:
         ctx.log.extend(shape_notes)
         reference = Artifact("onnx", data=model.SerializeToString())

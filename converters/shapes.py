@@ -15,11 +15,12 @@ from edgeops.bundle import TensorSpec
 from edgeops.converters.data import Dataset
 
 
-def dims_from_data(specs: list[TensorSpec], datasets: list[tuple[str, Dataset]]) -> dict[str, dict[int, tuple[int, str]]]:
-    """For each input, the open axes the data fixes: ``{input: {axis: (size, role)}}``."""
+def dims_from_data(specs: list[TensorSpec], datasets: list[tuple[str, Dataset]], fix_batch: bool = False) -> dict[str, dict[int, tuple[int, str]]]:
+    """For each input, the open axes the data fixes: ``{input: {axis: (size, role)}}`` (``fix_batch``:
+    the batch axis too, as fed, for profiles that need static shapes)."""
     found: dict[str, dict[int, tuple[int, str] | None]] = {}
     for role, ds in datasets:
-        known = ds.known_dims(specs)
+        known = ds.known_dims(specs, fix_batch=fix_batch)
         for spec in specs:
             for axis, dim in enumerate(spec.shape):
                 if isinstance(dim, int):
@@ -37,14 +38,14 @@ def dims_from_data(specs: list[TensorSpec], datasets: list[tuple[str, Dataset]])
     return {name: {a: v for a, v in axes.items() if v is not None} for name, axes in found.items() if any(v is not None for v in axes.values())}
 
 
-def fix_dims_from_data(model, specs: list[TensorSpec], datasets: list[tuple[str, Dataset]]) -> list[str]:
+def fix_dims_from_data(model, specs: list[TensorSpec], datasets: list[tuple[str, Dataset]], fix_batch: bool = False) -> list[str]:
     """Fix in ``model`` (in place) the open input dims the data gives; return one note per input.
 
     Some exports carry shape annotations that only hold while a dim is open (an If branch that
     is never taken at that size): when onnxruntime refuses the model with an input's dims
     fixed, that input keeps its open dims and the note says why.
     """
-    fixes = dims_from_data(specs, datasets)
+    fixes = dims_from_data(specs, datasets, fix_batch)
     if not fixes:
         return []
     by_name = {v.name: v for v in model.graph.input}

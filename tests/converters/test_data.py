@@ -154,3 +154,99 @@ def test_data_fixes_the_open_dims_it_agrees_on(tmp_path):
     notes = fix_dims_from_data(model, specs, sets)
     assert graph_inputs(model)[0].shape == ["N", 3, 32, "W"]  # batch axis open, H agreed, W disagrees: open
     assert notes == ["shapes: input 'x' [N, 3, H, W] -> [N, 3, 32, W] from the calibration and validation data"]
+
+
+def _stateful_model(path):
+    """A small third-party-style recurrent step: x [batch, 4], state [2, batch, 4], scalar int64 sr."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("W", TensorProto.FLOAT, [4, 4], rng.standard_normal(16).astype(np.float32).tolist())
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"], name="project"),
+        helper.make_node("ReduceSum", ["state", "axes0"], ["s"], keepdims=0, name="sum_state"),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT, name="cast_sr"),
+        helper.make_node("Div", ["srf", "k16000"], ["scale"], name="scale"),
+        helper.make_node("Mul", ["s", "scale"], ["ss"], name="mul_scale"),
+        helper.make_node("Add", ["xw", "ss"], ["out"], name="out"),
+        helper.make_node("Mul", ["state", "half"], ["stateN"], name="decay"),
+    ]
+    inits = [w, helper.make_tensor("axes0", TensorProto.INT64, [1], [0]), helper.make_tensor("k16000", TensorProto.FLOAT, [], [16000.0]),
+             helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])]
+    graph = helper.make_graph(
+        nodes, "vad_step",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]), helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4]), helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 4])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="someone-else")
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_state_and_scalar_inputs_build_from_per_sample_data(tmp_path, capsys):
+    import json
+
+    from .conftest import run_cli
+
+    model = _stateful_model(tmp_path / "step.onnx")
+    rng = np.random.default_rng(1)
+    n = 6
+    np.savez(tmp_path / "val.npz", x=rng.standard_normal((n, 1, 4)).astype(np.float32), state=rng.standard_normal((n, 2, 1, 4)).astype(np.float32),
+             sr=np.full(n, 16000, np.int64))
+    args = ["build", model, "--profile", "x86_64-avx2", "--name", "step", "--version", "1", "--quantize", "none", "-o", tmp_path / "s.bundle"]
+    code, out, err = run_cli(args + ["--validation", tmp_path / "val.npz", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {i["name"]: i["shape"] for i in doc["manifest"]["inputs"]} == {"x": [1, 4], "state": [2, 1, 4], "sr": []}
+    assert doc["report"]["metrics"]["feeds"] == n
+    assert any(p.startswith("shapes: input 'state' [2, batch, 4] -> [2, 1, 4]") for p in doc["report"]["passes"])
+    # Without data the scalar sample rate cannot be made up: the build asks for data naming it.
+    code, _, err = run_cli(args, capsys)
+    assert code == 4 and "'sr' [] int64" in err and "--validation" in err and "Traceback" not in err
+
+
+def test_open_image_dims_are_fixed_from_calibration_or_named_with_the_flag(tmp_path, capsys):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from .conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], (rng.standard_normal(216) * 0.2).astype(np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"), helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, "H", "W"])],
+        initializer=[w],
+    )
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    args = ["build", path, "--profile", "x86_64-avx2", "--name", "det", "--version", "1", "-o", tmp_path / "d.bundle"]
+    code, _, err = run_cli(args + ["--quantize", "none"], capsys)
+    assert code == 4 and "'x' [N, 3, H, W] float32" in err and "--input-shape x=1,3,<H>,<W>" in err and "Traceback" not in err
+    np.savez(tmp_path / "calib.npz", x=rng.random((4, 3, 24, 32), np.float32))
+    code, out, err = run_cli(args + ["--quantize", "none", "--calibration", tmp_path / "calib.npz", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["manifest"]["inputs"][0]["shape"] == ["N", 3, 24, 32]
+    assert "shapes: input 'x' [N, 3, H, W] -> [N, 3, 24, 32] from the calibration data" in doc["report"]["passes"]
+
+
+def test_static_shapes_profile_takes_the_batch_from_the_data_too(cnn_files, tmp_path, capsys):
+    import json
+
+    from .conftest import run_cli
+    from .test_bad_inputs import _custom_profile
+
+    profile = _custom_profile(tmp_path, static_shapes=True)
+    args = ["build", cnn_files["onnx"], "--profile", profile, "--name", "m", "--version", "1", "--quantize", "none", "-o", tmp_path / "o.bundle"]
+    code, stdout, err = run_cli(args + ["--validation", cnn_files["validation"], "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["manifest"]["inputs"][0]["shape"] == [1, 1, 16, 16]
+    assert "shapes: input 'input' [batch, 1, 16, 16] -> [1, 1, 16, 16] from the validation data" in doc["report"]["passes"]
