@@ -77,7 +77,8 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
         done.set()
 
     def on_disconnect(c, u, flags, rc, props=None):
-        result.setdefault("rc", rc)
+        # only a CONNACK decides: an MQTT 3.1.1 broker may just close the connection (amqtt
+        # does when the CONNECT carries properties), which paho reports as a normal disconnection
         done.set()
 
     client.on_connect = on_connect
