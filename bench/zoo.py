@@ -177,12 +177,19 @@ def markdown(rows: list[Row]) -> str:
     head = "| model | profile | outcome | scheme (why) | fp32 ms | built ms | speedup | size ratio | worst cos (fresh) | build s |\n|---|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for r in rows:
-        why = f"{r.scheme}: {r.reason}" if r.scheme else r.error[:160]
+        why = f"{r.scheme}: {_short(r.reason)}" if r.scheme else _short(r.error, 200)
         lines.append(
             f"| {r.model} | {r.profile} | {r.outcome} | {why.replace('|', '/')} | {_f(r.fp32_ms)} | {_f(r.built_ms)} | {_f(r.speedup, 'x')} | "
             f"{_f(r.size_ratio)} | {_f(r.worst_cosine)} | {_f(r.build_s)} |"
         )
     return head + "\n".join(lines)
+
+
+def _short(text: str, limit: int = 110) -> str:
+    """The first clause of a reason (up to ':' or ';'), at most ``limit`` characters."""
+    cut = min([i for i in (text.find(": "), text.find("; ")) if i > 0] or [len(text)])
+    head = text[:cut] if cut > 20 else text
+    return head if len(head) <= limit else head[: limit - 1] + "…"
 
 
 def _f(v, suffix: str = "") -> str:

@@ -69,9 +69,8 @@ def check_static_shapes(specs: list[TensorSpec], profile, label: str) -> None:
         return
     dyn = dynamic_inputs(specs)
     if dyn:
-        first = next(iter(dyn))
-        example = ",".join(str(d if isinstance(d, int) else 1) for d in dyn[first])
+        from edgeops.converters.data import unresolved_shape_message
+
         raise DynamicShapeError(
-            f"{label}: profile '{profile.name}' needs static shapes but input(s) {', '.join(f'{n} {s}' for n, s in dyn.items())} have dynamic dims; "
-            f"fix them with --input-shape {first}={example}"
+            unresolved_shape_message(specs, label, f"profile '{profile.name}' needs static shapes but input(s) {', '.join(f'{n} {s}' for n, s in dyn.items())} have open dims")
         )

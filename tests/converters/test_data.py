@@ -250,3 +250,19 @@ def test_static_shapes_profile_takes_the_batch_from_the_data_too(cnn_files, tmp_
     doc = json.loads(stdout)
     assert doc["manifest"]["inputs"][0]["shape"] == [1, 1, 16, 16]
     assert "shapes: input 'input' [batch, 1, 16, 16] -> [1, 1, 16, 16] from the validation data" in doc["report"]["passes"]
+
+
+def test_static_shapes_refusal_lists_every_input_and_a_flag_per_open_input(tmp_path):
+    from edgeops.converters.checks import check_static_shapes
+    from edgeops.converters.errors import DynamicShapeError
+    from edgeops.profiles import load_profile
+
+    from .test_bad_inputs import _custom_profile
+
+    profile = load_profile(str(_custom_profile(tmp_path, static_shapes=True)))
+    specs = [TensorSpec(name="x", dtype="float32", shape=["N", 3, "H", "W"]), TensorSpec(name="scale", dtype="float32", shape=[1, 2]), STATEFUL[1]]
+    with pytest.raises(DynamicShapeError) as e:
+        check_static_shapes(specs, profile, "det.onnx")
+    msg = str(e.value)
+    assert "'x' [N, 3, H, W] float32; 'scale' [1, 2] float32; 'state' [2, batch, 128] float32" in msg
+    assert "--input-shape x=1,3,<H>,<W> --input-shape state=2,1,128" in msg
