@@ -62,7 +62,8 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
     and acknowledges nothing: a broker that binds client ids to usernames gives any connection
     of the console's user the console's session, and a clean start there would throw away the
     events and telemetry queued for it. Unacknowledged messages are delivered again on the
-    real connection.
+    real connection. A session the probe created (none existed) is ended on its DISCONNECT, so
+    probing leaves nothing behind on a broker that does not bind client ids.
     """
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -74,6 +75,7 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
 
     def on_connect(c, u, flags, rc, props=None):
         result["rc"] = rc
+        result["session_present"] = bool(getattr(flags, "session_present", False))
         done.set()
 
     def on_disconnect(c, u, flags, rc, props=None):
@@ -91,11 +93,16 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
         raise FleetError(f"broker {cfg.url}: cannot connect ({e})") from e
     client.loop_start()
     done.wait(timeout)
-    client.loop_stop()
     try:
-        client.disconnect()
+        if result.get("rc") is not None and not result["rc"].is_failure and not result["session_present"]:
+            end = Properties(PacketTypes.DISCONNECT)
+            end.SessionExpiryInterval = 0
+            client.disconnect(properties=end)
+        else:
+            client.disconnect()
     except Exception:
         pass
+    client.loop_stop()
     rc = result.get("rc")
     ok = rc is not None and not getattr(rc, "is_failure", True)
     if rc is not None and getattr(rc, "is_failure", False) and getattr(rc, "value", 0) in (134, 135, 4, 5):
