@@ -9,14 +9,16 @@ Rules (the profile's ``quantization`` section holds the per-target preferences):
   int8 on CPU profiles: no calibration, activations ranges found per input, MatMul weights int8);
 * Edge TPU profiles are full-int8 whatever the model (the TPU runs only integer tensors);
 * models dominated by neither stay float32 ("none");
-* CUDA profiles (Jetson) are fp16 (tensor cores; int8 on TensorRT needs its own calibration cache).
+* CUDA profiles (Jetson) are fp16 (tensor cores; int8 on TensorRT needs its own calibration cache);
+* a model that is already quantized (QDQ, QOperator or dynamic quantization ops present) is not
+  quantized again: "none", whatever the profile. ``--quantize SCHEME`` still forces a scheme.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeops.converters.graph import ModelKind
+from edgeops.converters.graph import ModelKind, describe_quantization
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ def choose_scheme(requested: str, kind: ModelKind, profile) -> Choice:
     """The scheme to use: ``requested`` unless it is 'auto'."""
     if requested != "auto":
         return Choice(requested, f"--quantize {requested} given")
+    if kind.quantized:
+        # Quantizing quantized weights again compounds the rounding and adds Q/DQ pairs; the model's
+        # own quantization was calibrated by its authors on their data.
+        return Choice("none", f"model is already quantized ({describe_quantization(kind.quantized)}): packaged without re-quantizing; pass --quantize SCHEME to force one")
     q = profile.quantization
     features = set(profile.device.cpu_features)
     if profile.device.accelerator == "edgetpu" or "EdgeTpuDelegate" in profile.runtime.providers:

@@ -3,7 +3,10 @@
     InputError (4)
     ├── DynamicShapeError          dynamic input dims on a static-shapes profile
     ├── CalibrationMissingError    static quantization asked for without calibration data
-    └── NonFiniteOutputError       the built model gives NaN/Inf where the original does not
+    ├── NonFiniteOutputError       the built model gives NaN/Inf where the original does not
+    ├── OpsetConversionError       onnx.version_converter cannot bring the model into the profile's opset range
+    └── UnsupportedOperatorError   (edgeops.errors)
+        └── CustomOperatorError    a node whose (domain, op) no runtime of the profile has a kernel for
     ConfigError (3)
     └── ToolUnavailableError       a pass needs a package that is not installed or fails
 
@@ -12,7 +15,7 @@ Each message names the input / option / package at fault and the way out.
 
 from __future__ import annotations
 
-from edgeops.errors import ConfigError, InputError
+from edgeops.errors import ConfigError, InputError, UnsupportedOperatorError
 
 
 class DynamicShapeError(InputError):
@@ -29,3 +32,12 @@ class ToolUnavailableError(ConfigError):
 
 class NonFiniteOutputError(InputError):
     """The built model gives NaN/Inf on a validation input where the original model does not."""
+
+
+class OpsetConversionError(InputError):
+    """onnx.version_converter cannot convert the model's opset into the profile's range; names the node and op."""
+
+
+class CustomOperatorError(UnsupportedOperatorError):
+    """A node's operator (custom domain, or an op the profile's runtime has no kernel for); names node, op,
+    domain and the profiles whose runtime would take it."""

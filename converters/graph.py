@@ -7,7 +7,7 @@ a branch is still found.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -88,6 +88,35 @@ def set_input_shapes(model, shapes: dict[str, list[int]]) -> None:
             d.dim_value = int(value)
 
 
+# Operators only an already-quantized model holds (QDQ, QOperator and dynamic quantization forms).
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+    "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
+    "QLinearSoftmax", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits", "DynamicQuantizeLSTM",
+})
+
+
+def quantized_ops(model) -> dict[str, int]:
+    """Quantization operators in the graph (subgraphs included) and how many nodes use each."""
+    counts: dict[str, int] = {}
+    for _, node in iter_nodes(model.graph):
+        if node.op_type in QUANTIZED_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def describe_quantization(ops: dict[str, int]) -> str:
+    """'QDQ (12 QuantizeLinear, 20 DequantizeLinear)' etc. for a :func:`quantized_ops` result."""
+    forms = []
+    if {"QuantizeLinear", "DequantizeLinear"} & set(ops):
+        forms.append("QDQ")
+    if any(op.startswith("QLinear") or op in ("ConvInteger", "MatMulInteger", "QGemm", "QAttention") for op in ops):
+        forms.append("QOperator")
+    if any(op.startswith("DynamicQuantize") or op in ("MatMulIntegerToFloat", "MatMulNBits") for op in ops):
+        forms.append("dynamic")
+    return f"{'/'.join(forms)} ({', '.join(f'{n} {op}' for op, n in ops.items())})"
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """What the weights of a model are spent on; decides the quantization scheme under auto."""
@@ -96,9 +125,11 @@ class ModelKind:
     conv_share: float  # fraction of weight elements in Conv / ConvTranspose
     matmul_share: float  # fraction in MatMul / Gemm
     has_attention: bool
+    quantized: dict[str, int] = field(default_factory=dict)  # quantization ops already in the model (see quantized_ops)
 
     def describe(self) -> str:
-        return f"{self.kind} (Conv holds {self.conv_share:.0%} of weights, MatMul/Gemm {self.matmul_share:.0%}{', attention present' if self.has_attention else ''})"
+        text = f"{self.kind} (Conv holds {self.conv_share:.0%} of weights, MatMul/Gemm {self.matmul_share:.0%}{', attention present' if self.has_attention else ''})"
+        return text + (f", already quantized: {describe_quantization(self.quantized)}" if self.quantized else "")
 
 
 def classify_counts(conv: int, matmul: int, total: int, has_attention: bool) -> ModelKind:
@@ -115,8 +146,18 @@ def classify_counts(conv: int, matmul: int, total: int, has_attention: bool) -> 
 
 
 def classify_onnx(model) -> ModelKind:
-    """Classify an ONNX model by where its initializer (weight) elements are used."""
+    """Classify an ONNX model by where its weight elements are used.
+
+    Weights are initializers or, in exports that keep them in ``Constant`` nodes (Paddle), those
+    nodes' tensors; weights computed by constant subgraphs are only seen after the normalize pass
+    (:mod:`edgeops.converters.passes.normalize`) folded them into initializers.
+    """
     sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                sizes[node.output[0]] = int(np.prod(value.dims)) if len(value.dims) else 1
     conv = matmul = 0
     has_attention = False
     for _, node in iter_nodes(model.graph):
@@ -127,7 +168,9 @@ def classify_onnx(model) -> ModelKind:
             matmul += sum(sizes.get(name, 0) for name in node.input[:2])
         elif node.op_type in ("Softmax", "Attention", "MultiHeadAttention"):
             has_attention = True
-    return classify_counts(conv, matmul, sum(sizes.values()), has_attention)
+    found = classify_counts(conv, matmul, sum(sizes.values()), has_attention)
+    quantized = quantized_ops(model)
+    return ModelKind(found.kind, found.conv_share, found.matmul_share, found.has_attention, quantized) if quantized else found
 
 
 def classify_torch(module) -> ModelKind:

@@ -27,7 +27,9 @@ from edgeops.converters import checks
 from edgeops.converters.choose import Choice, choose_scheme
 from edgeops.converters.data import Dataset, ImageOptions, describe_inputs, generated_dataset, load_dataset
 from edgeops.converters.errors import CalibrationMissingError, NonFiniteOutputError
+from edgeops.converters.external import artifact_members
 from edgeops.converters.graph import ModelKind, classify_onnx, classify_torch, graph_inputs, set_input_shapes
+from edgeops.converters.intake import prepare_onnx
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.runtime import make_runner, measure_latency
 from edgeops.converters.shapes import fix_dims_from_data
@@ -160,6 +162,10 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     golden = _golden(feeds, ref_runner, built_runner, built_outputs, metrics, ctx, _data_label(options.validation))
     golden_bytes = golden.to_json_bytes()
     artifact_name = f"model/model.{target}"
+    # An ONNX model that came with external data goes into the bundle with its weights beside it.
+    model_members = artifact_members(built.data, artifact_name, external=source.external_data and target == "onnx")
+    if len(model_members) > 1:
+        ctx.log.append(f"external-data: weights in {', '.join(n for n in model_members if n != artifact_name)} beside {artifact_name}, as the source model had them")
     limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
     # The size gate counts every member but the report (whose own size cannot depend on the gate).
     gates = evaluate_gates(metrics, len(built.data) + len(golden_bytes), limits)
@@ -172,6 +178,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         "runtime": {"name": profile.runtime.name, "host_providers": ["CPUExecutionProvider"] if target == "onnx" else ["XNNPACK"], "device_providers": profile.runtime.providers},
         "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe()},
         "passes": ctx.log,
+        "conversions": ctx.report,
         "warnings": ctx.warnings,
         "data": {
             "validation": _data_doc(validation, len(feeds)),
@@ -195,7 +202,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         ctx.warn("gates failed and --allow-gate-failures was given: the bundle is written with status 'gates_failed'")
         report["warnings"] = ctx.warnings
     report_bytes = _json_bytes(report)
-    payload = {artifact_name: built.data, GOLDEN_NAME: golden_bytes, REPORT_NAME: report_bytes}
+    payload = {**model_members, GOLDEN_NAME: golden_bytes, REPORT_NAME: report_bytes}
     manifest = Manifest(
         name=options.name, version=options.version, release=options.release, profile=profile.name, profile_sha256=profile.sha256,
         runtime=profile.runtime.name, providers=list(profile.runtime.providers), artifact=artifact_name, quantization=choice.scheme,
@@ -246,6 +253,9 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     if shape_notes:
         ctx.log.extend(shape_notes)
         reference = Artifact("onnx", data=model.SerializeToString())
+    prepared = reference
+    if source.family == "onnx":  # operators, opset conversion, normalization (see intake.py)
+        prepared, model = prepare_onnx(reference, profile, ctx, step, label)
     checks.check_onnx_opset(model, profile, label)
     checks.check_onnx_ops(model, profile, label)
     specs = graph_inputs(model)
@@ -264,7 +274,7 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     with step("pre-processing (shape inference, graph optimization)"):
         # onnxruntime's optimizer fuses MatMul+Add into Gemm, which quantize_dynamic leaves float:
         # for dynamic int8 only shape inference runs, the optimizer runs at session start on the device.
-        built = create_pass("preprocess", optimize=choice.scheme != "dynamic-int8")(reference, ctx)
+        built = create_pass("preprocess", optimize=choice.scheme != "dynamic-int8")(prepared, ctx)
     q = profile.quantization
     if choice.scheme == "static-int8":
         reduce_range = _needs_reduce_range(profile)

@@ -21,6 +21,7 @@ ONNX_SUFFIXES = (".onnx",)
 TFLITE_SUFFIXES = (".tflite",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 EXPORTED_PROGRAM_SUFFIXES = (".pt2",)
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest protobuf message (an ONNX ModelProto) that can be encoded
 
 
 @dataclass
@@ -35,6 +36,7 @@ class SourceModel:
     module: Any = None  # torch.nn.Module, ScriptModule or ExportedProgram
     example_inputs: tuple | None = None
     notes: list[str] = field(default_factory=list)
+    external_data: bool = False  # an ONNX model with its weights in external data files (the bundle keeps them so)
 
     @property
     def family(self) -> str:
@@ -61,7 +63,7 @@ def load_source(reference: str) -> SourceModel:
                 # Weights stored beside the file: hash the self-contained model we actually use.
                 digest = hashlib.sha256(data).hexdigest()
                 notes.append(f"{path.name}: weights in external data files were inlined; source sha256 is that of the inlined model")
-            return SourceModel(reference, "onnx", digest, path=path, data=data, notes=notes)
+            return SourceModel(reference, "onnx", digest, path=path, data=data, notes=notes, external_data=external)
         if suffix in TFLITE_SUFFIXES:
             return SourceModel(reference, "tflite", digest, path=path, data=_check_tflite(path, raw))
         if suffix in EXPORTED_PROGRAM_SUFFIXES:
@@ -94,6 +96,12 @@ def _check_onnx(path: Path, raw: bytes) -> tuple[bytes, bool]:
         for t in model.graph.initializer:
             t.data_location = onnx.TensorProto.DEFAULT
             del t.external_data[:]
+        if model.ByteSize() >= PROTOBUF_LIMIT:
+            # The passes hand models on as one protobuf message; past 2 GiB protobuf cannot encode it.
+            raise ModelLoadError(
+                f"{path}: with its external data the model is {model.ByteSize() / 2**30:.2f} GiB, over protobuf's 2 GiB message limit; "
+                "the packager takes models up to 2 GiB of weights (their files may be external): export a smaller or float16 model"
+            )
         raw = model.SerializeToString()
     if not model.graph.node:
         raise ModelLoadError(f"{path}: ONNX file has an empty graph (no nodes)")

@@ -39,6 +39,7 @@ class PassContext:
     calibration: Any = None  # Dataset | None
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)  # structured facts for the build report (e.g. opset_conversion)
     step: Callable[[str], contextlib.AbstractContextManager] = field(default=lambda text: contextlib.nullcontext())
 
     def warn(self, message: str) -> None:
@@ -97,7 +98,7 @@ def create_pass(name: str, **options: Any) -> Pass:
 
 def load_builtin_passes() -> None:
     """Import the built-in pass modules so they register (cheap: they import heavy deps lazily)."""
-    from edgeops.converters.passes import export, fusion, litert, optimize, quantize  # noqa: F401
+    from edgeops.converters.passes import export, fusion, litert, normalize, opset, optimize, quantize  # noqa: F401
 
 
 def describe_passes() -> Iterator[tuple[str, str, dict[str, str]]]:
