@@ -365,9 +365,7 @@ def _device_url(config: FleetConfig, method: str) -> str:
 
     configured = config.enroll.device_broker_url
     scheme = urlparse(configured).scheme if configured else None
-    if method == "password":
-        if scheme in ("mqtt", "tcp"):
-            return configured
+    if method == "password":  # always the port password-listener.conf opens
         port = password_listener_port(config)
         if not port:
             raise ConfigError("--method password: fleet.toml [enroll] password_listener_port = 0 (no password listener); enroll with --method cert or set the port")
