@@ -182,6 +182,15 @@ def openapi_document() -> dict:
             }
         }
     _name_operations(paths)
+    paths["/api/v1/devices"]["get"]["responses"]["200"] = {
+        **arr,
+        "links": {
+            op["operationId"]: {"operationId": op["operationId"], "parameters": {"id": "$response.body#/0/id"}}
+            for path, item in paths.items()
+            if path.startswith("/api/v1/devices/{id}")
+            for op in item.values()
+        },
+    }
     # what a created rollout's id leads to (schemathesis' stateful phase follows these)
     paths["/api/v1/rollouts"]["post"]["responses"]["201"] = {
         **obj,

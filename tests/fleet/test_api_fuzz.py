@@ -4,7 +4,7 @@ Every check schemathesis has runs except ``positive_data_acceptance``: whether a
 rollout or self-test order is accepted depends on state the document cannot express (the bundle
 must be published, waves must grow to 100 %, the device must be online), so the console refuses
 such requests with 400/404/409/422 on purpose. Bounded: 10 examples per operation and phase with
-a fixed seed (about 10 s per database on two cores); a run that finds a failure prints its
+a fixed seed (10-20 s per database on two cores); a run that finds a failure prints its
 report, with a curl line per failure.
 """
 
@@ -17,13 +17,26 @@ import pytest
 
 from edgeops.fleet.config import config_from_dict
 from edgeops.fleet.console import FleetConsole, wait_for
-from edgeops.fleet.registry import register_devices
+from edgeops.fleet.registry import get_device, register_devices
 from tests.fleet.conftest import PG_OK, PG_URL
+from tests.fleet.helpers import state
 from tests.support.broker import TestBroker
 
 TOKEN = "fuzz-token"
 SEED = 20261204
 MAX_EXAMPLES = 10
+
+
+def online_device(port: int, device_id: str):
+    """A paho client that reports ``device_id`` online with digits@2.0.0 active."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    topic, payload = state(device_id, active="digits@2.0.0")
+    client.publish(topic, payload, qos=1).wait_for_publish(10)
+    return client
 
 
 @pytest.mark.slow
@@ -47,9 +60,12 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path, fleet_
             }
         )
         console = FleetConsole(cfg).start()
+        device = None
         try:
             register_devices(console.db, [{"id": f"d{i}", "tags": {"site": "x"}} for i in range(3)])
             wait_for(lambda: console.mqtt_connected, 20, what="console connected to the broker")
+            device = online_device(broker.port, "d0")  # self-test orders to d0 are signed and published
+            wait_for(lambda: get_device(console.db, "d0")["online"], 20, what="d0 online")
             cmd = [
                 sys.executable, "-m", "schemathesis.cli", "run", console.api_url + "/openapi.json",
                 "--header", f"Authorization: Bearer {TOKEN}",
@@ -62,6 +78,9 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path, fleet_
         finally:
             database = console.db
             console.stop()
+            if device is not None:
+                device.loop_stop()
+                device.disconnect()
             if dialect == "postgresql":
                 database.drop_all()
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]
