@@ -314,7 +314,7 @@ def make_app(console):
     @web.middleware
     async def guard(request, handler):
         rid = request.headers.get(REQUEST_ID_HEADER, "")
-        request[_REQUEST_ID_KEY] = rid if _REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        request[_REQUEST_ID_KEY] = rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
         response = await _answer(request, handler)
         response.headers[REQUEST_ID_HEADER] = request[_REQUEST_ID_KEY]
         return response

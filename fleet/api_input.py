@@ -101,12 +101,12 @@ class Param:
         return raw
 
     def _device(self, raw: str) -> str:
-        if not _DEVICE_ID_RE.match(raw):
+        if not _DEVICE_ID_RE.fullmatch(raw):
             self._fail(raw, "a device id (letters, digits, '_', '.', '-'; at most 64)")
         return raw
 
     def _text(self, raw: str) -> str:
-        if len(raw) > MAX_TEXT or not _TEXT_RE.match(raw):
+        if len(raw) > MAX_TEXT or not _TEXT_RE.fullmatch(raw):
             self._fail(raw, f"printable text of at most {MAX_TEXT} characters")
         return raw
 
@@ -143,12 +143,12 @@ OFFSET = Param("offset", "int", "rows to skip (with limit)", minimum=0, maximum=
 
 def valid_device_id(text: str) -> bool:
     """True when ``text`` can be a device id (a path id that cannot is an unknown device)."""
-    return bool(_DEVICE_ID_RE.match(text))
+    return bool(_DEVICE_ID_RE.fullmatch(text))
 
 
 def valid_text(text: str) -> bool:
     """True when ``text`` is printable and at most MAX_TEXT characters (other path ids name nothing)."""
-    return len(text) <= MAX_TEXT and bool(_TEXT_RE.match(text))
+    return len(text) <= MAX_TEXT and bool(_TEXT_RE.fullmatch(text))
 
 
 def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:

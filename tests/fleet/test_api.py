@@ -176,6 +176,8 @@ def test_bearer_scheme_is_case_insensitive(console):
         ("/api/v1/events?since=1e999", "since", "finite"),
         ("/api/v1/events?kind=exploded", "kind", "command_accepted"),
         ("/api/v1/events?device=%00", "device", "device id"),
+        ("/api/v1/events?device=d0%0A", "device", "device id"),  # $ of a pattern also matches before a final newline
+        ("/api/v1/events?command_id=abc%0A", "command_id", "printable"),
         ("/api/v1/events?command_id=a%00b", "command_id", "printable"),
         ("/api/v1/rollouts?status=sideways", "status", "running"),
     ],
@@ -259,6 +261,7 @@ def test_unknown_routes_and_methods_answer_json(console):
     status, err, headers = call(console, "DELETE", "/api/v1/devices", full=True)
     assert status == 405 and "GET" in headers["Allow"] and err["type"] == "MethodNotAllowed"
     assert call(console, "GET", "/api/v1/devices/" + "x" * 300)[0] == 404
+    assert call(console, "GET", "/api/v1/devices/d0%0A")[0] == 404
 
 
 def test_http_repository(console, fleet_repo, tmp_path):
