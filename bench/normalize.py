@@ -1,9 +1,8 @@
 """Which library should normalize third-party ONNX models before the packager analyses them?
 
-Candidates (all maintained, none hand-written): onnxslim (``onnxslim.slim``, with all its steps,
-and as the packager's normalize pass calls it: ``slim-pass``, without pattern fusion and dead-node
-elimination), onnx-simplifier
-(``onnxsim.simplify``) and onnxruntime's basic offline optimization
+Candidates (all maintained, none hand-written): onnxslim (``onnxslim.slim`` with all its steps,
+and ``slim-pass``: as the packager's normalize pass calls it, without pattern fusion and dead-node
+elimination), onnx-simplifier (``onnxsim.simplify``) and onnxruntime's basic offline optimization
 (``GraphOptimizationLevel.ORT_ENABLE_BASIC`` + ``optimized_model_filepath``). For every model:
 
 * ``ok``: the library returned a model without raising;
@@ -15,18 +14,19 @@ elimination), onnx-simplifier
 * ``same bytes``: normalizing twice gives identical bytes (builds must be reproducible);
 * seconds spent.
 
-Models: the third-party corpus of bench/corpus.py (``--corpus``: fed with its own data), the ONNX files that ship
-in the installed onnx package (``onnx/backend/test/data/{light,real,simple,pytorch-*}``: opset 6-12,
-the "light" model-zoo nets compute their weights with ``ConstantOfShape`` subgraphs), and
-synthetic opset-9 and opset-11 conv nets with their weights in ``Constant`` nodes (as Paddle
-exports have) or computed by constant subgraphs (tests/support/onnx_models.py). A model the
-original onnxruntime cannot run (opset below 7) is listed as skipped.
+Models: the third-party corpus of bench/corpus.py (``--corpus``, fed with its own data), the
+ONNX files that ship in the installed onnx package (``onnx/backend/test/data/{light,simple,pytorch-*}``:
+opset 6-12; the "light" model-zoo nets compute their weights with ``ConstantOfShape``
+subgraphs), and synthetic opset-9 and opset-11 conv nets with their weights in ``Constant`` nodes
+(as Paddle exports have) or computed by constant subgraphs (tests/support/onnx_models.py). A
+model whose original onnxruntime cannot run is listed as skipped.
 
     python bench/normalize.py [--opset 13] [--corpus] [--only NAME] [--json OUT]
 
-With ``--opset 13`` every model below opset 13 is first converted to it by the packager's
-convert-opset pass (``onnx.version_converter``, IR version raised to match) (the packager's order: the opset
-pass runs before normalization); a model the converter cannot convert is listed as skipped.
+With ``--opset 13`` a model below opset 13 is first converted to it by the packager's
+convert-opset pass (``onnx.version_converter``, IR version raised to match), as the packager
+does before normalizing. onnx-simplifier is not a dependency of edgeops: install it for this
+comparison (``pip install onnxsim==0.8.1``).
 """
 
 from __future__ import annotations

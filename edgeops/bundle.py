@@ -5,6 +5,8 @@ Layout (members in this order, all regular files, mode 0644, mtime 0, owner 0:0)
     manifest.json        Manifest: identity, profile, runtime, I/O schema, files, provenance
     golden.json          golden vectors for the on-device self-test
     model/<artifact>     the model (model.onnx or model.tflite)
+    model/model.onnx.data  the ONNX model's external data, when its source kept weights external
+                         (read by onnxruntime from beside model.onnx; hashed like every member)
     report.json          the validation report written at build time
 
 The manifest lists the sha256 and size of every other member. Bundles are deterministic:
