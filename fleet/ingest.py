@@ -6,14 +6,23 @@ one writer thread drains the queue and stores a whole batch per transaction with
 
 Per batch:
 
-- validate each message with :mod:`edgeops.protocol`; malformed messages, bodies whose
-  ``device_id`` disagrees with the topic, and messages from devices that are not enrolled are
-  counted and dropped (never raised);
+- validate each message with :mod:`edgeops.protocol`; malformed messages (values outside the
+  schema's bounds included), bodies whose ``device_id`` disagrees with the topic, and messages
+  from devices that are not enrolled are counted and dropped (never raised);
+- events and telemetry are stored with ``received_at``, the console's clock when the message
+  arrived (:meth:`Ingestor.submit`): gates and /metrics select by it. The device's own
+  timestamps are kept as data; one that is off the receive clock (:func:`clock_skew`) is
+  counted, per kind and per device (``device_clock``);
 - state: the last message per device wins (the broker delivers one topic in order);
 - events and telemetry: ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` on (device_id, seq), so
   QoS 1 redeliveries and replays from a device's spool are counted as duplicates and dropped;
 - new events move rollout assignments forward (:mod:`edgeops.fleet.rollouts.progress`);
 - last seen and health are updated for every device heard from.
+
+A batch the database refuses is stored again message by message, each in a savepoint
+(``process(items, isolate=True)``): a message the database refuses is dropped and counted by
+reason (``db_rejected``), the others are stored. Transient errors (connection, lock) retry the
+whole batch (``db_retries``) and drop nothing until the retries are spent (``db_errors``).
 
 When the queue is full, :meth:`submit` blocks: the MQTT client stops acknowledging, and the
 broker holds the QoS 1 messages, so a burst is slowed down rather than lost.
