@@ -209,6 +209,7 @@ def _stored(db, table, device: str) -> int:
 def test_any_device_message_is_stored_whole_or_malformed_and_never_costs_the_batch(fuzz_env):
     db, ing, rec = fuzz_env["db"], fuzz_env["ingest"], fuzz_env["rec"]
     seq = {"g1": 0, "g2": 0}
+    seen = {"parsed": 0, "malformed": 0}  # the property means something only if examples land on both sides
 
     def good() -> list[tuple[str, bytes]]:
         out = []
@@ -236,6 +237,7 @@ def test_any_device_message_is_stored_whole_or_malformed_and_never_costs_the_bat
         snap = ing.stats.snapshot()
         parsed = parse_message(KINDS[kind], payload)
         parsed = parsed if parsed is not None and parsed.device_id == DEVICE else None
+        seen["parsed" if parsed else "malformed"] += 1
 
         ing.process(items)  # the whole batch in one transaction: the database must accept it as is
 
@@ -262,6 +264,7 @@ def test_any_device_message_is_stored_whole_or_malformed_and_never_costs_the_bat
         assert "edgeops_telemetry_inferences{" in body
 
     one_batch()
+    assert seen["parsed"] >= 10 and seen["malformed"] >= 10, seen
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
@@ -270,17 +273,3 @@ def test_any_fetch_request_parses_into_bounded_values_or_is_malformed(body):
     req = parse_message(FetchRequest, _dumps(body))
     if req is not None:
         assert 0 <= req.offset < 2**63 and 1 <= req.length <= 4 * 256 * 1024 and len(req.request_id) <= 128
-
-
-def test_the_generator_reaches_both_sides_of_the_bounds():
-    """The property above means something only if examples land on both sides: parse some."""
-    seen = {"parsed": 0, "malformed": 0}
-
-    @settings(max_examples=100, deadline=None, derandomize=True, database=None)
-    @given(msg=messages())
-    def count(msg):
-        kind, payload = msg
-        seen["parsed" if parse_message(KINDS[kind], payload) is not None else "malformed"] += 1
-
-    count()
-    assert seen["parsed"] >= 25 and seen["malformed"] >= 25, seen
