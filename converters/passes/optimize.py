@@ -7,12 +7,25 @@ Conv). Models that symbolic shape inference cannot handle (some control flow) re
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from pathlib import Path
 
 from pydantic import Field
 
 from edgeops.converters.passes import Artifact, Pass, PassContext, PassOptions, register_pass
+
+
+@contextlib.contextmanager
+def _working_directory(path: str):
+    """contextlib.chdir (Python 3.11+) for the 3.10 the package still supports."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 class PreprocessOptions(PassOptions):
@@ -37,7 +50,12 @@ class Preprocess(Pass):
             last = None
             for skip_symbolic in attempts:
                 try:
-                    quant_pre_process(str(src), str(dst), skip_optimization=not self.options.optimize, skip_symbolic_shape=skip_symbolic)
+                    # onnxruntime's symbolic shape inference saves its half-inferred model as
+                    # sym_shape_infer_temp.onnx + <uuid>.data in the working directory when it
+                    # gives up (a 5-50 MB copy of the user's weights left wherever the user ran
+                    # `edgeops build`): run it inside the pass's own temporary folder.
+                    with _working_directory(tmp):
+                        quant_pre_process(str(src), str(dst), skip_optimization=not self.options.optimize, skip_symbolic_shape=skip_symbolic)
                     if skip_symbolic and self.options.symbolic_shape_inference:
                         ctx.warn(f"preprocess: symbolic shape inference failed ({last}); used ONNX shape inference only")
                     ctx.log.append(f"preprocess: quant_pre_process (optimization {'on' if self.options.optimize else 'off'}, symbolic shapes {'off' if skip_symbolic else 'on'})")
