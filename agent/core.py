@@ -35,6 +35,7 @@ from edgeops.golden import GoldenVectors
 from edgeops.profiles import HardwareProfile, load_profile
 from edgeops.protocol import DeviceEvent, DeviceState, EventKind, GateResult, TelemetryBatch, VersionRef, events_topic, state_topic, telemetry_topic
 from edgeops.trust.errors import TrustError
+from edgeops.trust.targets import BUNDLE_SUFFIX, target_path
 
 from edgeops.agent.config import AgentConfig, SelfTestConfig
 from edgeops.agent.inputs import BadInputError, check_inputs
@@ -313,6 +314,11 @@ class Agent:
         if self.hooks.checkpoint:
             self.hooks.checkpoint(state, label)
 
+    @property
+    def max_probation_restarts(self) -> int:
+        """Restarts tolerated during one probation window (``probation.max_restarts``)."""
+        return self.config.probation.max_restarts
+
     def wait_before_retry(self, attempt: int) -> None:
         """Back off before retrying a fetch (interrupted by stop)."""
         self._stop.wait(min(30.0, 0.5 * 2**attempt) * self.rng.uniform(0.5, 1.0))
@@ -320,13 +326,16 @@ class Agent:
     # -- store and serving ------------------------------------------------------------------------
     def download_path(self, sha256: str) -> Path:
         """Where a bundle is downloaded to."""
-        return self.downloads_dir / f"{sha256}.bundle"
+        return self.downloads_dir / f"{sha256}{BUNDLE_SUFFIX}"
 
     def discard_download(self, sha256: str) -> None:
         """Delete a downloaded bundle file."""
         self.download_path(sha256).unlink(missing_ok=True)
 
     def _load(self, sha256: str) -> LoadedModel:
+        # A version loaded from disk by a fresh process (start-up, a restart in probation) is
+        # re-hashed: it was verified on its way into the store, but storage can rot while the
+        # device is off. The install path's self-test loads what the pass has just verified.
         manifest = self.store.verify(sha256)  # complete and matching its manifest, or StoreError
         files = self.store.files_dir(sha256)
         runtime = self.runtime_factory(files / manifest.artifact, manifest, list(self.profile.runtime.providers), self.profile.runtime.threads)
@@ -358,8 +367,11 @@ class Agent:
             self._spool_interval(closed)
 
     def self_test(self, sha256: str, keep_runtime: bool = False, settings: SelfTestConfig | None = None) -> SelfTestReport:
-        """Self-test a stored version (see :mod:`edgeops.agent.selftest`); ``settings`` default to the config's."""
-        manifest = self.store.verify(sha256)
+        """Self-test a stored version (see :mod:`edgeops.agent.selftest`); ``settings`` default to the config's.
+
+        The files are not hashed again: the store holds only versions whose every file the one
+        verifying pass checked on its way in (complete by construction, read-only)."""
+        manifest = self.store.manifest(sha256)
         files = self.store.files_dir(sha256)
         settings = settings or self.config.self_test
         report = run_self_test(files, manifest, settings, self.runtime_factory, list(self.profile.runtime.providers), self.profile.runtime.threads, keep_runtime=keep_runtime)
@@ -573,7 +585,7 @@ class Agent:
         self.persisted.update = UpdateRecord(
             command_id=cmd.command_id,
             command_seq=cmd.seq,
-            target_name=f"{m.name}/{m.version}",
+            target_name=target_path(m.name, m.version),
             sha256=current,
             length=0,
             name=m.name,
@@ -600,10 +612,9 @@ class Agent:
         - ``self_test_passed`` / ``self_test_failed``: every gate, and a JSON ``detail`` of figures
           (load time, latency p50/p95/p99 over ``runs`` inferences, memory, CPU MHz, temperature).
         """
+        from edgeops.agent.fetch import Assignment, compatibility_check, fetch_verified
         from edgeops.agent.store import StoreError
-        from edgeops.trust.commands import check_assignment
         from edgeops.trust.errors import RepositoryUnavailableError
-        from edgeops.trust.verify import verify_bundle_file
 
         if self.machine.busy():
             return self._refuse(cmd, f"busy in state {self.machine.state.value}; run the self-test when the update has finished")
@@ -620,19 +631,11 @@ class Agent:
         try:
             if not self.store.has(sha):
                 try:
-                    self.trust.refresh()
-                    record = self.trust.get_target(cmd.target_name)
-                    check_assignment(cmd, record)
-                    if record.profile and record.profile != self.profile.name:
-                        raise BundleError(f"{record.name} was built for profile {record.profile!r}; this device runs {self.profile.name!r}")
+                    # The install path's steps (edgeops.agent.fetch), without the release floor:
+                    # a self-test activates nothing.
                     path = self.download_path(sha)
-                    self.trust.download_target(record, path)
-                    m = verify_bundle_file(path, record).manifest
-                    if m.profile != self.profile.name:
-                        raise BundleError(f"bundle {m.name} {m.version} is for profile {m.profile!r}; this device runs {self.profile.name!r}")
-                    if m.runtime != self.profile.runtime.name:
-                        raise BundleError(f"bundle {m.name} {m.version} needs runtime {m.runtime!r}; profile {self.profile.name} uses {self.profile.runtime.name!r}")
-                    self.store.install(path, sha)
+                    record = fetch_verified(self.trust, Assignment(cmd.command_id, cmd.target_name, sha, cmd.target_length), self.profile, path)
+                    self.store.install(path, sha, record, check=compatibility_check(self.profile))
                 except RepositoryUnavailableError as e:
                     return answer(EventKind.INSTALL_FAILED, f"repository unreachable: {e}")
                 except (TrustError, BundleError) as e:

@@ -1,8 +1,8 @@
 """The persisted install state: which state the machine is in, and the update it works on.
 
-The state is stored **by name** in ``<data_dir>/state.json``. Every write goes to a temporary
-file that is fsynced and then renamed over the old one (``os.replace``), and the directory is
-fsynced too, so after a crash the file is either the old or the new version, never a mix.
+The state is stored **by name** in ``<data_dir>/state.json``. Every write goes through the one
+:func:`edgeops.trust.fsutil.atomic_write` (temporary file, fsync, ``os.replace``, directory
+fsync), so after a crash the file is either the old or the new version, never a mix.
 The machine writes the next state *before* it acts on it (see :mod:`edgeops.agent.machine`).
 """
 
@@ -17,6 +17,7 @@ from typing import Annotated
 
 from edgeops.errors import AgentError
 from edgeops.schema import Meta, Schema, SchemaError, field
+from edgeops.trust.fsutil import atomic_write
 
 
 class State(str, Enum):
@@ -74,26 +75,6 @@ class PersistedState(Schema):
     # sha256 -> command id that installed it: versions refused until a new command re-assigns them.
     failed: dict[str, str] = field(default_factory=dict)
     last_command_seq: int = 0
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, os.replace, dir fsync)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename in it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StateFile:

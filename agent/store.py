@@ -6,12 +6,19 @@ Layout under ``<data_dir>/store``::
     <sha256>/files/...         every file the manifest lists, verified while extracted
     current  -> <sha256>       the version being served (symlink)
     previous -> <sha256>       the version to roll back to (symlink)
-    .staging-<sha256>/         an install in progress; removed on start-up and by gc()
+    .staging-<sha256>/         a version being verified, or verified and not yet renamed;
+                               removed by gc() (which runs only at rest)
 
-An install plans before it writes: it reads the manifest first and checks the declared size
-against the store quota and the free disk space; extraction goes to a staging directory that
-becomes ``<sha256>`` with one rename, so a version in the store is always complete. Links are
-swapped atomically (new link under a temporary name, then ``os.replace``).
+Bundles are read once (RAUC's model): :meth:`ModelStore.stage` runs the one verifying pass
+(:func:`edgeops.trust.verify.extract_verified`: the signed target's length and sha256, every
+member against the manifest) and writes the members into ``.staging-<sha256>/files`` while it
+checks them. It plans before it writes: as soon as the manifest (the bundle's first member) is
+read, the declared size is checked against the store quota and the free disk space, and the
+caller's ``check`` (the device's profile and runtime) runs, before any member reaches the
+disk. On any failure the staging folder is removed. Only a complete pass writes
+``manifest.json`` into it, last; :meth:`ModelStore.commit_staged` then makes it ``<sha256>``
+with one rename, so a version in the store is always complete and was verified on its way in.
+Links are swapped atomically (new link under a temporary name, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
-from edgeops.bundle import MANIFEST_NAME, Manifest, extract_bundle, sha256_file
+from edgeops.bundle import MANIFEST_NAME, Manifest, sha256_file
 from edgeops.errors import AgentError
-from edgeops.trust.verify import read_manifest
-
-from edgeops.agent.statefile import atomic_write, fsync_dir
+from edgeops.trust.fsutil import atomic_write, fsync_dir
+from edgeops.trust.targets import TargetRecord
+from edgeops.trust.verify import extract_verified
 
 CURRENT = "current"
 PREVIOUS = "previous"
@@ -98,36 +106,70 @@ class ModelStore:
                 total += p.stat().st_size
         return total
 
-    def install(self, bundle_path: Path, sha256: str) -> Manifest:
-        """Extract a verified bundle file into ``<sha256>/``; idempotent; all or nothing.
+    def staging_path(self, sha256: str) -> Path:
+        """Folder of a version being verified (or verified and not yet renamed into the store)."""
+        return self.root / f".staging-{sha256}"
 
-        Raises StoreFullError (nothing changed) when the quota or the disk is too small,
-        including a disk that fills up during extraction.
+    def staged(self, sha256: str) -> bool:
+        """True when a complete, verified version waits in staging (its manifest is written last)."""
+        return (self.staging_path(sha256) / MANIFEST_NAME).is_file()
+
+    def stage(self, bundle_path: Path, sha256: str, target: TargetRecord | None = None, check: Callable[[Manifest], None] | None = None) -> Manifest:
+        """The one pass: verify ``bundle_path`` and write its members into staging while checking them.
+
+        The whole file must have ``sha256`` (the content address; with ``target``, also the
+        signed length and custom fields). As soon as the manifest is read, before any member
+        is written: StoreFullError (nothing changed) when the quota or the disk is too small,
+        and ``check(manifest)`` may refuse the bundle. Any failure (BundleError, TrustError,
+        StoreFullError also for a disk that fills up mid-way) leaves no staging folder.
+        Restarting it is safe: a leftover staging folder is replaced.
         """
-        if self.has(sha256):
-            return self.manifest(sha256)
-        manifest = read_manifest(bundle_path)
+        if target is not None and target.sha256 != sha256:
+            raise StoreError(f"{self.root}: target {target.name} has sha256 {target.sha256[:12]}, not {sha256[:12]}")
+        staging = self.staging_path(sha256)
+        shutil.rmtree(staging, ignore_errors=True)
+
+        def plan(manifest: Manifest) -> None:
+            if check is not None:
+                check(manifest)
+            self._check_room(manifest)
+
+        try:
+            staging.mkdir()
+            manifest = extract_verified(bundle_path, staging / "files", target, sha256=sha256, on_manifest=plan).manifest
+            atomic_write(staging / MANIFEST_NAME, manifest.to_json_bytes())  # last: marks the staging complete
+        except BaseException as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            if _is_enospc(e):
+                raise StoreFullError(f"{self.root}: disk full while installing {bundle_path}; nothing was changed") from e
+            raise
+        return manifest
+
+    def _check_room(self, manifest: Manifest) -> None:
         need = sum(e.size for e in manifest.files.values()) + len(manifest.to_json_bytes())
-        # Plan before writing: refuse up front when it cannot fit.
         if self.quota_bytes is not None and self.used_bytes() + need > self.quota_bytes:
             raise StoreFullError(f"{self.root}: installing {manifest.name} {manifest.version} needs {need} bytes; the store quota of {self.quota_bytes} bytes would be exceeded")
         free = shutil.disk_usage(self.root).free
         if need > free:
             raise StoreFullError(f"{self.root}: installing {manifest.name} {manifest.version} needs {need} bytes; only {free} free on disk")
-        staging = self.root / f".staging-{sha256}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.mkdir()
-            extract_bundle(bundle_path, staging / "files")
-            atomic_write(staging / MANIFEST_NAME, manifest.to_json_bytes())
-            os.replace(staging, self.path(sha256))
-            fsync_dir(self.root)
-        except BaseException as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            if _is_enospc(e):
-                raise StoreFullError(f"{self.root}: disk full while installing {manifest.name} {manifest.version}; nothing was changed") from e
-            raise
-        return manifest
+
+    def commit_staged(self, sha256: str) -> Manifest:
+        """Install what :meth:`stage` verified: one rename of the staging folder; idempotent."""
+        if self.has(sha256):
+            return self.manifest(sha256)
+        staging = self.staging_path(sha256)
+        if not self.staged(sha256):
+            raise StoreError(f"{staging}: no complete verified staging for {sha256[:12]}; verify the bundle again")
+        os.replace(staging, self.path(sha256))
+        fsync_dir(self.root)
+        return self.manifest(sha256)
+
+    def install(self, bundle_path: Path, sha256: str, target: TargetRecord | None = None, check: Callable[[Manifest], None] | None = None) -> Manifest:
+        """:meth:`stage` then :meth:`commit_staged`: verify and install in one pass; idempotent; all or nothing."""
+        if self.has(sha256):
+            return self.manifest(sha256)
+        self.stage(bundle_path, sha256, target, check)
+        return self.commit_staged(sha256)
 
     def remove(self, sha256: str) -> None:
         """Delete a version (never the one ``current`` points to)."""

@@ -12,7 +12,9 @@ Layout (members in this order, all regular files, mode 0644, mtime 0, owner 0:0)
 The manifest lists the sha256 and size of every other member. Bundles are deterministic:
 the same inputs give byte-identical files. Reading is safe by construction: only regular
 files listed in the manifest are accepted, each checked for size and sha256 while streaming,
-with a cap on the total; links, devices, absolute paths and `..` are refused.
+with a cap on the total; links, devices, absolute paths and `..` are refused. There is one
+reader, the streaming pass in :mod:`edgeops.trust.verify`; :func:`read_bundle` and
+:func:`extract_bundle` below are that pass with an in-memory or a folder destination.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -179,157 +182,37 @@ class BundleContents:
 
 
 def read_bundle(source: str | Path | BinaryIO, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> BundleContents:
-    """Read and check a bundle in memory (for inspect and small bundles)."""
-    return _read(source, max_total_bytes, dest=None)
+    """Read and check a bundle in memory (for inspect and small bundles).
+
+    The same one-pass reader the device installs with (:mod:`edgeops.trust.verify`): every
+    member is checked against the manifest while it streams; BundleError names what is wrong.
+    """
+    from edgeops.trust.verify import MemorySink, read_verified
+
+    sink = MemorySink()
+    verdict = read_verified(source, sink=sink, max_total_bytes=max_total_bytes)
+    return BundleContents(manifest=verdict.manifest, files=sink.files)
 
 
 def extract_bundle(source: str | Path | BinaryIO, dest: str | Path, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> Manifest:
     """Safely extract a bundle into ``dest`` (created; must not exist yet), verifying every file.
 
     Only regular files listed in the manifest are written, each checked for size and sha256
-    while streaming. On any error nothing is left at ``dest``.
+    while streaming (the one reader, :func:`edgeops.trust.verify.extract_verified`), into
+    ``<dest>.partial`` that becomes ``dest`` with one rename. On any error nothing is left at
+    ``dest``.
     """
+    from edgeops.trust.verify import extract_verified
+
     dest = Path(dest)
     if dest.exists():
         raise BundleError(f"{dest}: extraction target already exists")
     staging = dest.with_name(dest.name + ".partial")
-    if staging.exists():
-        _rmtree(staging)
-    staging.mkdir(parents=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    manifest = extract_verified(source, staging, max_total_bytes=max_total_bytes).manifest
     try:
-        contents = _read(source, max_total_bytes, dest=staging)
-        for entry in sorted(staging.rglob("*"), reverse=True):
-            if entry.is_file():
-                with open(entry, "rb") as f:
-                    os.fsync(f.fileno())
         os.replace(staging, dest)
     except BaseException:
-        _rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    return contents.manifest
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _read(source, max_total_bytes: int, dest: Path | None) -> BundleContents:
-    opened = None
-    try:
-        if isinstance(source, (str, Path)):
-            try:
-                opened = open(source, "rb")
-            except OSError as e:
-                raise BundleError(f"{source}: cannot open bundle ({e.strerror or e})") from e
-            fileobj = opened
-            label = str(source)
-        else:
-            fileobj = source
-            label = getattr(source, "name", "bundle")
-        try:
-            tar = tarfile.open(fileobj=fileobj, mode="r:")
-        except (tarfile.TarError, OSError, ValueError, EOFError) as e:
-            raise BundleError(f"{label}: not a bundle (not an uncompressed tar file): {e}") from e
-        return _read_members(tar, label, max_total_bytes, dest)
-    finally:
-        if opened:
-            opened.close()
-
-
-def _read_members(tar: tarfile.TarFile, label: str, max_total_bytes: int, dest: Path | None) -> BundleContents:
-    manifest: Manifest | None = None
-    files: dict[str, bytes] = {}
-    seen: set[str] = set()
-    total = 0
-    try:
-        for index, member in enumerate(_iter_members(tar, label)):
-            # isreg() also accepts GNU sparse and contiguous members, whose stored bytes do not
-            # equal their size: only plain regular files are allowed.
-            if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.issparse():
-                raise BundleError(f"{label}: member {member.name!r} is not a regular file (links, devices and sparse files are refused)")
-            _check_member_name(member.name)
-            if member.name in seen:
-                raise BundleError(f"{label}: member {member.name!r} appears twice")
-            seen.add(member.name)
-            if index == 0:
-                if member.name != MANIFEST_NAME:
-                    raise BundleError(f"{label}: first member must be {MANIFEST_NAME}, found {member.name!r}")
-                if member.size > MAX_MANIFEST_BYTES:
-                    raise BundleError(f"{label}: manifest.json is {member.size} bytes, over the {MAX_MANIFEST_BYTES} cap")
-                raw = _read_exact(tar, member, member.size, label)
-                manifest = Manifest.from_json_bytes(raw, f"{label}: manifest.json")
-                for name in manifest.files:
-                    _check_member_name(name)
-                if manifest.artifact not in manifest.files:
-                    raise BundleError(f"{label}: manifest artifact {manifest.artifact!r} is not listed in files")
-                declared = sum(e.size for e in manifest.files.values())
-                if declared > max_total_bytes:
-                    raise BundleError(f"{label}: bundle declares {declared} bytes, over the cap of {max_total_bytes}")
-                continue
-            if manifest is None:  # unreachable: index 0 either set it or raised
-                raise BundleError(f"{label}: no manifest before {member.name!r}")
-            entry = manifest.files.get(member.name)
-            if entry is None:
-                raise BundleError(f"{label}: member {member.name!r} is not listed in the manifest")
-            if member.size != entry.size:
-                raise BundleError(f"{label}: member {member.name!r} is {member.size} bytes, manifest says {entry.size}")
-            total += member.size
-            if total > max_total_bytes:
-                raise BundleError(f"{label}: bundle exceeds the cap of {max_total_bytes} bytes")
-            if dest is None:
-                data = _read_exact(tar, member, entry.size, label)
-                if sha256_bytes(data) != entry.sha256:
-                    raise BundleError(f"{label}: sha256 of {member.name!r} does not match the manifest (tampered or corrupt)")
-                files[member.name] = data
-            else:
-                _stream_to_file(tar, member, entry, dest, label)
-    except (tarfile.TarError, EOFError, OSError, ValueError, RecursionError) as e:
-        raise BundleError(f"{label}: corrupt bundle: {e}") from e
-    if manifest is None:
-        raise BundleError(f"{label}: empty bundle (no manifest.json)")
-    missing = sorted(set(manifest.files) - seen)
-    if missing:
-        raise BundleError(f"{label}: files listed in the manifest are missing: {', '.join(missing)}")
-    return BundleContents(manifest=manifest, files=files)
-
-
-def _iter_members(tar: tarfile.TarFile, label: str):
-    while True:
-        member = tar.next()
-        if member is None:
-            return
-        yield member
-
-
-def _read_exact(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int, label: str) -> bytes:
-    f = tar.extractfile(member)
-    if f is None:
-        raise BundleError(f"{label}: cannot read member {member.name!r}")
-    data = f.read(size + 1)
-    if len(data) != size:
-        raise BundleError(f"{label}: member {member.name!r} is truncated or longer than declared")
-    return data
-
-
-def _stream_to_file(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, dest: Path, label: str) -> None:
-    f = tar.extractfile(member)
-    if f is None:
-        raise BundleError(f"{label}: cannot read member {member.name!r}")
-    target = dest / member.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    written = 0
-    with open(target, "xb") as out:
-        while block := f.read(1 << 20):
-            written += len(block)
-            if written > entry.size:
-                raise BundleError(f"{label}: member {member.name!r} is longer than the manifest says")
-            h.update(block)
-            out.write(block)
-    if written != entry.size:
-        raise BundleError(f"{label}: member {member.name!r} is truncated")
-    if h.hexdigest() != entry.sha256:
-        raise BundleError(f"{label}: sha256 of {member.name!r} does not match the manifest (tampered or corrupt)")
-    os.chmod(target, 0o444)
+    return manifest

@@ -1,22 +1,36 @@
-"""Atomic file writes for the trust layer (temp file in the same folder, fsync, os.replace)."""
+"""Atomic file writes (temp file in the same folder, fsync, os.replace, directory fsync).
+
+The one home of ``atomic_write`` and ``fsync_dir`` for the trust layer, the agent (state file,
+store) and the console. Failure behaviour, chosen once: any error while writing, fsyncing or
+renaming the temporary file removes it and is raised, and the old file is left as it was. The
+directory fsync afterwards is skipped only where the file system cannot fsync a directory
+(EINVAL, ENOTSUP, EBADF, EACCES: some FUSE and network mounts); a real I/O error (EIO) is raised.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
+
+
+_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES})
 
 
 def fsync_dir(directory: str | Path) -> None:
     """fsync a directory so a rename inside it survives a power cut (no-op where unsupported)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+    except OSError as e:
+        if e.errno in _UNSUPPORTED:
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in _UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 

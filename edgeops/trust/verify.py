@@ -1,15 +1,22 @@
-"""One-pass verification of a bundle file: the signed target hash and the manifest's own hashes.
+"""The one bundle reader: a single streaming pass checks the signed target and every member.
 
 A full check of a bundle needs two digests over the same bytes: the sha256 of the whole file
 (what the TUF targets role signs) and the sha256 of each member (what the bundle manifest
-lists). Reading the file twice halves throughput; so the file is read once in large blocks,
-the whole-file hash runs on a worker thread (hashlib releases the GIL on large buffers) while
-:class:`BundleScanner` — a small incremental USTAR parser, pure and I/O-free — routes the same
-blocks into the per-member hashes on the calling thread.
+lists). The file is read once in large blocks: the whole-file hash runs on a worker thread
+(hashlib releases the GIL on large buffers) while :class:`BundleScanner` — a small incremental
+USTAR parser, pure and I/O-free — routes the same blocks into the per-member hashes on the
+calling thread and, when given a :class:`MemberSink`, hands each member's bytes to it as they
+stream past. That is how the agent installs (RAUC's model: check once, install what was
+checked): :func:`extract_verified` writes the members into the store's staging folder during
+the one pass and removes the folder on any error, so a bundle that fails any check leaves
+nothing behind; installing is then one rename. :func:`verify_bundle_file` is the same pass
+with no destination (``edgeops verify``, publishing), and :func:`edgeops.bundle.read_bundle`
+/ :func:`edgeops.bundle.extract_bundle` are this reader too (inspect, the packager's tests).
 
 The scanner accepts exactly what :func:`edgeops.bundle.write_bundle` writes: USTAR headers of
 regular files, ``manifest.json`` first, every other member listed in the manifest with the
-listed size and sha256, then the end-of-archive marker and zero padding. Links, devices,
+listed size and sha256 (whatever regular files the manifest lists: model, external data,
+golden vectors, report), then the end-of-archive marker and zero padding. Links, devices,
 PAX/GNU extension headers, absolute or ``..`` names, duplicates, unlisted or missing members,
 and anything after the end marker that is not zero are refused with BundleError.
 """
@@ -18,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable, Protocol
 
 from edgeops.bundle import DEFAULT_MAX_TOTAL_BYTES, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, _check_member_name
 from edgeops.errors import BundleError
@@ -31,6 +40,77 @@ from edgeops.trust.targets import TargetRecord, target_path
 BLOCK = 512
 READ_BYTES = 4 << 20
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
+class MemberSink(Protocol):
+    """Where the scanner hands each member's bytes while it checks them (nothing for the manifest)."""
+
+    def begin(self, name: str, size: int) -> None:
+        """A member starts (its header matched the manifest's name and size)."""
+
+    def write(self, data: memoryview) -> None:
+        """The next bytes of the current member (not yet known to be good)."""
+
+    def end(self) -> None:
+        """The current member ended and its sha256 matched the manifest."""
+
+
+class FolderSink:
+    """Writes members under ``dest`` (which must exist): each file created exclusively,
+    fsynced and made read-only once its sha256 matched. On an error the caller removes
+    ``dest``: a member whose hash did not match stays only until then."""
+
+    def __init__(self, dest: Path):
+        self.dest = Path(dest)
+        self._out: BinaryIO | None = None
+        self._path: Path | None = None
+
+    def begin(self, name: str, size: int) -> None:
+        """Create the member's file (and its folders)."""
+        path = self.dest / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path, self._out = path, open(path, "xb")
+
+    def write(self, data: memoryview) -> None:
+        """Append to the member's file."""
+        assert self._out is not None
+        self._out.write(data)
+
+    def end(self) -> None:
+        """Make the checked member durable and read-only."""
+        assert self._out is not None and self._path is not None
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        os.chmod(self._path, 0o444)
+        self._out = None
+
+    def close(self) -> None:
+        """Close a member left open by an error."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+class MemorySink:
+    """Collects the members in memory (``files``: name -> bytes), for inspect and small bundles."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self._name = ""
+        self._buf = bytearray()
+
+    def begin(self, name: str, size: int) -> None:
+        """Start collecting a member."""
+        self._name, self._buf = name, bytearray()
+
+    def write(self, data: memoryview) -> None:
+        """Collect the next bytes."""
+        self._buf += data
+
+    def end(self) -> None:
+        """Keep the checked member."""
+        self.files[self._name] = bytes(self._buf)
 
 
 @dataclass
@@ -45,13 +125,18 @@ class ScanResult:
 class BundleScanner:
     """Incremental checker of a bundle's internal consistency, fed with consecutive chunks.
 
-    Pure: no I/O. ``feed()`` raises BundleError as soon as the stream is wrong, so a bad
-    bundle is refused without reading the rest; ``finish()`` checks completeness.
+    Pure: no I/O of its own (a ``sink`` receives each member's bytes as they pass).
+    ``feed()`` raises BundleError as soon as the stream is wrong, so a bad bundle is refused
+    without reading the rest; ``finish()`` checks completeness. ``on_manifest`` may refuse the
+    bundle from its manifest alone (the store's space plan, the device's compatibility) before
+    any member reaches the sink.
     """
 
-    def __init__(self, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, label: str = "bundle"):
+    def __init__(self, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, label: str = "bundle", sink: MemberSink | None = None, on_manifest: Callable[[Manifest], None] | None = None):
         self.max_total_bytes = max_total_bytes
         self.label = label
+        self.sink = sink
+        self.on_manifest = on_manifest  # called with the checked manifest before any member is read
         self._header = bytearray()
         self._name: str | None = None
         self._remaining = 0  # data bytes left in the current member
@@ -105,6 +190,8 @@ class BundleScanner:
             self._manifest_buf += data
         else:
             self._hasher.update(data)
+            if self.sink is not None:
+                self.sink.write(data)
 
     def _on_header(self, header: bytes) -> None:
         if header == bytes(BLOCK):
@@ -146,6 +233,8 @@ class BundleScanner:
             if self._total > self.max_total_bytes:
                 raise self._fail(f"bundle exceeds the cap of {self.max_total_bytes} bytes")
             self._hasher = hashlib.sha256()
+            if self.sink is not None:
+                self.sink.begin(name, info.size)
         if not self._remaining:
             self._end_member()
 
@@ -164,11 +253,15 @@ class BundleScanner:
             declared = sum(e.size for e in self.manifest.files.values())
             if declared > self.max_total_bytes:
                 raise self._fail(f"bundle declares {declared} bytes, over the cap of {self.max_total_bytes}")
+            if self.on_manifest is not None:
+                self.on_manifest(self.manifest)
             return
         entry = self.manifest.files[self._name]
         if self._hasher.hexdigest() != entry.sha256:
             raise self._fail(f"sha256 of {self._name!r} does not match the manifest (tampered or corrupt)")
         self._hasher = None
+        if self.sink is not None:
+            self.sink.end()
 
     def finish(self) -> ScanResult:
         """Check that the stream ended cleanly and every listed file was present."""
@@ -222,26 +315,46 @@ def check_target_custom(record: TargetRecord, manifest: Manifest, manifest_sha25
             raise errors.HashMismatchError(f"target {record.name}: signed custom {key}={c.get(key)!r} does not match the bundle's {value!r}")
 
 
-def verify_bundle_file(path: str | Path, record: TargetRecord | None = None, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, read_bytes: int = READ_BYTES) -> BundleVerdict:
-    """Verify a bundle file in one pass; with ``record`` also against the signed TUF target.
+def read_verified(
+    source: str | Path | BinaryIO,
+    record: TargetRecord | None = None,
+    *,
+    sha256: str | None = None,
+    sink: MemberSink | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    read_bytes: int = READ_BYTES,
+) -> BundleVerdict:
+    """The one pass over a bundle: whole-file hash and every member checked while streaming.
 
-    Checks, in order: the file size against the signed length (before reading: an oversized
-    file is refused at once), then while streaming the whole-file sha256 and every member
-    against the manifest, then the whole-file sha256 against the signed one and the signed
-    custom fields against the manifest. Raises BundleError (internal inconsistency) or a
-    TrustError subclass (LengthError, HashMismatchError, UnknownTargetError).
+    ``record`` (the signed TUF target) checks, in order: the file size against the signed
+    length (before reading, when the size is known: an oversized file is refused at once),
+    then while streaming the whole-file sha256 and every member against the manifest, then the
+    whole-file sha256 against the signed one and the signed custom fields against the
+    manifest. ``sha256`` alone (no record) requires that whole-file digest (the store's content
+    address). ``sink`` receives each member's bytes during the same pass (see
+    :func:`extract_verified`); ``on_manifest`` may refuse the bundle from its manifest before
+    any member is read. Raises BundleError (internal inconsistency) or a TrustError subclass
+    (LengthError, HashMismatchError, UnknownTargetError).
     """
-    path = Path(path)
+    opened = None
+    if isinstance(source, (str, Path)):
+        label = str(source)
+        try:
+            opened = open(source, "rb")
+        except OSError as e:
+            raise BundleError(f"{source}: cannot open bundle ({e.strerror or e})") from e
+        f: BinaryIO = opened
+    else:
+        f, label = source, str(getattr(source, "name", "bundle"))
+    expected = record.sha256 if record is not None else sha256
     try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise BundleError(f"{path}: cannot open bundle ({e.strerror or e})") from e
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if record is not None and size != record.length:
-            raise errors.LengthError(f"{path}: {size} bytes, the signed target {record.name} has {record.length}")
+        if record is not None and opened is not None:
+            size = os.fstat(f.fileno()).st_size
+            if size != record.length:
+                raise errors.LengthError(f"{label}: {size} bytes, the signed target {record.name} has {record.length}")
         outer = hashlib.sha256()
-        scanner = BundleScanner(max_total_bytes, str(path))
+        scanner = BundleScanner(max_total_bytes, label, sink=sink, on_manifest=on_manifest)
         read = 0
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeops-sha256") as pool:
@@ -253,7 +366,7 @@ def verify_bundle_file(path: str | Path, record: TargetRecord | None = None, max
                             break
                         read += len(block)
                         if record is not None and read > record.length:
-                            raise errors.LengthError(f"{path}: grew past the signed length {record.length} while reading")
+                            raise errors.LengthError(f"{label}: grew past the signed length {record.length} while reading")
                         if pending is not None:
                             pending.result()
                         # The whole-file hash of this block runs beside the member hashes below.
@@ -264,24 +377,61 @@ def verify_bundle_file(path: str | Path, record: TargetRecord | None = None, max
                         pending.result()
             result = scanner.finish()
         except BundleError as e:
-            if record is None:
+            if expected is None:
                 raise
-            # Say what matters most: a file that is not the signed one is a trust failure; a
+            # Say what matters most: a file that is not the expected one is a trust failure; a
             # signed file that is inconsistent inside is the publisher's bundle error.
             while block := f.read(read_bytes):
                 outer.update(block)
                 read += len(block)
-            if read != record.length or outer.hexdigest() != record.sha256:
-                raise errors.HashMismatchError(f"{path}: not the signed target {record.name} (sha256 differs; {e})") from e
+            if (record is not None and read != record.length) or outer.hexdigest() != expected:
+                what = f"the signed target {record.name}" if record is not None else f"bundle {expected[:16]}…"
+                raise errors.HashMismatchError(f"{label}: not {what} (sha256 differs; {e})") from e
             raise
+    except OSError as e:  # reading the bundle, or writing a member through the sink (a full disk)
+        raise BundleError(f"{label}: I/O error during the pass ({e.strerror or e})") from e
+    finally:
+        if opened is not None:
+            opened.close()
     digest = outer.hexdigest()
+    if record is not None and read != record.length:
+        raise errors.LengthError(f"{label}: read {read} bytes, the signed target {record.name} has {record.length}")
+    if expected is not None and digest != expected:
+        what = f"the signed target {record.name}" if record is not None else "the expected bundle"
+        raise errors.HashMismatchError(f"{label}: sha256 {digest[:16]}… does not match {what} ({expected[:16]}…): tampered or not the published bundle")
     if record is not None:
-        if read != record.length:
-            raise errors.LengthError(f"{path}: read {read} bytes, the signed target {record.name} has {record.length}")
-        if digest != record.sha256:
-            raise errors.HashMismatchError(f"{path}: sha256 {digest[:16]}… does not match the signed target {record.name} ({record.sha256[:16]}…): tampered or not the published bundle")
         check_target_custom(record, result.manifest, result.manifest_sha256)
-    return BundleVerdict(path, result.manifest, result.manifest_sha256, digest, read, record)
+    return BundleVerdict(Path(label), result.manifest, result.manifest_sha256, digest, read, record)
+
+
+def verify_bundle_file(path: str | Path, record: TargetRecord | None = None, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, read_bytes: int = READ_BYTES) -> BundleVerdict:
+    """Verify a bundle file in one pass, writing nothing; with ``record`` also against the signed
+    TUF target (see :func:`read_verified`)."""
+    return read_verified(path, record, max_total_bytes=max_total_bytes, read_bytes=read_bytes)
+
+
+def extract_verified(
+    source: str | Path | BinaryIO,
+    dest: str | Path,
+    record: TargetRecord | None = None,
+    *,
+    sha256: str | None = None,
+    on_manifest: Callable[[Manifest], None] | None = None,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+) -> BundleVerdict:
+    """Verify and extract in the one pass: every member is written under ``dest`` (created;
+    must not exist) as it is checked; on any error, including an ``OSError`` such as a full
+    disk, ``dest`` is removed before the error is raised, so nothing that failed is left."""
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    sink = FolderSink(dest)
+    try:
+        verdict = read_verified(source, record, sha256=sha256, sink=sink, on_manifest=on_manifest, max_total_bytes=max_total_bytes)
+    except BaseException:
+        sink.close()
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return verdict
 
 
 def verify_bundle_bytes(data: bytes, record: TargetRecord | None = None, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, label: str = "bundle") -> BundleVerdict:

@@ -17,14 +17,13 @@ by the exact inputs, and answers a repeat from memory:
   key = the sha256 and length of the file and the device's trusted root's keys (id, type,
   scheme, public value) of every top-level role. python-tuf's own signature checks of the
   same file still run on every device (their Ed25519 arithmetic through the first memo).
-- :func:`memo_verify_bundle_file` wraps ``edgeops.trust.verify.verify_bundle_file`` (the
-  agent's verifying phase): the device still reads **its own downloaded file** and checks its
-  length and sha256 against the signed target its own TUF client returned, and the target's
-  signed custom fields against the manifest; only the member-by-member scan of a file with
-  the same sha256 and length as one already verified in this process is skipped.
 
-What is never remembered: failures. A bad signature, a non-canonical file, a file whose
-sha256 or length differs from the signed target, raises every time, computed afresh. A memo
+Bundles are not memoized: the agent's verifying phase is one pass that writes each member into
+the device's own store while it checks it (:meth:`edgeops.agent.store.ModelStore.stage`), so
+every simulated device reads and hashes its own download once.
+
+What is never remembered: failures. A bad signature or a non-canonical file
+raises every time, computed afresh. A memo
 entry can only answer the exact input that produced it (sha256 over the bytes; a collision
 would be needed to reach a wrong answer).
 
@@ -40,11 +39,9 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Callable
 
 MAX_ENTRIES = 4096
-_HASH_CHUNK = 1 << 20
 
 
 class Memo:
@@ -151,47 +148,6 @@ def memo_check_no_bad_signatures(orig: Callable, memo: Memo) -> Callable:
     return check_no_bad_signatures
 
 
-def file_digest(path: str | Path) -> tuple[str, int]:
-    """(sha256 hex, length) of a file, read in chunks."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_CHUNK):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
-def memo_verify_bundle_file(orig: Callable, memo: Memo) -> Callable:
-    """Wrap ``verify_bundle_file(path, record=None, ...)`` (see the module doc for what each device still checks)."""
-    from edgeops.trust import errors
-    from edgeops.trust.verify import check_target_custom
-
-    @functools.wraps(orig)
-    def verify_bundle_file(path, record=None, *args, **kwargs):
-        if record is None or args or kwargs:
-            return orig(path, record, *args, **kwargs)
-        try:
-            sha, length = file_digest(path)
-        except OSError:
-            return orig(path, record)  # the real function says what is wrong with the file
-        if length != record.length or sha != record.sha256:
-            return orig(path, record)  # not the signed bytes: the real check raises (never remembered)
-        hit = memo.get(("bundle", sha, length))
-        if hit is None:
-            verdict = orig(path, record)
-            memo.put(("bundle", sha, length), verdict)
-            return verdict
-        # Same bytes as a bundle already verified here; this device's signed target must still describe it.
-        if hit.sha256 != sha or hit.length != length:  # pragma: no cover - keyed by exactly these
-            raise errors.HashMismatchError(f"{path}: memo entry does not match the file")
-        check_target_custom(record, hit.manifest, hit.manifest_sha256)
-        return type(hit)(Path(path), hit.manifest, hit.manifest_sha256, sha, length, record)
-
-    verify_bundle_file.__edgeops_memo__ = memo  # type: ignore[attr-defined]
-    return verify_bundle_file
-
-
 _installed: dict[str, Memo] = {}
 _install_lock = threading.Lock()
 
@@ -203,17 +159,12 @@ def install() -> dict[str, Memo]:
             return _installed
         from securesystemslib.signer._key import SSlibKey
 
-        import edgeops.agent.machine as machine
         import edgeops.trust.client as client
-        import edgeops.trust.verify as verify
 
-        memos = {"signatures": Memo(), "canonical": Memo(), "no_bad_signatures": Memo(), "bundles": Memo(64)}
+        memos = {"signatures": Memo(), "canonical": Memo(), "no_bad_signatures": Memo()}
         SSlibKey.verify_signature = memo_verify_signature(SSlibKey.verify_signature, memos["signatures"])
         client.check_canonical_encoding = memo_check_canonical(client.check_canonical_encoding, memos["canonical"])
         client.check_no_bad_signatures = memo_check_no_bad_signatures(client.check_no_bad_signatures, memos["no_bad_signatures"])
-        wrapped = memo_verify_bundle_file(verify.verify_bundle_file, memos["bundles"])
-        verify.verify_bundle_file = wrapped  # the agent's self_test command imports it at call time
-        machine.verify_bundle_file = wrapped  # the verifying phase imported it at module load
         _installed.update(memos)
         return _installed
 

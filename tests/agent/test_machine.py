@@ -188,12 +188,14 @@ def test_verifying_to_failed_for_another_profile(tmp_path, trust_repo):
     agent.stop()
 
 
-def test_installing_to_failed_when_store_is_full(tmp_path, trust_repo):
+def test_verifying_to_failed_when_store_is_full(tmp_path, trust_repo):
+    """The space plan runs in the one verifying pass, as soon as the manifest is read: nothing is written."""
     agent, trace = committed_v1(tmp_path, trust_repo)
     agent.store.quota_bytes = agent.store.used_bytes() + 100
     agent.submit(trust_repo.command("assign", trust_repo.v2))
     assert settle(agent) is State.FAILED
-    assert (State.INSTALLING, State.FAILED) in trace.pairs()
+    assert (State.VERIFYING, State.FAILED) in trace.pairs()
+    assert not list(agent.store.root.glob(".staging-*"))
     assert "quota" in event(agent, "install_failed")["detail"]
     assert agent.serving.manifest.version == "1.0.0" and agent.infer({"input": sample_inputs(1)})
     agent.stop()

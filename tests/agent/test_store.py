@@ -84,24 +84,23 @@ def test_quota_refuses_before_writing(tmp_path, bundles):
 
 def test_disk_full_during_extraction_leaves_nothing(tmp_path, bundles, monkeypatch):
     """ENOSPC in the middle of writing a member: clean abort, StoreFullError, no partial entry."""
-    import edgeops.bundle as bundle_mod
+    from edgeops.trust.verify import FolderSink
 
     store = ModelStore(tmp_path / "store")
     (p1, s1), (p2, s2) = bundles["1.0.0"], bundles["2.0.0"]
     store.install(p1, s1)
     store.set_current(s1)
-    real = bundle_mod._stream_to_file
+    real = FolderSink.begin
     calls = {"n": 0}
 
-    def filling_up(tar, member, entry, dest, label):
+    def filling_up(self, name, size):
         calls["n"] += 1
+        real(self, name, size)
         if calls["n"] == 2:  # the second member: some bytes are written, then the disk is full
-            (dest / member.name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / member.name).write_bytes(b"partial")
+            self._out.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tar, member, entry, dest, label)
 
-    monkeypatch.setattr(bundle_mod, "_stream_to_file", filling_up)
+    monkeypatch.setattr(FolderSink, "begin", filling_up)
     with pytest.raises(StoreFullError, match="disk full"):
         store.install(p2, s2)
     assert not store.has(s2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeops.fleet.simulator import verifymemo
-from edgeops.fleet.simulator.verifymemo import Memo, memo_check_canonical, memo_check_no_bad_signatures, memo_verify_bundle_file, memo_verify_signature
+from edgeops.fleet.simulator.verifymemo import Memo, memo_check_canonical, memo_check_no_bad_signatures, memo_verify_signature
 from edgeops.trust import errors
 from tests.agent.helpers import TrustFixture
 
@@ -107,45 +107,6 @@ def test_no_bad_signatures_memo_is_keyed_by_the_file_and_the_trusted_keys(tf, tm
         with pytest.raises(errors.SignatureError):
             check(data, "timestamp.json", other_root)
     assert real.calls == 3
-
-
-def test_bundle_memo_refuses_a_mismatched_sha256_and_checks_the_signed_target(tf, tmp_path):
-    from edgeops.trust.client import TrustClient
-    from edgeops.trust.transport import DirectoryTransport
-    from edgeops.trust.verify import verify_bundle_file
-
-    client = TrustClient(tmp_path / "tuf", DirectoryTransport(tf.repo_dir), root=tf.root_json)
-    client.refresh()
-    record = client.get_target(tf.v1.target_name)
-    good = tmp_path / "a.bundle"
-    client.download_target(record, good)
-    real = Counting(verify_bundle_file)
-    verify = memo_verify_bundle_file(real, Memo())
-    first = verify(good, record)
-    copy = tmp_path / "b.bundle"
-    copy.write_bytes(good.read_bytes())
-    second = verify(copy, record)  # another device's file with the same bytes: from memory
-    assert real.calls == 1 and second.path == copy and second.manifest == first.manifest and second.sha256 == record.sha256
-    # a file whose bytes differ (same length): the real check runs, and refuses it, every time
-    data = bytearray(good.read_bytes())
-    data[len(data) // 2] ^= 1
-    bad = tmp_path / "bad.bundle"
-    bad.write_bytes(bytes(data))
-    for _ in range(2):
-        with pytest.raises(errors.HashMismatchError):
-            verify(bad, record)
-    assert real.calls == 3
-    # the right bytes, but a signed target that names another bundle: refused from memory too
-    from dataclasses import replace
-
-    wrong = replace(record, custom={**record.custom, "version": "9.9.9"})
-    with pytest.raises(errors.HashMismatchError):
-        verify(copy, wrong)
-    # a file that is not there: the real function says so
-    from edgeops.errors import BundleError
-
-    with pytest.raises(BundleError):
-        verify(tmp_path / "missing.bundle", record)
 
 
 def test_install_wraps_the_checks_in_a_simulator_process(tf, tmp_path):
