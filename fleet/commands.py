@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from edgeops.errors import FleetError
+from edgeops.fleet.clock import Clock, resolve, system_clock
+from edgeops.fleet.command_seq import allocate_seq
 from edgeops.fleet.db import Database
 from edgeops.fleet.signing import CommandSigner
 from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef, cmd_topic, valid_device_id
@@ -156,7 +158,7 @@ def check_runs(runs: object) -> int | None:
     return runs
 
 
-def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", device_id: str, bundle: str, runs: int | None = None, ttl_s: float = 86400.0, actor: str = "api", now: float | None = None, connected: bool = True) -> dict:
+def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", device_id: str, bundle: str, runs: int | None = None, ttl_s: float = 86400.0, actor: str = "api", now: float | None = None, connected: bool = True, clock: Clock = system_clock) -> dict:
     """Sign, record and publish a ``self_test`` command of ``bundle`` (NAME@VERSION) for one device.
 
     Raises (each message names the device or bundle): UnknownDeviceError (not enrolled),
@@ -166,6 +168,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
     make the device refuse that one as a replay), CommandNotAcknowledgedError (the broker did
     not acknowledge; the command is recorded as ``unacknowledged``), BrokerUnavailableError
     when the console runs without MQTT, and FleetError for a malformed ``bundle`` or ``runs``. Returns ``{"command_id", "device", "bundle", ...}``.
+    ``now`` (default ``clock()``) stamps and expires the command; ``clock`` stamps ``sent_at``.
     """
     from edgeops.fleet.registry import UnknownDeviceError
     from edgeops.fleet.rollouts.status import LIVE_ROLLOUT, AssignmentStatus as A
@@ -187,11 +190,11 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
         raise BrokerUnavailableError("this console runs without MQTT, so it cannot send commands to devices")
     if not connected:
         raise BrokerUnavailableError("the console is not connected to the broker right now; retry when it has reconnected (see /healthz)")
-    now = time.time() if now is None else now
+    now = resolve(now, clock)
     command_id = f"{SELF_TEST_COMMAND_PREFIX}{device_id}-{uuid.uuid4().hex[:10]}"
     with db.begin() as conn:
-        # the row lock (PostgreSQL; SQLite's write transaction locks the file) orders this seq
-        # against the reconciler's for the same device
+        # the row lock (PostgreSQL; SQLite's write transaction locks the file) keeps the checks
+        # below true until the command is recorded
         row = conn.execute(sa.select(d.c.online, d.c.profile, d.c.last_seen).where(d.c.id == device_id).with_for_update()).first()
         if row is None:
             raise UnknownDeviceError(f"device {device_id}: not enrolled (enrol it with `edgeops fleet enroll {device_id}`)")
@@ -213,9 +216,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
         ).first()
         if queued is not None:
             raise CommandConflictError(f"device {device_id} has a command of rollout {queued.rollout_id} decided but not yet published; retry in a few seconds")
-        higher = sa.case((d.c.cmd_seq >= d.c.reported_cmd_seq, d.c.cmd_seq), else_=d.c.reported_cmd_seq)
-        conn.execute(d.update().where(d.c.id == device_id).values(cmd_seq=higher + 1))
-        seq = conn.execute(sa.select(d.c.cmd_seq).where(d.c.id == device_id)).scalar_one()
+        seq = allocate_seq(db, conn, device_id)
         expires = now + ttl_s
         conn.execute(
             c.insert().values(
@@ -227,7 +228,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
     acked = sender.send([cmd])
     status = "published" if acked else "unacknowledged"
     with db.begin() as conn:
-        conn.execute(c.update().where(c.c.command_id == command_id).values(status=status, sent_at=time.time() if acked else None))
+        conn.execute(c.update().where(c.c.command_id == command_id).values(status=status, sent_at=clock() if acked else None))
     if not acked:
         raise CommandNotAcknowledgedError(f"device {device_id}: the broker did not acknowledge self-test command {command_id} within {sender.ack_timeout_s:.0f}s; check the console's broker connection")
     log.info("self-test of %s@%s ordered on %s (command %s, seq %d)", name, version, device_id, command_id, seq)

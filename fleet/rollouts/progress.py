@@ -10,12 +10,12 @@ abort's rollback order turns ``reverting`` into ``reverted``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from edgeops.fleet.clock import resolve
 from edgeops.fleet.db import Database
 from edgeops.fleet.rollouts.status import FINAL_ASSIGNMENT, AssignmentStatus as A
 from edgeops.protocol import DeviceEvent, DeviceState, EventKind as E
@@ -60,7 +60,7 @@ def _detail(ev: DeviceEvent) -> str:
 
 def apply_events(db: Database, conn: Connection, events: Sequence[DeviceEvent], now: float | None = None) -> None:
     """Move assignments forward for newly stored events (already de-duplicated)."""
-    now = now or time.time()
+    now = resolve(now)
     t = db.t.assignments
     by_kind: dict[E, list[DeviceEvent]] = {}
     for ev in events:
@@ -114,7 +114,7 @@ def apply_states(db: Database, conn: Connection, states: Sequence[DeviceState], 
     - an assignment the device answered with "already active" (no install, so no ``committed``
       event) succeeds when the device rests (idle/committed, nothing pending) on the target.
     """
-    now = now or time.time()
+    now = resolve(now)
     t = db.t.assignments
     rows = [{"b_dev": s.device_id, "b_name": s.active.name, "b_ver": s.active.version, "b_now": now} for s in states if s.active is not None and s.online]
     resting = [r for r, s in zip(rows, [s for s in states if s.active is not None and s.online]) if s.state in RESTING_STATES and s.pending is None]

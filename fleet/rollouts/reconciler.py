@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgeops.errors import IllegalTransitionError
+from edgeops.fleet.command_seq import allocate_seqs
 from edgeops.fleet.commands import CommandSender, assign_command, rollback_command
 from edgeops.fleet.config import RolloutConfig
 from edgeops.fleet.db import Database, dumps, float_sum, weighted_p95_sums
@@ -133,6 +134,7 @@ class Reconciler:
     # -- running ---------------------------------------------------------------------------
     def _advance(self, r: dict) -> None:
         settings = settings_of(r)
+        now = self.clock()
         if r["current_wave"] < 0:
             self._start_wave(r, 0, settings)
             return
@@ -143,7 +145,7 @@ class Reconciler:
         if wave["status"] == W.PASSED.value:
             if last:
                 with self.db.begin() as conn:
-                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.FINISHED, "last wave passed", finished_at=self.clock())
+                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.FINISHED, "last wave passed", now, finished_at=now)
             else:
                 self._start_wave(r, idx + 1, settings)
             return
@@ -166,11 +168,11 @@ class Reconciler:
             return
         if outcome is gates_mod.Outcome.PASS:
             with self.db.begin() as conn:
-                set_wave_status(self.db, conn, r["id"], idx, W.RUNNING, W.PASSED, "all gates passed", vdicts, now=self.clock())
+                set_wave_status(self.db, conn, r["id"], idx, W.RUNNING, W.PASSED, "all gates passed", vdicts, now=now)
                 if last:
-                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.FINISHED, "last wave passed", finished_at=self.clock())
+                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.FINISHED, "last wave passed", now, finished_at=now)
                 elif settings.approve_each_wave:
-                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.WAITING_APPROVAL, f"{wave_label(idx)} passed; promote to start {wave_label(idx + 1)}")
+                    set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.WAITING_APPROVAL, f"{wave_label(idx)} passed; promote to start {wave_label(idx + 1)}", now)
             if not last and not settings.approve_each_wave:
                 self._start_wave(r, idx + 1, settings)
             return
@@ -180,23 +182,24 @@ class Reconciler:
         )
         abort = settings.on_gate_failure == "abort"
         with self.db.begin() as conn:
-            set_wave_status(self.db, conn, r["id"], idx, W.RUNNING, W.HALTED, reason, vdicts, now=self.clock())
-            set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.ABORTING if abort else R.PAUSED, reason)
+            set_wave_status(self.db, conn, r["id"], idx, W.RUNNING, W.HALTED, reason, vdicts, now=now)
+            set_rollout_status(self.db, conn, r["id"], R.RUNNING, R.ABORTING if abort else R.PAUSED, reason, now)
         log.warning("rollout %s: %s -> %s", r["id"], reason, "aborting" if abort else "paused")
         if abort:
             with self.db.connect() as conn:
                 self._abort(load_rollout(self.db, conn, r["id"]))
 
     def _start_wave(self, r: dict, idx: int, settings: RolloutSettings) -> None:
+        now = self.clock()
         with self.db.begin() as conn:
             t = self.db.t.rollouts
             # compare-and-set on (status, current_wave): one replica, one start
             res = conn.execute(
-                t.update().where(t.c.id == r["id"], t.c.status == R.RUNNING.value, t.c.current_wave == idx - 1).values(current_wave=idx, updated_at=self.clock())
+                t.update().where(t.c.id == r["id"], t.c.status == R.RUNNING.value, t.c.current_wave == idx - 1).values(current_wave=idx, updated_at=now)
             )
             if res.rowcount != 1:
                 return
-            set_wave_status(self.db, conn, r["id"], idx, W.PENDING, W.RUNNING, f"{settings.waves[idx]:g}% of the selection", now=self.clock())
+            set_wave_status(self.db, conn, r["id"], idx, W.PENDING, W.RUNNING, f"{settings.waves[idx]:g}% of the selection", now=now)
             n = self._assign(conn, r, idx, settings.waves[idx], settings.selector)
         if idx == len(settings.waves) - 1:
             self._topup[r["id"]] = (self._device_signature(), self.clock())  # _assign just read every device
@@ -220,8 +223,8 @@ class Reconciler:
     def _assign(self, conn: Connection, r: dict, idx: int, percent: float, selector: Selector) -> int:
         """Create assignments (and per-device seqs) so the rollout covers ``percent`` of the selection."""
         d, a = self.db.t.devices, self.db.t.assignments
-        # FOR UPDATE (PostgreSQL): the REST API hands out sequence numbers too (hil self-test orders)
-        devices = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version, d.c.cmd_seq, d.c.reported_cmd_seq).with_for_update()).all()
+        # FOR UPDATE (PostgreSQL): one replica at a time decides which devices join a rollout
+        devices = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version).with_for_update()).all()
         parsed: dict[str, dict] = {}  # fleets share a few tag sets: parse each text once
 
         def tags_of(text: str | None) -> dict:
@@ -250,12 +253,13 @@ class Reconciler:
             return 0
         now = self.clock()
         expires = now + self.config.command_ttl_s
-        rows, seq_updates = [], []
+        def on_target(row) -> bool:
+            return row.active_name == r["bundle_name"] and row.active_version == r["bundle_version"]
+
+        seqs = allocate_seqs(self.db, conn, [row.id for row in candidates if not on_target(row)])
+        rows = []
         for row in candidates:
-            on_target = row.active_name == r["bundle_name"] and row.active_version == r["bundle_version"]
-            seq = 0 if on_target else max(row.cmd_seq or 0, row.reported_cmd_seq or 0) + 1
-            if not on_target:
-                seq_updates.append({"b_id": row.id, "b_seq": seq})
+            done = on_target(row)
             rows.append(
                 {
                     "rollout_id": r["id"],
@@ -264,18 +268,16 @@ class Reconciler:
                     "bundle_name": r["bundle_name"],
                     "bundle_version": r["bundle_version"],
                     "command_id": f"{r['id']}-{row.id}-{uuid.uuid4().hex[:8]}",
-                    "seq": seq,
+                    "seq": 0 if done else seqs[row.id],
                     "expires": expires,
-                    "status": A.SUCCEEDED.value if on_target else A.PENDING.value,
+                    "status": A.SUCCEEDED.value if done else A.PENDING.value,
                     "from_name": row.active_name,
                     "from_version": row.active_version,
                     "created_at": now,
                     "updated_at": now,
-                    "detail": "already on the target version" if on_target else "",
+                    "detail": "already on the target version" if done else "",
                 }
             )
-        if seq_updates:
-            conn.execute(d.update().where(d.c.id == sa.bindparam("b_id")).values(cmd_seq=sa.bindparam("b_seq")), seq_updates)
         conn.execute(a.insert(), rows)
         return len(rows)
 
@@ -289,7 +291,7 @@ class Reconciler:
         settings = settings or settings_of(r)
         a = self.db.t.assignments
         now = self.clock()
-        started = wave["started_at"] or now
+        started = now if wave["started_at"] is None else wave["started_at"]
         wants_new = settings.max_error_rate is not None or settings.max_latency_regression is not None or settings.min_agreement is not None
         with self.db.connect() as conn:
             counts = {s: n for s, n in conn.execute(sa.select(a.c.status, sa.func.count()).where(a.c.rollout_id == r["id"], a.c.wave_idx == wave["idx"]).group_by(a.c.status))}
@@ -470,7 +472,7 @@ class Reconciler:
 
     # -- aborting --------------------------------------------------------------------------
     def _abort(self, r: dict) -> None:
-        a, d = self.db.t.assignments, self.db.t.devices
+        a = self.db.t.assignments
         now = self.clock()
         with self.db.begin() as conn:
             waves = conn.execute(sa.select(self.db.t.waves).where(self.db.t.waves.c.rollout_id == r["id"])).all()
@@ -481,18 +483,16 @@ class Reconciler:
                     set_wave_status(self.db, conn, r["id"], w.idx, w.status, W.FAILED, "rollout aborted", now=now)
             # every device of the rollout not already back gets a signed rollback order
             todo = conn.execute(
-                sa.select(a.c.device_id, d.c.cmd_seq, d.c.reported_cmd_seq)
-                .join(d, d.c.id == a.c.device_id)
+                sa.select(a.c.device_id)
                 .where(a.c.rollout_id == r["id"], a.c.rollback_command_id.is_(None), a.c.status.not_in(_lit([A.ROLLED_BACK, A.REVERTING, A.REVERTED])), a.c.seq > 0)
-                .with_for_update(of=d)
+                .with_for_update()
             ).all()
             if todo:
-                upd, seqs = [], []
-                for row in todo:
-                    seq = max(row.cmd_seq or 0, row.reported_cmd_seq or 0) + 1
-                    seqs.append({"b_id": row.device_id, "b_seq": seq})
-                    upd.append({"b_dev": row.device_id, "b_cid": f"{r['id']}-{row.device_id}-rollback-{uuid.uuid4().hex[:6]}", "b_seq": seq, "b_exp": now + self.config.command_ttl_s, "b_now": now})
-                conn.execute(d.update().where(d.c.id == sa.bindparam("b_id")).values(cmd_seq=sa.bindparam("b_seq")), seqs)
+                seqs = allocate_seqs(self.db, conn, [row.device_id for row in todo])
+                upd = [
+                    {"b_dev": dev, "b_cid": f"{r['id']}-{dev}-rollback-{uuid.uuid4().hex[:6]}", "b_seq": seq, "b_exp": now + self.config.command_ttl_s, "b_now": now}
+                    for dev, seq in seqs.items()
+                ]
                 conn.execute(
                     a.update()
                     .where(a.c.rollout_id == r["id"], a.c.device_id == sa.bindparam("b_dev"))
@@ -503,4 +503,5 @@ class Reconciler:
         with self.db.begin() as conn:
             unsent = conn.execute(sa.select(sa.func.count()).select_from(a).where(a.c.rollout_id == r["id"], a.c.status == A.REVERTING.value, a.c.rollback_sent_at.is_(None))).scalar()
             if unsent == 0 and (self.sender is not None or not todo):
-                set_rollout_status(self.db, conn, r["id"], R.ABORTING, R.ABORTED, r["status_reason"] or "aborted", finished_at=self.clock())
+                done = self.clock()
+                set_rollout_status(self.db, conn, r["id"], R.ABORTING, R.ABORTED, r["status_reason"] or "aborted", done, finished_at=done)

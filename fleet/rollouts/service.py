@@ -12,7 +12,6 @@ errors); ``idx`` fields stay 0-based, and :func:`rollout_status` gives each wave
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgeops.errors import FleetError, IllegalTransitionError
+from edgeops.fleet.clock import resolve
 from edgeops.fleet.db import Database, dumps
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import (
@@ -42,7 +42,7 @@ class UnknownRolloutError(FleetError):
 
 def audit(db: Database, conn: Connection, rollout_id: str, action: str, detail: str = "", now: float | None = None) -> None:
     """Append one line to a rollout's history."""
-    conn.execute(db.t.audit.insert().values(ts=now or time.time(), rollout_id=rollout_id, action=action, detail=detail[:4000]))
+    conn.execute(db.t.audit.insert().values(ts=resolve(now), rollout_id=rollout_id, action=action, detail=detail[:4000]))
 
 
 def load_rollout(db: Database, conn: Connection, rollout_id: str) -> dict:
@@ -61,7 +61,7 @@ def settings_of(rollout: dict) -> RolloutSettings:
 def set_rollout_status(db: Database, conn: Connection, rollout_id: str, current: R | str, new: R | str, reason: str = "", now: float | None = None, **extra) -> None:
     """Move a rollout ``current -> new`` (checked against the table; compare-and-set in SQL)."""
     check_rollout(rollout_id, current, new)
-    now = now or time.time()
+    now = resolve(now)
     t = db.t.rollouts
     res = conn.execute(
         t.update().where(t.c.id == rollout_id, t.c.status == R(current).value).values(status=R(new).value, status_reason=reason[:4000], updated_at=now, **extra)
@@ -75,7 +75,7 @@ def set_rollout_status(db: Database, conn: Connection, rollout_id: str, current:
 def set_wave_status(db: Database, conn: Connection, rollout_id: str, idx: int, current: W | str, new: W | str, reason: str = "", gates: list | None = None, now: float | None = None) -> None:
     """Move a wave ``current -> new`` (checked against the table; compare-and-set in SQL)."""
     check_wave(rollout_id, idx, current, new)
-    now = now or time.time()
+    now = resolve(now)
     t = db.t.waves
     values: dict = {"status": W(new).value, "reason": reason[:4000]}
     if W(new) is W.RUNNING and W(current) is W.PENDING:
@@ -93,7 +93,7 @@ def set_wave_status(db: Database, conn: Connection, rollout_id: str, idx: int, c
 def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path, now: float | None = None) -> dict:
     """Create a rollout in ``created`` with all its waves ``pending``; the bundle must be a signed target."""
     target = find_target(repo_dir, settings.bundle_name, settings.bundle_version)
-    now = now or time.time()
+    now = resolve(now)
     rollout_id = "r-" + uuid.uuid4().hex[:10]
     with db.begin() as conn:
         conn.execute(
@@ -126,60 +126,65 @@ def _current_wave(db: Database, conn: Connection, rollout: dict) -> dict | None:
     return dict(row._mapping) if row else None
 
 
-def start_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
+def start_rollout(db: Database, rollout_id: str, actor: str = "operator", now: float | None = None) -> dict:
     """``created -> running``; the reconciler starts the first wave on its next tick."""
+    now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
         check_action(rollout_id, "start", r["status"])
-        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"started by {actor}", started_at=time.time())
+        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"started by {actor}", now, started_at=now)
     return rollout_status(db, rollout_id)
 
 
-def pause_rollout(db: Database, rollout_id: str, actor: str = "operator", reason: str = "") -> dict:
+def pause_rollout(db: Database, rollout_id: str, actor: str = "operator", reason: str = "", now: float | None = None) -> dict:
     """``running|waiting_approval -> paused``: no new wave starts; commands already decided still go out."""
+    now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
         check_action(rollout_id, "pause", r["status"])
-        set_rollout_status(db, conn, rollout_id, r["status"], R.PAUSED, reason or f"paused by {actor}")
+        set_rollout_status(db, conn, rollout_id, r["status"], R.PAUSED, reason or f"paused by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
-def resume_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
+def resume_rollout(db: Database, rollout_id: str, actor: str = "operator", now: float | None = None) -> dict:
     """``paused -> running`` (or back to ``waiting_approval``); a halted wave runs again and its gates are evaluated afresh."""
+    now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
         check_action(rollout_id, "resume", r["status"])
         wave = _current_wave(db, conn, r)
         settings = settings_of(r)
         if wave and wave["status"] == W.HALTED.value:
-            set_wave_status(db, conn, rollout_id, wave["idx"], W.HALTED, W.RUNNING, f"resumed by {actor}")
+            set_wave_status(db, conn, rollout_id, wave["idx"], W.HALTED, W.RUNNING, f"resumed by {actor}", now=now)
         if wave and wave["status"] == W.PASSED.value and settings.approve_each_wave and wave["idx"] < len(settings.waves) - 1:
             # paused while waiting for approval: resuming must not skip the approval
-            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; {wave_label(wave['idx'])} passed and awaits approval")
+            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; {wave_label(wave['idx'])} passed and awaits approval", now)
         else:
-            set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"resumed by {actor}")
+            set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"resumed by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
-def promote_rollout(db: Database, rollout_id: str, actor: str = "operator") -> dict:
+def promote_rollout(db: Database, rollout_id: str, actor: str = "operator", now: float | None = None) -> dict:
     """Start the next wave: approves a wave that passed (``waiting_approval``), or, from
     ``paused``, overrides the gates of the current wave (recorded in the history)."""
+    now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
         check_action(rollout_id, "promote", r["status"])
         wave = _current_wave(db, conn, r)
         if wave and wave["status"] in (W.RUNNING.value, W.HALTED.value):
-            set_wave_status(db, conn, rollout_id, wave["idx"], wave["status"], W.PASSED, f"gates overridden by {actor}")
-        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"promoted by {actor}")
+            set_wave_status(db, conn, rollout_id, wave["idx"], wave["status"], W.PASSED, f"gates overridden by {actor}", now=now)
+        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"promoted by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
-def abort_rollout(db: Database, rollout_id: str, actor: str = "operator", reason: str = "") -> dict:
+def abort_rollout(db: Database, rollout_id: str, actor: str = "operator", reason: str = "", now: float | None = None) -> dict:
     """``-> aborting``: the reconciler orders every device of the rollout back to its previous version."""
+    now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
         check_action(rollout_id, "abort", r["status"])
-        set_rollout_status(db, conn, rollout_id, r["status"], R.ABORTING, reason or f"aborted by {actor}")
+        set_rollout_status(db, conn, rollout_id, r["status"], R.ABORTING, reason or f"aborted by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
