@@ -1,4 +1,5 @@
-"""Inference runtimes: onnxruntime and LiteRT (ai-edge-litert, or tflite_runtime), loaded lazily.
+"""Inference runtimes: onnxruntime, LiteRT (ai-edge-litert, or tflite_runtime) and OpenVINO
+(:mod:`edgeops.agent.runtime_openvino`), loaded lazily.
 
 A runtime takes a dict of named numpy arrays and returns a dict of named outputs. The agent
 creates runtimes through a *runtime factory* (``(model_path, manifest, providers, threads) ->
@@ -20,7 +21,7 @@ import numpy as np
 
 from edgeops.agent.memory import release_large_frees
 from edgeops.bundle import Manifest
-from edgeops.errors import AgentError
+from edgeops.errors import AgentError, BundleError
 
 
 class RuntimeLoadError(AgentError):
@@ -138,4 +139,19 @@ def load_runtime(model_path: Path, manifest: Manifest, providers: list[str], thr
         return OnnxRuntime(model_path, providers or manifest.providers, threads)
     if manifest.runtime == "litert":
         return LiteRtRuntime(model_path, threads)
+    if manifest.runtime == "openvino":
+        from edgeops.agent.runtime_openvino import OpenVinoRuntime
+
+        return OpenVinoRuntime(model_path, manifest, threads)
     raise RuntimeLoadError(f"runtime {manifest.runtime!r} is not supported by this agent")
+
+
+def check_runtime_installed(manifest: Manifest) -> None:
+    """BundleError for a bundle whose runtime library this device lacks (OpenVINO is an optional
+    extra), looked up without importing it: part of the compatibility check of the verifying
+    pass, so the bundle is refused before anything is installed or activated."""
+    if manifest.runtime == "openvino":
+        from edgeops.agent.runtime_openvino import INSTALL_HINT, openvino_installed
+
+        if not openvino_installed():
+            raise BundleError(f"bundle {manifest.name} {manifest.version} needs the OpenVINO runtime, which is not installed on this device: {INSTALL_HINT}")

@@ -42,6 +42,11 @@ def choose_scheme(requested: str, kind: ModelKind, profile) -> Choice:
     if profile.device.accelerator == "cuda":
         scheme = (q.transformer_scheme or q.scheme) if kind.kind in ("transformer", "linear") else q.scheme
         return Choice(scheme, f"profile '{profile.name}' runs on a CUDA GPU ({', '.join(profile.runtime.providers[:1])}): {scheme} uses the tensor cores")
+    if profile.runtime.name == "openvino" and kind.kind in ("transformer", "linear", "conv"):
+        scheme = (q.transformer_scheme or q.scheme) if kind.kind != "conv" else q.scheme
+        why = ("NNCF int8 post-training quantization on the calibration data: OpenVINO runs int8 convolutions and MatMuls with requantization "
+               "and the element-wise ops after them fused into the kernel") if scheme == "static-int8" else f"the profile's scheme is {scheme}"
+        return Choice(scheme, f"model is {kind.describe()}: {why}")
     if kind.kind in ("transformer", "linear"):
         scheme = q.transformer_scheme or q.scheme
         why = ("dynamic int8 quantizes the MatMul/Gemm weights ahead of time and each activation per input, no calibration needed; "

@@ -4,7 +4,7 @@ Layout (members in this order, all regular files, mode 0644, mtime 0, owner 0:0)
 
     manifest.json        Manifest: identity, profile, runtime, I/O schema, files, provenance
     golden.json          golden vectors for the on-device self-test
-    model/<artifact>     the model (model.onnx or model.tflite)
+    model/<artifact>     the model (model.onnx, model.tflite, or OpenVINO IR model.xml + model/model.bin)
     model/model.onnx.data  the ONNX model's external data, when its source kept weights external
                          (read by onnxruntime from beside model.onnx; hashed like every member)
     report.json          the validation report written at build time
@@ -88,9 +88,12 @@ class Manifest(Schema):
     release: Annotated[int, Meta(ge=0)]
     profile: str
     profile_sha256: str = ""
-    runtime: Literal["onnxruntime", "litert"]
+    runtime: Literal["onnxruntime", "litert", "openvino"]
     providers: list[str]
     artifact: str
+    # How the device must run the model where the profile leaves it to the packager: for OpenVINO
+    # the device, the inference precision the validation used (f32 / bf16) and the performance hint.
+    runtime_options: dict[str, str] = field(default_factory=dict)
     quantization: str
     task: Literal["classifier", "generic"] = "generic"
     inputs: list[TensorSpec]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from edgeops.errors import ProfileError
-from edgeops.schema import Meta, Schema, SchemaError, field, nested_schema
+from edgeops.schema import FieldError, Meta, Schema, SchemaError, field, nested_schema
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,7 +22,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Arch = Literal["x86_64", "aarch64", "armv7l"]
-RuntimeName = Literal["onnxruntime", "litert"]
+RuntimeName = Literal["onnxruntime", "litert", "openvino"]
+OPENVINO_DEVICES = ("CPU", "GPU", "NPU")
 QuantScheme = Literal["static-int8", "dynamic-int8", "full-int8", "fp16", "none"]
 QUANT_CHOICES = ("auto", "static-int8", "dynamic-int8", "full-int8", "fp16", "none")
 
@@ -47,11 +48,45 @@ class DeviceSpec(_Strict):
 class RuntimeSpec(_Strict):
     """The inference runtime on the device: onnxruntime execution providers (or LiteRT
     delegates) in priority order, and the intra-op threads used to measure latency against
-    the budget."""
+    the budget.
+
+    OpenVINO profiles (``name = "openvino"``) say instead which OpenVINO ``device`` runs the
+    model (CPU, GPU, NPU), its ``inference_precision`` (``f32``; ``bf16``, which OpenVINO uses
+    for float models by default on CPUs with AVX512_BF16/AMX and which changes the numerics; or
+    ``auto``: the packager keeps bf16 only where the parity gates pass and records the decision in
+    the bundle) and the ``performance_hint`` (LATENCY for one request at a time). These three
+    keys are refused on the other runtimes."""
 
     name: RuntimeName
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: Annotated[int, Meta(ge=1)] = 1
+    device: Literal["CPU", "GPU", "NPU"] | None = None
+    inference_precision: Literal["f32", "bf16", "auto"] | None = None
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name != "openvino":
+            for key in ("device", "inference_precision", "performance_hint"):
+                if getattr(self, key) is not None:
+                    raise FieldError(key, f"only OpenVINO profiles (runtime.name = 'openvino') take runtime.{key}; this profile runs {self.name}")
+        elif self.providers not in (["CPUExecutionProvider"], [self.openvino_device]):
+            raise FieldError("providers", f"an OpenVINO profile names its device in runtime.device ({', '.join(OPENVINO_DEVICES)}), not in providers; "
+                             f"leave providers out or set it to [\"{self.openvino_device}\"]")
+
+    @property
+    def openvino_device(self) -> str:
+        """The OpenVINO device (CPU unless the profile says otherwise)."""
+        return self.device or "CPU"
+
+    @property
+    def openvino_precision(self) -> str:
+        """The profile's inference precision (f32 unless it says bf16 or auto)."""
+        return self.inference_precision or "f32"
+
+    @property
+    def openvino_hint(self) -> str:
+        """OpenVINO's performance hint (LATENCY unless the profile says THROUGHPUT)."""
+        return self.performance_hint or "LATENCY"
 
 
 class QuantizationSpec(_Strict):
@@ -119,8 +154,8 @@ class HardwareProfile(_Strict):
 
     @property
     def artifact_format(self) -> str:
-        """File format the runtime loads: 'onnx' or 'tflite'."""
-        return "tflite" if self.runtime.name == "litert" else "onnx"
+        """File format the runtime loads: 'onnx', 'tflite' or 'openvino' (IR .xml + .bin)."""
+        return {"litert": "tflite", "openvino": "openvino"}.get(self.runtime.name, "onnx")
 
 
 def builtin_profiles_dir() -> Path:
