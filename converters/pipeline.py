@@ -116,12 +116,19 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     target = profile.artifact_format
     if target == "onnx":
         reference, built, choice, kind, calib = _onnx_path(source, profile, options, ctx, step)
+    elif target == "openvino":
+        from edgeops.converters.openvino_build import openvino_path
+
+        reference, built, choice, kind, calib = openvino_path(source, profile, options, ctx, step)
     else:
         reference, built, choice, kind, calib = _tflite_path(source, profile, options, ctx, step)
+    # The reference runs where the original runs: an OpenVINO build is checked against the ONNX model in onnxruntime.
+    ref_format = "onnx" if target == "openvino" else target
+    precision = None  # OpenVINO's inference precision, decided once the validation data is loaded
 
     with step("validating against the original"):
         threads = profile.runtime.threads
-        ref_runner = make_runner(target, reference.data, threads=1, label="original model")
+        ref_runner = make_runner(ref_format, reference.data, threads=1, label="original model")
         _check_tensor_io(ref_runner, _display_name(source))
         emulate = _needs_vnni_emulation(profile, choice)
         if emulate:
@@ -133,7 +140,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
                 "uses non-VNNI kernels"
             )
             built_runner = OnnxRunner(built.data, threads=1, label="built model", optimize=False)
-        else:
+        elif target != "openvino":
             built_runner = make_runner(target, built.data, threads=1, label="built model")
         if options.validation:
             validation = load_dataset(options.validation, ref_runner.inputs, "validation", options.image)
@@ -142,6 +149,16 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
             ctx.warn("no --validation data: compared on generated random inputs, so accuracy is NOT measured; pass --validation DATA (.npz with 'labels' for accuracy)")
         feeds = validation.batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
         labels = validation.label_batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
+        if target == "openvino":
+            from edgeops.converters.openvino_build import choose_precision
+            from edgeops.converters.passes.openvino import OpenVinoRunner
+
+            classifier = is_classifier(ref_runner.outputs)
+            limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
+            precision, why = choose_precision(profile, built, ref_runner, feeds, labels, classifier, limits, built.module.size, ctx)
+            ctx.report["inference_precision"] = {"precision": precision, "reason": why}
+            ctx.log.append(f"openvino: inference precision {precision}: {why}")
+            built_runner = OpenVinoRunner(built.module, threads=1, precision=precision, hint=profile.runtime.openvino_hint, label="built model")
         classifier = is_classifier(built_runner.outputs)
         _trial_run(ref_runner, feeds, "validation", validation)
         try:
@@ -154,28 +171,32 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     with step("measuring host latency"):
         latency = {
             "threads": threads,
-            "original": measure_latency(make_runner(target, reference.data, threads=threads), feeds[0], runs=options.latency_runs),
-            "built": measure_latency(make_runner(target, built.data, threads=threads), _first_feed(built_runner, feeds[0]), runs=options.latency_runs),
+            "original": measure_latency(make_runner(ref_format, reference.data, threads=threads), feeds[0], runs=options.latency_runs),
+            "built": measure_latency(_host_runner(target, built, threads, precision, profile), _first_feed(built_runner, feeds[0]), runs=options.latency_runs),
             "note": "measured on the build host, not on the device; kept out of the bundle so builds are reproducible",
         }
 
     golden = _golden(feeds, ref_runner, built_runner, built_outputs, metrics, ctx, _data_label(options.validation))
     golden_bytes = golden.to_json_bytes()
-    artifact_name = f"model/model.{target}"
+    artifact_name = "model/model.xml" if target == "openvino" else f"model/model.{target}"
     # An ONNX model that came with external data goes into the bundle with its weights beside it.
-    model_members = artifact_members(built.data, artifact_name, external=source.external_data and target == "onnx")
-    if len(model_members) > 1:
+    if target == "openvino":
+        model_members = built.module.members(artifact_name)  # model.xml and model.bin
+    else:
+        model_members = artifact_members(built.data, artifact_name, external=source.external_data and target == "onnx")
+    built_size = built.module.size if target == "openvino" else len(built.data)
+    if len(model_members) > 1 and target == "onnx":
         ctx.log.append(f"external-data: weights in {', '.join(n for n in model_members if n != artifact_name)} beside {artifact_name}, as the source model had them")
     limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
     # The size gate counts every member but the report (whose own size cannot depend on the gate).
-    gates = evaluate_gates(metrics, len(built.data) + len(golden_bytes), limits)
+    gates = evaluate_gates(metrics, built_size + len(golden_bytes), limits)
     passed = all(g["passed"] for g in gates)
     report = {
         "format": REPORT_FORMAT,
         "status": "passed" if passed else "gates_failed",
         "model": {"source": _display_name(source), "source_format": source.format, "task": "classifier" if classifier else "generic", "kind": kind.kind},
         "profile": profile.name,
-        "runtime": {"name": profile.runtime.name, "host_providers": ["CPUExecutionProvider"] if target == "onnx" else ["XNNPACK"], "device_providers": profile.runtime.providers},
+        "runtime": {"name": profile.runtime.name, "host_providers": {"onnx": ["CPUExecutionProvider"], "openvino": ["CPU"]}.get(target, ["XNNPACK"]), "device_providers": profile.runtime.providers},
         "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe()},
         "passes": ctx.log,
         "conversions": ctx.report,
@@ -187,8 +208,8 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         "metrics": metrics,
         "size": {
             "original_bytes": len(reference.data),
-            "built_bytes": len(built.data),
-            "ratio": round(len(built.data) / max(len(reference.data), 1), 4),
+            "built_bytes": built_size,
+            "ratio": round(built_size / max(len(reference.data), 1), 4),
         },
         "gates": gates,
         "accuracy_measured": labels is not None and classifier,
@@ -205,7 +226,9 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     payload = {**model_members, GOLDEN_NAME: golden_bytes, REPORT_NAME: report_bytes}
     manifest = Manifest(
         name=options.name, version=options.version, release=options.release, profile=profile.name, profile_sha256=profile.sha256,
-        runtime=profile.runtime.name, providers=list(profile.runtime.providers), artifact=artifact_name, quantization=choice.scheme,
+        runtime=profile.runtime.name, artifact=artifact_name, quantization=choice.scheme,
+        providers=[profile.runtime.openvino_device] if target == "openvino" else list(profile.runtime.providers),
+        runtime_options=_runtime_options(profile, precision),
         task="classifier" if classifier else "generic", inputs=built_runner.inputs, outputs=built_runner.outputs,
         budgets=ManifestBudgets(latency_p95_ms=profile.budgets.latency_p95_ms, max_memory_mb=profile.budgets.max_memory_mb),
         files=describe_files(payload),
@@ -609,11 +632,30 @@ def _json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, indent=2, allow_nan=False).encode() + b"\n"
 
 
+def _runtime_options(profile, precision: str | None) -> dict[str, str]:
+    """What the device compiles an OpenVINO model with (nothing for the other runtimes)."""
+    if profile.runtime.name != "openvino":
+        return {}
+    return {"device": profile.runtime.openvino_device, "inference_precision": precision or profile.runtime.openvino_precision, "performance_hint": profile.runtime.openvino_hint}
+
+
+def _host_runner(target: str, built: Artifact, threads: int, precision: str | None, profile):
+    """A runner of the built model on this host at ``threads`` (OpenVINO at the device's precision)."""
+    if target == "openvino":
+        from edgeops.converters.passes.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(built.module, threads=threads, precision=precision or "f32", hint=profile.runtime.openvino_hint, label="built model")
+    return make_runner(target, built.data, threads=threads)
+
+
 def _toolchain(target: str, source: SourceModel) -> dict[str, str]:
     packages = ["edgeops", "numpy"]
     if source.family == "pytorch":
         packages.append("torch")
-    packages += ["onnx", "onnxruntime"] + (["onnxscript"] if source.family == "pytorch" else []) if target == "onnx" else ["ai-edge-litert", "ai-edge-quantizer"] + (["litert-torch"] if source.family == "pytorch" else [])
+    if target == "openvino":
+        packages += ["onnx", "onnxruntime", "openvino", "nncf"] + (["onnxscript"] if source.family == "pytorch" else [])
+    else:
+        packages += ["onnx", "onnxruntime"] + (["onnxscript"] if source.family == "pytorch" else []) if target == "onnx" else ["ai-edge-litert", "ai-edge-quantizer"] + (["litert-torch"] if source.family == "pytorch" else [])
     out = {}
     for p in packages:
         try:

@@ -1,0 +1,125 @@
+"""The packager's OpenVINO path: source model -> ONNX (intake as for onnxruntime) -> IR -> NNCF int8,
+and the inference precision the device will run it at.
+
+The reference the built model is validated against stays the original ONNX model in onnxruntime
+(fp32): the built model runs in OpenVINO itself, at the precision recorded in the bundle, so the
+metrics, the gates and the golden vectors are what the device computes.
+
+**Inference precision** (``runtime.inference_precision`` of the profile): ``f32`` or ``bf16`` as
+declared; ``auto`` tries bf16 (OpenVINO's own default for float parts on AVX512_BF16/AMX CPUs)
+when both the device (profile ``cpu_features``) and this host have bf16, and keeps it only when
+every gate passes in bf16, else f32. The decision and its reason go into the report and into the
+manifest's ``runtime_options``, which the agent compiles the model with.
+"""
+
+from __future__ import annotations
+
+from edgeops.converters import checks
+from edgeops.converters.graph import classify_onnx, classify_torch, graph_inputs
+from edgeops.converters.passes import Artifact, PassContext, create_pass
+from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
+from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
+from edgeops.errors import ConfigError
+from edgeops.profiles import host_cpu_flags
+
+OPENVINO_SCHEMES = ("static-int8", "none")
+
+
+def openvino_path(source, profile, options, ctx: PassContext, step):
+    """(reference ONNX artifact, built IR artifact, choice, model kind, calibration data)."""
+    from edgeops.converters import pipeline as p
+
+    if source.family == "tflite":
+        raise ConfigError(f"profile '{profile.name}' runs OpenVINO; a .tflite model cannot be converted here. Give the ONNX or PyTorch model, or use a LiteRT profile")
+    if source.family == "pytorch":
+        torch_art = p._torch_artifact(source, options)
+        module = torch_art.module.module() if p._is_exported_program(torch_art.module) else torch_art.module
+        kind = classify_torch(module)
+        with step("exporting PyTorch -> ONNX"):
+            opset = min(max(18, profile.constraints.min_opset), profile.constraints.max_opset)
+            reference = create_pass("export-onnx", opset=opset)(torch_art, ctx)
+        label = f"{source.reference} (exported)"
+    else:
+        reference = Artifact("onnx", data=source.data)
+        label = str(source.path)
+    reference, prepared, model = _intake(reference, source, profile, options, ctx, step, label)
+    checks.check_onnx_opset(model, profile, label)
+    checks.check_onnx_ops(model, profile, label)
+    specs = graph_inputs(model)
+    checks.check_static_shapes(specs, profile, label)
+    if source.family == "onnx":
+        kind = classify_onnx(model)
+    choice = p._choice(options, kind, profile)
+    if choice.scheme not in OPENVINO_SCHEMES:
+        raise ConfigError(f"--quantize {choice.scheme} is not an OpenVINO scheme (profile '{profile.name}'): use static-int8 (NNCF int8) or none (float IR)")
+    calib = p._load_calibration(options, choice, specs)
+    ctx.calibration = calib
+    if calib is not None:
+        from edgeops.converters.runtime import OnnxRunner
+
+        p._trial_run(OnnxRunner(reference.data, threads=1, label="original model"), calib.batches(specs, limit=1), "calibration", calib)
+    int8 = choice.scheme == "static-int8"
+    with step("converting ONNX -> OpenVINO IR"):
+        built = create_pass("convert-openvino", compress_to_fp16=not int8)(prepared, ctx)
+    if int8:
+        with step("int8 quantization (NNCF)"):
+            built = create_pass("quantize-openvino", transformer=kind.kind in ("transformer", "linear"))(built, ctx)
+    return reference, built, choice, kind, calib
+
+
+def _intake(reference: Artifact, source, profile, options, ctx: PassContext, step, label: str):
+    """(reference, prepared, ModelProto): the ONNX intake of the onnxruntime path: input shapes fixed
+    (--input-shape, then the data), and for a user's ONNX file operators, opset conversion and
+    normalization (converters/intake.py)."""
+    import onnx
+
+    from edgeops.converters import pipeline as p
+    from edgeops.converters.graph import set_input_shapes
+    from edgeops.converters.intake import prepare_onnx
+    from edgeops.converters.shapes import fix_dims_from_data
+
+    model = onnx.load_model_from_string(reference.data)
+    if options.input_shapes:
+        try:
+            set_input_shapes(model, options.input_shapes)
+        except KeyError as e:
+            raise ConfigError(f"--input-shape names input {e}, the model's inputs are {', '.join(s.name for s in graph_inputs(model))}") from e
+        except ValueError as e:
+            raise ConfigError(f"--input-shape: {e}") from e
+        reference = Artifact("onnx", data=model.SerializeToString())
+    notes = fix_dims_from_data(model, graph_inputs(model), p._given_datasets(options, graph_inputs(model)), fix_batch=profile.constraints.static_shapes)
+    if notes:
+        ctx.log.extend(notes)
+        reference = Artifact("onnx", data=model.SerializeToString())
+    prepared = reference
+    if source.family == "onnx":
+        prepared, model = prepare_onnx(reference, profile, ctx, step, label)
+    return reference, prepared, model
+
+
+def host_has_bf16() -> bool:
+    """Whether OpenVINO computes bf16 on this host's CPU."""
+    return bool(BF16_FLAGS & host_cpu_flags())
+
+
+def choose_precision(profile, built: Artifact, ref_runner, feeds, labels, classifier: bool, limits: GateLimits, size_bytes: int, ctx: PassContext) -> tuple[str, str]:
+    """(precision, reason): the profile's declared precision, or for ``auto`` bf16 only where it
+    runs on the device and here and every gate passes with it."""
+    declared = profile.runtime.openvino_precision
+    if declared == "bf16" and not host_has_bf16():
+        ctx.warn("the profile runs OpenVINO in bf16 but this host's CPU has no AVX512_BF16/AMX: validated in f32 here (OpenVINO falls back to f32), "
+                 "so the metrics and golden vectors do not show bf16 rounding; build on a bf16 host to validate it")
+        return "bf16", "declared by the profile (runtime.inference_precision = 'bf16'); NOT validated in bf16 on this host"
+    if declared != "auto":
+        return declared, f"declared by the profile (runtime.inference_precision = '{declared}')"
+    if not (BF16_FLAGS & set(profile.device.cpu_features)):
+        return "f32", "auto: the profile's CPU has no AVX512_BF16/AMX, so f32"
+    if not host_has_bf16():
+        return "f32", "auto: this build host has no AVX512_BF16/AMX to validate bf16 on, so f32 (the safe choice)"
+    trial = OpenVinoRunner(built.module, threads=1, precision="bf16", label="built model (bf16)")
+    metrics, _ = compare_models(ref_runner, trial, feeds, labels, classifier)
+    failed = [g["gate"] for g in evaluate_gates(metrics, size_bytes, limits) if not g["passed"]]
+    if failed:
+        return "f32", f"auto: bf16 failed the gate(s) {', '.join(failed)} on the validation data, so f32"
+    worst = min((o["cosine_min"] for o in metrics["outputs"].values() if o["cosine_min"] is not None), default=None)
+    return "bf16", f"auto: bf16 passed every gate on the validation data (worst cosine {worst}); OpenVINO's default on this CPU class"

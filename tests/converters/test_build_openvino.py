@@ -1,0 +1,84 @@
+"""`edgeops build` for an OpenVINO profile: ONNX -> OpenVINO IR -> NNCF int8, validated and
+golden-vectored in OpenVINO itself at the precision the device will run, packaged as IR with hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from edgeops.bundle import read_bundle
+from edgeops.golden import GoldenVectors, compare_outputs
+from edgeops.profiles import load_profile
+
+from .conftest import run_cli
+
+PROFILE = "x86_64-openvino-int8"
+
+
+def _build(cnn_files, out, *extra):
+    return [
+        "build", cnn_files["onnx"], "--profile", PROFILE, "--name", "digits-cnn", "--version", "1.0.0",
+        "--calibration", cnn_files["calibration"], "--validation", cnn_files["validation"], "-o", out, *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def ov_build(cnn_files, tmp_path_factory):
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("ov") / "cnn.bundle"
+    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(out),
+                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=5))
+    return result, out
+
+
+def test_nncf_int8_build_meets_the_profile_gates(ov_build):
+    result, out = ov_build
+    report, manifest = result.report, result.manifest
+    budgets = load_profile(PROFILE).budgets
+    m = report["metrics"]
+    assert report["status"] == "passed" and report["quantization"]["scheme"] == "static-int8" and "NNCF" in report["quantization"]["reason"]
+    assert report["accuracy_measured"] and m["accuracy_drop_points"] <= budgets.max_accuracy_drop and m["top1_agreement"] >= budgets.min_agreement
+    assert any(p.startswith("quantize-openvino: NNCF") for p in report["passes"])
+    assert manifest.runtime == "openvino" and manifest.artifact == "model/model.xml" and manifest.providers == ["CPU"]
+    # the precision is a recorded decision, the one the validation ran with
+    decided = report["conversions"]["inference_precision"]
+    assert manifest.runtime_options["inference_precision"] == decided["precision"] in ("f32", "bf16") and decided["reason"]
+    assert {"openvino", "nncf"} <= set(manifest.provenance.toolchain)
+    contents = read_bundle(out)
+    for member in ("model/model.xml", "model/model.bin"):
+        assert manifest.files[member].sha256 == hashlib.sha256(contents.files[member]).hexdigest()
+    # the IR really is int8: NNCF's FakeQuantize nodes around the convolutions, int8 weights
+    xml = contents.files["model/model.xml"].decode()
+    assert 'type="FakeQuantize"' in xml and 'element_type="i8"' in xml
+
+
+def test_golden_vectors_reproduce_in_openvino_at_the_recorded_precision(ov_build):
+    from edgeops.converters.passes.openvino import IrModel, OpenVinoRunner
+
+    result, out = ov_build
+    contents = read_bundle(out)
+    golden = GoldenVectors.from_json_bytes(contents.files["golden.json"])
+    assert len(golden.cases) == 3
+    runner = OpenVinoRunner(IrModel(contents.files["model/model.xml"], contents.files["model/model.bin"]), precision=result.manifest.runtime_options["inference_precision"])
+    for feed, expected in golden.cases:
+        assert compare_outputs(runner.run(feed), expected, golden.tolerances) == []
+
+
+def test_openvino_build_is_byte_reproducible_and_cli_reports_it(ov_build, cnn_files, tmp_path, capsys):
+    """OpenVINO names constants with a process-wide counter: a second build in the same process
+    must still give the same bytes (stable_names)."""
+    _, first = ov_build
+    out = tmp_path / "again.bundle"
+    code, stdout, stderr = run_cli(_build(cnn_files, out, "--json"), capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["manifest"]["runtime"] == "openvino"
+    assert out.read_bytes() == first.read_bytes()
+
+
+def test_fp16_is_refused_on_an_openvino_profile(cnn_files, tmp_path, capsys):
+    code, _, stderr = run_cli(_build(cnn_files, tmp_path / "x.bundle", "--quantize", "fp16"), capsys)
+    assert code == 3 and "not an OpenVINO scheme" in stderr and "static-int8" in stderr
