@@ -1,0 +1,282 @@
+"""edgeops against the peer paths a user could take instead, on conv nets, in one interleaved run.
+
+For each model (the digits CNN, a MobileNetV2 export, the corpus conv nets), batch 1, at 1 and 2
+threads, measured in interleaved rounds so load from other jobs hits every path alike:
+
+* ``ort-fp32``: the model in onnxruntime as given;
+* ``ort-qdq``: onnxruntime's best static recipe: ``quant_pre_process`` then ``quantize_static`` QDQ,
+  per-channel, u8 activations / s8 weights;
+* ``ort-dynamic``: ``quantize_dynamic`` with default arguments;
+* ``ov-default``: OpenVINO on the model as given with its default precision (bf16 for float parts
+  on AVX512_BF16/AMX CPUs, else f32);
+* ``ov-nncf``: OpenVINO + ``nncf.quantize`` with NNCF's defaults;
+* ``edgeops-ov``: the bundle `edgeops build --profile x86_64-openvino-int8` makes (as its agent runs it);
+* ``edgeops-ort``: the bundle `edgeops build --profile x86_64-avx512-vnni` makes.
+
+Printed per model and thread count: p50 ms, speed-up over ort-fp32, the edgeops-ov latency as a
+ratio to the best peer path (target: at most 1.0), size, and parity with fp32 (cosine, top-1
+agreement for classifiers). The host's CPU flags (lscpu) are printed first.
+
+    python bench/peers.py [--models digits,mobilenet-v2,ppocrv4-det,...] [--rounds 5] [--runs 30] [--json OUT]
+
+Corpus models are read from the corpus cache (``python bench/corpus.py fetch NAME`` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_MODELS = "digits,mobilenet-v2,ppocrv4-det,ppocr-cls,nudenet-320n"
+CALIBRATION = 64
+VALIDATION = 16
+
+
+def _lscpu_flags() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "?"
+    lines = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+    keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "fma")
+    flags = [f for f in lines.get("Flags", "").split() if f in keep]
+    return f"{lines.get('Model name', '?')}, {lines.get('CPU(s)', '?')} CPUs, flags: {' '.join(flags)}"
+
+
+def _model(name: str, folder: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """(onnx path, calibration data, validation data, validation labels or None)."""
+    import torch
+
+    if name == "digits":
+        from edgeops.converters import samples
+
+        s = samples.train_digits_cnn(size=32, width=16, epochs=4)
+        path = folder / "digits.onnx"
+        torch.onnx.export(s.model, s.example_inputs, str(path), dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"])
+        return path, {"input": s.x_calib[:CALIBRATION]}, {"input": s.x_val}, s.y_val
+    from bench import corpus
+
+    entry = corpus.by_name(name)
+    if name == "mobilenet-v2":
+        from bench import corpus_torch
+
+        module, example = corpus_torch.mobilenet_v2()
+        path = folder / "mobilenet-v2.onnx"
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=["pixel_values"], output_names=["logits"])
+    else:
+        path = corpus.model_path(entry)
+        if not path.exists():
+            raise SystemExit(f"{name}: not in the corpus cache; run: python bench/corpus.py fetch {name}")
+    data = corpus.make_data(entry, CALIBRATION + VALIDATION, seed=0)
+    calib = {k: v[:CALIBRATION] for k, v in data.items()}
+    val = {k: v[CALIBRATION:] for k, v in data.items()}
+    return path, calib, val, None
+
+
+def _fix_shapes(path: Path, feed: dict[str, np.ndarray], folder: Path) -> Path:
+    """The model with every input fixed to the batch-1 feed's shape (what the peers are given too)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for inp in model.graph.input:
+        if inp.name in feed:
+            dims = inp.type.tensor_type.shape.dim
+            for d, n in zip(dims, feed[inp.name].shape):
+                d.ClearField("dim_param")
+                d.dim_value = int(n)
+    out = folder / f"{path.stem}.fixed.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def _feeds(data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    n = len(next(iter(data.values())))
+    return [{k: v[i : i + 1] for k, v in data.items()} for i in range(n)]
+
+
+def _ort_paths(path: Path, calib: list[dict], folder: Path) -> dict[str, Path]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = folder / "pre.onnx"
+    quant_pre_process(str(path), str(pre))
+    qdq = folder / "qdq.onnx"
+    quantize_static(str(pre), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    dyn = folder / "dynamic.onnx"
+    quantize_dynamic(str(path), str(dyn))
+    return {"ort-fp32": path, "ort-qdq": qdq, "ort-dynamic": dyn}
+
+
+def _ov_nncf(path: Path, calib: list[dict], folder: Path) -> Path:
+    import nncf
+    import openvino as ov
+
+    q = nncf.quantize(ov.convert_model(str(path)), nncf.Dataset(calib), subset_size=len(calib))  # NNCF defaults
+    out = folder / "nncf.xml"
+    ov.save_model(q, str(out))
+    return out
+
+
+def _edgeops(path: Path, calib: dict, val: dict, labels, profile: str, folder: Path):
+    from edgeops.bundle import extract_bundle
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    np.savez(folder / "calibration.npz", **calib)
+    np.savez(folder / "validation.npz", **val, **({"labels": labels} if labels is not None else {}))
+    out = folder / f"{profile}.bundle"
+    t0 = time.perf_counter()
+    result = build(BuildOptions(model=str(path), profile=profile, name="m", version="1", output=str(out), calibration=str(folder / "calibration.npz"),
+                                validation=str(folder / "validation.npz"), latency_runs=1, allow_gate_failures=True))
+    seconds = time.perf_counter() - t0
+    files = folder / profile
+    manifest = extract_bundle(result.path, files)
+    return files / manifest.artifact, manifest, result.report, seconds
+
+
+class _Ort:
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        o = ort.SessionOptions()
+        o.intra_op_num_threads, o.inter_op_num_threads, o.log_severity_level = threads, 1, 3
+        self.s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.s.get_inputs()]
+
+    def run(self, feed):
+        return self.s.run(None, {n: feed[n] for n in self.names})[0]
+
+
+class _Ov:
+    def __init__(self, path: Path, threads: int, precision: str | None):
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.c = ov.Core().compile_model(str(path), "CPU", config)
+        self.r = self.c.create_infer_request()
+
+    def run(self, feed):
+        return np.array(self.r.infer(feed)[self.c.outputs[0]])
+
+
+def _p50(runner, feed, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.run(feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000
+
+
+def _size(path: Path) -> int:
+    size = path.stat().st_size
+    for extra in (path.with_suffix(".bin"), Path(str(path) + ".data")):
+        if extra.exists():
+            size += extra.stat().st_size
+    return size
+
+
+def bench_model(name: str, rounds: int, runs: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"peers-{name}-") as tmp:
+        folder = Path(tmp)
+        src, calib, val, labels = _model(name, folder)
+        first = _feeds(val)[0]
+        path = _fix_shapes(src, first, folder)
+        calib_feeds = _feeds(calib)
+        paths = _ort_paths(path, calib_feeds, folder)
+        paths["ov-default"] = path
+        paths["ov-nncf"] = _ov_nncf(path, calib_feeds, folder)
+        ov_ir, ov_manifest, ov_report, ov_seconds = _edgeops(path, calib, val, labels, "x86_64-openvino-int8", folder)
+        ort_art, _, ort_report, ort_seconds = _edgeops(path, calib, val, labels, "x86_64-avx512-vnni", folder)
+        paths["edgeops-ov"], paths["edgeops-ort"] = ov_ir, ort_art
+        precision = {"edgeops-ov": ov_manifest.runtime_options.get("inference_precision", "f32"), "ov-nncf": None, "ov-default": None}
+
+        def make(label, threads):
+            return _Ov(paths[label], threads, precision[label]) if label in precision else _Ort(paths[label], threads)
+
+        result = {"model": name, "inputs": {k: list(v.shape) for k, v in first.items()}, "sizes": {k: _size(p) for k, p in paths.items()},
+                  "edgeops_ov": {"precision": precision["edgeops-ov"], "scheme": ov_report["quantization"]["scheme"], "status": ov_report["status"],
+                                 "metrics": {k: ov_report["metrics"].get(k) for k in ("top1_agreement", "accuracy_drop_points")}, "build_s": round(ov_seconds, 1)},
+                  "edgeops_ort": {"scheme": ort_report["quantization"]["scheme"], "status": ort_report["status"], "build_s": round(ort_seconds, 1)},
+                  "threads": {}}
+        # parity with fp32 onnxruntime on the validation feeds (1 thread)
+        ref = make("ort-fp32", 1)
+        feeds = _feeds(val)[:VALIDATION]
+        ref_out = [ref.run(f) for f in feeds]
+        parity = {}
+        for label in paths:
+            r = make(label, 1)
+            outs = [r.run(f) for f in feeds]
+            cos = [float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)) for a, b in zip(ref_out, outs)]
+            doc = {"cosine_mean": round(float(np.mean(cos)), 5)}
+            if ref_out[0].ndim == 2 and ref_out[0].shape[1] > 1:
+                doc["top1_agreement"] = round(float(np.mean([a.argmax() == b.argmax() for a, b in zip(ref_out, outs)])), 4)
+            parity[label] = doc
+        result["parity"] = parity
+        for threads in (1, 2):
+            runners = {label: make(label, threads) for label in paths}
+            for r in runners.values():
+                for _ in range(5):
+                    r.run(first)
+            samples: dict[str, list[float]] = {label: [] for label in runners}
+            for _ in range(rounds):  # interleaved: every round measures every path in turn
+                for label, r in runners.items():
+                    samples[label].append(_p50(r, first, runs))
+            p50 = {label: round(float(np.median(v)), 3) for label, v in samples.items()}
+            peers = {k: v for k, v in p50.items() if not k.startswith("edgeops")}
+            best = min(peers, key=peers.get)
+            result["threads"][threads] = {
+                "p50_ms": p50,
+                "speedup_vs_ort_fp32": {k: round(p50["ort-fp32"] / v, 2) for k, v in p50.items()},
+                "best_peer": best,
+                "edgeops_ov_vs_best_peer": round(p50["edgeops-ov"] / p50[best], 3),
+            }
+            del runners
+        return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=DEFAULT_MODELS)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    print(f"host: {_lscpu_flags()}")
+    results = []
+    for name in args.models.split(","):
+        r = bench_model(name, args.rounds, args.runs)
+        results.append(r)
+        print(f"\n{name} {r['inputs']}  edgeops-ov: {r['edgeops_ov']}  edgeops-ort: {r['edgeops_ort']}")
+        labels = list(r["sizes"])
+        print(f"  {'path':<12} {'size KB':>9} {'cosine':>8} {'top1':>6} " + " ".join(f"{f'{t}T ms':>9} {f'{t}T x':>6}" for t in (1, 2)))
+        for label in labels:
+            p = r["parity"][label]
+            cells = " ".join(f"{r['threads'][t]['p50_ms'][label]:>9.3f} {r['threads'][t]['speedup_vs_ort_fp32'][label]:>6.2f}" for t in (1, 2))
+            print(f"  {label:<12} {r['sizes'][label] / 1024:>9.0f} {p['cosine_mean']:>8.4f} {p.get('top1_agreement', float('nan')):>6.3f} {cells}")
+        for t in (1, 2):
+            print(f"  {t} thread(s): edgeops-ov / best peer ({r['threads'][t]['best_peer']}) = {r['threads'][t]['edgeops_ov_vs_best_peer']}")
+        sys.stdout.flush()
+    if args.json:
+        args.json.write_text(json.dumps({"host": _lscpu_flags(), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
