@@ -32,7 +32,7 @@ from edgeops.converters.graph import ModelKind, classify_onnx, classify_torch, g
 from edgeops.converters.intake import prepare_onnx
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.runtime import make_runner, measure_latency
-from edgeops.converters.shapes import fix_dims_from_data
+from edgeops.converters.shapes import check_fixed_shapes_load, fix_dims_from_data
 from edgeops.converters.source import SourceModel, load_source
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier, output_pairs, same_nonfinite
 from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError
@@ -271,6 +271,7 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
             raise ConfigError(f"--input-shape names input {e}, the model's inputs are {', '.join(s.name for s in graph_inputs(model))}") from e
         except ValueError as e:
             raise ConfigError(f"--input-shape: {e}") from e
+        check_fixed_shapes_load(model, reference.data, options.input_shapes)
         reference = Artifact("onnx", data=model.SerializeToString())
     shape_notes = fix_dims_from_data(model, graph_inputs(model), _given_datasets(options, graph_inputs(model)), fix_batch=profile.constraints.static_shapes)
     if shape_notes:

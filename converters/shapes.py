@@ -12,6 +12,7 @@ disagree stays open (both sizes are valid inputs). What was fixed is logged in t
 from __future__ import annotations
 
 from edgeops.bundle import TensorSpec
+from edgeops.errors import ConfigError
 from edgeops.converters.data import Dataset
 
 
@@ -71,6 +72,19 @@ def fix_dims_from_data(model, specs: list[TensorSpec], datasets: list[tuple[str,
             continue
         notes.append(f"shapes: input '{spec.name}' {_show(spec.shape)} -> {_show(after)} from the {' and '.join(roles)} data")
     return notes
+
+
+def check_fixed_shapes_load(model, original: bytes, shapes: dict[str, list[int]]) -> None:
+    """After ``--input-shape``: onnxruntime must still load the model, or the flag is refused by name."""
+    import onnx
+
+    problem = _load_problem(model)
+    if problem and _load_problem(onnx.load_model_from_string(original)) is None:
+        flags = " ".join(f"--input-shape {n}={','.join(map(str, d))}" for n, d in shapes.items())
+        raise ConfigError(
+            f"{flags}: onnxruntime cannot load the model with these shapes ({problem}); the model's own shape annotations "
+            "(e.g. an If branch for another input size) conflict with them. Leave those dims open: drop the flag, or fix fewer inputs"
+        )
 
 
 def _load_problem(model) -> str | None:

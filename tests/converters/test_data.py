@@ -266,3 +266,34 @@ def test_static_shapes_refusal_lists_every_input_and_a_flag_per_open_input(tmp_p
     msg = str(e.value)
     assert "'x' [N, 3, H, W] float32; 'scale' [1, 2] float32; 'state' [2, batch, 128] float32" in msg
     assert "--input-shape x=1,3,<H>,<W> --input-shape state=2,1,128" in msg
+
+
+def _add_model(path=None):
+    """y = x + w with x [N, L] and w [4]: onnxruntime refuses the model once L is fixed to anything but 4 or 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"], name="add")], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], initializer=[helper.make_tensor("w", TensorProto.FLOAT, [4], [1, 2, 3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if path:
+        onnx.save(model, path)
+    return model
+
+
+def test_dims_onnxruntime_refuses_fixed_stay_open_and_a_bad_input_shape_flag_is_named(tmp_path, capsys):
+    from edgeops.converters.graph import graph_inputs
+    from edgeops.converters.shapes import fix_dims_from_data
+
+    from .conftest import run_cli
+
+    model = _add_model()
+    specs = graph_inputs(model)
+    np.savez(tmp_path / "c.npz", x=np.zeros((3, 5), np.float32))
+    notes = fix_dims_from_data(model, specs, [("calibration", load_dataset(tmp_path / "c.npz", specs, "calibration"))])
+    assert graph_inputs(model)[0].shape == ["N", "L"]
+    assert len(notes) == 1 and "keeps its open dims [N, L] (the data gives [N, 5], but onnxruntime refuses the model with them fixed" in notes[0]
+    _add_model(tmp_path / "add.onnx")
+    code, _, err = run_cli(["build", tmp_path / "add.onnx", "--profile", "x86_64-avx2", "--name", "a", "--version", "1", "--quantize", "none",
+                            "--input-shape", "x=1,5", "-o", tmp_path / "a.bundle"], capsys)
+    assert code == 3 and "--input-shape x=1,5: onnxruntime cannot load the model with these shapes" in err and "Traceback" not in err
