@@ -14,12 +14,16 @@ manifest's ``runtime_options``, which the agent compiles the model with.
 
 from __future__ import annotations
 
+import numpy as np
+
 from edgeops.converters import checks
+from edgeops.converters.choose import Choice
 from edgeops.converters.graph import classify_onnx, classify_torch, graph_inputs
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
 from edgeops.errors import ConfigError
+from edgeops.converters.runtime import measure_latency
 from edgeops.profiles import host_cpu_flags
 
 OPENVINO_SCHEMES = ("static-int8", "none")
@@ -123,3 +127,59 @@ def choose_precision(profile, built: Artifact, ref_runner, feeds, labels, classi
         return "f32", f"auto: bf16 failed the gate(s) {', '.join(failed)} on the validation data, so f32"
     worst = min((o["cosine_min"] for o in metrics["outputs"].values() if o["cosine_min"] is not None), default=None)
     return "bf16", f"auto: bf16 passed every gate on the validation data (worst cosine {worst}); OpenVINO's default on this CPU class"
+
+
+def missing_cpu_features(profile) -> list[str]:
+    """The profile's CPU features this host lacks ([] when latency measured here means something for the device)."""
+    flags = host_cpu_flags()
+    return [f for f in profile.device.cpu_features if f not in flags]
+
+
+def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds, labels, classifier: bool, limits: GateLimits, ctx: PassContext):
+    """Decide the inference precision and, under ``--quantize auto`` on a host with the profile's
+    CPU features, which candidate ships: the NNCF int8 IR or the float IR, each at its precision,
+    timed side by side at the profile's threads; the fastest that passes every gate wins.
+    Returns (built, choice, precision, reason). The measured table goes to ``ctx.measurements``
+    (printed and in --json, kept out of the bundle like all host latency)."""
+    from edgeops.converters.passes.openvino import IrModel
+
+    precision, why = choose_precision(profile, built, ref_runner, feeds, labels, classifier, limits, built.module.size, ctx)
+    if options.quantize != "auto" or choice.scheme != "static-int8" or built.module.source_onnx is None:
+        return built, choice, precision, why
+    missing = missing_cpu_features(profile)
+    if missing:
+        ctx.report["runtime_choice"] = {"measured": False, "chosen": "openvino-int8",
+                                        "reason": f"this host lacks the profile's CPU feature(s) {', '.join(missing)}: the profile's declared scheme (NNCF int8) is used; latency was NOT measured"}
+        ctx.log.append("runtime choice: " + ctx.report["runtime_choice"]["reason"])
+        return built, choice, precision, why
+    float_ir = create_pass("convert-openvino", compress_to_fp16=True)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
+    float_precision, float_why = choose_precision(profile, float_ir, ref_runner, feeds, labels, classifier, limits, float_ir.module.size, PassContext(profile=profile))
+    candidates = {"openvino-int8": (built, precision, why), "openvino-float": (float_ir, float_precision, float_why)}
+    threads = profile.runtime.threads
+    rows = {}
+    runners = {}
+    for name, (art, prec, _) in candidates.items():
+        val = OpenVinoRunner(art.module, threads=1, precision=prec, label=name)
+        metrics, _ = compare_models(ref_runner, val, feeds, labels, classifier)
+        gates = evaluate_gates(metrics, art.module.size, limits)
+        rows[name] = {"precision": prec, "gates_passed": all(g["passed"] for g in gates), "samples_ms": []}
+        runners[name] = OpenVinoRunner(art.module, threads=threads, precision=prec, label=name)
+    feed = feeds[0]
+    for _ in range(3):  # interleaved rounds: load from other jobs hits both alike
+        for name, runner in runners.items():
+            rows[name]["samples_ms"].append(measure_latency(runner, feed, runs=max(5, options.latency_runs // 3), warmup=3)["p50_ms"])
+    for row in rows.values():
+        row["p50_ms"] = round(float(np.median(row.pop("samples_ms"))), 4)
+    passing = [n for n in rows if rows[n]["gates_passed"]]
+    chosen = min(passing, key=lambda n: rows[n]["p50_ms"]) if passing else "openvino-int8"
+    others = ", ".join(f"{n} {rows[n]['p50_ms']} ms ({rows[n]['precision']}{'' if rows[n]['gates_passed'] else ', gates failed'})" for n in rows if n != chosen)
+    reason = f"measured on this host ({threads} thread(s)): {chosen} {rows[chosen]['p50_ms']} ms ({rows[chosen]['precision']}) is the fastest candidate passing every gate; {others}"
+    ctx.measurements = {"candidates": rows, "chosen": chosen, "reason": reason}
+    # the report records the decision, not the figures (they vary run to run; the bundle must not)
+    ctx.report["runtime_choice"] = {"measured": True, "chosen": chosen, "candidates": sorted(rows),
+                                    "reason": "fastest candidate passing every gate, timed side by side on a build host with the profile's CPU features (figures in the build output)"}
+    ctx.log.append(f"runtime choice: {chosen} ({rows[chosen]['precision']}), fastest of {', '.join(sorted(rows))} passing every gate on this host")
+    if chosen == "openvino-int8":
+        return built, choice, precision, why
+    scheme = Choice("none", f"{choice.reason}; but the float IR measured faster than the int8 one on this host: {reason}")
+    return float_ir, scheme, float_precision, float_why

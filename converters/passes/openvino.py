@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +40,8 @@ class IrModel:
 
     xml: bytes
     bin: bytes
+    # the ONNX model the IR was converted from: other candidates (the float IR) are built from it
+    source_onnx: bytes | None = field(default=None, compare=False, repr=False)
 
     def members(self, artifact_name: str = "model/model.xml") -> dict[str, bytes]:
         """Bundle members: ``model/model.xml`` and ``model/model.bin`` beside it (OpenVINO finds the
@@ -115,6 +117,7 @@ class ConvertOpenVino(Pass):
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelLoadError(f"OpenVINO cannot convert the ONNX model: {first}") from e
             ir = save_ir(model, self.options.compress_to_fp16)
+        ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.data)
         ctx.log.append(f"convert-openvino: ONNX -> OpenVINO IR {ov.__version__.split('-')[0]} ({len(model.get_ordered_ops())} ops), "
                        f"weights {'fp16-compressed' if self.options.compress_to_fp16 else 'f32'}")
         return ir_artifact(ir)
@@ -162,6 +165,7 @@ class QuantizeOpenVino(Pass):
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         quantized = nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
         ir = save_ir(quantized, self.options.compress_to_fp16)
+        ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.module.source_onnx)
         ctx.log.append(f"quantize-openvino: NNCF {nncf.__version__} int8 ({self.options.preset} preset{', transformer' if self.options.transformer else ''}) "
                        f"on {len(feeds)} calibration feeds")
         return ir_artifact(ir)

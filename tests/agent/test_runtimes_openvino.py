@@ -34,7 +34,7 @@ def ov_bundle(tmp_path_factory):
     np.savez(folder / "validation.npz", input=x_val, labels=y_val)
     np.savez(folder / "calibration.npz", input=x_calib)
     result = build(BuildOptions(model="edgeops.converters.samples:digits_cnn", profile="x86_64-openvino-int8", name="cnn", version="1", output=str(folder / "cnn.bundle"),
-                                calibration=str(folder / "calibration.npz"), validation=str(folder / "validation.npz"), latency_runs=5))
+                                calibration=str(folder / "calibration.npz"), validation=str(folder / "validation.npz"), quantize="static-int8", latency_runs=5))
     files = folder / "files"
     return result.path, files, extract_bundle(result.path, files)
 

@@ -31,7 +31,7 @@ def ov_build(cnn_files, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ov") / "cnn.bundle"
     result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(out),
-                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=5))
+                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), quantize="static-int8", latency_runs=5))
     return result, out
 
 
@@ -40,7 +40,7 @@ def test_nncf_int8_build_meets_the_profile_gates(ov_build):
     report, manifest = result.report, result.manifest
     budgets = load_profile(PROFILE).budgets
     m = report["metrics"]
-    assert report["status"] == "passed" and report["quantization"]["scheme"] == "static-int8" and "NNCF" in report["quantization"]["reason"]
+    assert report["status"] == "passed" and report["quantization"]["scheme"] == "static-int8"
     assert report["accuracy_measured"] and m["accuracy_drop_points"] <= budgets.max_accuracy_drop and m["top1_agreement"] >= budgets.min_agreement
     assert any(p.startswith("quantize-openvino: NNCF") for p in report["passes"])
     assert manifest.runtime == "openvino" and manifest.artifact == "model/model.xml" and manifest.providers == ["CPU"]
@@ -73,7 +73,7 @@ def test_openvino_build_is_byte_reproducible_and_cli_reports_it(ov_build, cnn_fi
     must still give the same bytes (stable_names)."""
     _, first = ov_build
     out = tmp_path / "again.bundle"
-    code, stdout, stderr = run_cli(_build(cnn_files, out, "--json"), capsys)
+    code, stdout, stderr = run_cli(_build(cnn_files, out, "--quantize", "static-int8", "--json"), capsys)
     assert code == 0, stderr
     assert json.loads(stdout)["manifest"]["runtime"] == "openvino"
     assert out.read_bytes() == first.read_bytes()
@@ -82,3 +82,38 @@ def test_openvino_build_is_byte_reproducible_and_cli_reports_it(ov_build, cnn_fi
 def test_fp16_is_refused_on_an_openvino_profile(cnn_files, tmp_path, capsys):
     code, _, stderr = run_cli(_build(cnn_files, tmp_path / "x.bundle", "--quantize", "fp16"), capsys)
     assert code == 3 and "not an OpenVINO scheme" in stderr and "static-int8" in stderr
+
+
+def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(cnn_files, tmp_path):
+    """Under auto the int8 and the float IR are both built, validated and timed side by side; the
+    fastest passing every gate ships, the report says so (the figures stay out of the bundle)."""
+    from edgeops.converters.openvino_build import missing_cpu_features
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(tmp_path / "auto.bundle"),
+                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=6))
+    decision = result.report["conversions"]["runtime_choice"]
+    if missing_cpu_features(load_profile(PROFILE)):
+        pytest.skip("this host lacks the profile's CPU features: the unmeasured case is tested below")
+    assert decision["measured"] is True and decision["candidates"] == ["openvino-float", "openvino-int8"]
+    table = result.host_latency["candidates"]
+    chosen = table["candidates"][decision["chosen"]]
+    assert chosen["gates_passed"]
+    assert all(chosen["p50_ms"] <= row["p50_ms"] for row in table["candidates"].values() if row["gates_passed"])
+    assert result.manifest.quantization == ("static-int8" if decision["chosen"] == "openvino-int8" else "none")
+    assert "p50" not in json.dumps(result.report)  # host figures never enter the bundle
+
+
+def test_auto_on_a_host_without_the_profiles_cpu_features_uses_the_declared_scheme_unmeasured(cnn_files, tmp_path):
+    from edgeops.converters.pipeline import BuildOptions, build
+    from edgeops.profiles import builtin_profiles_dir
+
+    text = (builtin_profiles_dir() / f"{PROFILE}.toml").read_text().replace('name = "x86_64-openvino-int8"', 'name = "future-cpu"')
+    profile = tmp_path / "future-cpu.toml"
+    profile.write_text(text.replace('"avx512_bf16"]', '"avx512_bf16", "no_such_cpu_feature"]'))
+    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=str(profile), name="digits-cnn", version="1.0.0", output=str(tmp_path / "unmeasured.bundle"),
+                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=3))
+    decision = result.report["conversions"]["runtime_choice"]
+    assert decision["measured"] is False and decision["chosen"] == "openvino-int8"
+    assert "no_such_cpu_feature" in decision["reason"] and "latency was NOT measured" in decision["reason"]
+    assert result.manifest.quantization == "static-int8" and "candidates" not in result.host_latency
