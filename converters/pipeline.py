@@ -150,12 +150,13 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         feeds = validation.batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
         labels = validation.label_batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)
         if target == "openvino":
-            from edgeops.converters.openvino_build import choose_precision
+            from edgeops.converters.openvino_build import finish
             from edgeops.converters.passes.openvino import OpenVinoRunner
 
             classifier = is_classifier(ref_runner.outputs)
             limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
-            precision, why = choose_precision(profile, built, ref_runner, feeds, labels, classifier, limits, built.module.size, ctx)
+            # the precision, and under auto the candidate (int8 / float IR) measured fastest among those passing the gates
+            built, choice, precision, why = finish(profile, options, built, choice, ref_runner, feeds, labels, classifier, limits, ctx)
             ctx.report["inference_precision"] = {"precision": precision, "reason": why}
             ctx.log.append(f"openvino: inference precision {precision}: {why}")
             built_runner = OpenVinoRunner(built.module, threads=1, precision=precision, hint=profile.runtime.openvino_hint, label="built model")
@@ -174,6 +175,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
             "original": measure_latency(make_runner(ref_format, reference.data, threads=threads), feeds[0], runs=options.latency_runs),
             "built": measure_latency(_host_runner(target, built, threads, precision, profile), _first_feed(built_runner, feeds[0]), runs=options.latency_runs),
             "note": "measured on the build host, not on the device; kept out of the bundle so builds are reproducible",
+            **({"candidates": ctx.measurements} if getattr(ctx, "measurements", None) else {}),
         }
 
     golden = _golden(feeds, ref_runner, built_runner, built_outputs, metrics, ctx, _data_label(options.validation))
