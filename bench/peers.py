@@ -200,9 +200,17 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
         first = _feeds(val)[0]
         path = _fix_shapes(src, first, folder)
         calib_feeds = _feeds(calib)
-        paths = _ort_paths(path, calib_feeds, folder)
+        failed: dict[str, str] = {}  # a peer path that cannot handle the model as given is a result too
+        try:
+            paths = _ort_paths(path, calib_feeds, folder)
+        except Exception as e:
+            paths = {"ort-fp32": path}
+            failed["ort-qdq / ort-dynamic"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
         paths["ov-default"] = path
-        paths["ov-nncf"] = _ov_nncf(path, calib_feeds, folder)
+        try:
+            paths["ov-nncf"] = _ov_nncf(path, calib_feeds, folder)
+        except Exception as e:
+            failed["ov-nncf"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
         ov_ir, ov_manifest, ov_report, ov_seconds = _edgeops(path, calib, val, labels, "x86_64-openvino-int8", folder)
         ort_art, _, ort_report, ort_seconds = _edgeops(path, calib, val, labels, "x86_64-avx512-vnni", folder)
         paths["edgeops-ov"], paths["edgeops-ort"] = ov_ir, ort_art
@@ -215,7 +223,7 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                   "edgeops_ov": {"precision": precision["edgeops-ov"], "scheme": ov_report["quantization"]["scheme"], "status": ov_report["status"],
                                  "metrics": {k: ov_report["metrics"].get(k) for k in ("top1_agreement", "accuracy_drop_points")}, "build_s": round(ov_seconds, 1)},
                   "edgeops_ort": {"scheme": ort_report["quantization"]["scheme"], "status": ort_report["status"], "build_s": round(ort_seconds, 1)},
-                  "threads": {}}
+                  "failed_peers": failed, "threads": {}}
         # parity with fp32 onnxruntime on the validation feeds (1 thread)
         ref = make("ort-fp32", 1)
         feeds = _feeds(val)[:VALIDATION]
@@ -265,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         r = bench_model(name, args.rounds, args.runs)
         results.append(r)
         print(f"\n{name} {r['inputs']}  edgeops-ov: {r['edgeops_ov']}  edgeops-ort: {r['edgeops_ort']}")
+        for label, why in r["failed_peers"].items():
+            print(f"  {label}: failed on the model as given: {why}")
         labels = list(r["sizes"])
         print(f"  {'path':<12} {'size KB':>9} {'cosine':>8} {'top1':>6} " + " ".join(f"{f'{t}T ms':>9} {f'{t}T x':>6}" for t in (1, 2)))
         for label in labels:

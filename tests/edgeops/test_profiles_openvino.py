@@ -32,7 +32,7 @@ def _onnxruntime_text() -> str:
         (lambda: _openvino_text().replace('device = "CPU"', 'device = "TPU"'), ["runtime.device", "CPU, GPU, NPU", "'TPU'"]),
         (lambda: _openvino_text().replace('inference_precision = "auto"', 'inference_precision = "fp8"'), ["runtime.inference_precision", "f32, bf16, auto"]),
         (lambda: _openvino_text().replace('performance_hint = "LATENCY"', 'performance_hint = "FAST"'), ["runtime.performance_hint", "LATENCY, THROUGHPUT"]),
-        (lambda: _openvino_text().replace('device = "CPU"', 'device = "CPU"\nproviders = ["CPUExecutionProvider", "CUDAExecutionProvider"]'), ["runtime.providers", "runtime.device"]),
+        (lambda: _openvino_text().replace('providers = ["CPU"]', 'providers = ["CPUExecutionProvider", "CUDAExecutionProvider"]'), ["runtime.providers", "runtime.device"]),
         (lambda: _onnxruntime_text().replace("threads = 1", 'threads = 1\ninference_precision = "bf16"'), ["runtime.inference_precision", "only OpenVINO profiles", "onnxruntime"]),
         (lambda: _onnxruntime_text().replace("threads = 1", 'threads = 1\ndevice = "GPU"'), ["runtime.device", "only OpenVINO profiles"]),
         (lambda: _openvino_text().replace('name = "openvino"', 'name = "openvinox"'), ["runtime.name", "openvino"]),
