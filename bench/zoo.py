@@ -58,6 +58,7 @@ class Row:
     build_s: float | None = None
     size_mb: float | None = None
     passes: list[str] = field(default_factory=list)
+    failed_gates: list[str] = field(default_factory=list)
 
 
 def cpu_description() -> str:
@@ -145,6 +146,7 @@ def run_entry(entry, profile: str, workdir: Path, calibration: int, validation: 
     row.outcome = "built" if result.gates_passed else "gates_failed"
     row.scheme, row.reason, row.analysis = r["quantization"]["scheme"], r["quantization"]["reason"], r["quantization"]["model_analysis"]
     row.passes = r["passes"]
+    row.failed_gates = [f"{g['gate']} {g['value']} (limit {g['limit']})" for g in r["gates"] if not g["passed"]]
     row.size_ratio = r["size"]["ratio"]
     cos = [o["cosine_min"] for o in r["metrics"]["outputs"].values() if o["cosine_min"] is not None]
     row.gate_cosine_min = min(cos) if cos else None
@@ -179,7 +181,7 @@ def markdown(rows: list[Row]) -> str:
     for r in rows:
         why = f"{r.scheme}: {_short(r.reason)}" if r.scheme else _short(r.error, 200)
         lines.append(
-            f"| {r.model} | {r.profile} | {r.outcome} | {why.replace('|', '/')} | {_f(r.fp32_ms)} | {_f(r.built_ms)} | {_f(r.speedup, 'x')} | "
+            f"| {r.model} | {r.profile} | {r.outcome}{': ' + ', '.join(r.failed_gates) if r.failed_gates else ''} | {why.replace('|', '/')} | {_f(r.fp32_ms)} | {_f(r.built_ms)} | {_f(r.speedup, 'x')} | "
             f"{_f(r.size_ratio)} | {_f(r.worst_cosine)} | {_f(r.build_s)} |"
         )
     return head + "\n".join(lines)
