@@ -4,6 +4,7 @@
     ├── DynamicShapeError          dynamic input dims on a static-shapes profile
     ├── CalibrationMissingError    static quantization asked for without calibration data
     ├── NonFiniteOutputError       the built model gives NaN/Inf where the original does not
+    ├── ConversionMismatchError    a converted model (ONNX -> TFLite) computes something else than its source
     ├── OpsetConversionError       onnx.version_converter cannot bring the model into the profile's opset range
     └── UnsupportedOperatorError   (edgeops.errors)
         └── CustomOperatorError    a node whose (domain, op) no runtime of the profile has a kernel for
@@ -32,6 +33,10 @@ class ToolUnavailableError(ConfigError):
 
 class NonFiniteOutputError(InputError):
     """The built model gives NaN/Inf on a validation input where the original model does not."""
+
+
+class ConversionMismatchError(InputError):
+    """A converter's output model does not compute what the source model computes (parity check failed)."""
 
 
 class OpsetConversionError(InputError):

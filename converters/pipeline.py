@@ -265,23 +265,7 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     else:
         reference = Artifact("onnx", data=source.data)
         label = str(source.path)
-    model = onnx.load_model_from_string(reference.data)
-    if options.input_shapes:
-        try:
-            set_input_shapes(model, options.input_shapes)
-        except KeyError as e:
-            raise ConfigError(f"--input-shape names input {e}, the model's inputs are {', '.join(s.name for s in graph_inputs(model))}") from e
-        except ValueError as e:
-            raise ConfigError(f"--input-shape: {e}") from e
-        check_fixed_shapes_load(model, reference.data, options.input_shapes)
-        reference = Artifact("onnx", data=model.SerializeToString())
-    shape_notes = fix_dims_from_data(model, graph_inputs(model), _given_datasets(options, graph_inputs(model)), fix_batch=profile.constraints.static_shapes)
-    if shape_notes:
-        ctx.log.extend(shape_notes)
-        reference = Artifact("onnx", data=model.SerializeToString())
-    prepared = reference
-    if source.family == "onnx":  # operators, opset conversion, normalization (see intake.py)
-        prepared, model = prepare_onnx(reference, profile, ctx, step, label)
+    reference, prepared, model = _onnx_intake(reference, source, profile, options, ctx, step, label)
     checks.check_onnx_opset(model, profile, label)
     checks.check_onnx_ops(model, profile, label)
     specs = graph_inputs(model)
@@ -351,11 +335,8 @@ def _tflite_path(source: SourceModel, profile, options: BuildOptions, ctx: PassC
     from edgeops.converters.runtime import TfliteRunner
 
     if source.family == "onnx":
-        raise ConfigError(
-            f"profile '{profile.name}' runs LiteRT; ONNX -> TFLite conversion is not supported. Give the PyTorch model "
-            "(module:factory, TorchScript .pt or ExportedProgram .pt2) or a .tflite file, or use an onnxruntime profile"
-        )
-    if source.family == "pytorch":
+        reference, kind, choice = _onnx_to_tflite(source, profile, options, ctx, step)
+    elif source.family == "pytorch":
         torch_art = _torch_artifact(source, options)
         module = torch_art.module.module() if _is_exported_program(torch_art.module) else torch_art.module
         kind = classify_torch(module)
@@ -388,6 +369,52 @@ def _tflite_path(source: SourceModel, profile, options: BuildOptions, ctx: PassC
     else:
         ctx.log.append("tflite: packaged without quantization")
     return reference, built, choice, kind, calib
+
+
+def _onnx_intake(reference: Artifact, source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn, label: str):
+    """(reference, prepared, ModelProto): input shapes fixed (--input-shape, then the data), and for a
+    user's ONNX file the intake (operators, opset conversion, normalization; see intake.py)."""
+    import onnx
+
+    model = onnx.load_model_from_string(reference.data)
+    if options.input_shapes:
+        try:
+            set_input_shapes(model, options.input_shapes)
+        except KeyError as e:
+            raise ConfigError(f"--input-shape names input {e}, the model's inputs are {', '.join(s.name for s in graph_inputs(model))}") from e
+        except ValueError as e:
+            raise ConfigError(f"--input-shape: {e}") from e
+        check_fixed_shapes_load(model, reference.data, options.input_shapes)
+        reference = Artifact("onnx", data=model.SerializeToString())
+    shape_notes = fix_dims_from_data(model, graph_inputs(model), _given_datasets(options, graph_inputs(model)), fix_batch=profile.constraints.static_shapes)
+    if shape_notes:
+        ctx.log.extend(shape_notes)
+        reference = Artifact("onnx", data=model.SerializeToString())
+    prepared = reference
+    if source.family == "onnx":  # operators, opset conversion, normalization (see intake.py)
+        prepared, model = prepare_onnx(reference, profile, ctx, step, label)
+    return reference, prepared, model
+
+
+def _onnx_to_tflite(source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn):
+    """An ONNX model for a LiteRT profile: the ONNX intake and the profile's checks, then onnx2tf (float32 .tflite)."""
+    label = str(source.path)
+    given, prepared, model = _onnx_intake(Artifact("onnx", data=source.data), source, profile, options, ctx, step, label)
+    # Ops the device cannot run (Edge TPU: control flow, NMS...) are refused by their ONNX node name,
+    # before a conversion that would rename them.
+    checks.check_onnx_ops(model, profile, label)
+    checks.check_static_shapes(graph_inputs(model), profile, label)
+    kind = classify_onnx(model)
+    choice = _choice(options, kind, profile)
+    _check_litert_scheme(choice, profile)
+    with step("converting ONNX -> TFLite (onnx2tf)"):
+        reference = create_pass("onnx-to-tflite")(prepared, ctx)
+    if prepared is not given:
+        # The pass compared the .tflite with the normalized model; the model as given is the final word.
+        from edgeops.converters.passes.onnx_tflite import check_parity
+
+        check_parity(given.data, reference.data, min_cosine=0.999, feeds=2)
+    return reference, kind, choice
 
 
 def _check_litert_scheme(choice: Choice, profile) -> None:
@@ -658,7 +685,7 @@ def _toolchain(target: str, source: SourceModel) -> dict[str, str]:
     if target == "openvino":
         packages += ["onnx", "onnxruntime", "openvino", "nncf"] + (["onnxscript"] if source.family == "pytorch" else [])
     else:
-        packages += ["onnx", "onnxruntime"] + (["onnxscript"] if source.family == "pytorch" else []) if target == "onnx" else ["ai-edge-litert", "ai-edge-quantizer"] + (["litert-torch"] if source.family == "pytorch" else [])
+        packages += ["onnx", "onnxruntime"] + (["onnxscript"] if source.family == "pytorch" else []) if target == "onnx" else ["ai-edge-litert", "ai-edge-quantizer"] + {"pytorch": ["litert-torch"], "onnx": ["onnx", "onnxruntime", "onnx2tf", "tensorflow"]}.get(source.family, [])
     out = {}
     for p in packages:
         try:

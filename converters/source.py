@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def _load_exported_program(path: Path, raw: bytes):
 def _load_factory(reference: str) -> SourceModel:
     module_name, _, attr = reference.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_cwd_too(module_name)
     except Exception as e:
         raise ModelLoadError(f"{reference}: cannot import module '{module_name}' ({type(e).__name__}: {e})") from e
     factory = getattr(module, attr, None)
@@ -175,6 +176,20 @@ def _load_factory(reference: str) -> SourceModel:
         ex = result.example_inputs
         example = tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
     return SourceModel(reference, "pytorch", _module_digest(result), module=result.eval(), example_inputs=example)
+
+
+def _import_from_cwd_too(module_name: str):
+    """Import ``module_name``; a module of the current directory is found too (as `python -m` would),
+    since the `edgeops` script's sys.path starts at its own folder, not where the user is."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = str(Path.cwd())
+        top = module_name.split(".")[0]
+        if e.name is None or e.name.split(".")[0] != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
 
 
 def _module_digest(module) -> str:

@@ -17,6 +17,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
   python -m pip install --quiet --upgrade pip
   python -m pip install --quiet "torch==2.13.0"
   python -m pip install --quiet -c "$CONSTRAINTS" -e ".[all,tflite]"
+  # onnx2tf (ONNX -> TFLite) pins exact, older onnx / onnxruntime / numpy / TensorFlow releases than the
+  # ones above; its real imports are in the tflite extra, so it goes in without its pins.
+  python -m pip install --quiet --no-deps "onnx2tf==1.29.24"
   touch "$stamp"
 fi
 rm -f "$CONSTRAINTS"

@@ -98,7 +98,7 @@ def create_pass(name: str, **options: Any) -> Pass:
 
 def load_builtin_passes() -> None:
     """Import the built-in pass modules so they register (cheap: they import heavy deps lazily)."""
-    from edgeops.converters.passes import export, fusion, litert, normalize, openvino, opset, optimize, quantize  # noqa: F401
+    from edgeops.converters.passes import export, fusion, litert, normalize, onnx_tflite, openvino, opset, optimize, quantize  # noqa: F401
 
 
 def describe_passes() -> Iterator[tuple[str, str, dict[str, str]]]:

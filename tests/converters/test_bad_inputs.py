@@ -119,9 +119,10 @@ def test_bad_option_values(cnn_files, tmp_path, capsys):
     assert code == 3 and "name" in err
 
 
-def test_onnx_model_on_litert_profile_is_refused(cnn_files, tmp_path, capsys):
+def test_onnx_model_with_a_dynamic_batch_on_litert_profile_asks_for_a_shape(cnn_files, tmp_path, capsys):
+    # LiteRT profiles take ONNX (converted with onnx2tf) but need static shapes: refused before any conversion.
     code, _, err = run_cli(_args(cnn_files["onnx"], tmp_path / "o.bundle", "arm64-litert"), capsys)
-    assert code == 3 and "onnx" in err and "arm64-litert" in err
+    assert code == 4 and "arm64-litert" in err and "--input-shape input=1,1,16,16" in err
 
 
 def test_pass_options_are_validated_with_exceptions():

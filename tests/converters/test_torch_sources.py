@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from edgeops.converters import samples
@@ -63,3 +64,98 @@ def test_samples_are_deterministic_and_save_npz(tmp_path):
     assert x_val.shape[1:] == (1, 8, 8) and len(x_val) == len(y_val) and len(x_calib) == 128
     # calibration comes from the training split, never from held-out validation data
     assert not any(np.array_equal(c, v) for c in x_calib[:5] for v in x_val)
+
+
+# --- module:factory: transformers architectures (bench/corpus_torch.py), random weights, no download ---
+
+
+@pytest.mark.slow
+def test_transformers_image_model_factory_builds_static_int8_for_vnni(tmp_path, capsys, monkeypatch):
+    """A torchvision-style ResNet from transformers' config, found from the current directory as a
+    user's own module is (the `edgeops` script's sys.path does not start there)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calibration.npz", pixel_values=rng.standard_normal((16, 3, 64, 64)).astype(np.float32))
+    # Random weights give near-tied logits, so top-1 flips under any int8 noise: the agreement gate is
+    # lowered here, the cosine gate (0.98) is the profile's.
+    code, stdout, err = run_cli(["build", "bench.corpus_torch:resnet_small", "--profile", "x86_64-avx512-vnni", "--name", "resnet", "--version", "1",
+                                 "--calibration", tmp_path / "calibration.npz", "--min-agreement", "0.5", "--json", "-o", tmp_path / "resnet.bundle"], capsys)
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["report"]["quantization"]["scheme"] == "static-int8"  # a conv net
+    assert "export-onnx: dynamo exporter, opset 18" in doc["report"]["passes"]
+    assert doc["manifest"]["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": [1, 3, 64, 64]}]
+    assert doc["report"]["metrics"]["outputs"]["output_0"]["cosine_min"] >= 0.98
+    assert all(g["passed"] for g in doc["report"]["gates"])
+
+
+@pytest.mark.slow
+def test_bert_factory_with_int64_token_ids_and_mask_builds_dynamic_int8_for_vnni(tmp_path, capsys, monkeypatch):
+    """Two integer inputs (token ids, attention mask): exported by dynamo, validated on generated
+    inputs that are valid for them (ids within the vocabulary, a 0/1 mask)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    code, stdout, err = run_cli(["build", "bench.corpus_torch:bert_tiny", "--profile", "x86_64-avx512-vnni", "--name", "bert", "--version", "1",
+                                 "--quantize", "dynamic-int8", "--json", "-o", tmp_path / "bert.bundle"], capsys)
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert [(i["name"], i["dtype"], i["shape"]) for i in doc["manifest"]["inputs"]] == [("input_ids", "int64", [1, 32]), ("attention_mask", "int64", [1, 32])]
+    assert "export-onnx: dynamo exporter, opset 18" in doc["report"]["passes"]
+    assert doc["report"]["quantization"]["scheme"] == "dynamic-int8"
+    assert doc["report"]["metrics"]["nonfinite_outputs"] == 0
+    assert all(g["passed"] for g in doc["report"]["gates"])
+
+
+class _DataDependent(torch.nn.Module):
+    """A branch on a tensor's value: dynamo cannot export it, the TorchScript tracer records one path."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+def data_dependent():
+    return _DataDependent().eval(), (torch.ones(1, 8),)
+
+
+def test_dynamo_failure_falls_back_to_torchscript_and_the_report_says_why(tmp_path, capsys):
+    code, stdout, err = run_cli(["build", "tests.converters.test_torch_sources:data_dependent", "--profile", "x86_64-avx2", "--name", "dd", "--version", "1",
+                                 "--quantize", "none", "--json", "-o", tmp_path / "dd.bundle"], capsys)
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert any(p.startswith("export-onnx: TorchScript exporter") for p in doc["report"]["passes"])
+    assert any("dynamo exporter failed" in w and "fell back to the TorchScript exporter" in w for w in doc["report"]["warnings"])
+
+
+@pytest.mark.slow
+def test_the_edgeops_command_finds_a_factory_module_in_the_current_directory(tmp_path):
+    """`edgeops build mymodels:tiny` run where mymodels.py lives, as a user does: the console
+    script's sys.path starts at its own folder, so before, this was "cannot import module"."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n\n"
+        "def tiny():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(8, 4)).eval(), (torch.ones(1, 8),)\n"
+    )
+    exe = shutil.which("edgeops") or str(Path(sys.executable).with_name("edgeops"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([exe, "build", "mymodels:tiny", "--profile", "x86_64-avx2", "--name", "tiny", "--version", "1", "--quantize", "none", "-o", "tiny.bundle"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "tiny.bundle").exists()
