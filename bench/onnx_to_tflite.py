@@ -12,9 +12,10 @@ Candidates:
   those two ops; a model that did would fail, and be counted as failed). onnx2torch is fetched
   with ``pip download --no-deps`` into the cache folder; it is not a dependency of edgeops.
 
-Every model gets the same input: its input shapes fixed (the corpus's documented shapes), then
-onnxruntime's basic offline optimization (constant folding) and node names TensorFlow accepts, as
-the pass does. A model
+Every model gets the same input, what the pass gets in a build: its input shapes fixed (the
+corpus's documented shapes), the packager's ONNX intake for a LiteRT profile (operators, opset
+conversion, onnxslim normalization), then onnxruntime's constant folding and node names
+TensorFlow accepts, as the pass does. ``--json`` rows are kept across runs (a stopped run resumes). A model
 counts as converted when the .tflite loads in ai-edge-litert and every output reaches cosine
 0.999 against onnxruntime on 4 generated feeds (outputs compared channels-last where the
 converter wrote them so).
@@ -71,17 +72,24 @@ def models() -> list[tuple[str, Path, dict[str, list[int]]]]:
 
 
 def prepare(path: Path, shapes: dict[str, list[int]]) -> bytes:
-    """Static input shapes, then onnxruntime's constant folding (what the pass gets and does)."""
+    """What the pass gets in a build and does first: static input shapes, the packager's ONNX intake
+    for a LiteRT profile (operators, opset conversion to 13..21, onnxslim normalization), then
+    onnxruntime's constant folding and TensorFlow-safe node names."""
     import onnx
 
     from edgeops.converters.graph import set_input_shapes
+    from edgeops.converters.intake import prepare_onnx
+    from edgeops.converters.passes import Artifact, PassContext
     from edgeops.converters.passes.onnx_tflite import fold_constants, tf_safe_node_names
+    from edgeops.profiles import load_profile
 
     model = onnx.load(path)
     inits = {t.name for t in model.graph.initializer}
     real = [i.name for i in model.graph.input if i.name not in inits]
     set_input_shapes(model, {k: v for k, v in shapes.items() if k in real})
-    return tf_safe_node_names(fold_constants(model.SerializeToString()))
+    ctx = PassContext(profile=load_profile("arm64-litert"))
+    prepared, _ = prepare_onnx(Artifact("onnx", data=model.SerializeToString()), ctx.profile, ctx, ctx.step, path.name)
+    return tf_safe_node_names(fold_constants(prepared.data))
 
 
 def run_onnx2tf(data: bytes) -> tuple[bytes, str]:
@@ -179,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     import corpus
 
     cache = corpus.cache_dir()
-    rows = []
+    # Resumable: rows already in --json are kept and not measured again.
+    rows = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else []
+    done = {(r["model"], r["candidate"]) for r in rows}
     for name, path, shapes in models():
         if args.only and name not in args.only:
             continue
         for cand in args.candidates.split(","):
+            if (name, cand) in done:
+                continue
             row = measure(name, path, shapes, cand, cache)
             rows.append(row)
             status = f"ok   cos {row['worst_cosine']:.5f} {row['seconds']:6.1f} s" if row["ok"] else f"FAIL {row.get('stage')}: {row.get('error', '')[:110]}"
