@@ -35,7 +35,7 @@ from edgeops.converters.runtime import make_runner, measure_latency
 from edgeops.converters.shapes import check_fixed_shapes_load, fix_dims_from_data
 from edgeops.converters.source import SourceModel, load_source
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, format_gate_failures, is_classifier, output_pairs, same_nonfinite
-from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError
+from edgeops.errors import ConfigError, DataError, GateFailedError, ModelLoadError, first_problem
 from edgeops.golden import GoldenVectors, Tolerance
 from edgeops.profiles import VNNI_FLAGS, host_cpu_flags, load_profile
 
@@ -73,9 +73,8 @@ class BuildOptions(BaseModel):
         try:
             return cls(**kwargs)
         except ValidationError as e:
-            first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"option '{key}': {first['msg']} (got {first.get('input')!r})") from e
+            problem = first_problem(e)
+            raise ConfigError(f"option '{problem.loc}': {problem.msg} (got {problem.input!r})") from e
 
 
 def parse_input_shape(text: str) -> tuple[str, list[int]]:

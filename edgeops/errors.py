@@ -24,6 +24,9 @@ Click's own usage errors keep exit code 2.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 
 class EdgeopsError(Exception):
     """Base class of every error edgeops raises on purpose."""
@@ -101,3 +104,23 @@ class HilFailedError(EdgeopsError):
     """A hardware-in-loop run finished and at least one check failed."""
 
     exit_code = 10
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """The first problem of a pydantic ``ValidationError``: where (dotted field path), what, and the value given."""
+
+    loc: str
+    msg: str
+    input: Any = None
+
+
+def first_problem(error: Any, default_loc: str = "") -> FieldProblem:
+    """The first of ``error.errors()`` (a pydantic ``ValidationError``), for a message that names the field.
+
+    The one place that reads pydantic's error entries; each caller frames the message for its
+    audience (``default_loc`` when the problem is with the whole object).
+    """
+    first = error.errors()[0]
+    return FieldProblem(".".join(str(p) for p in first.get("loc", ())) or default_loc, str(first.get("msg", "")), first.get("input"))
+

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -27,6 +28,9 @@ from edgeops.fleet.command_seq import allocate_seq
 from edgeops.fleet.db import Database
 from edgeops.fleet.signing import CommandSigner
 from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef, cmd_topic, valid_device_id
+
+if TYPE_CHECKING:
+    from edgeops.fleet.rollouts.records import Rollout
 
 # Command ids of hil self-test orders start with this (ingest: their events say nothing about device health).
 SELF_TEST_COMMAND_PREFIX = "selftest-"
@@ -56,7 +60,7 @@ class CommandSpec:
         return cmd_topic(self.command.device_id)
 
 
-def assign_command(device_id: str, command_id: str, seq: int, expires: float, rollout: dict) -> Command:
+def assign_command(device_id: str, command_id: str, seq: int, expires: float, rollout: Rollout) -> Command:
     """The assign command of a rollout for one device (target exactly as signed in TUF)."""
     return Command(
         device_id=device_id,
@@ -64,16 +68,16 @@ def assign_command(device_id: str, command_id: str, seq: int, expires: float, ro
         seq=seq,
         expires=expires,
         kind="assign",
-        target_name=rollout["target_name"],
-        target_sha256=rollout["target_sha256"],
-        target_length=rollout["target_length"],
-        bundle=VersionRef(name=rollout["bundle_name"], version=rollout["bundle_version"], release=rollout.get("release") or 0, sha256=rollout["target_sha256"]),
-        rollout_id=rollout["id"],
-        reason=f"rollout {rollout['id']}",
+        target_name=rollout.target_name,
+        target_sha256=rollout.target_sha256,
+        target_length=rollout.target_length,
+        bundle=VersionRef(name=rollout.bundle_name, version=rollout.bundle_version, release=rollout.release, sha256=rollout.target_sha256),
+        rollout_id=rollout.id,
+        reason=f"rollout {rollout.id}",
     )
 
 
-def rollback_command(device_id: str, command_id: str, seq: int, expires: float, rollout: dict, from_name: str | None, from_version: str | None, previous_target=None, reason: str = "") -> Command:
+def rollback_command(device_id: str, command_id: str, seq: int, expires: float, rollout: Rollout, from_name: str | None, from_version: str | None, previous_target=None, reason: str = "") -> Command:
     """Order a device back to the version it ran before the rollout (``previous_target``: its TUF target, when published)."""
     return Command(
         device_id=device_id,
@@ -81,21 +85,21 @@ def rollback_command(device_id: str, command_id: str, seq: int, expires: float, 
         seq=seq,
         expires=expires,
         kind="rollback",
-        target_name=previous_target.path if previous_target else None,
+        target_name=previous_target.name if previous_target else None,
         target_sha256=previous_target.sha256 if previous_target else None,
         target_length=previous_target.length if previous_target else None,
         bundle=VersionRef(name=from_name, version=from_version, release=previous_target.release if previous_target else 0, sha256=previous_target.sha256 if previous_target else None)
         if from_name and from_version
         else None,
-        rollout_id=rollout["id"],
-        reason=reason or f"rollout {rollout['id']} aborted",
+        rollout_id=rollout.id,
+        reason=reason or f"rollout {rollout.id} aborted",
     )
 
 
 def self_test_command(device_id: str, command_id: str, seq: int, expires: float, target, name: str, version: str, runs: int | None = None) -> Command:
     """Order a device to fetch, verify and self-test a published version without activating it.
 
-    ``target`` is the :class:`~edgeops.fleet.targets.TargetInfo` the console signed; the agent
+    ``target`` is the :class:`~edgeops.trust.targets.TargetRecord` the console signed; the agent
     refuses the command unless name, sha256 and length equal the TUF-verified target.
     """
     return Command(
@@ -104,7 +108,7 @@ def self_test_command(device_id: str, command_id: str, seq: int, expires: float,
         seq=seq,
         expires=expires,
         kind="self_test",
-        target_name=target.path,
+        target_name=target.name,
         target_sha256=target.sha256,
         target_length=target.length,
         bundle=VersionRef(name=name, version=version, release=target.release, sha256=target.sha256),
@@ -221,7 +225,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
         conn.execute(
             c.insert().values(
                 command_id=command_id, device_id=device_id, kind="self_test", seq=seq, expires=expires, bundle_name=name, bundle_version=version,
-                target_name=target.path, runs=runs, status="recorded", actor=actor[:64], created_at=now,
+                target_name=target.name, runs=runs, status="recorded", actor=actor[:64], created_at=now,
             )
         )
     cmd = self_test_command(device_id, command_id, seq, expires, target, name, version, runs)
@@ -239,7 +243,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
         "seq": seq,
         "expires": expires,
         "runs": runs,
-        "target": {"name": target.path, "sha256": target.sha256, "length": target.length},
+        "target": {"name": target.name, "sha256": target.sha256, "length": target.length},
     }
 
 

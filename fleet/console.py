@@ -216,17 +216,6 @@ class FleetConsole:
         self.stop()
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value (tests and tools); FleetError on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise FleetError(f"timed out after {timeout}s waiting for {what}")
-
-
 def count_rows(db: Database, table: str) -> int:
     """Rows in one of the console's tables (tools, tests)."""
     t = getattr(db.t, table)

@@ -6,38 +6,24 @@ timestamp -> snapshot -> targets the way a client does (falling back to the high
 ``N.targets.json`` or ``targets.json``). The console signed this metadata itself, so it is
 read, not verified; devices verify it.
 
-Target path convention (see :mod:`edgeops.trust`): bundle ``N`` at version ``V`` is the target
-``N/V/N-V.bundle``.
+A target is the device side's :class:`~edgeops.trust.targets.TargetRecord` (``name`` is the
+target path), and the path convention is :func:`edgeops.trust.targets.target_path`: bundle ``N``
+at version ``V`` is the target ``N/V/N-V.bundle``. Both have their one home there.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgeops.errors import FleetError
+from edgeops.trust.errors import MalformedMetadataError
+from edgeops.trust.targets import TargetRecord, target_path, target_record
 
 
 class UnknownBundleError(FleetError):
     """The repository's targets metadata does not list the bundle."""
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    """A signed target: what an assign command must carry."""
-
-    path: str
-    sha256: str
-    length: int
-    release: int = 0
-    custom: dict | None = None
-
-
-def target_path(name: str, version: str) -> str:
-    """The TUF target path of bundle ``name`` at ``version``."""
-    return f"{name}/{version}/{name}-{version}.bundle"
 
 
 def _load(path: Path) -> dict:
@@ -74,33 +60,29 @@ def targets_metadata_path(repo_dir: str | Path) -> Path:
     raise FleetError(f"{meta}: no targets metadata; publish a bundle with `edgeops publish` first")
 
 
-def list_targets(repo_dir: str | Path) -> dict[str, TargetInfo]:
-    """Every target of the newest targets metadata, by path."""
+def list_targets(repo_dir: str | Path) -> dict[str, TargetRecord]:
+    """Every target of the newest targets metadata, by path (a malformed entry is left out)."""
     data = _load(targets_metadata_path(repo_dir))
-    out: dict[str, TargetInfo] = {}
+    out: dict[str, TargetRecord] = {}
     for path, info in (data.get("signed", {}).get("targets") or {}).items():
         try:
-            custom = info.get("custom") or {}
-            release = custom.get("release", 0)
-            if isinstance(custom.get("edgeops"), dict):
-                release = custom["edgeops"].get("release", release)
-            out[path] = TargetInfo(path, info["hashes"]["sha256"], int(info["length"]), int(release or 0), custom)
-        except (KeyError, TypeError, ValueError):
+            out[path] = target_record(path, int(info["length"]), dict(info["hashes"]), info.get("custom"))
+        except (KeyError, TypeError, ValueError, AttributeError, MalformedMetadataError):
             continue
     return out
 
 
-def published_versions(targets: dict[str, TargetInfo]) -> set[tuple[str, str]]:
+def published_versions(targets: dict[str, TargetRecord]) -> set[tuple[str, str]]:
     """(bundle, version) of every bundle target (``N/V/N-V.bundle``) in :func:`list_targets`' answer."""
     out = set()
     for path in targets:
         parts = path.split("/")
-        if len(parts) == 3 and parts[2] == f"{parts[0]}-{parts[1]}.bundle":
+        if len(parts) == 3 and path == target_path(parts[0], parts[1]):
             out.add((parts[0], parts[1]))
     return out
 
 
-def find_target(repo_dir: str | Path, name: str, version: str) -> TargetInfo:
+def find_target(repo_dir: str | Path, name: str, version: str) -> TargetRecord:
     """The signed target of ``name@version``; UnknownBundleError when the repository lacks it."""
     path = target_path(name, version)
     targets = list_targets(repo_dir)

@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgeops.errors import ConfigError
+from edgeops.errors import ConfigError, first_problem
 
 PASS_REGISTRY: dict[str, type["Pass"]] = {}
 
@@ -64,9 +64,8 @@ class Pass:
         try:
             self.options = self.Options(**options)
         except ValidationError as e:
-            first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"pass '{self.name}': option '{key}': {first['msg']} (got {first.get('input')!r})") from e
+            problem = first_problem(e)
+            raise ConfigError(f"pass '{self.name}': option '{problem.loc}': {problem.msg} (got {problem.input!r})") from e
 
     def run(self, artifact: Artifact, ctx: PassContext) -> Artifact:  # pragma: no cover - abstract
         raise NotImplementedError

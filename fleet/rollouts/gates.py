@@ -5,6 +5,13 @@ with :func:`gate`; None means "not configured for this rollout". A wave passes w
 configured gate says PASS, halts as soon as one says FAIL, and waits otherwise. Adding a gate
 is one decorated function; its verdicts are stored with the wave and exported to /metrics.
 
+A gate declares the inputs it reads beyond the wave's counts and times (``reads``, names of
+:func:`wave_input` providers) and when it is configured (``when``): the reconciler asks the
+database only for the inputs of the gates configured for the rollout (:func:`inputs_needed`).
+A provider returns values for :class:`WaveStats` fields, or for ``WaveStats.extra`` under any
+other key, so a gate reading a new kind of data is a provider and a gate, nothing in the
+reconciler (see :mod:`edgeops.fleet.rollouts.inputs` for the built-in ones).
+
 Failure-type gates fail early: a failure rate over the wave's *size* can only grow, so once it
 is above the threshold no later report can rescue the wave.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Any
 
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import FAILED_ASSIGNMENT, FINAL_ASSIGNMENT, AssignmentStatus
@@ -61,6 +69,7 @@ class WaveStats:
     inferences: int = 0
     errors: int = 0
     nans: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # values of inputs with no field of their own
 
     def count(self, statuses) -> int:
         """Devices of the wave in any of ``statuses``."""
@@ -83,17 +92,58 @@ class WaveStats:
 
 
 GateFn = Callable[[WaveStats, RolloutSettings], "Verdict | None"]
+InputFn = Callable[[Any], dict[str, Any]]  # (edgeops.fleet.rollouts.inputs.WaveSource) -> values
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """What a registered gate reads and when it is configured."""
+
+    reads: tuple[str, ...] = ()
+    when: Callable[[RolloutSettings], bool] | None = None  # None: every rollout
+
+
 GATES: dict[str, GateFn] = {}
+GATE_SPECS: dict[str, GateSpec] = {}
+INPUTS: dict[str, InputFn] = {}
 
 
-def gate(name: str) -> Callable[[GateFn], GateFn]:
-    """Register a gate evaluator under ``name`` (evaluated in registration order)."""
+def gate(name: str, reads: tuple[str, ...] = (), when: Callable[[RolloutSettings], bool] | None = None) -> Callable[[GateFn], GateFn]:
+    """Register a gate evaluator under ``name`` (evaluated in registration order).
+
+    ``reads``: the :func:`wave_input` providers it needs; ``when``: whether a rollout's settings
+    configure it (its inputs are read only then).
+    """
 
     def deco(fn: GateFn) -> GateFn:
         GATES[name] = fn
+        GATE_SPECS[name] = GateSpec(tuple(reads), when)
         return fn
 
     return deco
+
+
+def wave_input(name: str) -> Callable[[InputFn], InputFn]:
+    """Register a provider of gate inputs under ``name`` (what a gate lists in ``reads``)."""
+
+    def deco(fn: InputFn) -> InputFn:
+        INPUTS[name] = fn
+        return fn
+
+    return deco
+
+
+def inputs_needed(settings: RolloutSettings) -> list[str]:
+    """Names of the inputs the gates configured for ``settings`` read, in registration order."""
+    out: list[str] = []
+    for name, spec in GATE_SPECS.items():
+        if spec.when is None or spec.when(settings):
+            for inp in spec.reads:
+                if inp not in INPUTS:
+                    raise KeyError(f"gate {name} reads input {inp!r}, which no @wave_input provides")
+                if inp not in out:
+                    out.append(inp)
+    return out
 
 
 def _rate(n: int, d: int) -> float:
@@ -126,7 +176,7 @@ def max_rollback_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     return Verdict("max_rollback_rate", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.max_rollback_rate, f"{s.rollbacks}/{s.size} rolled back")
 
 
-@gate("max_error_rate")
+@gate("max_error_rate", reads=("new_version",), when=lambda cfg: cfg.max_error_rate is not None)
 def max_error_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     """(Inference errors + NaN outputs) / inferences on the new version, at most the threshold."""
     if cfg.max_error_rate is None:
@@ -138,7 +188,7 @@ def max_error_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     return Verdict("max_error_rate", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.max_error_rate, f"{s.errors} errors + {s.nans} NaN in {s.inferences} inferences")
 
 
-@gate("max_latency_regression")
+@gate("max_latency_regression", reads=("new_version", "baseline"), when=lambda cfg: cfg.max_latency_regression is not None)
 def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     """p95 latency of the wave on the new version over the p95 of the cohort on the old version."""
     if cfg.max_latency_regression is None:
@@ -158,7 +208,7 @@ def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None
     )
 
 
-@gate("min_agreement")
+@gate("min_agreement", reads=("new_version",), when=lambda cfg: cfg.min_agreement is not None)
 def min_agreement(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     """Shadow agreement of the new model with the one it replaces, at least the threshold."""
     if cfg.min_agreement is None:

@@ -18,9 +18,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgeops.errors import FleetError, IllegalTransitionError
+from edgeops.errors import IllegalTransitionError
 from edgeops.fleet.clock import resolve
 from edgeops.fleet.db import Database, dumps
+from edgeops.fleet.rollouts.queries import UnknownRolloutError, load_rollout, load_wave, load_waves  # noqa: F401  (UnknownRolloutError: the API answers 404)
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import (
     FAILED_ASSIGNMENT,
@@ -36,26 +37,9 @@ from edgeops.fleet.rollouts.status import (
 from edgeops.fleet.targets import find_target
 
 
-class UnknownRolloutError(FleetError):
-    """No rollout with that id."""
-
-
 def audit(db: Database, conn: Connection, rollout_id: str, action: str, detail: str = "", now: float | None = None) -> None:
     """Append one line to a rollout's history."""
     conn.execute(db.t.audit.insert().values(ts=resolve(now), rollout_id=rollout_id, action=action, detail=detail[:4000]))
-
-
-def load_rollout(db: Database, conn: Connection, rollout_id: str) -> dict:
-    """The rollouts row as a dict; UnknownRolloutError when absent."""
-    row = conn.execute(sa.select(db.t.rollouts).where(db.t.rollouts.c.id == rollout_id)).first()
-    if row is None:
-        raise UnknownRolloutError(f"rollout {rollout_id}: no such rollout (see `edgeops rollout list`)")
-    return dict(row._mapping)
-
-
-def settings_of(rollout: dict) -> RolloutSettings:
-    """The stored settings of a rollout row."""
-    return RolloutSettings.model_validate_json(rollout["settings"])
 
 
 def set_rollout_status(db: Database, conn: Connection, rollout_id: str, current: R | str, new: R | str, reason: str = "", now: float | None = None, **extra) -> None:
@@ -102,7 +86,7 @@ def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path
                 bundle_name=settings.bundle_name,
                 bundle_version=settings.bundle_version,
                 release=target.release,
-                target_name=target.path,
+                target_name=target.name,
                 target_sha256=target.sha256,
                 target_length=target.length,
                 selector=settings.selector.model_dump_json(),
@@ -119,20 +103,13 @@ def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path
     return rollout_status(db, rollout_id)
 
 
-def _current_wave(db: Database, conn: Connection, rollout: dict) -> dict | None:
-    if rollout["current_wave"] < 0:
-        return None
-    row = conn.execute(sa.select(db.t.waves).where(db.t.waves.c.rollout_id == rollout["id"], db.t.waves.c.idx == rollout["current_wave"])).first()
-    return dict(row._mapping) if row else None
-
-
 def start_rollout(db: Database, rollout_id: str, actor: str = "operator", now: float | None = None) -> dict:
     """``created -> running``; the reconciler starts the first wave on its next tick."""
     now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
-        check_action(rollout_id, "start", r["status"])
-        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"started by {actor}", now, started_at=now)
+        check_action(rollout_id, "start", r.status)
+        set_rollout_status(db, conn, rollout_id, r.status, R.RUNNING, f"started by {actor}", now, started_at=now)
     return rollout_status(db, rollout_id)
 
 
@@ -141,8 +118,8 @@ def pause_rollout(db: Database, rollout_id: str, actor: str = "operator", reason
     now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
-        check_action(rollout_id, "pause", r["status"])
-        set_rollout_status(db, conn, rollout_id, r["status"], R.PAUSED, reason or f"paused by {actor}", now)
+        check_action(rollout_id, "pause", r.status)
+        set_rollout_status(db, conn, rollout_id, r.status, R.PAUSED, reason or f"paused by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
@@ -151,16 +128,15 @@ def resume_rollout(db: Database, rollout_id: str, actor: str = "operator", now: 
     now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
-        check_action(rollout_id, "resume", r["status"])
-        wave = _current_wave(db, conn, r)
-        settings = settings_of(r)
-        if wave and wave["status"] == W.HALTED.value:
-            set_wave_status(db, conn, rollout_id, wave["idx"], W.HALTED, W.RUNNING, f"resumed by {actor}", now=now)
-        if wave and wave["status"] == W.PASSED.value and settings.approve_each_wave and wave["idx"] < len(settings.waves) - 1:
+        check_action(rollout_id, "resume", r.status)
+        wave = load_wave(db, conn, rollout_id, r.current_wave)
+        if wave and wave.status is W.HALTED:
+            set_wave_status(db, conn, rollout_id, wave.idx, W.HALTED, W.RUNNING, f"resumed by {actor}", now=now)
+        if wave and wave.status is W.PASSED and r.settings.approve_each_wave and wave.idx < r.last_wave:
             # paused while waiting for approval: resuming must not skip the approval
-            set_rollout_status(db, conn, rollout_id, r["status"], R.WAITING_APPROVAL, f"resumed by {actor}; {wave_label(wave['idx'])} passed and awaits approval", now)
+            set_rollout_status(db, conn, rollout_id, r.status, R.WAITING_APPROVAL, f"resumed by {actor}; {wave_label(wave.idx)} passed and awaits approval", now)
         else:
-            set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"resumed by {actor}", now)
+            set_rollout_status(db, conn, rollout_id, r.status, R.RUNNING, f"resumed by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
@@ -170,11 +146,11 @@ def promote_rollout(db: Database, rollout_id: str, actor: str = "operator", now:
     now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
-        check_action(rollout_id, "promote", r["status"])
-        wave = _current_wave(db, conn, r)
-        if wave and wave["status"] in (W.RUNNING.value, W.HALTED.value):
-            set_wave_status(db, conn, rollout_id, wave["idx"], wave["status"], W.PASSED, f"gates overridden by {actor}", now=now)
-        set_rollout_status(db, conn, rollout_id, r["status"], R.RUNNING, f"promoted by {actor}", now)
+        check_action(rollout_id, "promote", r.status)
+        wave = load_wave(db, conn, rollout_id, r.current_wave)
+        if wave and wave.status in (W.RUNNING, W.HALTED):
+            set_wave_status(db, conn, rollout_id, wave.idx, wave.status, W.PASSED, f"gates overridden by {actor}", now=now)
+        set_rollout_status(db, conn, rollout_id, r.status, R.RUNNING, f"promoted by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
@@ -183,8 +159,8 @@ def abort_rollout(db: Database, rollout_id: str, actor: str = "operator", reason
     now = resolve(now)
     with db.begin() as conn:
         r = load_rollout(db, conn, rollout_id)
-        check_action(rollout_id, "abort", r["status"])
-        set_rollout_status(db, conn, rollout_id, r["status"], R.ABORTING, reason or f"aborted by {actor}", now)
+        check_action(rollout_id, "abort", r.status)
+        set_rollout_status(db, conn, rollout_id, r.status, R.ABORTING, reason or f"aborted by {actor}", now)
     return rollout_status(db, rollout_id)
 
 
@@ -214,7 +190,7 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
     """Everything about one rollout: settings, status, waves with counts and gate verdicts."""
     with db.connect() as conn:
         r = load_rollout(db, conn, rollout_id)
-        waves = [dict(w._mapping) for w in conn.execute(sa.select(db.t.waves).where(db.t.waves.c.rollout_id == rollout_id).order_by(db.t.waves.c.idx))]
+        waves = load_waves(db, conn, rollout_id)
         counts = _wave_counts(db, conn, rollout_id)
         hist = []
         if history:
@@ -227,27 +203,27 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
     out = {
-        "id": r["id"],
-        "bundle": f"{r['bundle_name']}@{r['bundle_version']}",
-        "target": {"name": r["target_name"], "sha256": r["target_sha256"], "length": r["target_length"], "release": r["release"]},
-        "status": r["status"],
-        "reason": r["status_reason"],
-        "current_wave": r["current_wave"],
-        "created_at": r["created_at"],
-        "started_at": r["started_at"],
-        "finished_at": r["finished_at"],
-        "settings": json.loads(r["settings"]),
+        "id": r.id,
+        "bundle": f"{r.bundle_name}@{r.bundle_version}",
+        "target": {"name": r.target_name, "sha256": r.target_sha256, "length": r.target_length, "release": r.release},
+        "status": r.status.value,
+        "reason": r.status_reason,
+        "current_wave": r.current_wave,
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "settings": json.loads(r.settings.model_dump_json()),
         "waves": [
             {
-                "idx": w["idx"],
-                "number": w["idx"] + 1,  # how people count waves
-                "percent": w["percent"],
-                "status": w["status"],
-                "started_at": w["started_at"],
-                "finished_at": w["finished_at"],
-                "reason": w["reason"],
-                "gates": json.loads(w["gates"] or "[]"),
-                **_summary(counts.get(w["idx"], {})),
+                "idx": w.idx,
+                "number": w.idx + 1,  # how people count waves
+                "percent": w.percent,
+                "status": w.status.value,
+                "started_at": w.started_at,
+                "finished_at": w.finished_at,
+                "reason": w.reason,
+                "gates": w.gates,
+                **_summary(counts.get(w.idx, {})),
             }
             for w in waves
         ],

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeops.errors import ConfigError
+from edgeops.errors import ConfigError, first_problem
 from edgeops.protocol import valid_device_id
 
 
@@ -123,7 +123,7 @@ def parse_selector(text: str) -> Selector:
     try:
         return Selector(profile=profile, tags=tags, devices=devices)
     except ValidationError as e:
-        raise RolloutSettingsError(f"select: {e.errors()[0]['msg']}") from e
+        raise RolloutSettingsError(f"select: {first_problem(e).msg}") from e
 
 
 def parse_bundle(text: str) -> tuple[str, str]:
@@ -258,7 +258,6 @@ def parse_request(body: dict) -> RolloutSettings:
     try:
         req = RolloutRequest.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "body"
-        raise RolloutSettingsError(f"rollout settings refused: {loc}: {err['msg']}") from e
+        problem = first_problem(e, default_loc="body")
+        raise RolloutSettingsError(f"rollout settings refused: {problem.loc}: {problem.msg}") from e
     return req.to_settings()

@@ -20,6 +20,7 @@ from edgeops.trust.repository import Repository
 from edgeops.trust.transport import DirectoryTransport, check_repo_path
 
 from tests.support.bundles import write_test_bundle
+from tests.support.wait import wait_for  # noqa: F401  (agent tests import it from here; its one home is tests/support/wait.py)
 
 DEVICE = "dev-1"
 
@@ -248,17 +249,6 @@ class Listener:
         """Disconnect."""
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll until ``predicate()`` is truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class TcpGate:

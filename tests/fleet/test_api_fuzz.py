@@ -16,11 +16,12 @@ import sys
 import pytest
 
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.registry import get_device, register_devices
 from tests.fleet.conftest import PG_OK, PG_URL
 from tests.fleet.helpers import state
 from tests.support.broker import TestBroker
+from tests.support.wait import wait_for
 
 TOKEN = "fuzz-token"
 SEED = 20261204

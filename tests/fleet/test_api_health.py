@@ -7,8 +7,9 @@ import urllib.error
 import urllib.request
 
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from tests.support.broker import TestBroker
+from tests.support.wait import wait_for
 
 
 def health(console) -> tuple[int, dict]:

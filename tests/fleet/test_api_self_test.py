@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.registry import list_events, register_devices
 from edgeops.fleet.targets import find_target
 from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, cmd_topic
@@ -28,6 +28,7 @@ from edgeops.trust.commands import CommandVerifier, command_payload, verify_enve
 from edgeops.trust.keys import Keyring
 from tests.fleet.conftest import PG_OK, PG_URL
 from tests.fleet.helpers import event, state
+from tests.support.wait import wait_for
 
 TOKEN = "self-test-token-" + uuid.uuid4().hex[:6]
 PROFILE = "x86_64-avx512-vnni"  # what tests.support.bundles builds for
@@ -128,13 +129,13 @@ def test_command_is_signed_recorded_and_published(console, tap, fleet_repo, tmp_
     assert status == 202, out
     assert out["device"] == "on" and out["bundle"] == "digits@2.0.0" and out["command_id"].startswith("selftest-on-")
     target = find_target(fleet_repo["repo"], "digits", "2.0.0")
-    assert out["target"] == {"name": target.path, "sha256": target.sha256, "length": target.length}
+    assert out["target"] == {"name": target.name, "sha256": target.sha256, "length": target.length}
 
     topic, envelope = tap.wait(1)[0]
     assert topic == cmd_topic("on")
     cmd = verify_envelope(envelope, command_keys(fleet_repo))  # signed by the console's command key
     assert cmd.kind == "self_test" and cmd.command_id == out["command_id"] and cmd.device_id == "on"
-    assert (cmd.target_name, cmd.target_sha256, cmd.target_length) == (target.path, target.sha256, target.length)
+    assert (cmd.target_name, cmd.target_sha256, cmd.target_length) == (target.name, target.sha256, target.length)
     assert (cmd.bundle.name, cmd.bundle.version, cmd.bundle.sha256, cmd.bundle.release) == ("digits", "2.0.0", target.sha256, target.release)
     assert cmd.runs == 25
     # the device reported seq 7 as its last accepted command, so the console goes above it
@@ -156,7 +157,7 @@ def test_command_is_signed_recorded_and_published(console, tap, fleet_repo, tmp_
     status, again = call(console, "POST", "/api/v1/devices/on/self-test", {"bundle": "digits@1.0.0"})
     assert status == 202 and again["seq"] == 9 and again["command_id"] != out["command_id"]
     second = verify_envelope(tap.wait(2)[1][1], command_keys(fleet_repo))
-    assert second.runs is None and second.target_name == find_target(fleet_repo["repo"], "digits", "1.0.0").path
+    assert second.runs is None and second.target_name == find_target(fleet_repo["repo"], "digits", "1.0.0").name
     assert verifier.verify(tap.messages[1][1]).seq == 9
     # without runs the field is left out of the signed payload (agents before it accept it)
     assert "runs" not in json.loads(base64.b64decode(json.loads(tap.messages[1][1])["payload"]))

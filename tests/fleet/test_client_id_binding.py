@@ -52,7 +52,8 @@ def _telemetry(device: str, seq: int) -> bytes:
 @pytest.mark.slow
 @pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")
 def test_devices_cannot_take_over_the_console_or_each_other(tmp_path):
-    from edgeops.fleet.console import FleetConsole, count_rows, wait_for
+    from edgeops.fleet.console import FleetConsole, count_rows
+    from tests.support.wait import wait_for
 
     base = fleet_folder()
     try:

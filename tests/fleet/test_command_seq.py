@@ -7,6 +7,7 @@ it accepted, so two commands for one device must never carry the same number.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
@@ -20,24 +21,17 @@ def test_concurrent_allocations_never_give_the_same_number(db):
     """Two threads, each on its own connection, allocate for the same devices at once."""
     register_devices(db, [{"id": "cam-1"}, {"id": "cam-2"}])
     barrier = threading.Barrier(2)
-    got: list[list[dict[str, int]]] = [[], []]
-    errors: list[BaseException] = []
 
-    def worker(i: int) -> None:
-        try:
-            barrier.wait()
-            for _ in range(ROUNDS):
-                with db.begin() as conn:
-                    got[i].append(allocate_seqs(db, conn, ["cam-2", "cam-1"]))
-        except BaseException as e:  # surfaced below: an exception in a thread would pass silently
-            errors.append(e)
+    def worker(_: int) -> list[dict[str, int]]:
+        barrier.wait(30)
+        out = []
+        for _ in range(ROUNDS):
+            with db.begin() as conn:
+                out.append(allocate_seqs(db, conn, ["cam-2", "cam-1"]))
+        return out
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    with ThreadPoolExecutor(2) as pool:  # a worker's exception is raised here by map
+        got = list(pool.map(worker, range(2)))
     for device in ("cam-1", "cam-2"):
         numbers = [a[device] for part in got for a in part]
         assert sorted(numbers) == list(range(1, 2 * ROUNDS + 1)), device  # every number once, none skipped

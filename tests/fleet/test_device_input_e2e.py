@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.registry import register_devices
 from edgeops.fleet.rollouts import service
 from edgeops.fleet.rollouts.settings import parse_request
@@ -28,6 +28,7 @@ from edgeops.protocol import state_topic, telemetry_topic
 from edgeops.trust.keys import Keyring
 from tests.fleet.scripted_device import ScriptedDevice, SharedTrust
 from tests.support.broker import MOSQUITTO, TestBroker
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
 

@@ -24,7 +24,7 @@ from edgeops.fleet import metrics
 from edgeops.fleet.config import IngestConfig, RolloutConfig
 from edgeops.fleet.ingest import KINDS, Ingestor
 from edgeops.fleet.registry import register_devices
-from edgeops.fleet.rollouts import gates as gates_mod, service
+from edgeops.fleet.rollouts import gates as gates_mod, queries, service
 from edgeops.fleet.rollouts.reconciler import Reconciler
 from edgeops.fleet.rollouts.settings import parse_request
 from edgeops.protocol import DEVICE_ID_PATTERN, FetchRequest, VersionRef, events_topic, parse_message, state_topic, telemetry_topic
@@ -254,12 +254,11 @@ def test_any_device_message_is_stored_whole_or_malformed_and_never_costs_the_bat
         # the gates and /metrics over whatever was stored
         rec._baseline.clear()
         with db.connect() as conn:
-            r = service.load_rollout(db, conn, fuzz_env["rollout_id"])
-            wave = dict(conn.execute(sa.select(db.t.waves).where(db.t.waves.c.rollout_id == r["id"], db.t.waves.c.idx == 0)).first()._mapping)
-        stats = rec.wave_stats(r, wave)
+            r = queries.load_rollout(db, conn, fuzz_env["rollout_id"])
+            stats = rec.wave_stats(r, queries.load_wave(db, conn, r.id, 0))
         for value in (stats.new_p95_ms, stats.baseline_p95_ms, stats.agreement, stats.inferences, stats.errors, stats.nans):
             assert value is None or math.isfinite(value)
-        gates_mod.evaluate(stats, service.settings_of(r))
+        gates_mod.evaluate(stats, r.settings)
         body = metrics.render(db, repo_dir=fuzz_env["repo"])[0].decode()
         assert "edgeops_telemetry_inferences{" in body
 

@@ -7,13 +7,14 @@ import uuid
 import pytest
 
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.embedded_broker import EmbeddedBroker
 from edgeops.fleet.registry import get_device, register_devices
 from edgeops.fleet.rollouts import service
 from edgeops.fleet.rollouts.settings import parse_request
 from edgeops.trust.keys import Keyring
 from tests.fleet.scripted_device import ScriptedDevice, SharedTrust
+from tests.support.wait import wait_for
 
 
 @pytest.mark.slow

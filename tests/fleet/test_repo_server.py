@@ -24,7 +24,7 @@ def ask(server, path, offset=0, length=4096, device="d1"):
 def test_bundle_in_chunks(fleet_repo):
     server = MqttRepositoryServer(fleet_repo["repo"], lambda *a: None)
     t = find_target(fleet_repo["repo"], "digits", "2.0.0")
-    path = target_file_path(t.path, t.sha256)
+    path = target_file_path(t.name, t.sha256)
     data, offset = b"", 0
     while True:
         header, chunk = ask(server, path, offset, 1000)

@@ -20,13 +20,13 @@ from click.testing import CliRunner
 
 from edgeops.fleet.cli import rollout
 from edgeops.fleet.config import load_config, render_toml
-from edgeops.fleet.console import wait_for
 from edgeops.fleet.db import Database
 from edgeops.fleet.registry import get_device, register_devices
 from edgeops.trust.keys import Keyring
 from tests.fleet.conftest import PG_OK, PG_URL
 from tests.fleet.scripted_device import ScriptedDevice, SharedTrust
 from tests.support.broker import MOSQUITTO, TestBroker, free_port
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
 

@@ -19,7 +19,7 @@ from edgeops.fleet.config import IngestConfig, RolloutConfig
 from edgeops.fleet.db import Database
 from edgeops.fleet.ingest import Ingestor
 from edgeops.fleet.registry import register_devices
-from edgeops.fleet.rollouts import service
+from edgeops.fleet.rollouts import queries, service
 from edgeops.fleet.rollouts import reconciler as reconciler_mod
 from edgeops.fleet.rollouts.reconciler import Reconciler
 from edgeops.fleet.rollouts.settings import parse_request
@@ -111,7 +111,7 @@ def h(db, fleet_repo):
 
 def test_find_target(fleet_repo):
     t = find_target(fleet_repo["repo"], "digits", "2.0.0")
-    assert t.path == "digits/2.0.0/digits-2.0.0.bundle" and len(t.sha256) == 64 and t.length > 0 and t.release == 2
+    assert t.name == "digits/2.0.0/digits-2.0.0.bundle" and len(t.sha256) == 64 and t.length > 0 and t.release == 2
     with pytest.raises(UnknownBundleError, match="digits@9.9.9"):
         find_target(fleet_repo["repo"], "digits", "9.9.9")
 
@@ -136,7 +136,7 @@ def test_good_rollout_reaches_100_percent_in_waves(h):
     t = find_target(h.repo, "digits", "2.0.0")
     cmds = h.pub.commands(h.keys)
     assert len(cmds) == 20 and len({c.device_id for c in cmds}) == 20
-    assert all(c.kind == "assign" and c.target_name == t.path and c.target_sha256 == t.sha256 and c.target_length == t.length and c.seq == 1 for c in cmds)
+    assert all(c.kind == "assign" and c.target_name == t.name and c.target_sha256 == t.sha256 and c.target_length == t.length and c.seq == 1 for c in cmds)
     with h.db.connect() as conn:
         assert conn.execute(sa.select(sa.func.min(h.db.t.devices.c.cmd_seq))).scalar() == 1
 
@@ -412,12 +412,12 @@ def test_wave_stats_read_telemetry_only_for_the_gates_that_use_it(h):
     h.rec.tick()
     _answer(h, p95=50.0)
     with h.db.connect() as conn:
-        r = service.load_rollout(h.db, conn, plain["id"])
-        wave = dict(conn.execute(sa.select(h.db.t.waves).where(h.db.t.waves.c.rollout_id == r["id"])).first()._mapping)
+        r = queries.load_rollout(h.db, conn, plain["id"])
+        wave = queries.load_wave(h.db, conn, r.id, 0)
     st = h.rec.wave_stats(r, wave)
     assert st.size == 2 and st.inferences == 0 and st.new_p95_ms is None and st.baseline_p95_ms is None  # no telemetry gate: not read
 
-    settings = service.settings_of(r).model_copy(update={"max_error_rate": 0.5, "max_latency_regression": 20.0})
+    settings = r.settings.model_copy(update={"max_error_rate": 0.5, "max_latency_regression": 20.0})
     st = h.rec.wave_stats(r, wave, settings)
     assert st.inferences == 200 and st.new_p95_ms == 50.0 and st.baseline_p95_ms == 5.0
     # the baseline is kept for BASELINE_TTL_S, then read again; only the selected devices count

@@ -63,7 +63,8 @@ def test_tls_fleet_with_device_certificates():
     from paho.mqtt.enums import CallbackAPIVersion
 
     from edgeops.fleet.config import load_config
-    from edgeops.fleet.console import FleetConsole, wait_for
+    from edgeops.fleet.console import FleetConsole
+    from tests.support.wait import wait_for
     from edgeops.fleet.registry import get_device
 
     base = fleet_folder()  # mosquitto (dropped to its own user when started by root) reads the generated files in place

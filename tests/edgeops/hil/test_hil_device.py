@@ -28,11 +28,12 @@ import sqlalchemy as sa
 from edgeops.agent.config import parse_config
 from edgeops.agent.core import Agent
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.registry import get_device, list_events, register_devices
 from tests.agent.helpers import TrustFixture, agent_config_dict
 from tests.support.broker import TestBroker
 from tests.support.bundles import sample_inputs
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,13 @@ from click.testing import CliRunner
 
 from edgeops.fleet.cli import rollout
 from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole, wait_for
+from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.registry import get_device, register_devices
 from edgeops.fleet.simulator.controller import Simulator
 from edgeops.fleet.simulator.faults import parse_faults
 from edgeops.fleet.simulator.settings import SimSettings
 from tests.support.broker import MOSQUITTO, TestBroker
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
 

@@ -1,0 +1,187 @@
+"""The rollout path's reads: SQL in, typed records out (:mod:`edgeops.fleet.rollouts.records`).
+
+The reconciler and the rollout service decide; this module only asks the database. Telemetry
+questions are bounded to what belongs to them (issue 13): a wave's own devices on the rollout's
+version by the console's receive clock; the baseline from the selected devices on published
+versions, summed per device in double precision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgeops.errors import FleetError
+from edgeops.fleet.db import Database, float_sum, weighted_p95_sums
+from edgeops.fleet.rollouts.records import LatencyBaseline, Rollout, Wave, WaveTelemetry
+from edgeops.fleet.rollouts.settings import Selector
+from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A
+
+
+class UnknownRolloutError(FleetError):
+    """No rollout with that id."""
+
+
+def literal_statuses(statuses: Iterable) -> list:
+    """Assignment statuses as SQL literals (not bind parameters: the statement works with executemany)."""
+    return [sa.literal_column(f"'{A(s).value}'") for s in statuses]
+
+
+def live_rollouts(db: Database, conn: Connection) -> list[Rollout]:
+    """Every rollout the reconciler drives (running, paused, waiting for approval, aborting), oldest first."""
+    t = db.t.rollouts
+    rows = conn.execute(sa.select(t).where(t.c.status.in_([s.value for s in LIVE_ROLLOUT])).order_by(t.c.created_at))
+    return [Rollout.from_row(r._mapping) for r in rows]
+
+
+def load_rollout(db: Database, conn: Connection, rollout_id: str) -> Rollout:
+    """One rollout; UnknownRolloutError when absent."""
+    row = conn.execute(sa.select(db.t.rollouts).where(db.t.rollouts.c.id == rollout_id)).first()
+    if row is None:
+        raise UnknownRolloutError(f"rollout {rollout_id}: no such rollout (see `edgeops rollout list`)")
+    return Rollout.from_row(row._mapping)
+
+
+def load_wave(db: Database, conn: Connection, rollout_id: str, idx: int) -> Wave | None:
+    """Wave ``idx`` of a rollout (None for ``idx < 0``: no wave started yet)."""
+    if idx < 0:
+        return None
+    w = db.t.waves
+    row = conn.execute(sa.select(w).where(w.c.rollout_id == rollout_id, w.c.idx == idx)).first()
+    return Wave.from_row(row._mapping) if row else None
+
+
+def load_waves(db: Database, conn: Connection, rollout_id: str) -> list[Wave]:
+    """Every wave of a rollout, in order."""
+    w = db.t.waves
+    return [Wave.from_row(r._mapping) for r in conn.execute(sa.select(w).where(w.c.rollout_id == rollout_id).order_by(w.c.idx))]
+
+
+def wave_counts(db: Database, conn: Connection, rollout_id: str, idx: int) -> dict[str, int]:
+    """Devices of one wave per assignment status."""
+    a = db.t.assignments
+    return {s: n for s, n in conn.execute(sa.select(a.c.status, sa.func.count()).where(a.c.rollout_id == rollout_id, a.c.wave_idx == idx).group_by(a.c.status))}
+
+
+def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx: int, since: float) -> WaveTelemetry:
+    """Telemetry of wave ``idx``'s devices on the rollout's version, received since ``since`` (less 1 s)."""
+    a, tel = db.t.assignments, db.t.telemetry
+    members = sa.select(a.c.device_id).where(a.c.rollout_id == rollout.id, a.c.wave_idx == idx).scalar_subquery()
+    inferences, errors, nans, p95w, p95n, p95c, agree, agree_n = conn.execute(
+        sa.select(
+            float_sum(tel.c.inference_count),
+            float_sum(tel.c.error_count),
+            float_sum(tel.c.nan_count),
+            *weighted_p95_sums(tel),
+            sa.func.count(tel.c.p95_ms),
+            sa.func.avg(tel.c.agreement),
+            sa.func.count(tel.c.agreement),
+        ).where(
+            tel.c.device_id.in_(members),
+            tel.c.version_name == rollout.bundle_name,
+            tel.c.version_version == rollout.bundle_version,
+            # the console's receive clock, never the device's own ts_end (issue 13)
+            tel.c.received_at >= since - 1.0,
+        )
+    ).first()
+    return WaveTelemetry(
+        inferences=int(inferences or 0),
+        errors=int(errors or 0),
+        nans=int(nans or 0),
+        p95_weighted=float(p95w or 0.0),
+        p95_weight=float(p95n or 0.0),
+        p95_batches=int(p95c or 0),
+        agreement=float(agree) if agree is not None else None,
+        agreement_batches=int(agree_n or 0),
+    )
+
+
+def latency_baseline(db: Database, conn: Connection, rollout: Rollout, old_versions: list[str], cohort: set[str], since: float) -> LatencyBaseline:
+    """p95 sums of the ``cohort`` on ``old_versions`` of the rollout's bundle, received since ``since``.
+
+    Summed per device in SQL and added up here for the cohort, so a device outside it cannot
+    move the answer.
+    """
+    if not old_versions:
+        return LatencyBaseline()
+    tel = db.t.telemetry
+    weighted = weight = count = 0.0
+    per_device = conn.execute(
+        sa.select(tel.c.device_id, *weighted_p95_sums(tel), sa.func.count(tel.c.p95_ms))
+        .where(tel.c.version_name == rollout.bundle_name, tel.c.version_version.in_(old_versions), tel.c.received_at >= since)
+        .group_by(tel.c.device_id)
+    )
+    for device_id, w, n, c in per_device:
+        if device_id in cohort:
+            weighted, weight, count = weighted + float(w or 0), weight + float(n or 0), count + float(c or 0)
+    return LatencyBaseline(weighted, weight, int(count))
+
+
+class _Tags:
+    """Fleets share a few tag sets: parse each text once."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, dict] = {}
+
+    def __call__(self, text: str | None) -> dict:
+        key = text or "{}"
+        if key not in self._parsed:
+            self._parsed[key] = json.loads(key)
+        return self._parsed[key]
+
+
+def cohort(db: Database, conn: Connection, selector: Selector) -> set[str]:
+    """Ids of the enrolled devices the selector matches."""
+    d = db.t.devices
+    q = sa.select(d.c.id, d.c.profile, d.c.tags)
+    if selector.profile is not None:
+        q = q.where(d.c.profile == selector.profile)
+    if selector.devices is not None:
+        q = q.where(d.c.id.in_(selector.devices))
+    tags = _Tags()
+    return {device_id for device_id, profile, text in conn.execute(q) if selector.matches(device_id, profile, tags(text))}
+
+
+def matching_devices_for_update(db: Database, conn: Connection, selector: Selector) -> list:
+    """Rows (id, profile, active_name, active_version) of every device the selector matches.
+
+    FOR UPDATE (PostgreSQL): one replica at a time decides which devices join a rollout.
+    """
+    d = db.t.devices
+    rows = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version).with_for_update()).all()
+    tags = _Tags()
+    return [row for row in rows if selector.matches(row.id, row.profile, tags(row.tags))]
+
+
+def devices_in_rollout(db: Database, conn: Connection, rollout_id: str) -> set[str]:
+    """Devices already assigned in this rollout."""
+    a = db.t.assignments
+    return {row[0] for row in conn.execute(sa.select(a.c.device_id).where(a.c.rollout_id == rollout_id))}
+
+
+def devices_busy_elsewhere(db: Database, conn: Connection, rollout_id: str) -> set[str]:
+    """Devices with an in-flight assignment in another live rollout."""
+    a, r = db.t.assignments, db.t.rollouts
+    q = (
+        sa.select(a.c.device_id)
+        .join(r, r.c.id == a.c.rollout_id)
+        .where(r.c.id != rollout_id, r.c.status.in_([s.value for s in LIVE_ROLLOUT]), a.c.status.in_(literal_statuses(IN_FLIGHT_ASSIGNMENT)))
+    )
+    return {row[0] for row in conn.execute(q)}
+
+
+def device_signature(db: Database, conn: Connection) -> tuple:
+    """(count, newest ``enrolled_at``) of the device table: changes when a device enrols."""
+    d = db.t.devices
+    return tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(d.c.enrolled_at))).first())
+
+
+def unpublished_assignments(db: Database, conn: Connection, rollout_id: str) -> tuple[list, list]:
+    """(assign commands still ``pending``, rollback orders decided but not sent) of a rollout."""
+    a = db.t.assignments
+    pending = conn.execute(sa.select(a).where(a.c.rollout_id == rollout_id, a.c.status == A.PENDING.value)).all()
+    rollbacks = conn.execute(sa.select(a).where(a.c.rollout_id == rollout_id, a.c.status == A.REVERTING.value, a.c.rollback_sent_at.is_(None))).all()
+    return [r._mapping for r in pending], [r._mapping for r in rollbacks]
