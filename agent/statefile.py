@@ -9,7 +9,6 @@ The machine writes the next state *before* it acts on it (see :mod:`edgeops.agen
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 
