@@ -406,13 +406,18 @@ def _onnx_to_tflite(source: SourceModel, profile, options: BuildOptions, ctx: Pa
     kind = classify_onnx(model)
     choice = _choice(options, kind, profile)
     _check_litert_scheme(choice, profile)
+    # The conversion's parity check feeds the user's data where there is some (an input such as a
+    # sample rate cannot be generated); the calibration set proper is loaded after the conversion.
+    data = _given_datasets(options, graph_inputs(model))
+    ctx.calibration = data[0][1] if data else None
     with step("converting ONNX -> TFLite (onnx2tf)"):
         reference = create_pass("onnx-to-tflite")(prepared, ctx)
     if prepared is not given:
         # The pass compared the .tflite with the normalized model; the model as given is the final word.
         from edgeops.converters.passes.onnx_tflite import check_parity
 
-        check_parity(given.data, reference.data, min_cosine=0.999, feeds=2)
+        check_parity(given.data, reference.data, min_cosine=0.999, feeds=2, data=ctx.calibration)
+    ctx.calibration = None
     return reference, kind, choice
 
 

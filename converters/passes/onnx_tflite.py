@@ -16,8 +16,9 @@ What the pass does, in order:
    state; a child keeps all of that out of the build and frees it when done. 3-D..5-D inputs
    keep the ONNX layout (NCHW; onnx2tf adds the transposes), input and output names are the
    ONNX ones. A conversion failure is an error naming the op onnx2tf stopped at.
-4. **Parity** of the float model against the ONNX model in onnxruntime on generated inputs
-   (integer inputs get small valid values): every output must reach ``min_cosine``, or the
+4. **Parity** of the float model against the ONNX model in onnxruntime on the user's data
+   (``ctx.calibration``, see the pipeline) or generated inputs (integer inputs get values valid
+   for what their name says): every output must reach ``min_cosine``, or the
    build stops with :class:`ConversionMismatchError`. onnx2tf writes 3-D..5-D outputs
    channels-last; such an output is compared transposed and the report says so.
 """
@@ -69,7 +70,7 @@ class OnnxToTflite(Pass):
         if key not in _LAST:
             folded = tf_safe_node_names(fold_constants(artifact.data))
             data, versions = convert_in_child(folded, self.options.timeout_s)
-            transposed = check_parity(folded, data, self.options.min_cosine, self.options.parity_feeds)
+            transposed = check_parity(folded, data, self.options.min_cosine, self.options.parity_feeds, ctx.calibration)
             # One entry: building one model for two LiteRT profiles (arm64 + Edge TPU) converts it once.
             _LAST.clear()
             _LAST[key] = (data, versions, transposed)
@@ -244,13 +245,26 @@ def _conversion_error(result: dict | None, proc) -> Exception:
     return ModelLoadError(f"ONNX -> TFLite: onnx2tf failed (exit {proc.returncode}): {message[:500]}")
 
 
-def check_parity(onnx_data: bytes, tflite_data: bytes, min_cosine: float, feeds: int) -> dict[str, str]:
-    """Compare the float .tflite with onnxruntime on generated inputs; {output: layout note} plus '_worst_cosine'."""
+def check_parity(onnx_data: bytes, tflite_data: bytes, min_cosine: float, feeds: int, data=None) -> dict[str, str]:
+    """Compare the float .tflite with onnxruntime on ``data`` (a Dataset: the user's, where an input
+    cannot be generated, such as a sample rate) or generated inputs; {output: layout note} plus '_worst_cosine'."""
     from edgeops.converters.data import generated_dataset
     from edgeops.converters.runtime import OnnxRunner, TfliteRunner
 
     ref = OnnxRunner(onnx_data, label="ONNX model")
-    built = TfliteRunner(tflite_data, label="converted model")
+    try:
+        built = TfliteRunner(tflite_data, label="converted model")
+    except ModelLoadError as e:
+        flex = re.findall(r"\((Flex\w+)\)", str(e))
+        if flex:
+            # onnx2tf lets TensorFlow's converter fall back to TF ops ("Select TF ops"), which LiteRT
+            # runs only with the Flex delegate: no device profile here has it.
+            raise UnsupportedOperatorError(
+                f"ONNX -> TFLite: onnx2tf could map part of the model only to the TensorFlow op(s) {', '.join(sorted(set(flex)))}, "
+                "which LiteRT runs only with the Flex delegate (not in the device runtimes); rewrite that part with other ONNX ops, "
+                "or build for an onnxruntime profile"
+            ) from e
+        raise
     in_pairs, out_pairs = _pairs(ref.inputs, built.inputs), _pairs(ref.outputs, built.outputs)
     if in_pairs is None or out_pairs is None:
         raise ConversionMismatchError(
@@ -259,7 +273,7 @@ def check_parity(onnx_data: bytes, tflite_data: bytes, min_cosine: float, feeds:
         )
     notes: dict[str, str] = {}
     worst = 1.0
-    for feed in generated_dataset(ref.inputs).batches(ref.inputs, limit=feeds):
+    for feed in (data or generated_dataset(ref.inputs)).batches(ref.inputs, limit=feeds):
         r = ref.run(feed)
         b = built.run({bn: feed[rn] for rn, bn in in_pairs})
         for rn, bn in out_pairs:
