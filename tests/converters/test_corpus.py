@@ -11,7 +11,8 @@ two minutes on the 2-core machine: small calibration sets, one model of each kin
 matters: a Paddle export at an old opset with Constant weights, two detectors (YOLOv8n, a
 YOLOX-style one at opset 11), control flow with a state and a scalar int64 input, a 54 MB
 recurrent OCR model, an already-quantized model, a ZipMap model);
-``EDGEOPS_CORPUS_FULL=1`` runs every corpus model for both profiles.
+``EDGEOPS_CORPUS_FULL=1`` runs every corpus model for both profiles, the torchvision-style and
+transformers architectures of bench/corpus_torch.py included (exported by the packager).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ CI_PAIRS = {
 }
 FULL = os.environ.get("EDGEOPS_CORPUS_FULL") == "1"
 ONNX_ENTRIES = {e.name: e for e in corpus.ONNX_ENTRIES}
+ALL_ENTRIES = {e.name: e for e in corpus.entries()}  # with bench/corpus_torch.py's module:factory architectures
 
 
 def _pairs():
-    for name in ONNX_ENTRIES:
+    for name in ALL_ENTRIES:
         for profile in PROFILES:
             marks = [pytest.mark.slow]
             if not FULL and (name, profile) not in CI_PAIRS:
@@ -59,8 +61,8 @@ def test_corpus_model_builds_or_is_refused_with_a_typed_error(name, profile, tmp
     from edgeops.errors import EdgeopsError
     from edgeops.profiles import load_profile
 
-    entry = ONNX_ENTRIES[name]
-    model = corpus.fetch(entry)
+    entry = ALL_ENTRIES[name]
+    model = entry.factory or corpus.fetch(entry)
     data = corpus.write_data(entry, tmp_path, calibration=8, validation=4)
     options = BuildOptions(model=str(model), profile=profile, name=name, version="1", output=str(tmp_path / "m.bundle"),
                            calibration=str(data["calibration"]), validation=str(data["validation"]), latency_runs=5)
