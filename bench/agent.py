@@ -30,7 +30,8 @@ repository, DSSE-signed commands published to the devices' command topics.
    weights); the peak while it installs; and the two agents of 1 and 2 after all their
    updates. Once per runtime: onnxruntime (profile x86_64-avx512-vnni, static int8) and
    LiteRT with XNNPACK (profile arm64-litert, the runtime of Arm boards, dynamic-range int8;
-   part ``rss-litert``). Target: < 100 MB = 95.4 MiB (figures are MiB, as /proc reports).
+   part ``rss-litert``), and OpenVINO with NNCF int8 (profile x86_64-openvino-int8, part
+   ``rss-openvino``, not in the default parts: ``--parts rss,rss-openvino``). Target: < 100 MB = 95.4 MiB (figures are MiB, as /proc reports).
    RSS counts the pages of shared libraries a process maps, and how many the kernel maps
    per fault depends on how the file sits in the page cache: a library pip has just written
    is cached in large folios and onnxruntime's maps 27.8 MiB, the same library read back
@@ -78,6 +79,7 @@ POLL_S = 0.005
 ROLLBACK_TARGET_S = 0.5
 RSS_TARGET_MB = 100.0
 RSS_TARGET_MIB = RSS_TARGET_MB * 1e6 / 2**20  # the target is MB; /proc reports KiB
+OPENVINO_PROFILE = "x86_64-openvino-int8"  # OpenVINO + NNCF int8 (part rss-openvino)
 LITERT_PROFILE = "arm64-litert"  # runs on x86 too: LiteRT's XNNPACK delegate has x86 kernels
 PHASES = [("command", "fetching"), ("fetch", "verifying"), ("verify", "installing"), ("install", "self-testing"), ("self_test", "activating")]
 
@@ -239,6 +241,8 @@ def build_mobilenet_bundle(work: Path, resolution: int, calib_n: int, runtime: s
         torch.onnx.export(module, example, str(src), dynamo=True, input_names=["input"], output_names=["logits"], verbose=False)
         src.write_bytes(onnx.load(str(src)).SerializeToString())  # external data inlined
         name, profile, quantize, input_name = "mobilenetv2", PROFILE, "static-int8", "input"
+        if runtime == "openvino":  # the same ONNX export, NNCF int8 for OpenVINO
+            name, profile = "mobilenetv2-openvino", OPENVINO_PROFILE
     np.savez(work / f"calib-{runtime}.npz", **{input_name: rng.random((calib_n, 3, resolution, resolution), dtype=np.float32)})
     np.savez(work / f"val-{runtime}.npz", **{input_name: rng.random((4, 3, resolution, resolution), dtype=np.float32)})
     result = build(BuildOptions(model=str(src), profile=profile, name=name, version="1.0.0", release=1, output=str(work / f"{name}.bundle"),
@@ -620,6 +624,11 @@ if runtime == "onnxruntime":
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
     session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
     run = lambda: session.run(None, {name: x})
+elif runtime == "openvino":
+    import openvino as ov
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+    run = lambda: request.infer({name: x})
 else:
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_path=model, num_threads=threads)
@@ -787,7 +796,8 @@ def run(args) -> dict:
         if "refresh" in parts:
             result["tuf_refresh"] = measure_refresh(work, tf, max(3, args.repeats * 2 + 1))
             log(f"tuf_refresh: {result['tuf_refresh']}")
-        for part, runtime, profile, key in (("rss", "onnxruntime", PROFILE, "rss_mb"), ("rss-litert", "litert", LITERT_PROFILE, "rss_litert_mb")):
+        for part, runtime, profile, key in (("rss", "onnxruntime", PROFILE, "rss_mb"), ("rss-litert", "litert", LITERT_PROFILE, "rss_litert_mb"),
+                                            ("rss-openvino", "openvino", OPENVINO_PROFILE, "rss_openvino_mb")):
             if part not in parts:
                 continue
             t = time.perf_counter()
@@ -937,12 +947,12 @@ def print_table(r: dict) -> None:
     if "tuf_refresh" in r:
         f = r["tuf_refresh"]
         out.print(f"TUF refresh per update (median of {f['repeats']}): in-process {f['in_process_ms']:.1f} ms, in the worker process {f['worker_ms']:.1f} ms ({f['worker_extra_ms']:+.1f} ms)")
-    if "rss_mb" in r or "rss_litert_mb" in r or "rss_mlp_agents_mb" in r:
+    if "rss_mb" in r or "rss_litert_mb" in r or "rss_openvino_mb" in r or "rss_mlp_agents_mb" in r:
         t = Table(title=f"Agent RSS (MiB; target < {RSS_TARGET_MB:.0f} MB = {RSS_TARGET_MIB:.1f} MiB)")
         t.add_column("agent")
         t.add_column("RSS", justify="right")
         t.add_column("anon / file", justify="right")
-        for key in ("rss_mb", "rss_litert_mb"):
+        for key in ("rss_mb", "rss_litert_mb", "rss_openvino_mb"):
             if key not in r:
                 continue
             s = r[key]
@@ -973,7 +983,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 MB bundle, 1 repeat, 96 px MobileNetV2 (the smoke test)")
     ap.add_argument("--workdir", default=None, help="parent folder of the work folder (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, data dirs)")
-    ap.add_argument("--parts", default="update,rollback,refresh,rss,rss-litert", help="comma-separated: update, rollback, refresh (TUF in-process vs worker), rss (onnxruntime), rss-litert")
+    ap.add_argument("--parts", default="update,rollback,refresh,rss,rss-litert", help="comma-separated: update, rollback, refresh (TUF in-process vs worker), rss (onnxruntime), rss-litert, rss-openvino")
     ap.add_argument("--page-cache", choices=["cold", "as-is"], default="cold", help="RSS parts: drop the installed libraries from the page cache first, as after a reboot (cold), or measure as the machine is")
     ap.add_argument("--broker-nagle", action="store_true", help="run mosquitto without set_tcp_nodelay (its default) to show what Nagle costs the MQTT fetch")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -984,9 +994,9 @@ def main() -> int:
     if args.repeats < 1 or args.size_mb <= 0:
         ap.error("--repeats must be >= 1 and --size-mb > 0")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.parts) - {"update", "rollback", "refresh", "rss", "rss-litert"}
+    unknown = set(args.parts) - {"update", "rollback", "refresh", "rss", "rss-litert", "rss-openvino"}
     if unknown or not args.parts:
-        ap.error(f"--parts: unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from update, rollback, refresh, rss, rss-litert")
+        ap.error(f"--parts: unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from update, rollback, refresh, rss, rss-litert, rss-openvino")
     for tool in ("cp", "sha256sum"):
         if not shutil.which(tool):
             sys.exit(f"{tool} (coreutils) not found")
