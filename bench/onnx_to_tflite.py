@@ -171,8 +171,8 @@ def measure(name: str, path: Path, shapes: dict, candidate: str, cache: Path) ->
         return row
     row["seconds"] = round(time.perf_counter() - t0, 1)
     try:
-        notes = check_parity(data, tflite, 0.999, 4)
-        row.update(ok=True, worst_cosine=round(float(notes.pop("_worst_cosine")), 6), channels_last=sorted(notes), tflite_mb=round(len(tflite) / 1e6, 2))
+        parity = check_parity(data, tflite, 0.999, 4)
+        row.update(ok=True, worst_cosine=round(parity.worst_cosine, 6), channels_last=sorted(parity.channels_last), tflite_mb=round(len(tflite) / 1e6, 2))
     except Exception as e:
         row.update(stage="parity", error=f"{type(e).__name__}: {str(e)[:300]}")
     return row

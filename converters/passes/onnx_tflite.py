@@ -32,6 +32,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 
@@ -45,7 +46,16 @@ from edgeops.errors import ModelLoadError, UnsupportedOperatorError
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # onnx2tf lays N-D feature maps out channels-last; these permutations take an ONNX output there.
 CHANNELS_LAST = {3: (0, 2, 1), 4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
-_LAST: dict = {}  # (sha256 of the ONNX model, options) -> (tflite bytes, tool versions, layout notes)
+_LAST: dict = {}  # (sha256 of the ONNX model, options) -> (tflite bytes, tool versions, Parity)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """What the parity check found: the worst cosine over outputs and feeds, and the outputs the
+    .tflite gives channels-last ({name: "channels-last [..] (ONNX [..])"})."""
+
+    worst_cosine: float
+    channels_last: dict[str, str]
 
 
 class OnnxToTfliteOptions(PassOptions):
@@ -70,16 +80,15 @@ class OnnxToTflite(Pass):
         if key not in _LAST:
             folded = tf_safe_node_names(fold_constants(artifact.data))
             data, versions = convert_in_child(folded, self.options.timeout_s)
-            transposed = check_parity(folded, data, self.options.min_cosine, self.options.parity_feeds, ctx.calibration)
+            parity = check_parity(folded, data, self.options.min_cosine, self.options.parity_feeds, ctx.calibration)
             # One entry: building one model for two LiteRT profiles (arm64 + Edge TPU) converts it once.
             _LAST.clear()
-            _LAST[key] = (data, versions, transposed)
-        data, versions, transposed = _LAST[key]
-        transposed = dict(transposed)
+            _LAST[key] = (data, versions, parity)
+        data, versions, parity = _LAST[key]
         ctx.log.append(f"onnx-to-tflite: onnx2tf {versions.get('onnx2tf', '?')} (TensorFlow {versions.get('tensorflow', '?')}), float32, "
-                       f"constants folded by onnxruntime; parity vs onnxruntime: worst cosine {transposed.pop('_worst_cosine'):.6f}")
-        if transposed:
-            ctx.warn("onnx2tf writes feature-map outputs channels-last: " + "; ".join(f"output '{n}' is {s}" for n, s in transposed.items())
+                       f"constants folded by onnxruntime; parity vs onnxruntime: worst cosine {parity.worst_cosine:.6f}")
+        if parity.channels_last:
+            ctx.warn("onnx2tf writes feature-map outputs channels-last: " + "; ".join(f"output '{n}' is {s}" for n, s in parity.channels_last.items())
                      + " (the manifest lists the .tflite shapes; the device gets them as listed)")
         return Artifact("tflite", data=data)
 
@@ -245,9 +254,9 @@ def _conversion_error(result: dict | None, proc) -> Exception:
     return ModelLoadError(f"ONNX -> TFLite: onnx2tf failed (exit {proc.returncode}): {message[:500]}")
 
 
-def check_parity(onnx_data: bytes, tflite_data: bytes, min_cosine: float, feeds: int, data=None) -> dict[str, str]:
+def check_parity(onnx_data: bytes, tflite_data: bytes, min_cosine: float, feeds: int, data=None) -> Parity:
     """Compare the float .tflite with onnxruntime on ``data`` (a Dataset: the user's, where an input
-    cannot be generated, such as a sample rate) or generated inputs; {output: layout note} plus '_worst_cosine'."""
+    cannot be generated, such as a sample rate) or generated inputs; ConversionMismatchError below ``min_cosine``."""
     from edgeops.converters.data import generated_dataset
     from edgeops.converters.runtime import OnnxRunner, TfliteRunner
 
@@ -291,8 +300,7 @@ def check_parity(onnx_data: bytes, tflite_data: bytes, min_cosine: float, feeds:
                     f"ONNX -> TFLite: the converted model differs from the ONNX model on output '{rn}' (cosine {cos:.5f} < {min_cosine}, "
                     f"max abs error {float(np.max(np.abs(rv.astype(np.float64) - bv))):.4g}); build for an onnxruntime profile, or report the model to onnx2tf"
                 )
-    notes["_worst_cosine"] = worst  # type: ignore[assignment]
-    return notes
+    return Parity(worst, notes)
 
 
 def _pairs(ref, built) -> list[tuple[str, str]] | None:
