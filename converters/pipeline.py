@@ -198,7 +198,8 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         "model": {"source": _display_name(source), "source_format": source.format, "task": "classifier" if classifier else "generic", "kind": kind.kind},
         "profile": profile.name,
         "runtime": {"name": profile.runtime.name, "host_providers": {"onnx": ["CPUExecutionProvider"], "openvino": ["CPU"]}.get(target, ["XNNPACK"]), "device_providers": profile.runtime.providers},
-        "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe()},
+        "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe(),
+                         **({"attempts": ctx.report["quantization_attempts"]} if "quantization_attempts" in ctx.report else {})},
         "passes": ctx.log,
         "conversions": ctx.report,
         "warnings": ctx.warnings,
@@ -291,11 +292,15 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
             ctx.log.append(f"quantize-static: reduce_range on: profile '{profile.name}' is x86-64 without VNNI, where u8 x s8 products saturate at 8-bit weights")
         with step("graph fusion (global pooling)"):
             built = create_pass("fuse-graph", global_pool=True)(built, ctx)
-        with step(f"static int8 quantization ({options.calibration_method or q.calibration_method} calibration)"):
-            # Shallow convs stay float only where that was measured to be faster (x86-64 MLAS kernels).
-            built = create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=q.per_channel,
-                                calibration_method=options.calibration_method or q.calibration_method, reduce_range=reduce_range,
-                                float_shallow_convs=profile.device.arch == "x86_64")(built, ctx)
+        if options.quantize == "auto":
+            # auto: the first of a bounded list of int8 attempts that passes the gates, else float (quant_search.py)
+            built, choice = _auto_static_int8(built, reference, profile, options, ctx, step, choice, reduce_range)
+        else:
+            with step(f"static int8 quantization ({options.calibration_method or q.calibration_method} calibration)"):
+                # Shallow convs stay float only where that was measured to be faster (x86-64 MLAS kernels).
+                built = create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=q.per_channel,
+                                    calibration_method=options.calibration_method or q.calibration_method, reduce_range=reduce_range,
+                                    float_shallow_convs=profile.device.arch == "x86_64")(built, ctx)
     elif choice.scheme == "dynamic-int8":
         with step("graph fusion (multi-head attention)"):
             built = create_pass("fuse-graph", attention=True)(built, ctx)
@@ -308,6 +313,40 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
             built = create_pass("fp16")(built, ctx)
     checks.check_onnx_ops(onnx.load_model_from_string(built.data), profile, "built model")
     return reference, built, choice, kind, calib
+
+
+def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: BuildOptions, ctx: PassContext, step: StepFn, choice: Choice, reduce_range: bool):
+    """(artifact, choice) under --quantize auto: see :mod:`edgeops.converters.quant_search`."""
+    import onnx
+
+    from edgeops.converters import quant_search
+    from edgeops.converters.runtime import OnnxRunner
+
+    q = profile.quantization
+    specs = OnnxRunner(reference.data, threads=1, label="original model").inputs
+    data = load_dataset(options.validation, specs, "validation", options.image) if options.validation else generated_dataset(specs, label="auto search")
+    feeds = data.batches(specs, limit=quant_search.SEARCH_FEEDS)
+    labels = data.label_batches(specs, limit=quant_search.SEARCH_FEEDS)
+    limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
+    validate = quant_search.validator(reference.data, feeds, labels, limits, _needs_vnni_emulation(profile, choice))
+
+    def quantize(spec, nodes, cache):
+        with step(f"static int8 quantization ({spec.label()})"):
+            return create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=spec.per_channel,
+                               calibration_method=spec.method, reduce_range=reduce_range, float_shallow_convs=profile.device.arch == "x86_64",
+                               nodes_to_exclude=nodes, calibration_cache=cache)(built, ctx)
+
+    result = quant_search.search(built, quantize, validate, options.calibration_method or q.calibration_method, q.per_channel, onnx.load_model_from_string(built.data))
+    ctx.report["quantization_attempts"] = [a.doc() for a in result.attempts]
+    ctx.log.extend(a.line() for a in result.attempts)
+    if result.passed:
+        if len(result.attempts) > 1:
+            choice = Choice(choice.scheme, f"{choice.reason}; the profile's int8 settings failed a parity gate, attempt {len(result.attempts)} "
+                            f"({result.attempts[-1].tried}) passes every gate")
+        return result.artifact, choice
+    tried = "; ".join(f"{a.tried}: {a.worst_gate}" for a in result.attempts)
+    ctx.log.append("auto: no int8 attempt passed the gates; float32 model kept (onnxruntime CPU runs float32)")
+    return built, Choice("none", f"{choice.reason}; but no static int8 attempt passed the parity gates ({tried}), so the float32 model ships")
 
 
 def _u8s8(profile) -> bool:

@@ -44,6 +44,8 @@ class StaticQuantOptions(PassOptions):
         f"{SHALLOW_CONV_DEPTH} in float32 (typically the first layer on a 1- or 3-channel image): onnxruntime's x86-64 int8 conv kernels are slower than fp32 there",
     )
     max_calibration_samples: int = Field(default=256, ge=1, le=100000, description="calibration feeds used at most")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="node names kept in float32 (e.g. the sensitive output heads `--quantize auto` excludes after a failed gate)")
+    calibration_cache: str | None = Field(default=None, description="onnxruntime calibration cache (JSON tensor ranges): written on first use, reused by later attempts with the same method")
 
 
 @register_pass
@@ -80,6 +82,7 @@ class QuantizeStatic(Pass):
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
         excluded = shallow_convs(model) if self.options.float_shallow_convs else []
+        excluded += [n for n in self.options.nodes_to_exclude if n not in excluded]
         with tempfile.TemporaryDirectory(prefix="edgeops-q-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
             src.write_bytes(model.SerializeToString())  # nodes named by shallow_convs
@@ -89,6 +92,7 @@ class QuantizeStatic(Pass):
                 calibrate_method=method[self.options.calibration_method],
                 calibration_providers=["CPUExecutionProvider"],
                 nodes_to_exclude=excluded,
+                calibration_cache_path=self.options.calibration_cache,
                 extra_options={"ActivationSymmetric": self.options.activation_type == "int8", "WeightSymmetric": True},
             )
             out = onnx.load(str(dst)).SerializeToString()
@@ -96,8 +100,11 @@ class QuantizeStatic(Pass):
             f"quantize-static: QDQ, activations {self.options.activation_type}, weights {self.options.weight_type} "
             f"{'per-channel' if self.options.per_channel else 'per-tensor'}, calibration {self.options.calibration_method} on {len(feeds)} feeds"
         )
-        if excluded:
-            ctx.log.append(f"quantize-static: kept float32 (too shallow for int8 kernels to pay off): {', '.join(excluded)}")
+        shallow = [n for n in excluded if n not in self.options.nodes_to_exclude]
+        if shallow:
+            ctx.log.append(f"quantize-static: kept float32 (too shallow for int8 kernels to pay off): {', '.join(shallow)}")
+        if self.options.nodes_to_exclude:
+            ctx.log.append(f"quantize-static: kept float32 (sensitive to int8): {', '.join(self.options.nodes_to_exclude)}")
         return Artifact("onnx", data=out)
 
 

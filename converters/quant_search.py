@@ -1,0 +1,232 @@
+"""`--quantize auto` on onnxruntime profiles: the static int8 model that passes every gate, or float.
+
+The profile's static int8 scheme (MinMax calibration, per-channel weights) is tried first. When
+it fails a parity gate, a bounded list of mitigations follows, all with onnxruntime's own
+quantization tool (``quantize_static``), none hand written:
+
+1. the profile's calibration method (or ``--calibration-method``);
+2. another calibration method: percentile (clips the rare outliers that stretch a MinMax range
+   and crush the resolution of everything else), or entropy when percentile was the first;
+3. the better of 1-2 with the sensitive nodes kept float32: the output-side heads (from each
+   graph output back through weightless ops such as Sigmoid/Softmax/Reshape to the Conv/MatMul/Gemm
+   feeding it) and the first Conv on each graph input, where int8 error is least diluted;
+4. the remaining calibration method with the same nodes kept float32.
+
+At most :data:`MAX_ATTEMPTS` quantizations; each calibration method calibrates once (its tensor
+ranges go to onnxruntime's ``calibration_cache_path`` and the later attempt with the same method
+reuses them). The first attempt passing every gate ships (the attempts go from most to least
+int8, and int8 is the fast path on the CPUs these profiles describe). When none passes, the
+float32 model ships (scheme "none": the profile's onnxruntime CPU target runs float32), with
+the reason. Every attempt, its gate values and why it was kept or rejected go to the build
+report (``quantization.attempts``) and the build output.
+
+``--quantize static-int8`` given explicitly runs attempt 1 only and fails its gates as before.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, is_classifier
+
+MAX_ATTEMPTS = 4
+SEARCH_FEEDS = 64  # validation feeds each attempt is compared on (the final validation uses them all)
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# Weightless ops a head may pass through between its last weighted node and the graph output.
+HEAD_OPS = {"Sigmoid", "Softmax", "LogSoftmax", "Relu", "Clip", "HardSigmoid", "HardSwish", "Tanh", "Reshape", "Transpose", "Flatten",
+            "Squeeze", "Unsqueeze", "Add", "Mul", "Div", "Sub", "Concat", "Resize", "GlobalAveragePool", "AveragePool", "MaxPool", "BatchNormalization",
+            "Identity", "Slice", "Split", "LeakyRelu", "PRelu"}
+HEAD_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """One quantization attempt: calibration method, weight granularity, nodes kept float32."""
+
+    method: str
+    per_channel: bool
+    exclude_sensitive: bool
+
+    def label(self) -> str:
+        return (f"static int8, {self.method} calibration, {'per-channel' if self.per_channel else 'per-tensor'} weights"
+                + (", sensitive nodes float32" if self.exclude_sensitive else ""))
+
+
+@dataclass
+class Attempt:
+    """What was tried and what came of it (one row of ``quantization.attempts`` in the report)."""
+
+    attempt: int
+    tried: str
+    method: str
+    per_channel: bool
+    nodes_float32: list[str]
+    gates: list[dict]
+    passed: bool
+    worst_gate: str = ""
+    verdict: str = ""
+    calibration: str = ""
+
+    def doc(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        values = ", ".join(f"{g['gate']} {g['value']}{'' if g['passed'] else ' FAIL'}" for g in self.gates if g["gate"] != "max_bundle_mb")
+        return f"auto attempt {self.attempt}: {self.tried} ({self.calibration}): {values or 'no parity gate'} -> {self.verdict}"
+
+
+@dataclass
+class SearchResult:
+    artifact: object
+    passed: bool
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def plan(first_method: str, per_channel: bool) -> list[AttemptSpec]:
+    """The bounded list of attempts after ``first_method`` fails (see the module docstring)."""
+    second = "entropy" if first_method == "percentile" else "percentile"
+    third = next(m for m in ("entropy", "minmax", "percentile") if m not in (first_method, second))
+    return [
+        AttemptSpec(first_method, per_channel, False),
+        AttemptSpec(second, per_channel, False),
+        AttemptSpec("", per_channel, True),  # method filled in: the better of the first two
+        AttemptSpec(third, per_channel, True),
+    ][:MAX_ATTEMPTS]
+
+
+def gate_margin(gates: list[dict]) -> float:
+    """How far the worst parity gate is from passing (higher is better; >= 0 passes)."""
+    margins = []
+    for g in gates:
+        if g["gate"] == "max_bundle_mb":
+            continue
+        if g["gate"] == "finite_outputs" or not isinstance(g["value"], (int, float)):
+            margins.append(-1e9)
+        elif g["gate"] == "max_accuracy_drop":
+            margins.append((g["limit"] - g["value"]) / 100.0)
+        else:
+            margins.append(g["value"] - g["limit"])
+    return min(margins, default=0.0)
+
+
+def worst_gate(gates: list[dict]) -> str:
+    failed = [g for g in gates if not g["passed"]]
+    if not failed:
+        return ""
+    g = min(failed, key=lambda g: gate_margin([g]))
+    return f"{g['gate']} {g['value']} vs {g['limit']}"
+
+
+def sensitive_nodes(model) -> list[str]:
+    """Nodes kept float32 by attempts 3-4: each output's head back to (and including) the weighted
+    node feeding it, and the first weighted Conv on each graph input. Unnamed nodes get the names
+    the quantize-static pass gives them (``{op_type}_{index}``)."""
+    producer = {}
+    consumers: dict[str, list] = {}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+        for out in node.output:
+            producer[out] = node
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    inits = {i.name for i in model.graph.initializer}
+    names: list[str] = []
+
+    def add(node):
+        if node.name not in names:
+            names.append(node.name)
+
+    for output in model.graph.output:
+        frontier, depth = [output.name], 0
+        while frontier and depth < HEAD_DEPTH:
+            depth += 1
+            nxt = []
+            for tensor in frontier:
+                node = producer.get(tensor)
+                if node is None:
+                    continue
+                if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits:
+                    add(node)  # the weighted node feeding the output: stop on this branch
+                elif node.op_type in HEAD_OPS:
+                    add(node)
+                    nxt.extend(i for i in node.input if i and i not in inits)
+            frontier = nxt
+    graph_inputs = {i.name for i in model.graph.input} - inits
+    for name in graph_inputs:
+        frontier, seen = [name], 0
+        while frontier and seen < HEAD_DEPTH:
+            seen += 1
+            nxt = []
+            hit = False
+            for tensor in frontier:
+                for node in consumers.get(tensor, []):
+                    if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
+                        add(node)
+                        hit = True
+                    else:
+                        nxt.extend(node.output)
+            frontier = [] if hit else nxt
+    return names
+
+
+def search(built, run_quantize, validate, first_method: str, per_channel: bool, model) -> SearchResult:
+    """Try :func:`plan`'s attempts in order until one passes every gate.
+
+    ``run_quantize(spec, nodes, cache)`` returns the quantized artifact; ``validate(artifact)``
+    returns its gate rows. Both are given by the pipeline (real onnxruntime)."""
+    specs = plan(first_method, per_channel)
+    attempts: list[Attempt] = []
+    nodes = sensitive_nodes(model)
+    calibrated: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="edgeops-calib-") as tmp:
+        for number, spec in enumerate(specs, start=1):
+            if spec.exclude_sensitive and not nodes:
+                continue
+            if not spec.method:
+                best = max(attempts, key=lambda a: gate_margin(a.gates))
+                spec = AttemptSpec(best.method, spec.per_channel, True)
+            cache = str(Path(tmp) / f"{spec.method}.json")
+            reused = spec.method in calibrated
+            calibrated.add(spec.method)
+            artifact = run_quantize(spec, nodes if spec.exclude_sensitive else [], cache)
+            gates = validate(artifact)
+            passed = all(g["passed"] for g in gates)
+            attempt = Attempt(number, spec.label(), spec.method, spec.per_channel, nodes if spec.exclude_sensitive else [], gates, passed,
+                              worst_gate=worst_gate(gates), calibration=f"{spec.method} ranges {'reused from the cache' if reused else 'calibrated'}")
+            attempts.append(attempt)
+            if passed:
+                attempt.verdict = "kept: passes every gate" + (" (the first int8 attempt that does)" if number > 1 else "")
+                return SearchResult(artifact, True, attempts)
+            attempt.verdict = f"rejected: {attempt.worst_gate}"
+    return SearchResult(built, False, attempts)
+
+
+def validator(reference_bytes: bytes, feeds, labels, limits: GateLimits, emulate_vnni: bool):
+    """``validate(artifact)`` for :func:`search`: both models in onnxruntime at 1 thread on ``feeds``."""
+    from edgeops.converters.runtime import OnnxRunner
+
+    ref = OnnxRunner(reference_bytes, threads=1, label="original model")
+    classifier = is_classifier(ref.outputs)
+    ref_cache: dict = {}
+
+    class CachedRef:  # the original's outputs are computed once for every attempt
+        inputs, outputs = ref.inputs, ref.outputs
+
+        def run(self, feed):
+            key = id(feed)
+            if key not in ref_cache:
+                ref_cache[key] = ref.run(feed)
+            return ref_cache[key]
+
+    def validate(artifact) -> list[dict]:
+        runner = OnnxRunner(artifact.data, threads=1, label="built model", optimize=not emulate_vnni)
+        try:
+            metrics, _ = compare_models(CachedRef(), runner, feeds, labels, classifier)
+        except ValueError as e:
+            return [{"gate": "outputs_match", "value": str(e), "limit": "same shapes", "unit": "", "passed": False}]
+        return evaluate_gates(metrics, len(artifact.data), limits)
+
+    return validate
