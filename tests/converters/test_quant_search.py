@@ -1,0 +1,134 @@
+"""`--quantize auto` on onnxruntime profiles: the bounded int8 attempts, their bookkeeping, and a real corpus model.
+
+The unit tests drive :func:`quant_search.search` with a quantize function that only records what it
+was asked for and a validate function returning gate rows, to pin the order, the bound, the
+reuse of calibration, the choice of the better method and the float fallback. The slow tests
+build a real third-party model (PP-OCRv4 detector) that the profile's plain static int8 fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeops.converters import quant_search
+
+
+def _gate(value, limit=0.98, name="min_cosine[y]"):
+    return {"gate": name, "value": value, "limit": limit, "unit": "", "passed": value >= limit}
+
+
+def _tiny_model():
+    """input -> Conv(first) -> Relu -> Conv -> Conv(head) -> Sigmoid -> output, unnamed nodes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = [numpy_helper.from_array(np.ones((4, c, 3, 3), np.float32), f"w{i}") for i, c in enumerate((3, 4, 4))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c", "w2"], ["d"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["d"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], initializer=w)
+    return onnx.helper.make_model(graph)
+
+
+def _run(values: dict[tuple[str, bool], float]):
+    """search() over _tiny_model with the worst cosine given per (method, sensitive nodes float32)."""
+    asked = []
+
+    def quantize(spec, nodes, cache):
+        asked.append((spec.method, tuple(nodes), Path(cache).name))
+        return (spec.method, bool(nodes))
+
+    def validate(artifact):
+        return [_gate(values[artifact]), {"gate": "max_bundle_mb", "value": 1.0, "limit": 10, "unit": "MB", "passed": True}]
+
+    return quant_search.search("float model", quantize, validate, "minmax", True, _tiny_model()), asked
+
+
+def test_the_first_attempt_that_passes_ships_and_later_ones_are_not_tried():
+    result, asked = _run({("minmax", False): 0.91, ("percentile", False): 0.985})
+    assert result.passed and result.artifact == ("percentile", False)
+    assert [a.method for a in result.attempts] == ["minmax", "percentile"] and len(asked) == 2
+    first, second = result.attempts
+    assert not first.passed and first.verdict == "rejected: min_cosine[y] 0.91 vs 0.98" and first.gates[0]["value"] == 0.91
+    assert second.passed and second.verdict.startswith("kept") and "0.985" in second.line()
+
+
+def test_sensitive_nodes_are_tried_with_the_better_method_reusing_its_calibration():
+    result, asked = _run({("minmax", False): 0.5, ("percentile", False): 0.95, ("percentile", True): 0.99})
+    assert result.passed and result.artifact == ("percentile", True)
+    assert [(m, bool(n), c) for m, n, c in asked] == [("minmax", False, "minmax.json"), ("percentile", False, "percentile.json"), ("percentile", True, "percentile.json")]
+    third = result.attempts[2]
+    assert third.calibration == "percentile ranges reused from the cache"
+    # the first Conv on the input, the head Conv and the Sigmoid after it; not the middle Conv
+    assert third.nodes_float32 == ["Sigmoid_4", "Conv_3", "Conv_0"]
+
+
+def test_nothing_passes_bounded_attempts_then_the_float_model():
+    result, asked = _run({("minmax", False): 0.3, ("percentile", False): 0.2, ("minmax", True): 0.6, ("entropy", True): 0.5})
+    assert not result.passed and result.artifact == "float model"
+    assert len(asked) == quant_search.MAX_ATTEMPTS == 4
+    assert [(a.method, bool(a.nodes_float32)) for a in result.attempts] == [("minmax", False), ("percentile", False), ("minmax", True), ("entropy", True)]
+    assert all(a.verdict.startswith("rejected: min_cosine[y]") for a in result.attempts)
+    assert all(set(a.doc()) >= {"attempt", "tried", "gates", "passed", "verdict", "nodes_float32"} for a in result.attempts)
+
+
+def test_plan_starts_from_the_given_method_and_never_repeats_one():
+    for first in ("minmax", "percentile", "entropy"):
+        specs = quant_search.plan(first, True)
+        assert specs[0].method == first and len(specs) <= quant_search.MAX_ATTEMPTS
+        methods = [s.method for s in specs if s.method]
+        assert len(set(methods[:2])) == 2 and methods[-1] not in methods[:2]
+
+
+def test_a_gate_that_could_not_be_measured_counts_as_the_worst():
+    rows = [{"gate": "outputs_match", "value": "shape differs", "limit": "same shapes", "passed": False}, _gate(0.99)]
+    assert quant_search.gate_margin(rows) < quant_search.gate_margin([_gate(0.1)])
+
+
+# --- a real corpus model ---------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _ppocr_det(tmp_path, quantize):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import corpus
+    finally:
+        sys.path.remove(str(BENCH))
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    entry = {e.name: e for e in corpus.ONNX_ENTRIES}["ppocrv4-det"]
+    data = corpus.write_data(entry, tmp_path, calibration=8, validation=4)
+    options = BuildOptions(model=str(corpus.fetch(entry)), profile="x86_64-avx512-vnni", name="det", version="1", output=str(tmp_path / "m.bundle"),
+                           quantize=quantize, calibration=str(data["calibration"]), validation=str(data["validation"]), latency_runs=5)
+    return build(options)
+
+
+@pytest.mark.slow
+def test_auto_mitigates_where_the_profiles_static_int8_fails(tmp_path):
+    """PP-OCRv4 det: MinMax static int8 misses the cosine gate; auto records that and ships a passing int8 attempt."""
+    result = _ppocr_det(tmp_path, "auto")
+    q = result.report["quantization"]
+    assert result.gates_passed and q["scheme"] == "static-int8"
+    first, *_, kept = q["attempts"]
+    assert first["method"] == "minmax" and not first["passed"] and first["verdict"].startswith("rejected: min_cosine")
+    assert kept["passed"] and kept["verdict"].startswith("kept") and len(q["attempts"]) <= quant_search.MAX_ATTEMPTS
+    assert any(line.startswith("auto attempt 1:") for line in result.report["passes"])
+
+
+@pytest.mark.slow
+def test_explicit_static_int8_still_fails_its_gates(tmp_path):
+    from edgeops.errors import GateFailedError
+
+    with pytest.raises(GateFailedError, match="min_cosine"):
+        _ppocr_det(tmp_path, "static-int8")
