@@ -201,6 +201,9 @@ def search(built, run_quantize, validate, first_method: str, per_channel: bool, 
                 attempt.verdict = "kept: passes every gate" + (" (the first int8 attempt that does)" if number > 1 else "")
                 return SearchResult(artifact, True, attempts)
             attempt.verdict = f"rejected: {attempt.worst_gate}"
+            if all(g["passed"] for g in gates if g["gate"] != "max_bundle_mb"):
+                attempt.verdict += " (not a parity gate: other calibrations or float32 nodes cannot help; no further attempt)"
+                break
     return SearchResult(built, False, attempts)
 
 

@@ -132,3 +132,18 @@ def test_explicit_static_int8_still_fails_its_gates(tmp_path):
 
     with pytest.raises(GateFailedError, match="min_cosine"):
         _ppocr_det(tmp_path, "static-int8")
+
+
+def test_a_failed_size_gate_alone_stops_the_search():
+    """Int8 attempts cannot shrink a bundle that is over the size budget: no further attempt, the float model (which then fails the same gate)."""
+    asked = []
+
+    def quantize(spec, nodes, cache):
+        asked.append(spec.method)
+        return spec.method
+
+    def validate(artifact):
+        return [_gate(0.999), {"gate": "max_bundle_mb", "value": 50.0, "limit": 10, "unit": "MB", "passed": False}]
+
+    result = quant_search.search("float model", quantize, validate, "minmax", True, _tiny_model())
+    assert not result.passed and asked == ["minmax"] and "not a parity gate" in result.attempts[0].verdict
