@@ -323,9 +323,11 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
     from edgeops.converters.runtime import OnnxRunner
 
     q = profile.quantization
-    specs = OnnxRunner(reference.data, threads=1, label="original model").inputs
+    ref_runner = OnnxRunner(reference.data, threads=1, label="original model")
+    specs = ref_runner.inputs
     data = load_dataset(options.validation, specs, "validation", options.image) if options.validation else generated_dataset(specs, label="auto search")
     feeds = data.batches(specs, limit=quant_search.SEARCH_FEEDS)
+    _trial_run(ref_runner, feeds, "validation", data)  # data the model cannot take: a DataError here, as in the final validation
     labels = data.label_batches(specs, limit=quant_search.SEARCH_FEEDS)
     limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
     validate = quant_search.validator(reference.data, feeds, labels, limits, _needs_vnni_emulation(profile, choice))
