@@ -44,15 +44,17 @@ class OpenVinoRuntime:
         config = {"INFERENCE_PRECISION_HINT": opts.get("inference_precision", "f32"), "PERFORMANCE_HINT": opts.get("performance_hint", "LATENCY")}
         if device == "CPU":
             config.update({"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1})
+        core = ov.Core()
         try:
-            core = ov.Core()
-            if device not in core.available_devices:
-                raise RuntimeLoadError(f"bundle {manifest.name} {manifest.version} runs on OpenVINO device {device}; this device has {core.available_devices}")
+            # compiled directly: listing core.available_devices first would load every plugin
+            # (the NPU one too), resident for nothing (bench/agent.py, part rss-openvino)
             self._compiled = core.compile_model(str(model_path), device, config)
-        except RuntimeLoadError:
-            raise
         except Exception as e:  # OpenVINO raises its own exception types; wrap at the boundary
-            raise RuntimeLoadError(f"{model_path}: OpenVINO cannot load the model: {e}") from e
+            try:
+                have = core.available_devices
+            except Exception:
+                have = "?"
+            raise RuntimeLoadError(f"{model_path}: OpenVINO cannot load the model on device {device} (this device has {have}): {e}") from e
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
         self._ports = list(self._compiled.outputs)
