@@ -338,7 +338,12 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
                                calibration_method=spec.method, reduce_range=reduce_range, float_shallow_convs=profile.device.arch == "x86_64",
                                nodes_to_exclude=nodes, calibration_cache=cache)(built, ctx)
 
-    result = quant_search.search(built, quantize, validate, options.calibration_method or q.calibration_method, q.per_channel, onnx.load_model_from_string(built.data))
+    def rank(artifact):  # the nodes the int8 model distorts most, by onnxruntime's qdq_loss_debug
+        with step("ranking int8 activation errors (qdq_loss_debug)"):
+            return quant_search.activation_error_nodes(built.data, artifact.data, feeds)
+
+    result = quant_search.search(built, quantize, validate, options.calibration_method or q.calibration_method, q.per_channel,
+                                 onnx.load_model_from_string(built.data), rank_nodes=rank)
     ctx.report["quantization_attempts"] = [a.doc() for a in result.attempts]
     ctx.log.extend(a.line() for a in result.attempts)
     if result.passed:

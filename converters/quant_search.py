@@ -9,7 +9,8 @@ quantization tool (``quantize_static``), none hand written:
    and crush the resolution of everything else), or entropy when percentile was the first;
 3. the better of 1-2 with the sensitive nodes kept float32: the output-side heads (from each
    graph output back through weightless ops such as Sigmoid/Softmax/Reshape to the Conv/MatMul/Gemm
-   feeding it) and the first Conv on each graph input, where int8 error is least diluted;
+   feeding it), the first Conv on each graph input, and the :data:`WORST_ACTIVATIONS` nodes whose
+   activations that better attempt quantizes worst (onnxruntime's ``qdq_loss_debug``, lowest SQNR);
 4. the remaining calibration method with the same nodes kept float32.
 
 At most :data:`MAX_ATTEMPTS` quantizations; each calibration method calibrates once (its tensor
@@ -39,6 +40,7 @@ HEAD_OPS = {"Sigmoid", "Softmax", "LogSoftmax", "Relu", "Clip", "HardSigmoid", "
             "Squeeze", "Unsqueeze", "Add", "Mul", "Div", "Sub", "Concat", "Resize", "GlobalAveragePool", "AveragePool", "MaxPool", "BatchNormalization",
             "Identity", "Slice", "Split", "LeakyRelu", "PRelu"}
 HEAD_DEPTH = 12
+ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu", "PRelu", "Tanh", "BatchNormalization"}
 
 
 @dataclass(frozen=True)
@@ -172,26 +174,32 @@ def sensitive_nodes(model) -> list[str]:
     return names
 
 
-def search(built, run_quantize, validate, first_method: str, per_channel: bool, model) -> SearchResult:
+def search(built, run_quantize, validate, first_method: str, per_channel: bool, model, rank_nodes=None) -> SearchResult:
     """Try :func:`plan`'s attempts in order until one passes every gate.
 
     ``run_quantize(spec, nodes, cache)`` returns the quantized artifact; ``validate(artifact)``
-    returns its gate rows. Both are given by the pipeline (real onnxruntime)."""
+    returns its gate rows; ``rank_nodes(artifact)`` (optional) names the nodes whose activations
+    the quantized artifact distorts most. All are given by the pipeline (real onnxruntime)."""
     specs = plan(first_method, per_channel)
     attempts: list[Attempt] = []
-    nodes = sensitive_nodes(model)
+    heads = sensitive_nodes(model)
+    nodes = list(heads)
+    artifacts = {}
     calibrated: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="edgeops-calib-") as tmp:
         for number, spec in enumerate(specs, start=1):
-            if spec.exclude_sensitive and not nodes:
+            if spec.exclude_sensitive and not nodes and rank_nodes is None:
                 continue
             if not spec.method:
                 best = max(attempts, key=lambda a: gate_margin(a.gates))
                 spec = AttemptSpec(best.method, spec.per_channel, True)
+                if rank_nodes is not None:
+                    nodes = heads + [n for n in rank_nodes(artifacts[best.attempt]) if n not in heads]
             cache = str(Path(tmp) / f"{spec.method}.json")
             reused = spec.method in calibrated
             calibrated.add(spec.method)
             artifact = run_quantize(spec, nodes if spec.exclude_sensitive else [], cache)
+            artifacts[number] = artifact
             gates = validate(artifact)
             passed = all(g["passed"] for g in gates)
             attempt = Attempt(number, spec.label(), spec.method, spec.per_channel, nodes if spec.exclude_sensitive else [], gates, passed,
@@ -233,3 +241,65 @@ def validator(reference_bytes: bytes, feeds, labels, limits: GateLimits, emulate
         return evaluate_gates(metrics, len(artifact.data), limits)
 
     return validate
+
+
+WORST_ACTIVATIONS = 8  # nodes kept float32 by attempts 3-4 besides the heads
+DEBUG_FEEDS = 4
+
+
+def activation_error_nodes(float_bytes: bytes, qdq_bytes: bytes, feeds, k: int = WORST_ACTIVATIONS) -> list[str]:
+    """The ``k`` float-model nodes whose output the int8 model quantizes worst: lowest
+    signal-to-quantization-noise ratio of the activation across its own QuantizeLinear/
+    DequantizeLinear pair, from onnxruntime's ``qdq_loss_debug`` (collect_activations,
+    create_activation_matching, compute_activation_error) on the first :data:`DEBUG_FEEDS` feeds.
+    Unnamed nodes get the names the quantize-static pass gives them."""
+    import math
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations, compute_activation_error, create_activation_matching, modify_model_output_intermediate_tensors)
+
+    float_model = onnx.load_model_from_string(float_bytes)
+    inits = {i.name for i in float_model.graph.initializer}
+    by_output = {}
+    for index, node in enumerate(float_model.graph.node):
+        for out in node.output:
+            by_output[out] = (node.name or f"{node.op_type}_{index}", node)
+    producer = {}
+    for tensor, (name, node) in by_output.items():
+        # An activation fused into the layer before it (Conv+Relu) has no int8 kernel of its own:
+        # the error is the layer's, so the layer is what stays float (with the activation).
+        group = [name]
+        while node.op_type in ACTIVATION_OPS and node.input and node.input[0] in by_output:
+            name, node = by_output[node.input[0]]
+            group.append(name)
+            if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits:
+                break
+        producer[tensor] = group
+    chosen = list(feeds[:DEBUG_FEEDS])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(chosen)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix="edgeops-qdq-debug-") as tmp:
+        paths = {}
+        for role, data in (("float", float_bytes), ("qdq", qdq_bytes)):
+            src, aug = Path(tmp) / f"{role}.onnx", Path(tmp) / f"{role}.aug.onnx"
+            src.write_bytes(data)
+            modify_model_output_intermediate_tensors(str(src), str(aug))
+            paths[role] = str(aug)
+        float_acts = collect_activations(paths["float"], Reader(), execution_providers=["CPUExecutionProvider"])
+        qdq_acts = collect_activations(paths["qdq"], Reader(), execution_providers=["CPUExecutionProvider"])
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    ranked = sorted((e["qdq_err"], t) for t, e in errors.items() if t in producer and math.isfinite(e.get("qdq_err", math.inf)))
+    names: list[str] = []
+    for _, tensor in ranked:
+        names.extend(n for n in producer[tensor] if n not in names)
+        if len(names) >= k:
+            break
+    return names
