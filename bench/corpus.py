@@ -36,7 +36,7 @@ import subprocess
 import sys
 import zipfile
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np

@@ -141,7 +141,6 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     timed side by side at the profile's threads; the fastest that passes every gate wins.
     Returns (built, choice, precision, reason). The measured table goes to ``ctx.measurements``
     (printed and in --json, kept out of the bundle like all host latency)."""
-    from edgeops.converters.passes.openvino import IrModel
 
     precision, why = choose_precision(profile, built, ref_runner, feeds, labels, classifier, limits, built.module.size, ctx)
     if options.quantize != "auto" or choice.scheme != "static-int8" or built.module.source_onnx is None:

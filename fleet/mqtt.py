@@ -131,7 +131,6 @@ class ConsoleMqtt:
 
     def start(self, timeout: float = 15.0) -> "ConsoleMqtt":
         """Connect (choosing the protocol) and start the network thread."""
-        import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 

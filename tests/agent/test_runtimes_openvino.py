@@ -16,7 +16,7 @@ import pytest
 from edgeops.agent.config import SelfTestConfig
 from edgeops.agent.runtimes import check_runtime_installed, load_runtime
 from edgeops.agent.selftest import load_golden, run_self_test
-from edgeops.bundle import Manifest, extract_bundle
+from edgeops.bundle import extract_bundle
 from edgeops.golden import compare_outputs
 
 ROOT = Path(__file__).resolve().parents[2]

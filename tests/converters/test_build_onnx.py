@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 
 from edgeops.bundle import read_bundle
 from edgeops.golden import GoldenVectors, compare_outputs

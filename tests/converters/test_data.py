@@ -138,7 +138,6 @@ def test_generated_inputs_refuse_what_cannot_be_guessed_naming_the_input():
 
 
 def test_data_fixes_the_open_dims_it_agrees_on(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     from edgeops.converters.graph import graph_inputs

@@ -98,7 +98,6 @@ def test_hugging_face_onnx_export_builds_for_arm64_litert_and_passes_the_agent_s
 
 def test_the_parity_check_refuses_a_tflite_that_computes_something_else(hf_mobilenet):
     """The converter's output is verified, not trusted: a .tflite of other weights is refused."""
-    import onnx
     from onnx import numpy_helper
 
     from edgeops.converters.errors import ConversionMismatchError

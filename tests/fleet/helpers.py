@@ -10,7 +10,9 @@ from edgeops.protocol import DeviceEvent, DeviceState, EventKind, TelemetryBatch
 
 def state(device, active=None, online=True, previous=None, ts=None, **kw) -> tuple[str, bytes]:
     """(topic, payload) of a DeviceState."""
-    ref = (lambda v: VersionRef(name=v.split("@")[0], version=v.split("@")[1]) if v else None)
+    def ref(v):
+        return VersionRef(name=v.split("@")[0], version=v.split("@")[1]) if v else None
+
     msg = DeviceState(device_id=device, online=online, active=ref(active), previous=ref(previous), ts=ts or time.time(), **kw)
     return state_topic(device), msg.to_json().encode()
 

@@ -10,7 +10,7 @@ import pytest
 from edgeops.agent.config import SelfTestConfig
 from edgeops.agent.runtimes import InferenceError
 from edgeops.agent.selftest import run_self_test
-from edgeops.bundle import extract_bundle, read_bundle
+from edgeops.bundle import extract_bundle
 from edgeops.fleet.simulator.faults import parse_faults
 from edgeops.fleet.simulator.runtime import SharedModels
 from tests.support.bundles import write_test_bundle
