@@ -36,7 +36,7 @@ def _tiny_model():
     ]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], initializer=w)
-    return onnx.helper.make_model(graph)
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _run(values: dict[tuple[str, bool], float]):
@@ -92,6 +92,72 @@ def test_plan_starts_from_the_given_method_and_never_repeats_one():
 def test_a_gate_that_could_not_be_measured_counts_as_the_worst():
     rows = [{"gate": "outputs_match", "value": "shape differs", "limit": "same shapes", "passed": False}, _gate(0.99)]
     assert quant_search.gate_margin(rows) < quant_search.gate_margin([_gate(0.1)])
+
+
+def test_attempts_3_and_4_add_the_ranked_nodes_of_the_better_attempt_to_the_heads():
+    ranked_from = []
+
+    def quantize(spec, nodes, cache):
+        return (spec.method, tuple(nodes))
+
+    def validate(artifact):
+        return [_gate({"minmax": 0.5, "percentile": 0.9}[artifact[0]] if not artifact[1] else 0.97)]
+
+    def rank(artifact):
+        ranked_from.append(artifact)
+        return ["Conv_2", "Conv_0"]
+
+    result = quant_search.search("float", quantize, validate, "minmax", True, _tiny_model(), rank_nodes=rank)
+    assert ranked_from == [("percentile", ())]  # ranked once, on the better of attempts 1-2
+    assert result.attempts[2].nodes_float32 == ["Sigmoid_4", "Conv_3", "Conv_0", "Conv_2"] == result.attempts[3].nodes_float32
+    assert not result.passed and len(result.attempts) == 4
+
+
+def test_activation_error_nodes_names_float_model_nodes_from_qdq_loss_debug(tmp_path):
+    """Real onnxruntime: quantize the tiny model, rank its layers; names are the float model's (unnamed nodes named as the pass names them)."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    model = _tiny_model()
+    feeds = [{"x": np.random.default_rng(i).normal(size=(1, 3, 8, 8)).astype(np.float32)} for i in range(4)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    src.write_bytes(model.SerializeToString())
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ)
+    names = quant_search.activation_error_nodes(src.read_bytes(), dst.read_bytes(), feeds, k=2)
+    assert names and set(names) <= {"Conv_0", "Relu_1", "Conv_2", "Conv_3", "Sigmoid_4"}
+    if "Relu_1" in names:  # a fused activation counts for its layer
+        assert "Conv_0" in names
+
+
+def test_auto_on_the_digits_cnn_ships_the_profiles_int8_model_after_one_attempt(cnn_files, tmp_path, capsys):
+    """Where the profile's int8 passes, auto makes one attempt and ships exactly what --quantize static-int8 builds."""
+    import json
+
+    from edgeops.bundle import read_bundle
+
+    from .conftest import run_cli
+
+    def build(out, *extra):
+        args = ["build", cnn_files["onnx"], "--profile", "x86_64-avx512-vnni", "--name", "digits-cnn", "--version", "1.0.0",
+                "--calibration", cnn_files["calibration"], "--validation", cnn_files["validation"], "-o", str(out), *extra]
+        code, stdout, stderr = run_cli(args, capsys)
+        assert code == 0, stderr
+        return stdout
+
+    doc = json.loads(build(tmp_path / "auto.bundle", "--json"))
+    (attempt,) = doc["report"]["quantization"]["attempts"]
+    assert attempt["passed"] and attempt["method"] == "minmax" and attempt["verdict"] == "kept: passes every gate"
+    build(tmp_path / "static.bundle", "--quantize", "static-int8")
+    model = "model/model.onnx"
+    assert read_bundle(tmp_path / "auto.bundle").files[model] == read_bundle(tmp_path / "static.bundle").files[model]
 
 
 # --- a real corpus model ---------------------------------------------------------------------
