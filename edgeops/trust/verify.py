@@ -30,12 +30,15 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 
 from edgeops.bundle import DEFAULT_MAX_TOTAL_BYTES, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, _check_member_name
 from edgeops.errors import BundleError
 from edgeops.trust import errors
 from edgeops.trust.targets import TargetRecord, target_path
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 BLOCK = 512
 READ_BYTES = 4 << 20
@@ -95,7 +98,7 @@ class FolderSink:
 class MemorySink:
     """Collects the members in memory (``files``: name -> bytes), for inspect and small bundles."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self._name = ""
         self._buf = bytearray()
@@ -141,7 +144,7 @@ class BundleScanner:
         self._name: str | None = None
         self._remaining = 0  # data bytes left in the current member
         self._padding = 0  # padding bytes left after it
-        self._hasher = None
+        self._hasher: HASH | None = None  # of the current member (not of the manifest)
         self._manifest_buf: bytearray | None = None
         self.manifest: Manifest | None = None
         self.manifest_sha256 = ""
@@ -189,6 +192,7 @@ class BundleScanner:
         if self._manifest_buf is not None:
             self._manifest_buf += data
         else:
+            assert self._hasher is not None  # set by _on_header for every member after the manifest
             self._hasher.update(data)
             if self.sink is not None:
                 self.sink.write(data)
@@ -256,6 +260,8 @@ class BundleScanner:
             if self.on_manifest is not None:
                 self.on_manifest(self.manifest)
             return
+        # a member after the manifest: _on_header set all three
+        assert self.manifest is not None and self._name is not None and self._hasher is not None
         entry = self.manifest.files[self._name]
         if self._hasher.hexdigest() != entry.sha256:
             raise self._fail(f"sha256 of {self._name!r} does not match the manifest (tampered or corrupt)")
@@ -288,7 +294,7 @@ class BundleVerdict:
     length: int
     target: TargetRecord | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form for ``--json`` output."""
         m = self.manifest
         return {

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import FAILED_ASSIGNMENT, FINAL_ASSIGNMENT, AssignmentStatus
@@ -93,6 +93,7 @@ class WaveStats:
 
 GateFn = Callable[[WaveStats, RolloutSettings], "Verdict | None"]
 InputFn = Callable[[Any], dict[str, Any]]  # (edgeops.fleet.rollouts.inputs.WaveSource) -> values
+_Input = TypeVar("_Input", bound=InputFn)
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,10 @@ def gate(name: str, reads: tuple[str, ...] = (), when: Callable[[RolloutSettings
     return deco
 
 
-def wave_input(name: str) -> Callable[[InputFn], InputFn]:
+def wave_input(name: str) -> Callable[[_Input], _Input]:
     """Register a provider of gate inputs under ``name`` (what a gate lists in ``reads``)."""
 
-    def deco(fn: InputFn) -> InputFn:
+    def deco(fn: _Input) -> _Input:
         INPUTS[name] = fn
         return fn
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from edgeops.fleet.db import Database
 from edgeops.fleet.rollouts import queries
 from edgeops.fleet.rollouts.gates import wave_input
-from edgeops.fleet.rollouts.records import Rollout, Wave
+from edgeops.fleet.rollouts.records import LatencyBaseline, Rollout, Wave
 from edgeops.fleet.targets import published_versions
 
 BASELINE_WINDOW_S = 3600.0  # old-version telemetry this long before the rollout counts as baseline
@@ -38,7 +38,7 @@ class WaveSource:
     wave: Wave
     started: float  # when the wave began (``now`` if it has no start time)
     now: float
-    targets: Callable[[], dict]  # the repository's signed targets (edgeops.fleet.targets.list_targets)
+    targets: Callable[[], dict[str, Any]]  # the repository's signed targets (edgeops.fleet.targets.list_targets)
     memo: dict[str, tuple[float, Any]] = field(default_factory=dict)  # per rollout, kept across ticks
 
     def cached(self, key: str, ttl_s: float, compute: Callable[[], Any]) -> Any:
@@ -76,7 +76,7 @@ def baseline(src: WaveSource) -> dict[str, Any]:
     selection, or a version string no one published, cannot move the baseline.
     """
 
-    def compute():
+    def compute() -> LatencyBaseline:
         r = src.rollout
         old = sorted(v for n, v in published_versions(src.targets()) if n == r.bundle_name and v != r.bundle_version)
         members = queries.cohort(src.db, src.conn, r.settings.selector) if old else set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -25,7 +26,7 @@ class UnknownRolloutError(FleetError):
     """No rollout with that id."""
 
 
-def literal_statuses(statuses: Iterable) -> list:
+def literal_statuses(statuses: Iterable[str]) -> list[sa.ColumnClause[Any]]:
     """Assignment statuses as SQL literals (not bind parameters: the statement works with executemany)."""
     return [sa.literal_column(f"'{A(s).value}'") for s in statuses]
 
@@ -70,7 +71,8 @@ def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     """Telemetry of wave ``idx``'s devices on the rollout's version, received since ``since`` (less 1 s)."""
     a, tel = db.t.assignments, db.t.telemetry
     members = sa.select(a.c.device_id).where(a.c.rollout_id == rollout.id, a.c.wave_idx == idx).scalar_subquery()
-    inferences, errors, nans, p95w, p95n, p95c, agree, agree_n = conn.execute(
+    # an aggregate without GROUP BY: always exactly one row
+    inferences, errors, nans, p95w, p95n, p95c, agree, agree_n = tuple(conn.execute(
         sa.select(
             float_sum(tel.c.inference_count),
             float_sum(tel.c.error_count),
@@ -86,7 +88,7 @@ def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
             # the console's receive clock, never the device's own ts_end (issue 13)
             tel.c.received_at >= since - 1.0,
         )
-    ).first()
+    ).one())
     return WaveTelemetry(
         inferences=int(inferences or 0),
         errors=int(errors or 0),
@@ -114,7 +116,8 @@ def latency_baseline(db: Database, conn: Connection, rollout: Rollout, old_versi
         .where(tel.c.version_name == rollout.bundle_name, tel.c.version_version.in_(old_versions), tel.c.received_at >= since)
         .group_by(tel.c.device_id)
     )
-    for device_id, w, n, c in per_device:
+    for row in per_device:
+        device_id, w, n, c = tuple(row)
         if device_id in cohort:
             weighted, weight, count = weighted + float(w or 0), weight + float(n or 0), count + float(c or 0)
     return LatencyBaseline(weighted, weight, int(count))
@@ -124,9 +127,9 @@ class _Tags:
     """Fleets share a few tag sets: parse each text once."""
 
     def __init__(self) -> None:
-        self._parsed: dict[str, dict] = {}
+        self._parsed: dict[str, dict[str, Any]] = {}
 
-    def __call__(self, text: str | None) -> dict:
+    def __call__(self, text: str | None) -> dict[str, Any]:
         key = text or "{}"
         if key not in self._parsed:
             self._parsed[key] = json.loads(key)
@@ -145,7 +148,7 @@ def cohort(db: Database, conn: Connection, selector: Selector) -> set[str]:
     return {device_id for device_id, profile, text in conn.execute(q) if selector.matches(device_id, profile, tags(text))}
 
 
-def matching_devices_for_update(db: Database, conn: Connection, selector: Selector) -> list:
+def matching_devices_for_update(db: Database, conn: Connection, selector: Selector) -> list[Any]:
     """Rows (id, profile, active_name, active_version) of every device the selector matches.
 
     FOR UPDATE (PostgreSQL): one replica at a time decides which devices join a rollout.
@@ -173,13 +176,13 @@ def devices_busy_elsewhere(db: Database, conn: Connection, rollout_id: str) -> s
     return {row[0] for row in conn.execute(q)}
 
 
-def device_signature(db: Database, conn: Connection) -> tuple:
+def device_signature(db: Database, conn: Connection) -> tuple[Any, ...]:
     """(count, newest ``enrolled_at``) of the device table: changes when a device enrols."""
     d = db.t.devices
-    return tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(d.c.enrolled_at))).first())
+    return tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(d.c.enrolled_at))).one())
 
 
-def unpublished_assignments(db: Database, conn: Connection, rollout_id: str) -> tuple[list, list]:
+def unpublished_assignments(db: Database, conn: Connection, rollout_id: str) -> tuple[list[Any], list[Any]]:
     """(assign commands still ``pending``, rollback orders decided but not sent) of a rollout."""
     a = db.t.assignments
     pending = conn.execute(sa.select(a).where(a.c.rollout_id == rollout_id, a.c.status == A.PENDING.value)).all()

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import RolloutStatus, WaveStatus
 
 
-def _from_row(cls, m: Any, **parsed: Any):
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Record = TypeVar("_Record", bound="DataclassInstance")
+
+
+def _from_row(cls: type[_Record], m: Any, **parsed: Any) -> _Record:
     """A record from a row mapping: every field by its column name, ``parsed`` ones as given."""
     return cls(**{f.name: m[f.name] for f in fields(cls) if f.name not in parsed}, **parsed)
 
@@ -69,7 +75,7 @@ class Wave:
     started_at: float | None
     finished_at: float | None
     reason: str
-    gates: list[dict] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, m: Any) -> "Wave":
