@@ -14,7 +14,8 @@ compromised or careless console cannot push devices back to an old, vulnerable m
 way RAUC and Uptane use a monotonic counter). Raise the floor on *commit*, not on install,
 so that the agent can still fall back to the previous committed version during probation.
 
-Errors are those of :mod:`edgeops.trust.errors`; python-tuf's exceptions are wrapped here.
+Errors are those of :mod:`edgeops.trust.errors`. python-tuf is reached only through
+:mod:`edgeops.trust.tuf_adapter` (its private parts and the mapping of its exceptions).
 """
 
 from __future__ import annotations
@@ -27,12 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tuf.api import exceptions as tuf_exc
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
-
 from edgeops.trust import errors
 from edgeops.trust.floor import ReleaseFloor
-from edgeops.trust.fsutil import atomic_write
 from edgeops.trust.targets import (
     BUNDLE_SUFFIX,
     COMMAND_KEYS_FIELD,
@@ -45,6 +42,19 @@ from edgeops.trust.targets import (
     target_record,
 )
 from edgeops.trust.transport import RepositoryTransport
+from edgeops.trust.tuf_adapter import (
+    TUF_FAILURES,
+    DurableUpdater,
+    FetcherInterface,
+    Metadata,
+    UpdaterConfig,
+    set_reference_time,
+    translate_tuf_error,
+    trusted_root,
+    trusted_targets,
+    trusted_versions,
+    tuf_exc,
+)
 
 __all__ = ["BUNDLE_SUFFIX", "COMMAND_KEYS_FIELD", "ReleaseFloor", "TargetRecord", "TrustClient", "target_file_path", "target_path"]
 
@@ -146,8 +156,6 @@ def check_no_bad_signatures(data: bytes, source: str, trusted_root) -> None:
     of the trusted root (for a new root, also its own root keys, as rotation signs with both).
     Raises SignatureError / MalformedMetadataError.
     """
-    from tuf.api.metadata import Metadata
-
     try:
         md = Metadata.from_bytes(data)
     except Exception as e:  # noqa: BLE001 - tuf raises DeserializationError wrapping anything
@@ -173,62 +181,6 @@ def check_no_bad_signatures(data: bytes, source: str, trusted_root) -> None:
             key.verify_signature(sig, payload)
         except Exception as e:  # noqa: BLE001 - securesystemslib raises several types
             raise errors.SignatureError(f"{source}: signature by trusted {role} key {keyid[:12]} does not verify (altered file)") from e
-
-
-class _Updater(Updater):
-    """ngclient Updater whose metadata cache writes are durable (fsync before os.replace)."""
-
-    def _persist_file(self, filename: str, data: bytes) -> None:
-        atomic_write(filename, data)
-
-
-_SIGNED_BY = re.compile(r"signed by (\d+)/(\d+) keys")
-
-
-def translate_tuf_error(e: BaseException, context: str) -> errors.TrustError:
-    """Map a python-tuf (or transport) exception to the edgeops trust error tree."""
-    cause: BaseException | None = e
-    while cause is not None:
-        # A typed error raised by our own transport or code travels through ngclient unchanged.
-        if isinstance(cause, errors.TrustError) and not isinstance(cause, errors.NotFoundError):
-            return type(cause)(f"{context}: {cause}")
-        cause = cause.__cause__
-    msg = f"{context}: {e}"
-    if isinstance(e, tuf_exc.DownloadLengthMismatchError):
-        return errors.LengthError(msg)
-    if isinstance(e, tuf_exc.DownloadHTTPError):
-        if e.status_code in (403, 404):
-            return errors.NotFoundError(msg)
-        return errors.RepositoryUnavailableError(msg)
-    if isinstance(e, tuf_exc.DownloadError):
-        return errors.RepositoryUnavailableError(msg)
-    if isinstance(e, tuf_exc.ExpiredMetadataError):
-        return errors.ExpiredError(msg + " (the repository must re-sign it: `edgeops repo refresh`)")
-    if isinstance(e, tuf_exc.BadVersionNumberError):
-        text = str(e)
-        # Versions that disagree with what the parent role names are mix-and-match; a version
-        # lower than one already trusted is a rollback.
-        if re.search(r"Expected (snapshot|targets|[\w.-]+) v\d+, got|Expected snapshot version", text):
-            return errors.MixAndMatchError(msg)
-        return errors.RollbackError(msg)
-    if isinstance(e, tuf_exc.UnsignedMetadataError):
-        m = _SIGNED_BY.search(str(e))
-        if m and int(m.group(1)) > 0:
-            return errors.ThresholdError(msg)
-        return errors.SignatureError(msg)
-    if isinstance(e, tuf_exc.LengthOrHashMismatchError):
-        return errors.MixAndMatchError(msg + " (does not match the length/hash its parent role declares)")
-    if isinstance(e, tuf_exc.RepositoryError):
-        if "missing info" in str(e):
-            return errors.RollbackError(msg)
-        return errors.MalformedMetadataError(msg)
-    if isinstance(e, OSError):
-        return errors.TrustError(f"{context}: cannot write the metadata cache: {e}")
-    return errors.MalformedMetadataError(msg)
-
-
-# What ngclient (and the parsers below it) may raise on hostile input; anything else is a bug.
-_TUF_FAILURES = (tuf_exc.RepositoryError, tuf_exc.DownloadError, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, UnicodeError)
 
 
 class TrustClient:
@@ -265,15 +217,15 @@ class TrustClient:
             except OSError as e:
                 raise errors.KeyFileError(f"{root}: cannot read trusted root ({e.strerror or e})") from e
         self._bootstrap = root
-        self._updater: _Updater | None = None
+        self._updater: DurableUpdater | None = None
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         if root is None and not (self.metadata_dir / "root.json").exists():
             raise errors.KeyFileError(f"{self.metadata_dir}: no root.json cached and no trusted root given; provision the device with the repository's root.json")
 
-    def _new_updater(self) -> _Updater:
+    def _new_updater(self) -> DurableUpdater:
         fetcher = _TransportFetcher(self.transport)
         try:
-            updater = _Updater(
+            updater = DurableUpdater(
                 str(self.metadata_dir),
                 METADATA_PREFIX,
                 None,
@@ -282,12 +234,12 @@ class TrustClient:
                 config=self.config,
                 bootstrap=self._bootstrap,
             )
-        except _TUF_FAILURES as e:
+        except TUF_FAILURES as e:
             raise translate_tuf_error(e, f"{self.metadata_dir}: trusted root") from e
-        fetcher.trusted_root = lambda: updater._trusted_set.root
+        fetcher.trusted_root = lambda: trusted_root(updater)
         if self.clock is not None:
             # ngclient takes its reference time once at construction; a frozen clock replaces it.
-            updater._trusted_set.reference_time = self.clock().astimezone(timezone.utc)
+            set_reference_time(updater, self.clock().astimezone(timezone.utc))
         return updater
 
     def refresh(self) -> None:
@@ -299,12 +251,12 @@ class TrustClient:
         updater = self._new_updater()
         try:
             updater.refresh()
-        except _TUF_FAILURES as e:
+        except TUF_FAILURES as e:
             self._updater = None
             raise translate_tuf_error(e, "repository metadata") from e
         self._updater = updater
 
-    def _ready(self) -> _Updater:
+    def _ready(self) -> DurableUpdater:
         if self._updater is None:
             self.refresh()
         assert self._updater is not None  # refresh() sets it or raises
@@ -312,15 +264,14 @@ class TrustClient:
 
     def trusted_versions(self) -> dict[str, int]:
         """Versions of the trusted top-level metadata after the last refresh."""
-        ts = self._ready()._trusted_set
-        return {role: ts[role].version for role in ("root", "timestamp", "snapshot", "targets") if role in ts}
+        return trusted_versions(self._ready())
 
     def get_target(self, name: str) -> TargetRecord:
         """The signed record of target path ``name``; UnknownTargetError when it is not listed."""
         updater = self._ready()
         try:
             info = updater.get_targetinfo(name)
-        except _TUF_FAILURES as e:
+        except TUF_FAILURES as e:
             raise translate_tuf_error(e, f"target {name}") from e
         if info is None:
             raise errors.UnknownTargetError(f"the repository's signed targets do not list {name!r}")
@@ -332,7 +283,7 @@ class TrustClient:
 
     def root_field(self, name: str) -> Any:
         """A field the trusted root.json signs beyond the TUF spec (e.g. :data:`COMMAND_KEYS_FIELD`), or None."""
-        return self._ready()._trusted_set.root.unrecognized_fields.get(name)
+        return trusted_root(self._ready()).unrecognized_fields.get(name)
 
     def command_keys(self) -> list:
         """The console's command-signing public keys, as signed into the trusted root.json.
@@ -342,7 +293,7 @@ class TrustClient:
         """
         from securesystemslib.signer import SSlibKey
 
-        root = self._ready()._trusted_set.root
+        root = trusted_root(self._ready())
         field_value = root.unrecognized_fields.get(COMMAND_KEYS_FIELD, {})
         try:
             return [SSlibKey.from_dict(keyid, dict(d)) for keyid, d in field_value.items()]
@@ -351,7 +302,7 @@ class TrustClient:
 
     def targets(self) -> list[TargetRecord]:
         """Every target the top-level targets role signs."""
-        targets = self._ready()._trusted_set.targets
+        targets = trusted_targets(self._ready())
         return [target_record(t.path, t.length, t.hashes, t.unrecognized_fields.get("custom", {})) for t in targets.targets.values()]
 
     def download_target(self, record: TargetRecord, dest: str | Path) -> Path:

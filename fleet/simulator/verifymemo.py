@@ -157,7 +157,7 @@ def install() -> dict[str, Memo]:
     with _install_lock:
         if _installed:
             return _installed
-        from securesystemslib.signer._key import SSlibKey
+        from securesystemslib.signer import SSlibKey
 
         import edgeops.trust.client as client
 
