@@ -7,7 +7,6 @@ version range these hold for is pinned in pyproject.toml.
 """
 from __future__ import annotations
 
-import tomllib
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -18,6 +17,11 @@ from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, MetaFile, Root, Targets
 
 from edgeops.trust import tuf_adapter
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (pyproject installs tomli there)
+    import tomli as tomllib
 from edgeops.trust.client import TrustClient
 from edgeops.trust.targets import METADATA_PREFIX, TARGETS_PREFIX
 from edgeops.trust.transport import DirectoryTransport
