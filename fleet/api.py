@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import ipaddress
 import logging
 import re
 import ssl
@@ -43,6 +42,7 @@ from edgeops import __version__
 from edgeops.errors import ConfigError, FleetError, IllegalTransitionError
 from edgeops.fleet import commands, registry
 from edgeops.fleet.api_input import MAX_BODY_BYTES, MAX_TEXT, OFFSET, TEXT_PATTERN, Param, RequestError, limit_param, parse_json_body, valid_device_id, valid_text
+from edgeops.fleet.hosts import is_loopback
 from edgeops.fleet.rollouts import service
 from edgeops.fleet.rollouts.settings import BUNDLE_REF_PATTERN, RolloutRequest, RolloutSettingsError, parse_request
 from edgeops.fleet.rollouts.status import ACTION_FROM, RolloutStatus
@@ -464,15 +464,6 @@ def server_ssl_context(config) -> "ssl.SSLContext | None":
     return ctx
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ApiServer:
     """Runs the aiohttp app on its own thread and event loop."""
 
@@ -494,7 +485,7 @@ class ApiServer:
 
     def start(self, timeout: float = 15.0) -> "ApiServer":
         """Start serving; returns once the socket listens."""
-        if self.ssl_context is None and not _loopback(self.host):
+        if self.ssl_context is None and not is_loopback(self.host):
             log.warning("api.bind %s:%s serves plain http beyond this host: bearer tokens cross the network in clear; set api.cert_file/key_file (edgeops fleet api-cert)", self.host, self.port)
         self._thread = threading.Thread(target=self._run, name="edgeops-api", daemon=True)
         self._thread.start()

@@ -21,11 +21,11 @@ for. The console's side of that bargain is checkable from fleet.toml alone, and
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from edgeops.errors import ConfigError
 from edgeops.fleet.config import BrokerConfig
+from edgeops.fleet.hosts import is_loopback
 
 
 def certificate_identity(cert_file: str | Path) -> str:
@@ -44,15 +44,6 @@ def certificate_identity(cert_file: str | Path) -> str:
     return str(names[0].value)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def console_identity(cfg: BrokerConfig) -> str | None:
     """The user the broker knows the console by (certificate CN or username); None when anonymous."""
     cn = certificate_identity(cfg.cert_file) if cfg.cert_file else None
@@ -68,7 +59,7 @@ def check_console_identity(cfg: BrokerConfig, source: str = "fleet.toml") -> Non
     """Refuse a broker config that would let a device take the console's client id (ConfigError)."""
     identity = console_identity(cfg)
     if identity is None:
-        if not _loopback(cfg.host) and not cfg.allow_anonymous_broker:
+        if not is_loopback(cfg.host) and not cfg.allow_anonymous_broker:
             raise ConfigError(
                 f"{source} [broker]: the broker at {cfg.url} is reached without a username or client certificate, so any client "
                 f"there can connect as {cfg.client_id!r} and take over the console's session; set broker.username/password "
