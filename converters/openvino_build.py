@@ -46,7 +46,7 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
     else:
         reference = Artifact("onnx", data=source.data)
         label = str(source.path)
-    reference, prepared, model = _intake(reference, source, profile, options, ctx, step, label)
+    reference, prepared, model = p._onnx_intake(reference, source, profile, options, ctx, step, label)
     checks.check_onnx_opset(model, profile, label)
     checks.check_onnx_ops(model, profile, label)
     specs = graph_inputs(model)
@@ -69,36 +69,6 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
         with step("int8 quantization (NNCF)"):
             built = create_pass("quantize-openvino", transformer=kind.kind in ("transformer", "linear"))(built, ctx)
     return reference, built, choice, kind, calib
-
-
-def _intake(reference: Artifact, source, profile, options, ctx: PassContext, step, label: str):
-    """(reference, prepared, ModelProto): the ONNX intake of the onnxruntime path: input shapes fixed
-    (--input-shape, then the data), and for a user's ONNX file operators, opset conversion and
-    normalization (converters/intake.py)."""
-    import onnx
-
-    from edgeops.converters import pipeline as p
-    from edgeops.converters.graph import set_input_shapes
-    from edgeops.converters.intake import prepare_onnx
-    from edgeops.converters.shapes import fix_dims_from_data
-
-    model = onnx.load_model_from_string(reference.data)
-    if options.input_shapes:
-        try:
-            set_input_shapes(model, options.input_shapes)
-        except KeyError as e:
-            raise ConfigError(f"--input-shape names input {e}, the model's inputs are {', '.join(s.name for s in graph_inputs(model))}") from e
-        except ValueError as e:
-            raise ConfigError(f"--input-shape: {e}") from e
-        reference = Artifact("onnx", data=model.SerializeToString())
-    notes = fix_dims_from_data(model, graph_inputs(model), p._given_datasets(options, graph_inputs(model)), fix_batch=profile.constraints.static_shapes)
-    if notes:
-        ctx.log.extend(notes)
-        reference = Artifact("onnx", data=model.SerializeToString())
-    prepared = reference
-    if source.family == "onnx":
-        prepared, model = prepare_onnx(reference, profile, ctx, step, label)
-    return reference, prepared, model
 
 
 def host_has_bf16() -> bool:
