@@ -332,18 +332,29 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
     limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
     validate = quant_search.validator(reference.data, feeds, labels, limits, _needs_vnni_emulation(profile, choice))
 
+    float_model = onnx.load_model_from_string(built.data)
+    # Histogram calibration (percentile, entropy) and qdq_loss_debug hold every activation of every
+    # feed in memory: their feeds are capped so that stays within quant_search.HISTOGRAM_BUDGET_BYTES.
+    histogram_cap = quant_search.histogram_feeds(float_model, 256)
+    ctx.log.append(f"auto: percentile/entropy calibration on at most {max(histogram_cap, 1)} feed(s), qdq_loss_debug on {min(quant_search.DEBUG_FEEDS, histogram_cap // 4)} "
+                   f"(about {quant_search.activation_bytes(float_model) / 1e6:.0f} MB of activations per feed, {quant_search.HISTOGRAM_BUDGET_BYTES / 2**30:.0f} GiB budget)")
+
     def quantize(spec, nodes, cache):
+        limit = 256 if spec.method == "minmax" else max(histogram_cap, 1)
         with step(f"static int8 quantization ({spec.label()})"):
             return create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=spec.per_channel,
                                calibration_method=spec.method, reduce_range=reduce_range, float_shallow_convs=profile.device.arch == "x86_64",
-                               nodes_to_exclude=nodes, calibration_cache=cache)(built, ctx)
+                               nodes_to_exclude=nodes, calibration_cache=cache, max_calibration_samples=limit)(built, ctx)
 
     def rank(artifact):  # the nodes the int8 model distorts most, by onnxruntime's qdq_loss_debug
+        debug_feeds = min(quant_search.DEBUG_FEEDS, histogram_cap // 4)  # two models, the int8 one with ~2x the tensors
+        if debug_feeds < 1:
+            return []
         with step("ranking int8 activation errors (qdq_loss_debug)"):
-            return quant_search.activation_error_nodes(built.data, artifact.data, feeds)
+            return quant_search.activation_error_nodes(built.data, artifact.data, feeds[:debug_feeds])
 
     result = quant_search.search(built, quantize, validate, options.calibration_method or q.calibration_method, q.per_channel,
-                                 onnx.load_model_from_string(built.data), rank_nodes=rank)
+                                 float_model, rank_nodes=rank)
     ctx.report["quantization_attempts"] = [a.doc() for a in result.attempts]
     ctx.log.extend(a.line() for a in result.attempts)
     if result.passed:

@@ -303,3 +303,26 @@ def activation_error_nodes(float_bytes: bytes, qdq_bytes: bytes, feeds, k: int =
         if len(names) >= k:
             break
     return names
+
+
+HISTOGRAM_BUDGET_BYTES = 2 * 1024**3  # onnxruntime's histogram calibrators hold every activation of every feed at once
+
+
+def activation_bytes(model) -> int:
+    """Bytes of one feed's float activations (tensors with a known shape after shape inference)."""
+    import numpy as np
+
+    def size(vi) -> int:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        return int(np.prod(dims)) * 4 if dims and all(d > 0 for d in dims) else 0
+
+    total = sum(size(vi) for vi in list(model.graph.value_info) + list(model.graph.output))
+    if not model.graph.value_info:  # no inferred shapes: assume every node's output is as large as the inputs
+        total = max(total, sum(size(vi) for vi in model.graph.input) * len(model.graph.node))
+    return total
+
+
+def histogram_feeds(model, wanted: int) -> int:
+    """Calibration feeds percentile/entropy may use within :data:`HISTOGRAM_BUDGET_BYTES` (0: none)."""
+    per_feed = max(activation_bytes(model), 1)
+    return min(wanted, HISTOGRAM_BUDGET_BYTES // per_feed)
