@@ -213,3 +213,16 @@ def test_a_failed_size_gate_alone_stops_the_search():
 
     result = quant_search.search("float model", quantize, validate, "minmax", True, _tiny_model())
     assert not result.passed and asked == ["minmax"] and "not a parity gate" in result.attempts[0].verdict
+
+
+def test_histogram_calibration_is_capped_by_the_activation_budget(monkeypatch):
+    """Percentile/entropy calibrators hold every activation of every feed: the feed count fits the budget."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(_tiny_model())
+    per_feed = quant_search.activation_bytes(model)
+    assert per_feed == 4 * (4 * 8 * 8) * 5  # five [1, 4, 8, 8] float tensors
+    assert quant_search.histogram_feeds(model, 256) == 256
+    monkeypatch.setattr(quant_search, "HISTOGRAM_BUDGET_BYTES", 10 * per_feed)
+    assert quant_search.histogram_feeds(model, 256) == 10
+    assert quant_search.activation_bytes(_tiny_model()) == 4 * 3 * 8 * 8 * 5  # no inferred shapes: input bytes x nodes
