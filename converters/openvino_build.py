@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeops.converters import checks
 from edgeops.converters.choose import Choice
-from edgeops.converters.graph import classify_onnx, classify_torch, graph_inputs
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
@@ -33,26 +31,7 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
     """(reference ONNX artifact, built IR artifact, choice, model kind, calibration data)."""
     from edgeops.converters import pipeline as p
 
-    if source.family == "tflite":
-        raise ConfigError(f"profile '{profile.name}' runs OpenVINO; a .tflite model cannot be converted here. Give the ONNX or PyTorch model, or use a LiteRT profile")
-    if source.family == "pytorch":
-        torch_art = p._torch_artifact(source, options)
-        module = torch_art.module.module() if p._is_exported_program(torch_art.module) else torch_art.module
-        kind = classify_torch(module)
-        with step("exporting PyTorch -> ONNX"):
-            opset = min(max(18, profile.constraints.min_opset), profile.constraints.max_opset)
-            reference = create_pass("export-onnx", opset=opset)(torch_art, ctx)
-        label = f"{source.reference} (exported)"
-    else:
-        reference = Artifact("onnx", data=source.data)
-        label = str(source.path)
-    reference, prepared, model = p._onnx_intake(reference, source, profile, options, ctx, step, label)
-    checks.check_onnx_opset(model, profile, label)
-    checks.check_onnx_ops(model, profile, label)
-    specs = graph_inputs(model)
-    checks.check_static_shapes(specs, profile, label)
-    if source.family == "onnx":
-        kind = classify_onnx(model)
+    reference, prepared, _model, specs, kind, _label = p.onnx_front(source, profile, options, ctx, step)
     choice = p._choice(options, kind, profile)
     if choice.scheme not in OPENVINO_SCHEMES:
         raise ConfigError(f"--quantize {choice.scheme} is not an OpenVINO scheme (profile '{profile.name}'): use static-int8 (NNCF int8) or none (float IR)")

@@ -250,11 +250,16 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
 
 # --- the ONNX path ---------------------------------------------------------------------------
 
-def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn):
-    import onnx
+def onnx_front(source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn):
+    """What every path that builds from ONNX (onnxruntime, OpenVINO) does before it picks a scheme:
+    the source as an ONNX reference (a PyTorch model exported), the ONNX intake, the profile's opset,
+    operator and static-shape checks, and the model's kind.
 
+    Returns ``(reference, prepared, model, specs, kind, label)``."""
+    runtime = profile.runtime.name
     if source.family == "tflite":
-        raise ConfigError(f"profile '{profile.name}' runs onnxruntime; a .tflite model cannot be converted to ONNX here. Give the ONNX or PyTorch model, or use a LiteRT profile")
+        raise ConfigError(f"profile '{profile.name}' runs {runtime}; a .tflite model cannot be converted to ONNX here. Give the ONNX or PyTorch model, or use a LiteRT profile")
+    kind = None
     if source.family == "pytorch":
         torch_art = _torch_artifact(source, options)
         kind = classify_torch(torch_art.module if not _is_exported_program(torch_art.module) else torch_art.module.module())
@@ -270,8 +275,15 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     checks.check_onnx_ops(model, profile, label)
     specs = graph_inputs(model)
     checks.check_static_shapes(specs, profile, label)
-    if source.family == "onnx":
+    if kind is None:
         kind = classify_onnx(model)
+    return reference, prepared, model, specs, kind, label
+
+
+def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn):
+    import onnx
+
+    reference, prepared, model, specs, kind, label = onnx_front(source, profile, options, ctx, step)
     choice = _choice(options, kind, profile)
     if choice.scheme == "full-int8":
         raise ConfigError(f"--quantize full-int8 is the fully integer TFLite scheme for LiteRT / Edge TPU profiles; profile '{profile.name}' runs onnxruntime: use static-int8")
