@@ -27,8 +27,21 @@ from typing import Annotated, Any, Literal, TypeVar
 from edgeops.schema import Meta, Schema, SchemaError, field
 
 PROTOCOL = "edgeops/v1"
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # as published (JSON Schema: `$` is the end)
+
+
+def whole(pattern: str) -> str:
+    r"""``pattern`` (``^...$``) as Python must read it to match whole strings only.
+
+    Python's ``$`` also matches before a final newline, so ``"d0\n"`` passed the device-id
+    pattern (and a sha256 or a fetch path with a trailing newline theirs); msgspec's ``pattern``
+    and ``re.match`` use Python's reading. ``(?!\n)`` before the ``$`` leaves only the true end."""
+    if not pattern.endswith("$"):
+        raise ValueError(f"pattern {pattern!r} does not end with $")
+    return pattern[:-1] + r"(?!\n)$"
+
+
+_DEVICE_ID_RE = re.compile(whole(DEVICE_ID_PATTERN))
 FETCH_CHUNK_BYTES = 256 * 1024
 M = TypeVar("M", bound=Schema)
 
@@ -119,7 +132,7 @@ def _text(max_length: int, min_length: int = 0) -> Any:
     return Annotated[str, Meta(pattern=_TEXT, min_length=min_length, max_length=max_length)]
 
 
-DeviceId = Annotated[str, Meta(pattern=DEVICE_ID_PATTERN)]
+DeviceId = Annotated[str, Meta(pattern=whole(DEVICE_ID_PATTERN))]
 NonNegative = Annotated[int, Meta(ge=0)]
 Seq = Annotated[int, Meta(ge=0, le=SEQ_MAX)]
 Count = Annotated[int, Meta(ge=0, le=COUNT_MAX)]
@@ -271,7 +284,7 @@ class Command(Schema):
     expires: float
     kind: CommandKind
     target_name: str | None = None
-    target_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    target_sha256: Annotated[str, Meta(pattern=whole(r"^[0-9a-f]{64}$"))] | None = None
     target_length: NonNegative | None = None
     bundle: VersionRef | None = None
     rollout_id: str | None = None
@@ -287,7 +300,7 @@ class FetchRequest(Schema):
     """
 
     request_id: NameText
-    path: Annotated[str, Meta(pattern=r"^(metadata|targets)/[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]{0,511}$")]
+    path: Annotated[str, Meta(pattern=whole(r"^(metadata|targets)/[A-Za-z0-9._@+-][A-Za-z0-9._@+/-]{0,511}$"))]
     offset: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
     length: Annotated[int, Meta(ge=1, le=4 * FETCH_CHUNK_BYTES)] = FETCH_CHUNK_BYTES
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgeops.protocol import (
     Command,
     DeviceState,
+    FetchRequest,
     FetchResponse,
     TelemetryBatch,
     cmd_topic,
@@ -14,6 +15,7 @@ from edgeops.protocol import (
     parse_topic,
     telemetry_topic,
     valid_device_id,
+    whole,
 )
 
 
@@ -24,6 +26,18 @@ def test_topics_roundtrip():
     assert parse_topic("other/v1/pi-01/state") is None
     assert parse_topic("edgeops/v1/+/state") is None
     assert not valid_device_id("a/b") and not valid_device_id("") and valid_device_id("cam_7.lab-2")
+
+
+def test_a_trailing_newline_is_not_part_of_a_valid_id_hash_or_path():
+    # Python's `$` also matches before a final newline: "d0\n" passed as a device id (enrolment,
+    # commands, every device message), and hashes and fetch paths took one too.
+    assert valid_device_id("d0") and not valid_device_id("d0\n")
+    assert parse_message(DeviceState, b'{"device_id":"d0","online":true}') is not None
+    assert parse_message(DeviceState, b'{"device_id":"d0\\n","online":true}') is None
+    good = b'{"request_id":"r","path":"metadata/timestamp.json","offset":0,"length":10}'
+    assert parse_message(FetchRequest, good) is not None
+    assert parse_message(FetchRequest, good.replace(b'.json"', b'.json\\n"')) is None
+    assert whole(r"^[0-9a-f]{64}$") == r"^[0-9a-f]{64}(?!\n)$"
 
 
 def test_malformed_messages_are_none_not_exceptions():

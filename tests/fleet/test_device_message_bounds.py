@@ -27,7 +27,7 @@ from edgeops.fleet.registry import register_devices
 from edgeops.fleet.rollouts import gates as gates_mod, queries, service
 from edgeops.fleet.rollouts.reconciler import Reconciler
 from edgeops.fleet.rollouts.settings import parse_request
-from edgeops.protocol import DEVICE_ID_PATTERN, FetchRequest, VersionRef, events_topic, parse_message, state_topic, telemetry_topic
+from edgeops.protocol import DEVICE_ID_PATTERN, FetchRequest, VersionRef, events_topic, parse_message, state_topic, telemetry_topic, whole
 from tests.fleet.helpers import event, state, telemetry
 
 DEVICE = "fz"
@@ -56,7 +56,7 @@ def _float(t: mi.FloatType) -> st.SearchStrategy:
 
 
 def _str(t: mi.StrType) -> st.SearchStrategy:
-    if t.pattern == DEVICE_ID_PATTERN:
+    if t.pattern == whole(DEVICE_ID_PATTERN):
         return st.sampled_from([DEVICE, DEVICE, "someone-else", "bad id", ""])
     limit = t.max_length if t.max_length is not None else 256
     lengths = st.sampled_from(sorted({0, 1, max(limit - 1, 0), limit, limit + 1}))
@@ -137,7 +137,7 @@ def valid(t) -> st.SearchStrategy:
         lo, hi = _bounds(t, -1.7976931348623157e308, 1.7976931348623157e308, 0.0)
         return st.sampled_from([lo, hi]) | st.floats(lo, hi, allow_nan=False, allow_infinity=False)
     if isinstance(t, mi.StrType):
-        if t.pattern == DEVICE_ID_PATTERN:
+        if t.pattern == whole(DEVICE_ID_PATTERN):
             return st.just(DEVICE)
         if t.pattern is not None and t.pattern != _TEXT_PATTERN:
             return st.from_regex(t.pattern, fullmatch=True)
