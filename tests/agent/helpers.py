@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -318,3 +320,13 @@ class TcpGate:
         """Stop the relay."""
         self._stop = True
         self._sock.close()
+
+
+def stop_agent(proc: subprocess.Popen) -> None:
+    """Stop a real `edgeops agent run` process as systemd would: SIGTERM, then SIGKILL after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

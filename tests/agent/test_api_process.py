@@ -4,7 +4,6 @@ body is read, and stalled connections that cost no thread and are closed at thei
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import sys
 import pytest
 
 from edgeops.agent.client import AgentApiError, AgentClient
-from tests.agent.helpers import agent_config_dict, to_toml, wait_for
+from tests.agent.helpers import agent_config_dict, stop_agent, to_toml, wait_for
 from tests.agent.test_e2e_cli import REPO_ROOT, start_cli
 from tests.support.broker import free_port
 
@@ -43,12 +42,7 @@ def agent_process(tmp_path_factory, trust_repo):
 
     wait_for(up, 30, 0.1, "agent API up")
     yield {"proc": proc, "port": port, "client": client, "config": config}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_agent(proc)
 
 
 def _connect(port: int) -> socket.socket:

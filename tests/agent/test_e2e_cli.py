@@ -16,7 +16,7 @@ import pytest
 
 from edgeops.agent.client import AgentClient
 from edgeops.protocol import cmd_topic
-from tests.agent.helpers import Listener, RepoResponder, agent_config_dict, to_toml, wait_for
+from tests.agent.helpers import Listener, RepoResponder, agent_config_dict, stop_agent, to_toml, wait_for
 from tests.agent.test_mqtt import publish
 from tests.support.bundles import sample_inputs
 from tests.support.broker import free_port
@@ -48,12 +48,7 @@ def cli_agent(tmp_path_factory, mqtt_broker, trust_repo):
     env = {"proc": proc, "client": client, "listener": listener, "config": config, "broker": mqtt_broker, "tmp": tmp}
     yield env
     proc = env["proc"]  # the SIGKILL test replaces it with the restarted agent
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_agent(proc)
     responder.stop()
     listener.stop()
 
