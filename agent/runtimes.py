@@ -79,11 +79,15 @@ class OnnxRuntime:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.providers = choose_providers(providers, available_onnx_providers())
+        self.requested_providers = choose_providers(providers, available_onnx_providers())
         try:
-            self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.providers)
+            self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.requested_providers)
         except Exception as e:  # onnxruntime raises its own exception types; wrap at the boundary
             raise RuntimeLoadError(f"{model_path}: onnxruntime cannot load the model: {e}") from e
+        # What the session really runs on: onnxruntime drops a provider whose libraries fail to
+        # load (TensorRT without libnvinfer, CUDA without a driver) with only a log line, so the
+        # requested list can claim a GPU the model never touches.
+        self.providers = list(self._session.get_providers())
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
@@ -131,6 +135,22 @@ class LiteRtRuntime:
     def close(self) -> None:
         """Drop the interpreter."""
         self._model = None
+
+
+def execution_providers(runtime: object) -> list[str] | None:
+    """The execution providers a loaded runtime really runs on (onnxruntime only), else None."""
+    providers = getattr(runtime, "providers", None)
+    return list(providers) if isinstance(providers, list) else None
+
+
+def accelerator_fallback(wanted: list[str], ran_on: list[str]) -> str | None:
+    """Why a run is not on the accelerator the profile asks for, or None when it is (or when
+    the profile wants none): the profile lists a provider other than CPU, and the session's
+    first provider is the CPU."""
+    accelerators = [p for p in wanted if p != "CPUExecutionProvider"]
+    if not accelerators or (ran_on and ran_on[0] != "CPUExecutionProvider"):
+        return None
+    return f"the profile runs on {accelerators} but this session runs on {ran_on}: onnxruntime fell back to the CPU (install onnxruntime-gpu with the CUDA/TensorRT libraries the profile needs)"
 
 
 def load_runtime(model_path: Path, manifest: Manifest, providers: list[str], threads: int = 1) -> Runtime:

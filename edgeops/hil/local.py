@@ -20,7 +20,7 @@ from edgeops.hil.report import Check, HilReport
 def run_local(bundle_path: str | Path, runs: int = 100, threads: int = 1, latency_factor: float = 1.0) -> HilReport:
     """Self-test and benchmark ``bundle_path`` here; never raises for a bad model, only reports."""
     from edgeops.agent.config import SelfTestConfig
-    from edgeops.agent.runtimes import InferenceError, load_runtime
+    from edgeops.agent.runtimes import InferenceError, accelerator_fallback, execution_providers, load_runtime
     from edgeops.agent.selftest import host_figures, load_golden, run_self_test
     from edgeops.agent.system import percentile
 
@@ -44,6 +44,7 @@ def run_local(bundle_path: str | Path, runs: int = 100, threads: int = 1, latenc
             report.checks.append(Check(f"self_test.{gate.gate}", gate.passed, gate.measured, gate.threshold, gate.detail, seconds=elapsed / max(1, len(selftest.gates))))
 
         latencies: list[float] = []
+        ran_on: list[str] | None = None
         golden = None
         try:
             golden = load_golden(files)
@@ -51,6 +52,10 @@ def run_local(bundle_path: str | Path, runs: int = 100, threads: int = 1, latenc
             golden = None
         if selftest.load_s is not None and golden and golden.cases:
             runtime = load_runtime(files / manifest.artifact, manifest, manifest.providers, threads)
+            ran_on = execution_providers(runtime)
+            if ran_on is not None:
+                fallback = accelerator_fallback(list(manifest.providers), ran_on)
+                report.checks.append(Check("execution_provider", fallback is None, detail=fallback or f"runs on {ran_on} (the profile lists {list(manifest.providers)})"))
             try:
                 runtime.run(golden.cases[0][0])
                 for i in range(runs):
@@ -68,6 +73,7 @@ def run_local(bundle_path: str | Path, runs: int = 100, threads: int = 1, latenc
         report.figures = {
             "profile": manifest.profile,
             "runtime": manifest.runtime,
+            "providers": None if ran_on is None else ",".join(ran_on),
             "load_s": selftest.load_s,
             "latency_p50_ms": None if p50 is None else round(p50, 3),
             "latency_p95_ms": None if p95 is None else round(p95, 3),

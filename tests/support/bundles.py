@@ -139,7 +139,7 @@ def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: b
     return model, cases
 
 
-def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, version: str, release: int, profile: str, n_in: int, n_out: int, latency_p95_ms: float, report: dict, toolchain: dict[str, str]):
+def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, version: str, release: int, profile: str, n_in: int, n_out: int, latency_p95_ms: float, report: dict, toolchain: dict[str, str], providers: list[str] | None = None):
     """Write a complete bundle of an ONNX classifier (``input`` -> ``probs``) with its golden
     ``cases`` to ``path``; returns the Manifest (shared by the tests and bench/agent.py)."""
     import json
@@ -156,7 +156,7 @@ def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, versi
         release=release,
         profile=profile,
         runtime="onnxruntime",
-        providers=["CPUExecutionProvider"],
+        providers=providers or ["CPUExecutionProvider"],
         artifact="model/model.onnx",
         quantization="none",
         task="classifier",
@@ -170,8 +170,8 @@ def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, versi
     return manifest
 
 
-def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None):
+def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None, providers: list[str] | None = None):
     """Write a complete, valid bundle of a test model to ``path`` and return its Manifest."""
     model, cases = make_bundle_bytes_payload(variant, seed, golden_ok, trigger)
     return write_classifier_bundle(path, model, cases, name=name, version=version, release=release, profile=profile, n_in=N_FEATURES, n_out=N_CLASSES,
-                                   latency_p95_ms=latency_p95_ms, report={"summary": {"variant": variant}}, toolchain={"edgeops-tests": "1"})
+                                   latency_p95_ms=latency_p95_ms, report={"summary": {"variant": variant}}, toolchain={"edgeops-tests": "1"}, providers=providers)

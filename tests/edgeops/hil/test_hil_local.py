@@ -76,3 +76,32 @@ def test_tampered_bundle_fails_integrity(tmp_path):
 def test_usage_errors(tmp_path, args, needle):
     out = _hil(*args)
     assert out.returncode == 2 and needle in out.stderr
+
+
+def test_accelerator_profile_on_a_cpu_only_onnxruntime_fails_the_provider_check(tmp_path):
+    """A Jetson bundle run where onnxruntime has no CUDA/TensorRT: onnxruntime quietly runs it on
+    the CPU; the report must say so instead of quoting CPU latency as the device's."""
+    import onnxruntime as ort
+
+    from edgeops.profiles import load_profile
+
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+        pytest.skip("this onnxruntime has a GPU provider: the fallback cannot happen here")
+    bundle = tmp_path / "jetson.bundle"
+    write_test_bundle(bundle, profile="jetson-orin-nano", providers=load_profile("jetson-orin-nano").runtime.providers)
+    out = _hil(str(bundle), "--local", "--runs", "5", "--junit", str(tmp_path / "j.xml"), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 10
+    _, cases, props = _cases(tmp_path / "j.xml")
+    failure = cases["execution_provider"].find("failure")
+    assert failure is not None and "fell back to the CPU" in failure.get("message", "") + (failure.text or "")
+    assert props["providers"] == "CPUExecutionProvider"
+
+
+def test_cpu_profile_reports_the_provider_it_ran_on(tmp_path):
+    bundle = tmp_path / "cpu.bundle"
+    write_test_bundle(bundle)
+    out = _hil(str(bundle), "--local", "--runs", "5", "--junit", str(tmp_path / "j.xml"))
+    assert out.returncode == 0, out.stderr
+    _, cases, props = _cases(tmp_path / "j.xml")
+    assert cases["execution_provider"].find("failure") is None
+    assert props["providers"] == "CPUExecutionProvider"
