@@ -224,6 +224,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     if not passed:
         ctx.warn("gates failed and --allow-gate-failures was given: the bundle is written with status 'gates_failed'")
         report["warnings"] = ctx.warnings
+    monitoring = _drift_reference(options, validation, calib, feeds, built_outputs, ref_runner, built_runner, classifier, ctx)
     report_bytes = _json_bytes(report)
     payload = {**model_members, GOLDEN_NAME: golden_bytes, REPORT_NAME: report_bytes}
     manifest = Manifest(
@@ -242,6 +243,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
             git_commit=_git_commit(source),
             options=_provenance_options(options, choice, validation, calib),
         ),
+        monitoring=monitoring,
     )
     with step("writing bundle"):
         path = write_bundle(options.output, manifest, payload)
@@ -710,6 +712,23 @@ def _round_up(x: float) -> float:
         raise ValueError(f"_round_up needs a positive finite number, got {x}")
     exp = math.floor(math.log10(x)) - 1
     return round(math.ceil(x / 10**exp) * 10**exp, 12)
+
+
+def _drift_reference(options: BuildOptions, validation: Dataset, calib: Dataset | None, feeds, built_outputs, ref_runner, built_runner, classifier: bool, ctx: PassContext):
+    """Sketches of the built model's inputs and outputs on the validation data (else the
+    calibration data) for drift monitoring (:mod:`edgeops.converters.monitoring`)."""
+    from edgeops.converters.monitoring import make_reference
+
+    if options.validation:
+        source, data_sha, ins, outs = "validation", validation.sha256 or None, [_first_feed(built_runner, f) for f in feeds], list(built_outputs)
+    elif calib is not None:
+        source, data_sha = "calibration", calib.sha256 or None
+        ins = [_first_feed(built_runner, f) for f in calib.batches(ref_runner.inputs, limit=MAX_VALIDATION_FEEDS)]
+        outs = [built_runner.run(f) for f in ins]
+    else:
+        ctx.warn("no --validation or --calibration data: the bundle has no drift reference, so the console cannot score drift for it")
+        return None
+    return make_reference(source, data_sha, ins, outs, built_runner.inputs, built_runner.outputs, classifier, ctx.warn)
 
 
 def _data_doc(ds: Dataset | None, feeds: int | None) -> dict | None:

@@ -32,6 +32,7 @@ from typing import Annotated, BinaryIO, Literal
 from edgeops.schema import Meta, Schema, SchemaError, field
 
 from edgeops.errors import BundleError
+from edgeops.sketch import Reference
 
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -101,10 +102,16 @@ class Manifest(Schema):
     budgets: ManifestBudgets
     files: dict[str, FileEntry]
     provenance: Provenance
+    # Drift reference (edgeops.sketch): sketches of each input and output from the validation
+    # data. Left out of the JSON when absent, so bundles without one read as before.
+    monitoring: Reference | None = None
 
     def to_json_bytes(self) -> bytes:
         """Deterministic JSON encoding."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2).encode() + b"\n"
+        doc = self.to_dict()
+        if doc.get("monitoring") is None:
+            doc.pop("monitoring", None)
+        return json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n"
 
     @classmethod
     def from_json_bytes(cls, raw: bytes, source: str = "manifest.json") -> "Manifest":
