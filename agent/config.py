@@ -28,8 +28,9 @@ Share = Annotated[float, Meta(ge=0, le=1)]
 class BrokerConfig(Schema):
     """How to reach the MQTT broker: URL, protocol version, credentials, TLS, reconnect backoff.
 
-    ``url`` is mqtt://host:port or mqtts://host:port; ``mqtt_version`` "5" (default) or "3.1.1"
-    for brokers such as the embedded amqtt one; ``username`` defaults to the device id when a
+    ``url`` is mqtt://host:port or mqtts://host:port; ``mqtt_version`` "auto" (default: MQTT 5,
+    falling back to 3.1.1 when the broker refuses 5, as RabbitMQ's and NATS's MQTT do), "5" or
+    "3.1.1"; ``username`` defaults to the device id when a
     password is set; ``password_file`` (preferred over ``password``) holds the broker password;
     ``ca_file`` is the CA bundle that signed the broker certificate, ``client_cert`` /
     ``client_key`` an X.509 client certificate and its key (mqtts). The first reconnect waits
@@ -37,7 +38,7 @@ class BrokerConfig(Schema):
     """
 
     url: str
-    mqtt_version: Literal["5", "3.1.1"] = "5"
+    mqtt_version: Literal["auto", "5", "3.1.1"] = "auto"
     username: str | None = None
     password: str | None = None
     password_file: Path | None = None

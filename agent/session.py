@@ -1,8 +1,10 @@
 """The agent's MQTT session (paho-mqtt 2.x): connect, reconnect, last will, subscriptions.
 
-- MQTT 5 by default, 3.1.1 on request (``broker.mqtt_version``); a persistent session (MQTT 5
-  session expiry / 3.1.1 ``clean_session=False``) so commands sent while the device was
-  offline are delivered when it is back.
+- ``broker.mqtt_version = "auto"`` (default): MQTT 5, falling back to 3.1.1 for the rest of the
+  process when the broker refuses 5 (NATS answers CONNACK "Unsupported protocol version",
+  RabbitMQ 3.10 closes the connection without a CONNACK; see :class:`ProtocolChoice`); "5" or
+  "3.1.1" pin it. A persistent session (MQTT 5 session expiry / 3.1.1 ``clean_session=False``)
+  so commands sent while the device was offline are delivered when it is back.
 - TLS with a CA and optional client certificate (``mqtts://``), or username/password.
 - Reconnect with capped exponential backoff and jitter, driven by this module's own network
   thread (paho's built-in reconnect has no jitter; a fleet reconnecting after a broker restart
@@ -39,6 +41,43 @@ from edgeops.agent.config import BrokerConfig
 log = logging.getLogger("edgeops.agent.session")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+UNSUPPORTED_PROTOCOL_VERSION = 132  # MQTT 5 CONNACK reason code
+CLOSES_BEFORE_FALLBACK = 2  # connections closed without any CONNACK before "auto" tries 3.1.1
+
+
+class ProtocolChoice:
+    """Which MQTT version the next connection uses, for ``mqtt_version`` "auto", "5" or "3.1.1".
+
+    "auto" starts with MQTT 5 and switches to 3.1.1 (for the rest of the process) when the
+    broker answers CONNACK "Unsupported protocol version", or closes
+    ``CLOSES_BEFORE_FALLBACK`` connections in a row without any CONNACK (what a 3.1.1-only
+    broker such as RabbitMQ 3.10 does with a version-5 CONNECT). A CONNACK of any other kind
+    (success, bad credentials) proves the broker speaks 5: the count starts again. A pinned
+    version never changes.
+    """
+
+    def __init__(self, configured: str):
+        self.auto = configured == "auto"
+        self.version = "5" if self.auto else configured
+        self._closes = 0
+
+    def outcome(self, connack_reason: int | None) -> bool:
+        """Record how one connection ended: the CONNACK reason code, or None when none came.
+
+        True when the version just changed (the caller makes a new client for it)."""
+        if not self.auto or self.version != "5":
+            return False
+        if connack_reason is None:
+            self._closes += 1
+        elif connack_reason == UNSUPPORTED_PROTOCOL_VERSION:
+            self._closes = CLOSES_BEFORE_FALLBACK
+        else:
+            self._closes = 0
+        if self._closes >= CLOSES_BEFORE_FALLBACK:
+            self.version = "3.1.1"
+            log.info("broker refused MQTT 5; using MQTT 3.1.1 (broker.mqtt_version = \"auto\")")
+            return True
+        return False
 
 
 class Session(Protocol):
@@ -72,15 +111,16 @@ def set_tcp_nodelay(sock) -> bool:
     return True
 
 
-def device_client(broker, device_id: str, will_payload: bytes, password: str | None = None):
+def device_client(broker, device_id: str, will_payload: bytes, password: str | None = None, version: str | None = None):
     """A paho client configured as a device: persistent session, last will = offline state, credentials, TLS.
 
     ``broker`` is the agent's BrokerConfig; ``password`` defaults to ``broker.read_password()``
-    (the simulator reads it once for all its devices). Callbacks are left to the caller.
+    (the simulator reads it once for all its devices); ``version`` ("5" or "3.1.1") defaults to
+    ``broker.mqtt_version`` with "auto" read as "5". Callbacks are left to the caller.
     """
     import paho.mqtt.client as mqtt
 
-    v5 = broker.mqtt_version == "5"
+    v5 = (version or broker.mqtt_version) in ("5", "auto")
     kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": device_id, "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311}
     if not v5:
         kwargs["clean_session"] = False
@@ -124,12 +164,14 @@ class MqttSession:
         self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.protocol = ProtocolChoice(broker.mqtt_version)
+        self._connack: int | None = None  # reason code of this connection's CONNACK, None until one came
         self._client = self._make_client()
         self.connects = 0
 
     # -- setup -------------------------------------------------------------------------------
     def _make_client(self):
-        client = device_client(self.broker, self.device_id, self.will_payload)
+        client = device_client(self.broker, self.device_id, self.will_payload, version=self.protocol.version)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -148,6 +190,7 @@ class MqttSession:
 
     # -- paho callbacks (network thread) -------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        self._connack = getattr(reason_code, "value", 0)
         if reason_code.is_failure:
             log.warning("%s: broker refused the connection: %s", self.device_id, reason_code)
             return
@@ -190,7 +233,8 @@ class MqttSession:
         self._thread.start()
 
     def _connect_once(self) -> None:
-        if self.broker.mqtt_version == "5":
+        self._connack = None
+        if self.protocol.version == "5":
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
@@ -226,6 +270,10 @@ class MqttSession:
             self._subscribed.clear()
             if self._stop.is_set():
                 break
+            if self.protocol.outcome(self._connack):
+                self._client = self._make_client()  # paho fixes the version when the client is made
+                attempt = 0
+                continue
             # A connection that lasted a while resets the backoff; a refused one keeps growing it.
             attempt = 0 if time.monotonic() - started > 10 and self.connects else attempt + 1
             delay = backoff_delay(attempt, self.broker.reconnect_min_s, self.broker.reconnect_max_s, self._rng)

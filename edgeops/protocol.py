@@ -27,7 +27,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from edgeops.schema import Meta, Schema, SchemaError, field
 
 PROTOCOL = "edgeops/v1"
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # as published (JSON Schema: `$` is the end)
+# Device ids are topic levels, broker usernames and client ids on every supported broker: no '.'
+# (NATS maps MQTT '/' to its subject separator '.', RabbitMQ to its routing-key '.'; a '.' in a
+# level closed the connection on NATS and never reached the console on RabbitMQ), no topic
+# syntax ('/', '+', '#', '$'), no spaces. As published (JSON Schema: `$` is the end).
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+DEVICE_ID_RULE = "letters, digits, '_' and '-', at most 64, starting with a letter or digit"
 
 
 def whole(pattern: str) -> str:

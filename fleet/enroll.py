@@ -55,7 +55,7 @@ from edgeops.fleet.broker_files import (
     write_tls_record,
 )
 from edgeops.fleet.config import FleetConfig, render_toml
-from edgeops.protocol import PROTOCOL, valid_device_id
+from edgeops.protocol import DEVICE_ID_PATTERN, DEVICE_ID_RULE, PROTOCOL, valid_device_id
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$
 SALT_BYTES = 12
@@ -384,7 +384,8 @@ def _device_url(config: FleetConfig, method: str) -> str:
 
 def _check_user_name(config: FleetConfig, name: str, kind: str) -> None:
     if not valid_device_id(name):
-        raise ConfigError(f"{kind} {name!r}: use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)")
+        # one pattern every supported broker (mosquitto, NATS, RabbitMQ) accepts as a topic level and user
+        raise ConfigError(f"{kind} {name!r} does not match {DEVICE_ID_PATTERN} ({DEVICE_ID_RULE}; '.' breaks NATS and RabbitMQ MQTT); pick another")
     if kind == "device id" and name in console_users(config):
         raise ConfigError(f"device id {name!r} is a console's broker user; pick another id")
     if kind == "console user" and (config.path(config.enroll.dir) / "devices" / name).exists():
@@ -461,7 +462,7 @@ def enroll_device(
         raise ConfigError(f"--method {method!r}: password or cert")
     access = access or broker_access(config)
     notes = [access.note]
-    broker: dict = {"url": _device_url(config, method), "mqtt_version": "5", "username": device_id}
+    broker: dict = {"url": _device_url(config, method), "mqtt_version": "auto", "username": device_id}
     device_dir = config.path(config.enroll.dir) / "devices" / device_id
     device_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []

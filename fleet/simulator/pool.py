@@ -47,7 +47,7 @@ from typing import Callable
 from edgeops.protocol import cmd_topic, fetch_response_topic, parse_topic
 
 from edgeops.agent.config import BrokerConfig
-from edgeops.agent.session import SESSION_EXPIRY_S, backoff_delay
+from edgeops.agent.session import SESSION_EXPIRY_S, ProtocolChoice, backoff_delay
 
 log = logging.getLogger("edgeops.fleet.simulator.pool")
 
@@ -75,6 +75,8 @@ class PooledSession:
         self.attempt = 0
         self.connects = 0
         self.connected_at = 0.0
+        self.protocol = ProtocolChoice(pool.broker.mqtt_version)  # "auto" falls back per session, as the agent does
+        self._connack: int | None = None
         self.client = pool._make_client(self)
         self._kicked = False
         self._write_queued = False
@@ -159,7 +161,7 @@ class SessionPool:
     def _make_client(self, s: PooledSession):
         from edgeops.agent.session import device_client  # the agent's own client setup, shared
 
-        c = device_client(self.broker, s.device_id, s.will_payload, password=self._password)
+        c = device_client(self.broker, s.device_id, s.will_payload, password=self._password, version=s.protocol.version)
         c.user_data_set(s)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -273,6 +275,7 @@ class SessionPool:
 
     # -- paho callbacks (pool thread) ------------------------------------------------------------
     def _on_connect(self, client, s: PooledSession, flags, reason_code, properties=None) -> None:
+        s._connack = getattr(reason_code, "value", 0)
         if reason_code.is_failure:
             self.stats["refused"] += 1
             log.warning("%s: broker refused the connection: %s", s.device_id, reason_code)
@@ -320,8 +323,9 @@ class SessionPool:
     def _connect(self, s: PooledSession) -> None:
         if not s.wanted or s._connected or s.client.socket() is not None:
             return
+        s._connack = None
         try:
-            if self.broker.mqtt_version == "5":
+            if s.protocol.version == "5":
                 from paho.mqtt.packettypes import PacketTypes
                 from paho.mqtt.properties import Properties
 
@@ -386,10 +390,11 @@ class SessionPool:
         except Exception as e:  # a broken socket must not take the pool down
             log.debug("%s: I/O failed: %s", s.device_id, e)
             rc = mqtt.MQTT_ERR_CONN_LOST
-        if rc != mqtt.MQTT_ERR_SUCCESS and s.client.socket() is None:
-            self._retry(s, f"connection lost ({mqtt.error_string(rc)})")
-        elif rc != mqtt.MQTT_ERR_SUCCESS:
-            self._disconnect(s, False)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            if s.client.socket() is not None:
+                self._disconnect(s, False)
+            if s.protocol.outcome(s._connack):
+                s.client = self._make_client(s)  # paho fixes the version when the client is made
             self._retry(s, f"connection lost ({mqtt.error_string(rc)})")
 
     # -- the loop -------------------------------------------------------------------------------

@@ -84,3 +84,25 @@ def test_backoff_is_capped_exponential_with_jitter():
     assert all(0.25 <= d <= 8.0 for d in delays)
     assert delays[0] <= 0.5 and all(4.0 <= d <= 8.0 for d in delays[5:])
     assert len({round(d, 6) for d in delays[5:]}) == 5, "jitter: capped delays differ"
+
+
+def test_auto_protocol_falls_back_to_311_only_when_the_broker_refuses_5():
+    from edgeops.agent.session import CLOSES_BEFORE_FALLBACK, UNSUPPORTED_PROTOCOL_VERSION, ProtocolChoice
+
+    # NATS answers CONNACK "Unsupported protocol version": 3.1.1 at once
+    nats = ProtocolChoice("auto")
+    assert nats.version == "5" and nats.outcome(UNSUPPORTED_PROTOCOL_VERSION) and nats.version == "3.1.1"
+    assert not nats.outcome(None) and nats.version == "3.1.1", "no way back to 5 within the process"
+    # RabbitMQ 3.10 closes the connection without a CONNACK: 3.1.1 after a few in a row
+    rabbit = ProtocolChoice("auto")
+    results = [rabbit.outcome(None) for _ in range(CLOSES_BEFORE_FALLBACK)]
+    assert results == [False] * (CLOSES_BEFORE_FALLBACK - 1) + [True] and rabbit.version == "3.1.1"
+    # any other CONNACK (success, bad credentials) proves the broker speaks 5: the count restarts
+    flaky = ProtocolChoice("auto")
+    for _ in range(5):
+        assert not flaky.outcome(None) and not flaky.outcome(0) and not flaky.outcome(135)
+    assert flaky.version == "5"
+    # a pinned version never changes
+    pinned = ProtocolChoice("5")
+    assert not pinned.outcome(UNSUPPORTED_PROTOCOL_VERSION) and pinned.version == "5"
+    assert ProtocolChoice("3.1.1").version == "3.1.1"

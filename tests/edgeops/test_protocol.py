@@ -25,7 +25,10 @@ def test_topics_roundtrip():
     assert parse_topic("edgeops/v1/pi-01/fetch/req") == ("pi-01", "fetch/req")
     assert parse_topic("other/v1/pi-01/state") is None
     assert parse_topic("edgeops/v1/+/state") is None
-    assert not valid_device_id("a/b") and not valid_device_id("") and valid_device_id("cam_7.lab-2")
+    assert not valid_device_id("a/b") and not valid_device_id("") and valid_device_id("cam_7-lab-2")
+    # ids every supported broker accepts: '.' (NATS, RabbitMQ) and topic syntax are refused
+    for bad in ("cam.7", "a+b", "a#", "a$b", "$sys", "a b", "-a", "_a", "x" * 65):
+        assert not valid_device_id(bad), bad
 
 
 def test_a_trailing_newline_is_not_part_of_a_valid_id_hash_or_path():

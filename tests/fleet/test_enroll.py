@@ -19,6 +19,7 @@ from edgeops.fleet.config import load_config
 from edgeops.fleet.enroll import FleetCA, PasswordFile, acl_text, check_mosquitto_hash, mosquitto_hash, parse_tags
 from edgeops.fleet.registry import get_device
 from edgeops.fleet.db import Database
+from edgeops.protocol import DEVICE_ID_PATTERN
 from tests.support.broker import MOSQUITTO, TestBroker
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -108,6 +109,12 @@ def test_init_and_enroll_write_everything(fleet_dir):
     # bad input names the device
     res = CliRunner().invoke(fleet, ["enroll", "bad id!", "--config", str(fleet_dir / "fleet.toml")])
     assert res.exit_code != 0 and "bad id!" in str(res.exception)
+    # an id with '.' breaks NATS and RabbitMQ MQTT: refused, naming the id and the pattern
+    res = CliRunner().invoke(fleet, ["enroll", "cam.3", "--config", str(fleet_dir / "fleet.toml")])
+    assert res.exit_code != 0 and "'cam.3'" in str(res.exception) and DEVICE_ID_PATTERN in str(res.exception)
+    assert not (fleet_dir / "enroll/devices/cam.3").exists()
+    # the generated agent.toml lets the agent pick MQTT 5 or fall back to 3.1.1
+    assert acfg.broker.mqtt_version == "auto"
 
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")
