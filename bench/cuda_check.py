@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeops.hil.local import run_local
 
+    if hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* pip packages only when asked to
+        # (a Jetson has them on the system library path instead)
+        ort.preload_dlls()
+
     doc: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "gpu": _gpu_name(),
