@@ -451,7 +451,8 @@ class Agent:
         latency_ms = (time.perf_counter() - t0) * 1000.0
         with self._counter_lock:
             self.counters["inferences"] += 1
-        self.telemetry.record(latency_ms, outputs)
+        # synthetic traffic is the bundle's own golden inputs: kept out of the drift sketches
+        self.telemetry.record(latency_ms, outputs, None if synthetic else inputs, model.manifest.monitoring)
         if monitor is not None:
             monitor.record(latency_ms, outputs)
             self._wake.set()  # probation gates are evaluated on the main loop: at once, not next tick
@@ -772,6 +773,7 @@ class Agent:
             latency_p95_ms=m.latency_p95_ms,
             agreement=monitor.agreement() if monitor else None,
             outputs=m.outputs,
+            sketches=m.sketches,
             cpu_percent=self._cpu.percent(),
             memory_rss_mb=round(rss_mb(), 2),
             temperature_c=temperature_c(),

@@ -1,4 +1,6 @@
-"""Per-interval inference metrics: counts, a latency histogram, errors, NaN, output statistics.
+"""Per-interval inference metrics: counts, a latency histogram, errors, NaN, output statistics,
+and drift sketches of the served inputs and outputs (:mod:`edgeops.sketch`, in the layouts of
+the served bundle's manifest).
 
 The collector is fed by every inference the agent serves and is drained once per telemetry
 interval into a :class:`edgeops.protocol.TelemetryBatch` (the agent adds host readings, the
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeops.protocol import OutputStats
+from edgeops.sketch import Reference, Sketcher, SketchState
 
 from edgeops.agent.system import percentile
 
@@ -63,6 +66,7 @@ class IntervalMetrics:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     outputs: dict[str, OutputStats] = field(default_factory=dict)
+    sketches: dict[str, SketchState] = field(default_factory=dict)
 
 
 class TelemetryCollector:
@@ -70,6 +74,8 @@ class TelemetryCollector:
 
     def __init__(self, now: float):
         self._lock = threading.Lock()
+        self._reference: Reference | None = None  # the served bundle's drift reference
+        self._sketchers: dict[str, Sketcher] = {}  # kept across intervals, emptied at each drain
         self._reset(now)
 
     def _reset(self, now: float) -> None:
@@ -86,8 +92,15 @@ class TelemetryCollector:
         with self._lock:
             return self._count
 
-    def record(self, latency_ms: float | None, outputs: dict[str, np.ndarray] | None) -> None:
-        """One inference; ``outputs`` None means it failed."""
+    def record(
+        self,
+        latency_ms: float | None,
+        outputs: dict[str, np.ndarray] | None,
+        inputs: dict[str, np.ndarray] | None = None,
+        reference: Reference | None = None,
+    ) -> None:
+        """One inference; ``outputs`` None means it failed. With ``inputs`` and the served bundle's
+        drift ``reference``, the inputs and outputs are folded into the interval's sketches."""
         with self._lock:
             self._count += 1
             if outputs is None:
@@ -105,6 +118,23 @@ class TelemetryCollector:
                 had_nan = had_nan or acc.nan > before
             if had_nan:
                 self._nan += 1
+            if inputs is not None and reference is not None:
+                self._sketch(reference, inputs, outputs)
+
+    def _sketch(self, reference: Reference, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        if reference is not self._reference:  # another bundle serves: its layouts, from empty
+            self._reference = reference
+            self._sketchers = {name: Sketcher(layout) for name, layout in reference.layouts.items()}
+        for name, sketcher in self._sketchers.items():
+            value = inputs.get(name)
+            if value is None:
+                value = outputs.get(name)
+            if value is None:
+                continue
+            try:
+                sketcher.add(value)
+            except ValueError:  # a shape the reference cannot fold (a dynamic dim grew channels): not sketched
+                continue
 
     def drain(self, now: float) -> IntervalMetrics:
         """The interval's metrics; starts a new interval at ``now``."""
@@ -119,6 +149,9 @@ class TelemetryCollector:
                 latency_p50_ms=percentile(self._latencies, 50),
                 latency_p95_ms=percentile(self._latencies, 95),
                 outputs={k: v.stats() for k, v in self._outputs.items()},
+                sketches={k: v.state() for k, v in self._sketchers.items() if v.rows},
             )
+            for sketcher in self._sketchers.values():
+                sketcher.reset()
             self._reset(now)
             return m

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgeops.bundle import TensorSpec
-from edgeops.sketch import Reference, build_reference, channel_axis_for
+from edgeops.sketch import MAX_TENSORS, Reference, build_reference, channel_axis_for
 
 MAX_REFERENCE_BYTES = 256 * 1024  # of the manifest's 1 MiB; a larger reference is left out with a warning
 
@@ -40,6 +40,11 @@ def make_reference(
 
     ins = {s.name: [np.asarray(f[s.name]) for f in input_feeds] for s in inputs if numeric(s.name, input_feeds)}
     outs = {s.name: [np.asarray(f[s.name]) for f in output_feeds] for s in outputs if numeric(s.name, output_feeds)}
+    if len(ins) + len(outs) > MAX_TENSORS:
+        # a telemetry batch carries at most MAX_TENSORS sketches: the inputs first, then outputs
+        warn(f"drift reference: {len(ins) + len(outs)} tensors, sketching the first {MAX_TENSORS} (inputs first)")
+        ins = dict(list(ins.items())[:MAX_TENSORS])
+        outs = dict(list(outs.items())[: MAX_TENSORS - len(ins)])
     classes = {}
     if classifier and len(outputs) == 1 and isinstance(outputs[0].shape[-1], int):
         classes[outputs[0].name] = int(outputs[0].shape[-1])

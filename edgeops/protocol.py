@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
 
 from edgeops.schema import Meta, Schema, SchemaError, field
+from edgeops.sketch import MAX_TENSORS, SketchState
 
 PROTOCOL = "edgeops/v1"
 # Device ids are topic levels, broker usernames and client ids on every supported broker: no '.'
@@ -263,6 +264,10 @@ class TelemetryBatch(Schema):
     temperature_c: Finite | None = None
     dropped_batches: Count = 0
     rejected_messages: Count = 0
+    # Drift sketches of the interval's served inferences per input/output name, in the layouts of
+    # the active bundle's manifest (edgeops.sketch); each state is bounded there (bins, channels,
+    # classes, counts at most COUNT_MAX), and at most MAX_TENSORS of them.
+    sketches: Annotated[dict[NameText, SketchState], Meta(max_length=MAX_TENSORS)] = field(default_factory=dict)
 
 
 CommandKind = Literal["assign", "rollback", "self_test", "report"]

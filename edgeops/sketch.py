@@ -45,14 +45,16 @@ DEFAULT_BINS = 32
 MAX_BINS = 256
 MAX_CHANNELS = 64  # more "channels" than this (a wide tabular input) is sketched as one
 MAX_CLASSES = 4096
+MAX_TENSORS = 32  # tensors a reference (and a telemetry batch) sketches; a model with more: the first ones
 CONFIDENCE_BINS = 20
 VALUES_PER_CHANNEL = 1024  # elements of one row sketched per channel (a fixed stride picks them)
 RANGE_QUANTILES = (0.001, 0.999)  # the histogram's range from the reference, outliers to the end bins
 EXACT_BITS = 17  # per-row sums are rounded to 2^-17 of their largest expected magnitude
 HEADROOM_BITS = 4  # values up to 16x the reference range still sum exactly
-PSI_FLOOR = 1e-4  # proportion floor in PSI: an empty bin on one side does not give infinity
+PSI_PSEUDOCOUNT = 0.5  # added to every bin in PSI (Jeffreys): an empty bin does not give infinity
 
-_Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+# as edgeops.protocol bounds a device's counts (COUNT_MAX): a state travels in a telemetry batch
+_Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 _Float = Annotated[float, Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
 
 
@@ -379,14 +381,17 @@ def merge_all(states: list[SketchState]) -> SketchState:
 # -- drift scores ----------------------------------------------------------------------------------
 
 def psi(reference: list[int], current: list[int]) -> float:
-    """Population stability index of two histograms: sum (p - q) ln(p / q), proportions floored
-    at PSI_FLOOR. 0: the same mix; ~0.1: a moderate shift; > 0.25: a large one (the usual reading)."""
+    """Population stability index of two histograms: sum (q - p) ln(q / p) over the bins, with
+    half a count added to every bin of both (Jeffreys smoothing: an empty bin on one side does not
+    give infinity, and a sparse histogram is pulled toward the other rather than read at face
+    value). 0: the same mix; ~0.1: a moderate shift; > 0.25: a large one (the usual reading),
+    once both sides hold many more values than there are bins."""
     r = np.asarray(reference, dtype=np.float64)
     c = np.asarray(current, dtype=np.float64)
     if r.sum() <= 0 or c.sum() <= 0:
         return 0.0
-    p = np.maximum(r / r.sum(), PSI_FLOOR)
-    q = np.maximum(c / c.sum(), PSI_FLOOR)
+    p = (r + PSI_PSEUDOCOUNT) / (r.sum() + PSI_PSEUDOCOUNT * r.size)
+    q = (c + PSI_PSEUDOCOUNT) / (c.sum() + PSI_PSEUDOCOUNT * c.size)
     return float(np.sum((q - p) * np.log(q / p)))
 
 

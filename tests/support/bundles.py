@@ -139,9 +139,27 @@ def make_bundle_bytes_payload(variant: str = "good", seed: int = 0, golden_ok: b
     return model, cases
 
 
-def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, version: str, release: int, profile: str, n_in: int, n_out: int, latency_p95_ms: float, report: dict, toolchain: dict[str, str], providers: list[str] | None = None):
+def reference_inputs(n: int = 400, seed: int = 7) -> np.ndarray:
+    """The validation inputs a test bundle's drift reference is made from ([n, 16], like sample_inputs)."""
+    return sample_inputs(n, seed=seed)
+
+
+def make_reference(model: bytes, inputs: np.ndarray, n_classes: int):
+    """A drift reference (edgeops.sketch) of a classifier ``input`` -> ``probs`` on ``inputs``, as a build makes it."""
+    import onnxruntime as ort
+
+    from edgeops.sketch import build_reference
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    feeds = [inputs[i : i + 8] for i in range(0, len(inputs), 8)]
+    outs = [session.run(None, {"input": f})[0] for f in feeds]
+    return build_reference("validation", {"input": feeds}, {"probs": outs}, classifier_outputs={"probs": n_classes}, channel_axes={"input": 1}, data_sha256=sha256_bytes(inputs.tobytes()))
+
+
+def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, version: str, release: int, profile: str, n_in: int, n_out: int, latency_p95_ms: float, report: dict, toolchain: dict[str, str], providers: list[str] | None = None, monitoring=None):
     """Write a complete bundle of an ONNX classifier (``input`` -> ``probs``) with its golden
-    ``cases`` to ``path``; returns the Manifest (shared by the tests and bench/agent.py)."""
+    ``cases`` to ``path``; returns the Manifest (shared by the tests and bench/agent.py).
+    ``monitoring``: the drift reference to put in the manifest (see :func:`make_reference`)."""
     import json
 
     golden = GoldenVectors(cases=cases, tolerances={"probs": Tolerance(atol=1e-4, rtol=1e-3)})
@@ -165,13 +183,17 @@ def write_classifier_bundle(path, model: bytes, cases: list, *, name: str, versi
         budgets=ManifestBudgets(latency_p95_ms=latency_p95_ms),
         files=describe_files(payload),
         provenance=Provenance(source_model_sha256=sha256_bytes(model), source_format="onnx", toolchain=toolchain),
+        monitoring=monitoring,
     )
     write_bundle(path, manifest, payload)
     return manifest
 
 
-def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None, providers: list[str] | None = None):
-    """Write a complete, valid bundle of a test model to ``path`` and return its Manifest."""
+def write_test_bundle(path, name: str = "digits", version: str = "1.0.0", release: int = 1, variant: str = "good", seed: int = 0, profile: str = "x86_64-avx512-vnni", golden_ok: bool = True, latency_p95_ms: float = 20.0, trigger: float | None = None, providers: list[str] | None = None, reference: bool = False):
+    """Write a complete, valid bundle of a test model to ``path`` and return its Manifest
+    (``reference``: with a drift reference made from :func:`reference_inputs`)."""
     model, cases = make_bundle_bytes_payload(variant, seed, golden_ok, trigger)
+    monitoring = make_reference(make_onnx_model("good", seed), reference_inputs(), N_CLASSES) if reference else None
     return write_classifier_bundle(path, model, cases, name=name, version=version, release=release, profile=profile, n_in=N_FEATURES, n_out=N_CLASSES,
-                                   latency_p95_ms=latency_p95_ms, report={"summary": {"variant": variant}}, toolchain={"edgeops-tests": "1"}, providers=providers)
+                                   latency_p95_ms=latency_p95_ms, report={"summary": {"variant": variant}}, toolchain={"edgeops-tests": "1"}, providers=providers,
+                                   monitoring=monitoring)
