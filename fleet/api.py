@@ -13,8 +13,14 @@
     GET  /api/v1/rollouts/{id}[?history=1]     status with waves and gates
     GET  /api/v1/rollouts/{id}/devices         assignments
     POST /api/v1/rollouts/{id}/{start|pause|resume|promote|abort}
+    GET  /api/v1/audit[?limit=&offset=]        who did what when (API actions and rollout decisions)
+    GET  /api/v1/access                        token names and roles (admin)
+    GET  /ui/...                               the browser console (fleet/ui/)
 
-``/api`` requires ``Authorization: Bearer <token>`` (api.tokens; the scheme in any case).
+``/api`` requires ``Authorization: Bearer <token>`` (api.tokens; the scheme in any case) or the
+console's session cookie (signed in at /ui/login; state-changing requests then also need the
+session's X-CSRF-Token). Each token has a role (fleet/access.py: viewer, operator, admin); a
+request above the caller's role is a 403 naming the role it needs.
 With ``api.cert_file``/``key_file`` the server speaks https only. Query parameters and bodies
 are checked before any work (fleet/api_input.py: ranges, 64 KiB and 16 levels of JSON).
 Errors are JSON ``{"error": message, "type": class, "request_id": id}``: 400 bad input,
@@ -31,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import re
 import ssl
@@ -80,14 +85,17 @@ EVENT_PARAMS = (
 )
 ROLLOUT_LIST_PARAMS = (Param("status", "enum", values=tuple(s.value for s in RolloutStatus)),)
 HISTORY = Param("history", "bool", "include the status history")
+AUDIT_PARAMS = (limit_param(100), OFFSET)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 try:  # typed request storage keys (aiohttp >= 3.12); made at import: RequestKey names itself after the importing module
     from aiohttp.web import RequestKey
 
     _REQUEST_ID_KEY = RequestKey("request_id", str)
+    _CALLER_KEY = RequestKey("caller", tuple)
 except ImportError:  # pragma: no cover
     _REQUEST_ID_KEY = "request_id"
+    _CALLER_KEY = "caller"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -170,6 +178,8 @@ def openapi_document() -> dict:
             }
         },
         "/api/v1/rollouts/{id}/devices": {"get": {"summary": "Devices of a rollout with their assignment status", "parameters": [rid], "responses": {"200": arr, "401": err, "404": err}}},
+        "/api/v1/audit": {"get": {"summary": "Who did what when: API actions (caller, method, path, status) and rollout decisions, newest first", "parameters": [p.openapi() for p in AUDIT_PARAMS], "responses": {"200": arr, "400": err, "401": err}}},
+        "/api/v1/access": {"get": {"summary": "Configured token names and roles (admin role; tokens are never shown)", "responses": {"200": arr, "401": err, "403": err}}},
     }
     for action in ACTION_FROM:
         paths[f"/api/v1/rollouts/{{id}}/{action}"] = {
@@ -181,6 +191,10 @@ def openapi_document() -> dict:
                 "responses": {"200": obj, "401": err, "404": err, "409": err},
             }
         }
+    for path, item in paths.items():  # roles (fleet/access.py): a token or session below the role needed gets 403
+        if path.startswith("/api/"):
+            for op in item.values():
+                op["responses"].setdefault("403", err)
     _name_operations(paths)
     paths["/api/v1/devices"]["get"]["responses"]["200"] = {
         **arr,
@@ -296,16 +310,20 @@ def make_app(console):
     from edgeops.fleet import metrics
     from edgeops.fleet.repo_server import add_http_routes
 
+    from edgeops.fleet import access, action_log
+
     db = console.db
-    tokens = [t.encode() for t in console.config.api.all_tokens()]
+    tokens = access.TokenTable(console.config.api.token_roles())
+    sessions = access.SessionStore()
     metrics_public = console.config.api.metrics_public
 
-    def _authorized(request) -> bool:
+    def _caller(request):
+        """(principal, session): a bearer token first, else the browser's session cookie."""
         given = bearer_token(request.headers.get("Authorization", ""))
-        if given is None:
-            return False
-        raw = given.encode("utf-8", "surrogateescape")
-        return any(hmac.compare_digest(raw, t) for t in tokens)
+        if given is not None:
+            return tokens.lookup(given), None
+        session = sessions.get(request.cookies.get(access.SESSION_COOKIE))
+        return (session.principal, session) if session else (None, None)
 
     def _error(request, status: int, message: str, kind: str, headers=None):
         rid = request[_REQUEST_ID_KEY]
@@ -315,15 +333,30 @@ def make_app(console):
     async def guard(request, handler):
         rid = request.headers.get(REQUEST_ID_HEADER, "")
         request[_REQUEST_ID_KEY] = rid if _REQUEST_ID_RE.fullmatch(rid) else uuid.uuid4().hex
+        request[_CALLER_KEY] = _caller(request)
         response = await _answer(request, handler)
+        principal = request[_CALLER_KEY][0]
+        if principal is not None and request.path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS"):
+            # who did what when (the Audit page); a refusal is recorded too
+            try:
+                await run(action_log.record, db, principal.name, principal.role, request.method, request.path, response.status, request[_REQUEST_ID_KEY], response.reason or "")
+            except Exception:  # noqa: BLE001 (the answer is decided: a failed audit write is logged, not turned into an error)
+                log.exception("request %s: audit record failed", request[_REQUEST_ID_KEY])
         response.headers[REQUEST_ID_HEADER] = request[_REQUEST_ID_KEY]
         return response
 
     async def _answer(request, handler):
         path = request.path
         needs_auth = path.startswith("/api/") or (path == "/metrics" and not metrics_public)
-        if needs_auth and not _authorized(request):
+        principal, session = request[_CALLER_KEY]
+        if needs_auth and principal is None:
             return _error(request, 401, "missing or wrong bearer token (Authorization: Bearer <token>; see api.tokens in fleet.toml)", "Unauthorized", {"WWW-Authenticate": "Bearer"})
+        if needs_auth:
+            needed = access.role_needed(request.method, path)
+            if not access.allows(principal.role, needed):
+                return _error(request, 403, f"{request.method} {path} needs the {needed} role; token {principal.name!r} has the {principal.role} role (roles per token: [[api.access]] in fleet.toml)", "Forbidden")
+            if session is not None and request.method not in ("GET", "HEAD", "OPTIONS") and not access.csrf_ok(session, request.headers.get(access.CSRF_HEADER)):
+                return _error(request, 403, f"missing or wrong CSRF token: a request made with the session cookie must send the page's token in {access.CSRF_HEADER}", "Forbidden")
         try:
             return await handler(request)
         except web.HTTPException as e:
@@ -410,6 +443,13 @@ def make_app(console):
         )
         return web.json_response(out, status=202)
 
+    async def audit(request):
+        q = _query(request, AUDIT_PARAMS)
+        return web.json_response(await run(action_log.audit_entries, db, **q))
+
+    async def access_list(request):
+        return web.json_response(tokens.names())
+
     async def rollouts(request):
         return web.json_response(await run(service.list_rollouts, db, **_query(request, ROLLOUT_LIST_PARAMS)))
 
@@ -445,7 +485,12 @@ def make_app(console):
     app.router.add_get("/api/v1/rollouts/{id}", rollout)
     app.router.add_get("/api/v1/rollouts/{id}/devices", rollout_devices)
     app.router.add_post("/api/v1/rollouts/{id}/{action:" + "|".join(service.ACTIONS) + "}", action)  # only actions: /devices answers GET alone
+    app.router.add_get("/api/v1/audit", audit)
+    app.router.add_get("/api/v1/access", access_list)
     add_http_routes(app, console.repo_dir, console.config.repository.http_prefix)
+    from edgeops.fleet.ui.routes import add_ui_routes
+
+    add_ui_routes(app, console, tokens, sessions, lambda request: request[_CALLER_KEY])
     return app
 
 

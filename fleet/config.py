@@ -23,6 +23,8 @@ Example (``edgeops fleet init`` writes one)::
     [api]
     bind = "127.0.0.1:8780"
     tokens = ["..."]                   # Bearer tokens; or tokens_env = "EDGEOPS_FLEET_TOKEN"
+    # [[api.access]]                   # named tokens with a role: viewer, operator or admin
+    # name = "alice"; role = "operator"; token = "..." (or token_env = "...")
     # cert_file / key_file             # serve https (`edgeops fleet api-cert` issues them from the fleet CA)
     # ca_file                          # the CA clients verify the API with (`edgeops rollout --config`)
     # metrics_public = false           # true: /metrics without the token
@@ -144,6 +146,25 @@ class RepositoryConfig(_Section):
     http_prefix: str = Field(default="/repo", pattern=r"^/[A-Za-z0-9_/-]*$")
 
 
+class AccessToken(_Section):
+    """One ``[[api.access]]`` entry: a named token with a role (fleet/access.py)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="shown in the audit log (never the token)")
+    token: str | None = None
+    token_env: str | None = Field(default=None, description="environment variable holding the token")
+    role: Literal["viewer", "operator", "admin"]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AccessToken":
+        if bool(self.token) == bool(self.token_env):
+            raise ValueError(f"access {self.name!r}: set token or token_env (one of them)")
+        return self
+
+    def resolved(self) -> str | None:
+        """The token, from the file or the environment (None when the variable is unset)."""
+        return self.token or os.environ.get(self.token_env or "") or None
+
+
 class ApiConfig(_Section):
     """The REST API, /metrics and the HTTP repository."""
 
@@ -154,6 +175,7 @@ class ApiConfig(_Section):
     cert_file: str | None = Field(default=None, description="PEM certificate (chain) of the API: serve https (with key_file)")
     key_file: str | None = Field(default=None, description="PEM private key of cert_file")
     ca_file: str | None = Field(default=None, description="CA certificate clients (edgeops rollout ..., --config fleet.toml) verify the API's certificate with")
+    access: list[AccessToken] = Field(default_factory=list, description="named tokens with roles viewer/operator/admin; tokens/tokens_env are admin tokens")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ApiConfig":
@@ -183,6 +205,14 @@ class ApiConfig(_Section):
     def port(self) -> int:
         """Bind port (0: any free port)."""
         return int(self.bind.rpartition(":")[2])
+
+    def token_roles(self) -> list[tuple[str, str, str]]:
+        """(name, token, role) of every configured token: ``access`` entries, then the admin ``tokens``."""
+        out = [(a.name, t, a.role) for a in self.access if (t := a.resolved())]
+        out += [(f"token-{i + 1}", t, "admin") for i, t in enumerate(self.tokens) if t]
+        if self.tokens_env and os.environ.get(self.tokens_env):
+            out.append((self.tokens_env, os.environ[self.tokens_env], "admin"))
+        return out
 
     def all_tokens(self) -> list[str]:
         """Tokens from the file plus the one in ``tokens_env`` (when set)."""
