@@ -1,0 +1,1 @@
+"""The fleet console in a browser (/ui/): pages, live fragments, vendored JavaScript."""
