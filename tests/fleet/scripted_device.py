@@ -217,8 +217,9 @@ class ScriptedDevice:
             old = self.active
             if self.behaviour.get(target, "good") == "nan":
                 self.telemetry(target, nans=50)
-                self.event(EventKind.PROBATION_FAILED, cmd, target, "outputs are NaN", [GateResult(gate="max_nan", passed=False, measured=50, threshold=0)])
-                self.event(EventKind.ROLLED_BACK, cmd, target, f"back on {old}")
+                failed = [GateResult(gate="max_nan", passed=False, measured=50, threshold=0)]
+                self.event(EventKind.PROBATION_FAILED, cmd, target, "outputs are NaN", failed)
+                self.event(EventKind.ROLLED_BACK, cmd, target, f"back on {old}", failed)  # the real agent names the failing gates here too (agent/machine.py)
                 self.report_state()
             else:
                 self.telemetry(target)
