@@ -222,11 +222,15 @@ class Sketcher:
         self.layout = layout
         c, b = layout.channels, layout.bins
         edges = np.asarray(layout.edges, dtype=np.float64)
-        self._lo = edges[:, :1]
-        self._inv = (b / (edges[:, -1] - edges[:, 0]))[:, None]
-        self._offsets = (np.arange(c) * (b + 2))[:, None]
+        inv = b / (edges[:, -1] - edges[:, 0])
+        # bin position + 1 = x * scale + shift: 0 is the underflow bin, b + 1 the overflow bin
+        self._scale = inv[None, :, None]
+        self._shift = (1.0 - edges[:, 0] * inv)[None, :, None]
+        self._offsets = (np.arange(c) * (b + 2))[None, :, None]
         self._q = np.asarray(layout.quantum, dtype=np.float64)
+        self._inv_q = 1.0 / self._q  # powers of two: exact
         self._q2 = np.asarray(layout.quantum_sq, dtype=np.float64)
+        self._inv_q2 = 1.0 / self._q2
         self.reset()
 
     def reset(self) -> None:
@@ -244,7 +248,10 @@ class Sketcher:
         self.confidence = np.zeros(CONFIDENCE_BINS if self.layout.classes else 0, dtype=np.int64)
 
     def add(self, array: np.ndarray) -> None:
-        """Fold one tensor (leading axis: rows) into the state."""
+        """Fold one tensor (leading axis: rows) into the state.
+
+        The hot path of the agent (once per inference per tensor): a handful of numpy calls on
+        at most VALUES_PER_CHANNEL values per channel; non-finite values take a slower path."""
         lay = self.layout
         a = _by_channel(array, lay.channel_axis)
         if a.shape[1] != lay.channels:
@@ -252,51 +259,60 @@ class Sketcher:
                 raise ValueError(f"{lay.name}: {a.shape[1]} channels, the reference sketch has {lay.channels}")
             a = a.reshape(a.shape[0], lay.channels, -1)
         x = a[:, :, :: lay.stride].astype(np.float64)
-        rows = x.shape[0]
-        finite = np.isfinite(x)
-        keep = None
-        if finite.all():
-            n = np.full(lay.channels, rows * x.shape[2], dtype=np.int64)
-            lo, hi = x.min(axis=(0, 2)), x.max(axis=(0, 2))
-        else:  # non-finite values are counted apart, never binned nor summed
-            self.nonfinite += int(x.size - finite.sum())
-            keep = finite
-            n = finite.sum(axis=(0, 2))
-            lo = np.where(finite, x, np.inf).min(axis=(0, 2))
-            hi = np.where(finite, x, -np.inf).max(axis=(0, 2))
-            x = np.where(finite, x, 0.0)
         row_sum = x.sum(axis=2)
-        row_sq = np.einsum("rce,rce->rc", x, x)
-        t = (x - self._lo[None]) * self._inv[None]
-        np.clip(t, -1.0, lay.bins, out=t)  # before the cast: a huge value must not wrap around
-        np.floor(t, out=t)
-        idx = t.astype(np.int64)
-        idx += self._offsets[None] + 1
+        if not np.isfinite(row_sum).all():  # a NaN/Inf among the values (or sums beyond float64)
+            self._add_nonfinite(x, array)
+        else:
+            row_max = x.max(axis=2)
+            self._fold(x, x.shape[0] * x.shape[2], row_sum, np.einsum("rce,rce->rc", x, x), x.min(axis=(0, 2)), row_max.max(axis=0), None)
+            if lay.classes:
+                if lay.stride == 1 and lay.channels == 1 and x.shape[2] == lay.classes:
+                    self._add_classes(x.reshape(-1, lay.classes), row_max.reshape(-1))
+                else:
+                    self._add_classes_any(np.asarray(array))
+
+    def _fold(self, x: np.ndarray, values: int, row_sum, row_sq, lo, hi, keep) -> None:
+        lay = self.layout
+        t = x * self._scale
+        t += self._shift
+        np.clip(t, 0.0, lay.bins + 1, out=t)  # before the cast: a huge value must not wrap around
+        idx = t.astype(np.int64)  # truncation is floor here: t >= 0
+        idx += self._offsets
         self.hist += np.bincount(idx.ravel() if keep is None else idx[keep], minlength=self.hist.size)
-        self.rows += rows
-        self.count += n
+        self.rows += x.shape[0]
+        self.count += values if keep is None else keep.sum(axis=(0, 2))
         # rounding each row's sums to the layout's grid makes later additions exact (module doc)
-        self.sum += (np.round(row_sum / self._q) * self._q).sum(axis=0)
-        self.sum_sq += (np.round(row_sq / self._q2) * self._q2).sum(axis=0)
+        self.sum += np.rint(row_sum * self._inv_q).sum(axis=0) * self._q
+        self.sum_sq += np.rint(row_sq * self._inv_q2).sum(axis=0) * self._q2
         np.minimum(self.min, lo, out=self.min)
         np.maximum(self.max, hi, out=self.max)
-        if lay.classes:
-            self._add_classes(np.asarray(array))
 
-    def _add_classes(self, array: np.ndarray) -> None:
+    def _add_nonfinite(self, x: np.ndarray, array: np.ndarray) -> None:
+        # non-finite values are counted apart, never binned nor summed
+        finite = np.isfinite(x)
+        self.nonfinite += int(x.size - finite.sum())
+        lo = np.where(finite, x, np.inf).min(axis=(0, 2))
+        hi = np.where(finite, x, -np.inf).max(axis=(0, 2))
+        x = np.where(finite, x, 0.0)
+        self._fold(x, 0, x.sum(axis=2), np.einsum("rce,rce->rc", x, x), lo, hi, finite)
+        if self.layout.classes:
+            self._add_classes_any(np.asarray(array))
+
+    def _add_classes_any(self, array: np.ndarray) -> None:
         logits = np.asarray(array, dtype=np.float64).reshape(-1, self.layout.classes)
-        ok = np.all(np.isfinite(logits), axis=1)
-        logits = logits[ok]
-        if not logits.size:
-            return
+        logits = logits[np.all(np.isfinite(logits), axis=1)]
+        if logits.size:
+            self._add_classes(logits, logits.max(axis=1))
+
+    def _add_classes(self, logits: np.ndarray, top_value: np.ndarray) -> None:
+        """Top-1 class and confidence of finite rows ``logits`` [rows, classes] (``top_value``: their row maxima)."""
         top = logits.argmax(axis=1)
         if self.layout.logits:
-            m = logits.max(axis=1, keepdims=True)
-            conf = 1.0 / np.exp(logits - m).sum(axis=1)  # softmax of the top-1 class
+            conf = 1.0 / np.exp(logits - top_value[:, None]).sum(axis=1)  # softmax of the top-1 class
         else:
-            conf = logits[np.arange(len(top)), top]
+            conf = top_value
         self.class_counts += np.bincount(top, minlength=self.layout.classes)
-        bins = np.clip((conf * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
+        bins = np.minimum((conf * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1)
         self.confidence += np.bincount(bins, minlength=CONFIDENCE_BINS)
 
     def state(self) -> SketchState:
