@@ -51,6 +51,8 @@ VALUES_PER_CHANNEL = 1024  # elements of one row sketched per channel (a fixed s
 RANGE_QUANTILES = (0.001, 0.999)  # the histogram's range from the reference, outliers to the end bins
 EXACT_BITS = 17  # per-row sums are rounded to 2^-17 of their largest expected magnitude
 HEADROOM_BITS = 4  # values up to 16x the reference range still sum exactly
+MIN_VALUES_PER_BIN = 50  # a small reference gets fewer bins (at least MIN_BINS): PSI's noise grows with bins / samples
+MIN_BINS = 8
 PSI_PSEUDOCOUNT = 0.5  # added to every bin in PSI (Jeffreys): an empty bin does not give infinity
 
 # as edgeops.protocol bounds a device's counts (COUNT_MAX): a state travels in a telemetry batch
@@ -171,7 +173,9 @@ def make_layout(name: str, samples: list[np.ndarray], *, channel_axis: int | Non
     """The layout of a tensor from its reference samples (a list of arrays with a leading row axis).
 
     Ranges are the reference's ``RANGE_QUANTILES`` per channel (outliers fall in the end bins);
-    a constant channel gets a unit-wide range around its value. Deterministic: the same samples
+    a constant channel gets a unit-wide range around its value. ``bins`` is the most: a small
+    reference gets one bin per MIN_VALUES_PER_BIN values per channel (at least MIN_BINS), since
+    PSI's value under no drift grows with bins / samples. Deterministic: the same samples
     give the same layout.
     """
     if not 1 <= bins <= MAX_BINS:
@@ -185,6 +189,8 @@ def make_layout(name: str, samples: list[np.ndarray], *, channel_axis: int | Non
         channels, channel_axis = 1, None
     per_row = arrays[0].shape[2]
     stride = max(1, -(-per_row // VALUES_PER_CHANNEL))
+    values_per_channel = sum(a.shape[0] for a in arrays) * len(range(0, per_row, stride))
+    bins = max(min(bins, MIN_BINS), min(bins, values_per_channel // MIN_VALUES_PER_BIN))
     edges, quantum, quantum_sq = [], [], []
     for c in range(channels):
         values = np.concatenate([a[:, c, ::stride].ravel() for a in arrays])
@@ -574,7 +580,7 @@ def build_reference(
         source=source,
         data_sha256=data_sha256,
         rows=rows,
-        method={"bins": bins, "range_quantiles": f"{RANGE_QUANTILES[0]},{RANGE_QUANTILES[1]}", "values_per_channel": VALUES_PER_CHANNEL, "confidence_bins": CONFIDENCE_BINS, "sketch": f"edgeops.sketch/{SKETCH_FORMAT}"},
+        method={"bins": bins, "min_values_per_bin": MIN_VALUES_PER_BIN, "range_quantiles": f"{RANGE_QUANTILES[0]},{RANGE_QUANTILES[1]}", "values_per_channel": VALUES_PER_CHANNEL, "confidence_bins": CONFIDENCE_BINS, "sketch": f"edgeops.sketch/{SKETCH_FORMAT}"},
         layouts=layouts,
         states=states,
     )

@@ -35,6 +35,13 @@ Example (``edgeops fleet init`` writes one)::
     assignment_timeout_s = 3600
     command_ttl_s = 86400
 
+    [drift]                            # drift of served data against each bundle's reference (docs/monitoring.md)
+    warn_psi = 0.1                     # PSI at which a significant drift warns ...
+    alert_psi = 0.25                   # ... and alerts
+    alpha = 0.01                       # significance: the KS p-value must be below this too
+    min_samples = 200                  # inferences a score needs before it is read at all
+    window_s = 3600                    # the scores cover the sketches received this long back
+
     [enroll]
     dir = "enroll"                     # password file, ACL, CA, broker/*.conf and per-device agent.toml
     # broker_group = "mosquitto"       # group the broker runs as (default: the mosquitto user's group)
@@ -243,6 +250,23 @@ class IngestConfig(_Section):
     telemetry_retention_s: float = Field(default=7 * 86400, gt=0)
 
 
+class DriftConfig(_Section):
+    """Drift thresholds: a score warns or alerts when its PSI reaches the threshold *and* its KS
+    p-value is below ``alpha``, on at least ``min_samples`` inferences (edgeops.sketch.level)."""
+
+    warn_psi: float = Field(default=0.1, gt=0, description="PSI at which a significant drift is a warning")
+    alert_psi: float = Field(default=0.25, gt=0, description="PSI at which a significant drift is an alert")
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="largest KS p-value read as significant")
+    min_samples: int = Field(default=200, ge=1, description="inferences a score needs before it is read (fewer: 'insufficient')")
+    window_s: float = Field(default=3600.0, gt=0, le=30 * 86400, description="default window of the drift scores (sketches received this long back)")
+
+    @model_validator(mode="after")
+    def _order(self) -> "DriftConfig":
+        if self.alert_psi < self.warn_psi:
+            raise ValueError(f"alert_psi {self.alert_psi} is below warn_psi {self.warn_psi}")
+        return self
+
+
 class EnrollConfig(_Section):
     """Where `edgeops fleet enroll` writes broker credentials and device configs."""
 
@@ -267,6 +291,7 @@ class FleetConfig(_Section):
     rollouts: RolloutConfig = Field(default_factory=RolloutConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     enroll: EnrollConfig = Field(default_factory=EnrollConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     base_dir: str = Field(default=".", description="folder relative paths are resolved against (set by load_config)")
 
     def path(self, value: str) -> Path:

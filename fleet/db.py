@@ -19,6 +19,9 @@ where the last one stopped. Tables (each name gets ``table_prefix``; PostgreSQL 
                   run --device``): id, device, kind, seq, expiry, bundle, status, timestamps
     device_clock  per device, the messages whose own timestamp was off the console's receive
                   clock (ingest.clock_skew): how many, the last offset and when
+    sketches      the drift sketches of a telemetry batch (edgeops.sketch), primary key
+                  (device_id, seq) like its batch: the version it ran, rows, and the states as
+                  JSON; merged and scored against the bundle's reference by fleet/drift.py
 
 Timestamps are unix seconds (float) and JSON columns are text, so the schema is identical on
 both dialects. Writes that arrive in volume (ingest) go through ``executemany``; duplicate
@@ -57,6 +60,7 @@ class Tables:
     audit: sa.Table
     commands: sa.Table
     device_clock: sa.Table
+    sketches: sa.Table
 
 
 def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
@@ -217,7 +221,22 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("last_skew_s", sa.Float, nullable=False),
         sa.Column("last_skewed_at", sa.Float, nullable=False),
     )
-    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands, device_clock)
+    # A table of its own (create_all adds it to an earlier database): only batches that carry
+    # sketches have a row, and the drift queries read nothing else.
+    sketches = sa.Table(
+        f"{prefix}sketches",
+        md,
+        sa.Column("device_id", S(64), primary_key=True),
+        sa.Column("seq", sa.BigInteger, primary_key=True),
+        sa.Column("version_name", S(128)),
+        sa.Column("version_version", S(64)),
+        sa.Column("rows", sa.BigInteger, nullable=False, default=0),
+        sa.Column("received_at", sa.Float, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Index(f"{prefix}ix_sketches_version", "version_name", "version_version", "received_at"),
+        sa.Index(f"{prefix}ix_sketches_received", "received_at"),
+    )
+    return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands, device_clock, sketches)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

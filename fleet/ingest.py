@@ -549,6 +549,16 @@ class Ingestor:
         inserted = set(self.db.insert_ignore_returning(conn, self.db.t.telemetry, list(rows.values()), ["device_id", "seq"]))
         tally["duplicates", "telemetry"] += len(received) - len(inserted)
         tally["stored", "telemetry"] += len(inserted)
+        # drift sketches of the new batches only (a redelivery's were stored with it)
+        sketches = {
+            (b.device_id, b.seq): {"device_id": b.device_id, "seq": b.seq, "version_name": b.active.name, "version_version": b.active.version,
+                                   "rows": max(st.rows for st in b.sketches.values()), "received_at": received_at,
+                                   "body": dumps({k: st.to_dict() for k, st in b.sketches.items()})}
+            for b, received_at in received
+            if b.sketches and b.active is not None and (b.device_id, b.seq) in inserted
+        }
+        if sketches:
+            self.db.insert_ignore_returning(conn, self.db.t.sketches, list(sketches.values()), ["device_id", "seq"])
         for key in sorted(inserted):
             r = rows[key]
             seen[r["device_id"]] = max(seen.get(r["device_id"], 0.0), r["received_at"])
