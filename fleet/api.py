@@ -14,6 +14,7 @@
     GET  /api/v1/rollouts/{id}/devices         assignments
     POST /api/v1/rollouts/{id}/{start|pause|resume|promote|abort}
     GET  /api/v1/audit[?limit=&offset=]        who did what when (API actions and rollout decisions)
+    GET  /api/v1/drift[?by=&bundle=&device=&tag=&profile=&window_s=]  drift scores against each bundle's reference (fleet/drift.py)
     GET  /api/v1/access                        token names and roles (admin)
     GET  /ui/...                               the browser console (fleet/ui/)
 
@@ -45,7 +46,7 @@ import uuid
 
 from edgeops import __version__
 from edgeops.errors import ConfigError, FleetError, IllegalTransitionError
-from edgeops.fleet import commands, registry
+from edgeops.fleet import commands, drift, registry
 from edgeops.fleet.api_input import MAX_BODY_BYTES, MAX_TEXT, OFFSET, TEXT_PATTERN, Param, RequestError, limit_param, parse_json_body, valid_device_id, valid_text
 from edgeops.fleet.hosts import is_loopback
 from edgeops.fleet.rollouts import service
@@ -86,6 +87,14 @@ EVENT_PARAMS = (
 ROLLOUT_LIST_PARAMS = (Param("status", "enum", values=tuple(s.value for s in RolloutStatus)),)
 HISTORY = Param("history", "bool", "include the status history")
 AUDIT_PARAMS = (limit_param(100), OFFSET)
+DRIFT_PARAMS = (
+    Param("by", "enum", "group the scores per bundle version, device, device profile or device tag (key=value)", values=drift.GROUPINGS),
+    Param("bundle", "text", "NAME@VERSION (NAME alone: every version)"),
+    Param("device", "device", "only this device"),
+    Param("tag", "text", "KEY=VALUE: only devices with this tag"),
+    Param("profile", "text", "only devices of this profile"),
+    Param("window_s", "int", "sketches received this many seconds back (default: drift.window_s of fleet.toml)", minimum=1, maximum=int(drift.MAX_WINDOW_S)),
+)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 try:  # typed request storage keys (aiohttp >= 3.12); made at import: RequestKey names itself after the importing module
@@ -180,6 +189,17 @@ def openapi_document() -> dict:
         "/api/v1/rollouts/{id}/devices": {"get": {"summary": "Devices of a rollout with their assignment status", "parameters": [rid], "responses": {"200": arr, "401": err, "404": err}}},
         "/api/v1/audit": {"get": {"summary": "Who did what when: API actions (caller, method, path, status) and rollout decisions, newest first", "parameters": [p.openapi() for p in AUDIT_PARAMS], "responses": {"200": arr, "400": err, "401": err}}},
         "/api/v1/access": {"get": {"summary": "Configured token names and roles (admin role; tokens are never shown)", "responses": {"200": arr, "401": err, "403": err}}},
+        "/api/v1/drift": {
+            "get": {
+                "summary": "Drift of served data against each bundle's reference, per version, device, profile or tag",
+                "description": "The devices' drift sketches received in the window, merged per group and scored against the reference in the "
+                "bundle's manifest: PSI, KS distance and p-value, the sample count (inferences), and a level (ok, warn, alert from the "
+                "[drift] thresholds of fleet.toml; insufficient below min_samples; no_reference for a bundle built without one). "
+                "See docs/monitoring.md.",
+                "parameters": [p.openapi() for p in DRIFT_PARAMS],
+                "responses": {"200": obj, "400": err, "401": err},
+            }
+        },
     }
     for action in ACTION_FROM:
         paths[f"/api/v1/rollouts/{{id}}/{action}"] = {
@@ -404,6 +424,25 @@ def make_app(console):
             return web.json_response(body, status=503)
         return web.json_response(body)
 
+    async def drift_handler(request):
+        q = _query(request, DRIFT_PARAMS)
+        bundle = None
+        if q["bundle"]:
+            name, _, version = q["bundle"].partition("@")
+            if not name or "/" in q["bundle"]:
+                raise RequestError(f"query parameter bundle: {q['bundle'][:70]!r} is not NAME@VERSION or NAME")
+            bundle = (name, version or None)
+        tag = None
+        if q["tag"]:
+            key, sep, value = q["tag"].partition("=")
+            if not sep or not key:
+                raise RequestError(f"query parameter tag: {q['tag'][:70]!r} is not KEY=VALUE")
+            tag = (key, value)
+        refs = drift.reference_store(console.repo_dir)
+        report = await run(drift.drift_report, db, refs, console.config.drift, q["by"] or "version", window_s=q["window_s"], bundle=bundle,
+                           device=q["device"], tag=tag, profile=q["profile"])
+        return web.json_response(report)
+
     async def metrics_handler(request):
         body, ctype = await run(metrics.render, db, console)
         return web.Response(body=body, headers={"Content-Type": ctype})
@@ -486,6 +525,7 @@ def make_app(console):
     app.router.add_get("/api/v1/rollouts/{id}/devices", rollout_devices)
     app.router.add_post("/api/v1/rollouts/{id}/{action:" + "|".join(service.ACTIONS) + "}", action)  # only actions: /devices answers GET alone
     app.router.add_get("/api/v1/audit", audit)
+    app.router.add_get("/api/v1/drift", drift_handler)
     app.router.add_get("/api/v1/access", access_list)
     add_http_routes(app, console.repo_dir, console.config.repository.http_prefix)
     from edgeops.fleet.ui.routes import add_ui_routes

@@ -93,6 +93,20 @@ class ReferenceStore:
             return None
 
 
+_STORES: dict[str, ReferenceStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def reference_store(repo_dir: str | Path | None) -> ReferenceStore:
+    """The process's ReferenceStore of ``repo_dir`` (one cache shared by the API, /metrics and the gates)."""
+    key = str(Path(repo_dir).resolve()) if repo_dir is not None else ""
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = ReferenceStore(repo_dir)
+        return store
+
+
 @dataclass
 class _Group:
     key: dict[str, str]

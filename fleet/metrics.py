@@ -15,6 +15,10 @@ replica report the same fleet-wide numbers and survives restarts. Counters of th
     edgeops_telemetry_{inferences,errors,nan}{bundle,version}  sums over the last 5 minutes
     edgeops_telemetry_p95_ms{bundle,version}                   inference-weighted mean p95, last 5 minutes
     edgeops_telemetry_agreement{bundle,version}                mean shadow agreement, last 5 minutes
+    edgeops_drift_{psi,ks,ks_p_value,samples,level}{bundle,version}  drift against the bundle's reference over
+                                                               drift.window_s (fleet/drift.py); level 0 ok, 1 warn,
+                                                               2 alert, -1 too few samples
+    edgeops_drift_threshold_psi{level}, edgeops_drift_alpha, edgeops_drift_min_samples   the [drift] thresholds
     edgeops_ingest_messages_total{kind,result}                 received|stored|duplicate|malformed|unknown_device|db_rejected
     edgeops_ingest_db_rejected_total{kind,reason}              messages the database refused (out_of_range|integrity|refused)
     edgeops_ingest_clock_skew_total{kind}                      stored messages whose device time was off the console's clock
@@ -203,6 +207,38 @@ class FleetCollector:
                 if agn:
                     agr.add_metric(lab, ag / agn)
             yield from (inf, err, nan, p95, agr)
+        yield from self._drift_metrics(Gauge, published, now)
+
+    def _drift_metrics(self, Gauge, published: set[tuple[str, str]], now: float):
+        """Drift per published version (a version no repository publishes has no reference to score against)."""
+        from edgeops.fleet import drift
+        from edgeops.fleet.config import DriftConfig
+
+        settings = self.console.config.drift if self.console is not None else DriftConfig()
+        labels = ["bundle", "version"]
+        help_window = f"over the sketches received in the last {settings.window_s:.0f} s"
+        psi = Gauge("edgeops_drift_psi", f"Largest PSI of a tensor against the bundle's reference, {help_window}", labels=labels)
+        ks = Gauge("edgeops_drift_ks", f"Largest binned Kolmogorov-Smirnov distance against the reference, {help_window}", labels=labels)
+        pv = Gauge("edgeops_drift_ks_p_value", f"KS p-value at the effective sample size (Bonferroni over tensors and channels), {help_window}", labels=labels)
+        n = Gauge("edgeops_drift_samples", f"Inferences the drift score is computed on, {help_window}", labels=labels)
+        lv = Gauge("edgeops_drift_level", "Drift level from the [drift] thresholds: 0 ok, 1 warn, 2 alert, -1 fewer than min_samples inferences", labels=labels)
+        report = drift.drift_report(self.db, drift.reference_store(self.repo_dir), settings, "version", now=now)
+        for g in report["groups"]:
+            if (g["bundle"], g["version"]) not in published or not g["reference"]:
+                continue
+            lab = [g["bundle"], g["version"]]
+            n.add_metric(lab, g["samples"])
+            lv.add_metric(lab, drift.level_value(g["level"]))
+            psi.add_metric(lab, g["psi"])
+            ks.add_metric(lab, g["ks"])
+            pv.add_metric(lab, g["p_value"])
+        yield from (psi, ks, pv, n, lv)
+        th = Gauge("edgeops_drift_threshold_psi", "PSI thresholds of the [drift] levels", labels=["level"])
+        th.add_metric(["warn"], settings.warn_psi)
+        th.add_metric(["alert"], settings.alert_psi)
+        yield th
+        yield Gauge("edgeops_drift_alpha", "Largest KS p-value read as significant", value=settings.alpha)
+        yield Gauge("edgeops_drift_min_samples", "Inferences a drift score needs before it is read", value=settings.min_samples)
 
 
 def render(db: Database, console=None, repo_dir=None) -> tuple[bytes, str]:

@@ -33,7 +33,7 @@ def drift_repo(tmp_path_factory):
         path = base / f"cam-{version}.bundle"
         write_test_bundle(path, name="cam", version=version, release=release, reference=reference)
         repo.publish(path, ring)
-    return base / "repo"
+    return {"repo": base / "repo", "keys": base / "keys"}
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def _feed(ing, *msgs):
 
 
 def test_drift_per_version_device_profile_and_tag(db, ingest, drift_repo):
-    refs = ReferenceStore(drift_repo)
+    refs = ReferenceStore(drift_repo["repo"])
     reference = refs.get("cam", "1.0.0")
     assert reference is not None and refs.get("cam", "2.0.0") is None and refs.get("cam", "9.9.9") is None
     register_devices(db, [
@@ -101,7 +101,7 @@ def test_drift_per_version_device_profile_and_tag(db, ingest, drift_repo):
 
 
 def test_a_version_without_reference_is_reported_without_score(db, ingest, drift_repo):
-    refs = ReferenceStore(drift_repo)
+    refs = ReferenceStore(drift_repo["repo"])
     reference = refs.get("cam", "1.0.0")
     register_devices(db, [{"id": "d1"}])
     _feed(ingest, _batch(reference, "d1", 1, reference_inputs(200, seed=3), version="2.0.0"))
@@ -110,8 +110,40 @@ def test_a_version_without_reference_is_reported_without_score(db, ingest, drift
 
 
 def test_bad_questions_are_refused(sqlite_db, drift_repo):
-    refs = ReferenceStore(drift_repo)
+    refs = ReferenceStore(drift_repo["repo"])
     with pytest.raises(ValueError, match="by"):
         drift_report(sqlite_db, refs, SETTINGS, "planet")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="window_s"):
         drift_report(sqlite_db, refs, SETTINGS, window_s=0)
+
+
+def test_rest_api_and_metrics(tmp_path, drift_repo):
+    import re
+
+    from tests.fleet.test_api import call, make_console, stop_console
+
+    c = make_console("sqlite", tmp_path, drift_repo)
+    try:
+        reference = ReferenceStore(drift_repo["repo"]).get("cam", "1.0.0")
+        register_devices(c.db, [{"id": "s1", "tags": {"site": "south"}, "profile": "jetson"}])
+        _feed(c.ingest, *[_batch(reference, "s1", seq, sample_inputs(150, seed=80 + seq) + 1.5) for seq in (1, 2)])
+        status, body = call(c, "GET", "/api/v1/drift?by=tag&bundle=cam@1.0.0")
+        assert status == 200, body
+        [g] = body["groups"]
+        assert g["group"] == {"tag": "site=south"} and g["level"] == "alert" and g["samples"] == 300
+        assert body["thresholds"]["alert_psi"] == c.config.drift.alert_psi
+        status, body = call(c, "GET", "/api/v1/drift?by=device&window_s=60")
+        assert status == 200 and body["groups"][0]["group"] == {"device": "s1"} and body["window_s"] == 60
+        for bad in ("by=planet", "window_s=0", "tag=nokey", "bundle=@1"):
+            status, body = call(c, "GET", f"/api/v1/drift?{bad}")
+            assert status == 400, (bad, body)
+        assert call(c, "GET", "/api/v1/drift", token=None)[0] == 401
+        status, metrics_body = call(c, "GET", "/metrics")
+        text = metrics_body.decode()
+        assert 'edgeops_drift_samples{bundle="cam",version="1.0.0"} 300.0' in text
+        assert 'edgeops_drift_level{bundle="cam",version="1.0.0"} 2.0' in text
+        psi = float(re.search(r'^edgeops_drift_psi\{bundle="cam",version="1.0.0"\} (\S+)$', text, re.M).group(1))
+        assert psi > c.config.drift.alert_psi
+        assert 'edgeops_drift_threshold_psi{level="alert"} 0.25' in text
+    finally:
+        stop_console(c, "sqlite")
