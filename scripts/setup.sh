@@ -27,3 +27,8 @@ rm -f "$CONSTRAINTS"
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null) || echo "note: mosquitto not installed; using the embedded broker"
 fi
+# promtool (Debian's prometheus package) checks deploy/prometheus/edgeops-rules.yml in the tests;
+# optional: without it tests/deploy/test_prometheus_rules.py is skipped with the reason.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || echo "note: promtool not installed; the Prometheus rules test will be skipped"
+fi

@@ -145,5 +145,11 @@ def test_rest_api_and_metrics(tmp_path, drift_repo):
         psi = float(re.search(r'^edgeops_drift_psi\{bundle="cam",version="1.0.0"\} (\S+)$', text, re.M).group(1))
         assert psi > c.config.drift.alert_psi
         assert 'edgeops_drift_threshold_psi{level="alert"} 0.25' in text
+        # every series the alerting rules read is one the console exports
+        from pathlib import Path
+
+        rules = (Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "edgeops-rules.yml").read_text()
+        used = set(re.findall(r"\bedgeops_[a-z_]+\b", rules)) - {"edgeops_rules"}
+        assert used and all(re.search(rf"^# TYPE {name} ", text, re.M) for name in used), used
     finally:
         stop_console(c, "sqlite")
