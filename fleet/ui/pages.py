@@ -33,9 +33,14 @@ def _status_badge(status: str) -> str:
     return badge(status, kind)
 
 
+def _num(v) -> str:
+    """A gate figure to 4 significant digits ('-' for none)."""
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+
 def _gate_text(g: dict) -> str:
     o = outcome(g)
-    value = f"{g.get('measured')} vs {g.get('threshold')}" if g.get("measured") is not None or g.get("threshold") is not None else ""
+    value = f"{_num(g.get('measured'))} vs {_num(g.get('threshold'))}" if g.get("measured") is not None or g.get("threshold") is not None else ""
     return f'<span class="gate gate-{e(o)}" data-gate="{e(g.get("gate"))}">{e(g.get("gate"))} {e(value)} {e(o)}</span>'
 
 
@@ -122,7 +127,7 @@ def device_live(events: list[dict], series: list[dict]) -> str:
             {"label": "error+NaN rate", "values": [None if s["error_rate"] is None else s["error_rate"] + (s["nan_rate"] or 0) for s in series], "scale": "rate"},
         ],
     }
-    return '<h2>Latency over time</h2><div class="chart" data-chart="device-latency"></div>' + json_data("device-latency", chart, "chart-data") + "<h2>Events</h2>" + table(["Received", "Event", "Version", "Gates", "Detail"], rows, "events", "no events yet")
+    return '<h2>Latency (p95) and error + NaN rate over time</h2><div class="chart" data-chart="device-latency"></div>' + json_data("device-latency", chart, "chart-data") + "<h2>Events</h2>" + table(["Received", "Event", "Version", "Gates", "Detail"], rows, "events", "no events yet")
 
 
 # --- rollouts -------------------------------------------------------------------------------------

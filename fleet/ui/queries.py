@@ -54,8 +54,8 @@ def fleet_summary(db: Database) -> dict:
         for k, v in json.loads(text or "{}").items():
             tags[f"{k}={v}"] += n
     return {
-        "online": online.get(True, 0) + online.get(1, 0),
-        "offline": online.get(False, 0) + online.get(0, 0),
+        "online": sum(n for flag, n in online.items() if flag),  # True and 1 are one key: sum, never add both lookups
+        "offline": sum(n for flag, n in online.items() if not flag),
         "by_version": sorted(((f"{n}@{v}" if n else "none"), c) for n, v, c in by_version),
         "by_profile": sorted(((p or "none"), c) for p, c in by_profile),
         "by_tag": sorted(tags.items()),

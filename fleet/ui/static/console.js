@@ -24,6 +24,7 @@
       var series = [{}];
       var data = [spec.ts];
       var scales = { x: { time: true } };
+      if (spec.ts.length === 1) scales.x.range = [spec.ts[0] - 60, spec.ts[0] + 60];  // one sample: a two-minute window, not years
       spec.series.forEach(function (s, i) {
         var scale = s.scale || "y";
         if (!scales[scale]) scales[scale] = { auto: true };
