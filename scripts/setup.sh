@@ -32,3 +32,8 @@ fi
 if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || echo "note: promtool not installed; the Prometheus rules test will be skipped"
 fi
+# Chromium and its driver (Debian's chromium, chromium-driver) run the console's browser tests
+# (tests/fleet/ui/); optional: without /usr/bin/chromium they are skipped with the reason.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "note: chromium not installed; the browser tests will be skipped"
+fi
