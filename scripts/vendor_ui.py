@@ -6,7 +6,7 @@ into the package and committed. Each library is pinned to one version below; the
 checked against the registry's ``dist.integrity`` (sha512) before anything is extracted, and the
 lock file (fleet/ui/static/vendor/vendor.lock.json) records version, tarball URL, integrity and
 the sha256 of every file taken. ``--check`` verifies the committed files against the lock
-without the network (tests/fleet/ui/test_vendor.py runs it).
+without the network (tests/fleet/ui/test_static.py runs it).
 
     python scripts/vendor_ui.py            # fetch and (re)write the files and the lock
     python scripts/vendor_ui.py --check    # verify committed files against the lock
