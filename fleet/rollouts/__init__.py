@@ -1,1 +1,4 @@
 """Staged rollouts (hawkBit's model): status enums, settings, gates, the reconciler, the service API."""
+
+# gates registered outside gates.py (their module registers them on import)
+from edgeops.fleet.rollouts import drift_gate  # noqa: E402,F401

@@ -153,6 +153,9 @@ class RolloutSettings(BaseModel):
     max_error_rate: float | None = Field(default=None, ge=0, le=1, description="(errors + NaN outputs) / inferences on the new version")
     max_latency_regression: float | None = Field(default=None, description="p95 on the new version / p95 of the cohort on the old version")
     min_agreement: float | None = Field(default=None, ge=0, le=1, description="shadow agreement of the new model with the old one")
+    max_drift: float | None = Field(default=None, gt=0, le=100, description="PSI of the wave's data on the new version against the bundle's drift reference (fails only when the KS test finds it significant; docs/monitoring.md)")
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1, description="max_drift: largest KS p-value read as significant")
+    drift_min_samples: int = Field(default=200, ge=1, le=10**9, description="max_drift: inferences sketched on the new version before the gate decides")
     on_gate_failure: Literal["pause", "abort"] = "pause"
     approve_each_wave: bool = False
     name: str = Field(default="", max_length=200, description="free text label")
@@ -227,6 +230,9 @@ class RolloutRequest(BaseModel):
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_latency_regression: float | None = None
     min_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_drift: float | None = Field(default=None, gt=0, le=100)
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    drift_min_samples: int = Field(default=200, ge=1, le=10**9)
     on_gate_failure: Literal["pause", "abort"] = "pause"
     approve_each_wave: bool = False
     name: str = Field(default="", max_length=200)
@@ -247,6 +253,9 @@ class RolloutRequest(BaseModel):
             max_error_rate=self.max_error_rate,
             max_latency_regression=self.max_latency_regression,
             min_agreement=self.min_agreement,
+            max_drift=self.max_drift,
+            drift_alpha=self.drift_alpha,
+            drift_min_samples=self.drift_min_samples,
             on_gate_failure=self.on_gate_failure,
             approve_each_wave=self.approve_each_wave,
             name=self.name,

@@ -18,7 +18,7 @@ def stats(size=10, now=100.0, started=0.0, **counts):
 
 
 def test_registry_has_every_gate():
-    assert set(GATES) == {"min_reporting", "max_failure_rate", "max_rollback_rate", "max_error_rate", "max_latency_regression", "min_agreement", "bake"}
+    assert set(GATES) == {"min_reporting", "max_failure_rate", "max_rollback_rate", "max_error_rate", "max_latency_regression", "min_agreement", "bake", "max_drift"}
 
 
 def test_min_reporting():

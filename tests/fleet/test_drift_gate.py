@@ -1,0 +1,92 @@
+"""The max_drift rollout gate (fleet/rollouts/drift_gate.py): verdicts, and its input read from
+the sketches the wave's devices sent through the real ingest into a real database."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from edgeops import sketch as sk
+from edgeops.fleet.config import IngestConfig
+from edgeops.fleet.drift import ReferenceStore
+from edgeops.fleet.ingest import Ingestor
+from edgeops.fleet.registry import register_devices
+from edgeops.fleet.rollouts import gates
+from edgeops.fleet.rollouts.drift_gate import max_drift, new_version_drift
+from edgeops.fleet.rollouts.inputs import WaveSource
+from edgeops.fleet.rollouts.settings import RolloutSettings, parse_request
+from edgeops.fleet.targets import list_targets
+from tests.fleet.test_drift import _batch, _feed, drift_repo  # noqa: F401  (the fixture)
+from tests.support.bundles import sample_inputs
+
+
+def _settings(**kw) -> RolloutSettings:
+    return RolloutSettings(bundle_name="cam", bundle_version="1.0.0", **kw)
+
+
+def _drift(psi: float, p_value: float, samples: int) -> sk.Drift:
+    return sk.Drift(psi=psi, ks=0.3, p_value=p_value, samples=samples, reference_samples=400)
+
+
+def test_verdicts():
+    stats = gates.WaveStats(size=1)
+    assert max_drift(stats, _settings()) is None  # not configured
+    cfg = _settings(max_drift=0.25, drift_min_samples=100)
+    assert max_drift(gates.WaveStats(size=1, extra={"drift": None}), cfg).outcome is gates.Outcome.WAIT
+    few = max_drift(gates.WaveStats(size=1, extra={"drift": _drift(3.0, 1e-9, 12)}), cfg)
+    assert few.outcome is gates.Outcome.WAIT and "12 of 100" in few.detail
+    assert max_drift(gates.WaveStats(size=1, extra={"drift": _drift(3.0, 1e-9, 500)}), cfg).outcome is gates.Outcome.FAIL
+    assert max_drift(gates.WaveStats(size=1, extra={"drift": _drift(3.0, 0.2, 500)}), cfg).outcome is gates.Outcome.PASS  # large but not significant
+    ok = max_drift(gates.WaveStats(size=1, extra={"drift": _drift(0.05, 1e-9, 500)}), cfg)
+    assert ok.outcome is gates.Outcome.PASS and ok.measured == 0.05 and ok.threshold == 0.25
+    assert "max_drift" in gates.GATES and gates.inputs_needed(cfg)[-1] == "new_version_drift"
+    assert "new_version_drift" not in gates.inputs_needed(_settings())
+
+
+def test_settings_from_a_request_body():
+    s = parse_request({"bundle": "cam@1.0.0", "max_drift": 0.3, "drift_min_samples": 50})
+    assert s.max_drift == 0.3 and s.drift_min_samples == 50 and s.drift_alpha == 0.01
+    from edgeops.fleet.rollouts.settings import RolloutSettingsError
+
+    with pytest.raises(RolloutSettingsError, match="max_drift"):
+        parse_request({"bundle": "cam@1.0.0", "max_drift": -1})
+
+
+class _Reconciler:
+    """What the reconciler hands a WaveSource: its targets method (its repository folder with it)."""
+
+    def __init__(self, repo_dir):
+        self.repo_dir = repo_dir
+
+    def _targets(self):
+        return list_targets(self.repo_dir)
+
+
+@pytest.mark.parametrize("shift,expected", [(0.0, gates.Outcome.PASS), (1.5, gates.Outcome.FAIL)])
+def test_gate_on_the_wave_devices_sketches(sqlite_db, drift_repo, shift, expected):  # noqa: F811
+    db = sqlite_db
+    reference = ReferenceStore(drift_repo["repo"]).get("cam", "1.0.0")
+    register_devices(db, [{"id": d} for d in ("w1", "w2", "other")])
+    now = time.time()
+    with db.begin() as conn:
+        conn.execute(db.t.assignments.insert(), [
+            {"rollout_id": "r1", "device_id": d, "wave_idx": 0, "bundle_name": "cam", "bundle_version": "1.0.0", "command_id": f"c-{d}", "seq": 1,
+             "expires": now + 3600, "status": "committed", "created_at": now, "updated_at": now, "detail": ""}
+            for d in ("w1", "w2")
+        ])
+    ing = Ingestor(db, IngestConfig(flush_interval_s=0.02)).start()
+    try:
+        _feed(ing, *[_batch(reference, d, 1, sample_inputs(150, seed=90 + i) + shift) for i, d in enumerate(("w1", "w2"))],
+              # a device outside the wave, far off: must not count
+              _batch(reference, "other", 1, sample_inputs(150, seed=99) + (0.0 if shift else 3.0)))
+    finally:
+        ing.stop()
+    with db.connect() as conn:
+        src = WaveSource(db, conn, SimpleNamespace(id="r1", bundle_name="cam", bundle_version="1.0.0"), SimpleNamespace(idx=0), now - 60, time.time(), _Reconciler(drift_repo["repo"])._targets)
+        values = new_version_drift(src)
+    d = values["drift"]
+    assert d is not None and d.samples == 300
+    verdict = max_drift(gates.WaveStats(size=2, extra=values), _settings(max_drift=0.25, drift_min_samples=100))
+    assert verdict.outcome is expected, verdict
