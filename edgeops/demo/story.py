@@ -302,6 +302,7 @@ class Demo:
         self.summary["console"] = {"api_url": self.s.console.api_url, "database": cfg.database_url()}
         if self.options.keep_running:
             self.summary["console"]["token"] = self.s.token  # the API stays up for you to explore
+            self.summary["console"]["ui_url"] = self.s.console.api_url + "/ui/"
         self.say(f"console API {self.s.console.api_url}, database {cfg.database_url()}")
 
     def _start_fleet(self) -> None:
@@ -513,13 +514,7 @@ class Demo:
 
     def _keep_running(self) -> None:
         c = self.s.console
-        self.narrator.console.print(
-            f"\n[bold]Still running[/] (Ctrl-C to stop): broker {self.broker_url}, console API {c.api_url}, token {self.s.token}\n"
-            f"  curl -H 'Authorization: Bearer {self.s.token}' {c.api_url}/api/v1/rollouts\n"
-            f"  curl -H 'Authorization: Bearer {self.s.token}' {c.api_url}/api/v1/devices\n"
-            f"  edgeops rollout list --url {c.api_url} --token {self.s.token}",
-            soft_wrap=True,
-        )
+        self.narrator.console.print(still_running_message(self.broker_url, c.api_url, self.s.token), soft_wrap=True, highlight=False)
         stop = threading.Event()
         old = signal.signal(signal.SIGTERM, lambda *a: stop.set())
         try:
@@ -597,3 +592,14 @@ def _clear_retained(broker_url: str, device_ids: list[str], run_id: str) -> None
         c.loop_stop()
     except Exception:
         pass
+
+
+def still_running_message(broker_url: str, api_url: str, token: str) -> str:
+    """What --keep-running prints: the console in a browser (URL and sign-in token), the API, the CLI."""
+    return (
+        f"\n[bold]Still running[/] (Ctrl-C to stop): broker {broker_url}, console API {api_url}\n"
+        f"  console in a browser: {api_url}/ui/  (sign in with the token {token})\n"
+        f"  curl -H 'Authorization: Bearer {token}' {api_url}/api/v1/rollouts\n"
+        f"  curl -H 'Authorization: Bearer {token}' {api_url}/api/v1/devices\n"
+        f"  edgeops rollout list --url {api_url} --token {token}"
+    )
