@@ -88,6 +88,11 @@ class FleetConsole:
         return bool(self.mqtt and self.mqtt.connected.is_set())
 
     @property
+    def subscription_problem(self) -> str | None:
+        """Why this replica's subscriptions are not receiving (a probe did not come back), or None."""
+        return self.mqtt.subscription_problem if self.mqtt is not None else None
+
+    @property
     def api_url(self) -> str | None:
         """Base URL of the HTTP API (None when not serving)."""
         return self.api.url if self.api else None

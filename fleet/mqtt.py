@@ -5,6 +5,18 @@ embedded amqtt broker). The session is persistent (clean_start/clean_session off
 id, MQTT 5 session expiry), so QoS 1 events and telemetry published while the console is down
 wait in the broker. Several replicas share events, telemetry and fetch requests through
 ``$share/<group>/...`` subscriptions; retained state goes to every replica.
+
+Brokers without shared subscriptions (NATS 2.9 and RabbitMQ 3.10 MQTT grant a ``$share/``
+filter and then deliver nothing on it): with ``shared_group`` set, :meth:`ConsoleMqtt.start`
+publishes a probe on this replica's probe topic through a shared filter and, when it does not
+come back within ``SHARED_PROBE_S``, subscribes plainly instead (``shared_supported`` False,
+logged). Every replica then receives every event, telemetry batch and fetch request: ingest
+stores each (device, seq) once (``ON CONFLICT DO NOTHING``), so nothing is lost or doubled, at
+the cost of one write attempt per replica. Each connect also unsubscribes the filters of the
+other mode, so a persistent session does not keep plain subscriptions after ``shared_group``
+was added (or shared ones after it was removed). The probe keeps running every
+``probe_interval_s`` and :attr:`ConsoleMqtt.subscription_problem` says when the telemetry
+subscription stopped receiving (``edgeops.fleet.subscription_health``).
 """
 
 from __future__ import annotations
@@ -17,9 +29,14 @@ from collections.abc import Callable
 
 from edgeops.errors import FleetError
 from edgeops.fleet.config import BrokerConfig
+from edgeops.fleet.subscription_health import SubscriptionProbe, is_probe_topic
 from edgeops.protocol import PROTOCOL
 
 log = logging.getLogger("edgeops.fleet.mqtt")
+
+SHARED_PROBE_S = 3.0  # a broker with shared subscriptions returns the probe within this
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 15.0
 
 
 class _Handle:
@@ -113,7 +130,7 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
 class ConsoleMqtt:
     """Connects, (re)subscribes on every connect, routes messages, publishes QoS 1."""
 
-    def __init__(self, cfg: BrokerConfig, on_device_message: Callable[..., None], on_fetch: Callable[[str, bytes], None] | None = None):
+    def __init__(self, cfg: BrokerConfig, on_device_message: Callable[..., None], on_fetch: Callable[[str, bytes], None] | None = None, probe_interval_s: float = PROBE_INTERVAL_S, probe_timeout_s: float = PROBE_TIMEOUT_S):
         self.cfg = cfg
         self.on_device_message = on_device_message
         self.on_fetch = on_fetch
@@ -121,13 +138,35 @@ class ConsoleMqtt:
         self.client = None
         self.connected = threading.Event()
         self.connects = 0
+        # None: not known yet (or no shared_group); False: the broker lacks $share, subscribed plainly
+        self.shared_supported: bool | None = None
+        self.probe = SubscriptionProbe(cfg.client_id or "edgeops-console", timeout_s=probe_timeout_s, interval_s=probe_interval_s)
+        self._probe_stop = threading.Event()
+        self._probe_thread: threading.Thread | None = None
+
+    @property
+    def shared(self) -> bool:
+        """True while events, telemetry and fetch requests come through ``$share/<group>/``."""
+        return bool(self.cfg.shared_group) and self.shared_supported is not False
+
+    def _device_filters(self, shared: bool) -> list[str]:
+        share = f"$share/{self.cfg.shared_group}/" if shared else ""
+        filters = [f"{share}{PROTOCOL}/+/events", f"{share}{PROTOCOL}/+/telemetry"]
+        if self.on_fetch is not None:
+            filters.append(f"{share}{PROTOCOL}/+/fetch/req")
+        if shared:  # brings this replica's probe back to it, whichever member the group picks
+            filters.append(f"{share}{self.probe.topic}")
+        return filters
 
     def _topics(self) -> list[tuple[str, int]]:
-        share = f"$share/{self.cfg.shared_group}/" if self.cfg.shared_group else ""
-        topics = [(f"{PROTOCOL}/+/state", 1), (f"{share}{PROTOCOL}/+/events", 1), (f"{share}{PROTOCOL}/+/telemetry", 1)]
-        if self.on_fetch is not None:
-            topics.append((f"{share}{PROTOCOL}/+/fetch/req", 1))
-        return topics
+        return [(f"{PROTOCOL}/+/state", 1)] + [(f, 1) for f in self._device_filters(self.shared)]
+
+    @property
+    def subscription_problem(self) -> str | None:
+        """Why the subscriptions are not receiving (see subscription_health), or None."""
+        if not self.connected.is_set():
+            return None  # reported as "no broker session"
+        return self.probe.problem()
 
     def start(self, timeout: float = 15.0) -> "ConsoleMqtt":
         """Connect (choosing the protocol) and start the network thread."""
@@ -154,18 +193,59 @@ class ConsoleMqtt:
         if not self.connected.wait(timeout):
             self.stop()
             raise FleetError(f"broker {self.cfg.url}: no successful CONNACK within {timeout}s")
+        if self.cfg.shared_group:
+            self._check_shared()
+        self._probe_stop.clear()
+        self._probe_thread = threading.Thread(target=self._probe_loop, name="edgeops-mqtt-probe", daemon=True)
+        self._probe_thread.start()
         return self
+
+    def _check_shared(self) -> None:
+        """Publish a probe through the shared filter; when it does not come back, subscribe plainly."""
+        self.send_probe()
+        if self.probe.wait_back(SHARED_PROBE_S):
+            self.shared_supported = True
+            return
+        self.shared_supported = False
+        log.warning(
+            "broker %s accepted $share/%s/ subscriptions but delivered nothing on them (no shared subscriptions: "
+            "NATS and RabbitMQ MQTT); subscribing plainly: every replica receives every device message and ingest "
+            "stores each once", self.cfg.url, self.cfg.shared_group)
+        self.probe.reset()
+        client = self.client
+        if client is not None and self.connected.is_set():
+            client.unsubscribe(self._device_filters(True))
+            client.subscribe([(f, 1) for f in self._device_filters(False)])
+
+    def send_probe(self) -> bool:
+        """Publish one probe on this replica's probe topic (False when not connected)."""
+        client = self.client
+        if client is None or not self.connected.is_set():
+            return False
+        client.publish(self.probe.topic, self.probe.next_payload(), qos=1)
+        return True
+
+    def _probe_loop(self) -> None:
+        while not self._probe_stop.wait(self.probe.interval_s):
+            try:
+                self.send_probe()
+            except Exception:  # the probe must never take the console down
+                log.exception("publishing the subscription probe failed")
 
     def _on_connect(self, client, userdata, flags, rc, props=None):
         if rc.is_failure:
             log.error("broker %s refused the connection: %s", self.cfg.url, rc)
             return
         self.connects += 1
+        if self.cfg.shared_group:
+            # a persistent session keeps the other mode's filters: drop them, or they deliver twice
+            client.unsubscribe(self._device_filters(not self.shared))
         client.subscribe(self._topics())
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, rc, props=None):
         self.connected.clear()
+        self.probe.reset()
         if rc.is_failure:
             log.warning("disconnected from %s: %s (reconnecting)", self.cfg.url, rc)
 
@@ -177,7 +257,10 @@ class ConsoleMqtt:
                 client.ack(mid, qos)
 
         try:
-            if msg.topic.endswith("/fetch/req"):
+            if is_probe_topic(msg.topic):  # a replica's probe: never device data
+                self.probe.received(msg.topic, msg.payload)
+                ack()
+            elif msg.topic.endswith("/fetch/req"):
                 ack()  # a lost request is simply asked again by the device
                 if self.on_fetch:
                     self.on_fetch(msg.topic, msg.payload)
@@ -193,6 +276,10 @@ class ConsoleMqtt:
 
     def stop(self) -> None:
         """Disconnect cleanly (the persistent session stays on the broker)."""
+        self._probe_stop.set()
+        if self._probe_thread is not None:
+            self._probe_thread.join(5)
+            self._probe_thread = None
         if self.client is not None:
             try:
                 self.client.disconnect()
@@ -204,6 +291,7 @@ class ConsoleMqtt:
 
     def kill(self) -> None:
         """Drop the connection without DISCONNECT (tests: a console that crashes)."""
+        self._probe_stop.set()
         if self.client is not None:
             try:
                 self.client.socket().close() if self.client.socket() else None
