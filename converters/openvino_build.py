@@ -22,6 +22,7 @@ from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
 from edgeops.errors import ConfigError
 from edgeops.converters.runtime import measure_latency
+from edgeops.converters.speed_check import missing_cpu_features
 from edgeops.profiles import host_cpu_flags
 
 OPENVINO_SCHEMES = ("static-int8", "none")
@@ -76,12 +77,6 @@ def choose_precision(profile, built: Artifact, ref_runner, feeds, labels, classi
         return "f32", f"auto: bf16 failed the gate(s) {', '.join(failed)} on the validation data, so f32"
     worst = min((o["cosine_min"] for o in metrics["outputs"].values() if o["cosine_min"] is not None), default=None)
     return "bf16", f"auto: bf16 passed every gate on the validation data (worst cosine {worst}); OpenVINO's default on this CPU class"
-
-
-def missing_cpu_features(profile) -> list[str]:
-    """The profile's CPU features this host lacks ([] when latency measured here means something for the device)."""
-    flags = host_cpu_flags()
-    return [f for f in profile.device.cpu_features if f not in flags]
 
 
 def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds, labels, classifier: bool, limits: GateLimits, ctx: PassContext):

@@ -199,7 +199,8 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         "profile": profile.name,
         "runtime": {"name": profile.runtime.name, "host_providers": {"onnx": ["CPUExecutionProvider"], "openvino": ["CPU"]}.get(target, ["XNNPACK"]), "device_providers": profile.runtime.providers},
         "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe(),
-                         **({"attempts": ctx.report["quantization_attempts"]} if "quantization_attempts" in ctx.report else {})},
+                         **({"attempts": ctx.report["quantization_attempts"]} if "quantization_attempts" in ctx.report else {}),
+                         **({"speed_check": ctx.report["speed_check"]} if "speed_check" in ctx.report else {})},
         "passes": ctx.log,
         "conversions": ctx.report,
         "warnings": ctx.warnings,
@@ -375,10 +376,29 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
         if len(result.attempts) > 1:
             choice = Choice(choice.scheme, f"{choice.reason}; the profile's int8 settings failed a parity gate, attempt {len(result.attempts)} "
                             f"({result.attempts[-1].tried}) passes every gate")
-        return result.artifact, choice
+        return _int8_if_not_slower(result.artifact, built, profile, options, feeds[0], ctx, step, choice)
     tried = "; ".join(f"{a.tried}: {a.worst_gate}" for a in result.attempts)
     ctx.log.append("auto: no int8 attempt passed the gates; float32 model kept (onnxruntime CPU runs float32)")
     return built, Choice("none", f"{choice.reason}; but no static int8 attempt passed the parity gates ({tried}), so the float32 model ships")
+
+
+def _int8_if_not_slower(int8: Artifact, float_built: Artifact, profile, options: BuildOptions, feed, ctx: PassContext, step: StepFn, choice: Choice):
+    """The int8 artifact, unless it measured slower than float32 here (:mod:`edgeops.converters.speed_check`)."""
+    from edgeops.converters import speed_check
+
+    with step("timing int8 against float32 (auto)"):
+        verdict = speed_check.check(int8.data, float_built.data, profile, feed, options.latency_runs)
+    # figure-free in the report (the bundle must be reproducible); the figures go to the build output
+    ctx.log.append("auto speed check: " + ("not measured: " + verdict.reason if not verdict.measured
+                                           else ("int8 kept" if verdict.keep_int8 else "float32 ships") + f" (int8 vs float32 timed on this host, {speed_check.SLOWER_MARGIN}x margin; figures in the build output)"))
+    if verdict.figures:
+        ctx.measurements = {"speed_check": verdict.figures, "reason": verdict.reason}
+    # the report records the decision, not the figures (they vary run to run; the bundle must not)
+    ctx.report["speed_check"] = {"measured": verdict.measured, "shipped": "static-int8" if verdict.keep_int8 else "none",
+                                 "rule": f"float32 ships when int8 measures over {speed_check.SLOWER_MARGIN}x its latency on a host with the profile's CPU features"}
+    if verdict.keep_int8:
+        return int8, choice
+    return float_built, Choice("none", f"{choice.reason}; int8 passed the gates but measured slower than float32 on this host, so the float32 model ships")
 
 
 def _u8s8(profile) -> bool:

@@ -160,3 +160,21 @@ def test_dynamic_int8_build_with_fused_attention_is_byte_identical(transformer_o
     assert run_cli([*args, "-o", a], capsys)[0] == 0
     assert run_cli([*args, "-o", b], capsys)[0] == 0
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_auto_reports_its_int8_versus_float_speed_check(cnn_files, tmp_path, capsys):
+    """auto's speed check is in the report without figures (builds stay reproducible), its figures
+    in the build output, and what shipped is what the rule says for those figures."""
+    from edgeops.converters import speed_check
+
+    out = tmp_path / "auto.bundle"
+    code, stdout, stderr = run_cli([*_build(cnn_files, out), "--json"], capsys)
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    check = doc["report"]["quantization"]["speed_check"]
+    assert check["shipped"] == doc["report"]["quantization"]["scheme"]
+    assert "ms" not in json.dumps(check)
+    candidates = doc["host_latency"].get("candidates")
+    if check["measured"]:
+        figures = candidates["speed_check"]
+        assert speed_check.decide(figures, threads=1).keep_int8 == (check["shipped"] == "static-int8")

@@ -1,0 +1,85 @@
+"""`--quantize auto` on onnxruntime profiles: int8 ships only where it is not measurably slower.
+
+An int8 model that passes every gate is not always faster: onnxruntime's QDQ kernels add
+QuantizeLinear/DequantizeLinear work around each int8 node, and on a small network (the
+PP-OCR text-line classifier: 0.72x of fp32) or one whose time goes to float ops between the int8
+convolutions, that costs more than the int8 dot products save. When the build host has every
+CPU feature the profile names (so the kernels onnxruntime picks here are the device's), the
+int8 and float candidates are timed side by side at the profile's thread count, in interleaved
+rounds so load from other jobs hits both alike, and float ships when int8 is slower by more
+than :data:`SLOWER_MARGIN`. Elsewhere (a host without the profile's features, or a model too
+fast to time apart) int8 ships, and the report says latency was not compared.
+
+The report records the decision and why, not the figures (they vary run to run and the bundle
+must not); the figures go to the build output (``latency.candidates``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeops.profiles import host_cpu_flags
+
+ROUNDS = 5
+SLOWER_MARGIN = 1.10  # int8 / float p50 above this: float ships (10% covers round-to-round noise)
+MIN_TIMED_MS = 0.3  # below this a single inference is mostly call overhead: too fast to time apart
+
+
+@dataclass
+class SpeedVerdict:
+    """Whether int8 ships, with the reason, and the figures for the build output."""
+
+    keep_int8: bool
+    measured: bool
+    reason: str
+    figures: dict
+
+
+def missing_cpu_features(profile) -> list[str]:
+    """The profile's CPU features this host lacks ([] when latency measured here means something for the device)."""
+    flags = host_cpu_flags()
+    return [f for f in profile.device.cpu_features if f not in flags]
+
+
+def compare_int8_float(int8_runner, float_runner, feed: dict[str, np.ndarray], runs_per_round: int, measure) -> dict:
+    """p50 per candidate over :data:`ROUNDS` interleaved rounds, and the median per-round ratio
+    int8 / float. ``measure(runner, feed, runs)`` returns a dict with ``p50_ms``."""
+    samples: dict[str, list[float]] = {"int8": [], "float": []}
+    for _ in range(ROUNDS):
+        for name, runner in (("int8", int8_runner), ("float", float_runner)):
+            samples[name].append(measure(runner, feed, runs_per_round)["p50_ms"])
+    ratios = [i / f for i, f in zip(samples["int8"], samples["float"]) if f > 0]
+    return {
+        "int8_p50_ms": round(float(np.median(samples["int8"])), 4),
+        "float_p50_ms": round(float(np.median(samples["float"])), 4),
+        "int8_over_float": round(float(np.median(ratios)), 3) if ratios else None,
+        "rounds": ROUNDS,
+    }
+
+
+def decide(figures: dict, threads: int) -> SpeedVerdict:
+    """The verdict from :func:`compare_int8_float`'s figures."""
+    ratio, float_ms = figures["int8_over_float"], figures["float_p50_ms"]
+    if ratio is None or float_ms < MIN_TIMED_MS:
+        return SpeedVerdict(True, False, f"float32 runs in under {MIN_TIMED_MS} ms here, too fast to time int8 against it reliably: int8 kept", figures)
+    if ratio > SLOWER_MARGIN:
+        return SpeedVerdict(False, True, f"int8 measured {ratio}x the float32 latency on this host ({threads} thread(s), {ROUNDS} interleaved rounds; "
+                            f"more than {SLOWER_MARGIN}x): float32 ships", figures)
+    return SpeedVerdict(True, True, f"int8 measured {ratio}x the float32 latency on this host ({threads} thread(s), {ROUNDS} interleaved rounds): int8 kept", figures)
+
+
+def check(int8_bytes: bytes, float_bytes: bytes, profile, feed: dict[str, np.ndarray], latency_runs: int) -> SpeedVerdict:
+    """Time the two candidates in onnxruntime when this host has the profile's CPU features."""
+    missing = missing_cpu_features(profile)
+    if missing:
+        return SpeedVerdict(True, False, f"this host lacks the profile's CPU feature(s) {', '.join(missing)}: int8 kept by the profile's declared scheme; latency was NOT compared", {})
+    from edgeops.converters.runtime import OnnxRunner, measure_latency
+
+    threads = profile.runtime.threads
+    int8_runner = OnnxRunner(int8_bytes, threads=threads, label="int8 candidate")
+    float_runner = OnnxRunner(float_bytes, threads=threads, label="float32 candidate")
+    runs = max(5, latency_runs // ROUNDS)
+    figures = compare_int8_float(int8_runner, float_runner, feed, runs, lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0))
+    return decide(figures, threads)

@@ -1,0 +1,59 @@
+"""auto's int8-versus-float32 timing: the verdict rules, and the interleaving, on stand-in runners
+(the timing itself is onnxruntime's, exercised by the corpus builds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeops.converters import speed_check
+from edgeops.profiles import load_profile
+
+
+def _figures(int8_ms, float_ms):
+    return {"int8_p50_ms": int8_ms, "float_p50_ms": float_ms, "int8_over_float": round(int8_ms / float_ms, 3), "rounds": speed_check.ROUNDS}
+
+
+def test_int8_slower_beyond_the_margin_ships_float():
+    verdict = speed_check.decide(_figures(1.4, 1.0), threads=1)
+    assert not verdict.keep_int8 and verdict.measured and "float32 ships" in verdict.reason
+
+
+def test_int8_within_the_margin_or_faster_is_kept():
+    assert speed_check.decide(_figures(1.05, 1.0), threads=1).keep_int8
+    assert speed_check.decide(_figures(0.4, 1.0), threads=1).keep_int8
+
+
+def test_a_model_too_fast_to_time_keeps_int8_unmeasured():
+    verdict = speed_check.decide(_figures(0.2, 0.1), threads=1)
+    assert verdict.keep_int8 and not verdict.measured and "too fast" in verdict.reason
+
+
+def test_rounds_are_interleaved_and_the_ratio_is_the_median_of_rounds():
+    order = []
+
+    class Runner:
+        def __init__(self, name):
+            self.name = name
+
+    def measure(runner, feed, runs):
+        order.append(runner.name)
+        # a noisy neighbour slows round 3 for both candidates alike
+        slow = 5.0 if len(order) in (5, 6) else 1.0
+        return {"p50_ms": (2.0 if runner.name == "int8" else 1.0) * slow}
+
+    figures = speed_check.compare_int8_float(Runner("int8"), Runner("float"), {}, 3, measure)
+    assert order == ["int8", "float"] * speed_check.ROUNDS
+    assert figures["int8_over_float"] == 2.0 and figures["rounds"] == speed_check.ROUNDS
+
+
+def test_host_without_the_profiles_features_is_not_timed(monkeypatch):
+    monkeypatch.setattr(speed_check, "host_cpu_flags", lambda: {"sse4_2"})
+    verdict = speed_check.check(b"", b"", load_profile("x86_64-avx512-vnni"), {}, 50)
+    assert verdict.keep_int8 and not verdict.measured and "avx512_vnni" in verdict.reason and "NOT compared" in verdict.reason
+
+
+@pytest.mark.parametrize("profile", ["x86_64-avx512-vnni", "x86_64-avx2"])
+def test_missing_cpu_features_names_only_what_the_host_lacks(monkeypatch, profile):
+    p = load_profile(profile)
+    monkeypatch.setattr(speed_check, "host_cpu_flags", lambda: set(p.device.cpu_features))
+    assert speed_check.missing_cpu_features(p) == []
