@@ -43,6 +43,12 @@ def inspect_bundle(bundle: str, as_json: bool) -> None:
     prov = m.provenance
     console.print(f"source {prov.source_format} sha256 {prov.source_model_sha256[:16]}…, git {prov.git_commit or '-'}")
     console.print("toolchain: " + ", ".join(f"{k} {v}" for k, v in sorted(prov.toolchain.items())))
+    mon = m.monitoring
+    if mon is None:
+        console.print("drift reference: none (built without --validation or --calibration data)")
+    else:
+        tensors = ", ".join(f"{n} ({lay.channels} ch x {lay.bins} bins{f', {lay.classes} classes' if lay.classes else ''})" for n, lay in mon.layouts.items())
+        console.print(f"drift reference: {mon.source} data, {mon.rows} rows: {tensors}")
     if golden:
         console.print(f"golden vectors: {len(golden.cases)} cases, outputs {', '.join(sorted(golden.tolerances))}")
     if report:

@@ -42,6 +42,8 @@ def test_reference_from_validation_data_is_in_the_manifest_and_deterministic(cnn
     bright = sk.score(ref, {"input": sk.sketch(ref.layouts["input"], [half + 1.0])})
     assert same.psi < 0.1 and same.p_value > 0.01
     assert bright.psi > 1.0 and bright.p_value < 1e-6
+    code, stdout, _ = run_cli(["inspect", a], capsys)
+    assert code == 0 and "drift reference: validation data" in stdout and "10 classes" in stdout
 
 
 def test_reference_from_calibration_data_when_there_is_no_validation_data(cnn_files, tmp_path, capsys):
@@ -58,4 +60,5 @@ def test_no_reference_without_data(cnn_files, tmp_path, capsys):
     code, _, err = run_cli(_build(cnn_files, out, "--json"), capsys)
     assert code == 0, err
     assert read_bundle(out).manifest.monitoring is None
+    assert "drift reference: none" in run_cli(["inspect", out], capsys)[1]
     assert b'"monitoring"' not in read_bundle(out).files.get("manifest.json", b"")
