@@ -477,7 +477,7 @@ def make_app(console):
             body["bundle"],
             body.get("runs"),
             ttl_s=console.config.rollouts.command_ttl_s,
-            actor="api",
+            actor=request[_CALLER_KEY][0].name,  # the token's name: the audit says who
             connected=console.mqtt_connected,  # 503 at once rather than wait for an acknowledgement that cannot come
         )
         return web.json_response(out, status=202)
@@ -507,7 +507,7 @@ def make_app(console):
 
     async def action(request):
         name = request.match_info["action"]
-        out = await run(service.ACTIONS[name], db, _rollout_id(request), actor="api")
+        out = await run(service.ACTIONS[name], db, _rollout_id(request), actor=request[_CALLER_KEY][0].name)
         console.wake()
         return web.json_response(out)
 
