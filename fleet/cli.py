@@ -317,6 +317,39 @@ def devices_cmd(url, token, config_path, online, version, as_json) -> None:
     click.echo(f"{len(devices)} devices")
 
 
+@fleet.command("drift")
+@_api_options
+@click.option("--by", type=click.Choice(["version", "device", "profile", "tag"]), default="version", show_default=True, help="group the scores")
+@click.option("--bundle", default=None, help="NAME@VERSION (NAME: every version)")
+@click.option("--device", default=None, help="only this device")
+@click.option("--tag", default=None, help="KEY=VALUE: only devices with this tag")
+@click.option("--profile", default=None, help="only devices of this profile")
+@click.option("--window", default=None, help="sketches received this long back (90s, 10m, 1h; default drift.window_s)")
+@click.option("--json", "as_json", is_flag=True)
+def drift_cmd(url, token, config_path, by, bundle, device, tag, profile, window, as_json) -> None:
+    """Drift of served data against each bundle's reference (docs/monitoring.md)."""
+    from edgeops.fleet.rollouts.settings import parse_duration
+
+    window_s = int(parse_duration(window, "window")) if window else None
+    r = _client(url, token, config_path).drift(by=by, bundle=bundle, device=device, tag=tag, profile=profile, window_s=window_s)
+    if as_json:
+        _echo_json(r)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("group", "bundle", "level", "samples", "PSI", "KS", "p-value", "devices", title=f"drift by {r['by']}, last {r['window_s']:.0f} s")
+    def fmt(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for g in r["groups"]:
+        label = ", ".join(f"{v}" for v in g["group"].values()) or "-"
+        table.add_row(label, f"{g['bundle']}@{g['version']}", g["level"], str(g["samples"]), fmt(g["psi"], ".3f"), fmt(g["ks"], ".3f"), fmt(g["p_value"], ".2g"), str(g["devices"]))
+    Console().print(table)
+    t = r["thresholds"]
+    click.echo(f"levels: warn at PSI {t['warn_psi']}, alert at {t['alert_psi']}, when p < {t['alpha']} on at least {t['min_samples']} inferences")
+
+
 # --------------------------------------------------------------------------- rollout
 @click.group()
 def rollout() -> None:
@@ -352,12 +385,13 @@ def _print_rollout(r: dict) -> None:
 @click.option("--max-error-rate", type=float, default=None, help="(errors + NaN) / inferences on the new version")
 @click.option("--max-latency-regression", type=float, default=None, help="p95 new / p95 old (e.g. 1.2)")
 @click.option("--min-agreement", type=float, default=None)
+@click.option("--max-drift", type=float, default=None, help="PSI of the wave's data against the bundle's drift reference (docs/monitoring.md)")
 @click.option("--min-reporting", type=float, default=0.9, show_default=True)
 @click.option("--on-gate-failure", type=click.Choice(["pause", "abort"]), default="pause", show_default=True)
 @click.option("--approve-each-wave", is_flag=True, help="wait for `rollout promote` after each wave")
 @click.option("--start", "start_now", is_flag=True, help="start it right away")
 @click.option("--json", "as_json", is_flag=True)
-def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, min_reporting, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
+def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, max_drift, min_reporting, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
     """Create a rollout (validated by the console; refused settings name the field)."""
     from edgeops.fleet.rollouts.settings import parse_request
 
@@ -371,6 +405,7 @@ def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure
         "max_error_rate": max_error_rate,
         "max_latency_regression": max_latency_regression,
         "min_agreement": min_agreement,
+        **({"max_drift": max_drift} if max_drift is not None else {}),
         "min_reporting": min_reporting,
         "on_gate_failure": on_gate_failure,
         "approve_each_wave": approve_each_wave,

@@ -136,3 +136,7 @@ class FleetClient:
     def rollout_devices(self, rollout_id: str):
         """GET /api/v1/rollouts/{id}/devices."""
         return self.request("GET", f"/api/v1/rollouts/{urllib.parse.quote(rollout_id)}/devices")
+
+    def drift(self, **query):
+        """GET /api/v1/drift (by, bundle, device, tag, profile, window_s)."""
+        return self.request("GET", "/api/v1/drift", query=query)

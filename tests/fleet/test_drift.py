@@ -145,6 +145,20 @@ def test_rest_api_and_metrics(tmp_path, drift_repo):
         psi = float(re.search(r'^edgeops_drift_psi\{bundle="cam",version="1.0.0"\} (\S+)$', text, re.M).group(1))
         assert psi > c.config.drift.alert_psi
         assert 'edgeops_drift_threshold_psi{level="alert"} 0.25' in text
+        # the CLI reads the same through the REST API
+        from click.testing import CliRunner
+
+        from edgeops.fleet.cli import fleet as fleet_cli
+        from tests.fleet.test_api import TOKEN
+
+        run = CliRunner().invoke(fleet_cli, ["drift", "--url", c.api_url, "--token", TOKEN, "--by", "tag", "--window", "10m", "--json"])
+        assert run.exit_code == 0, run.output
+        import json as _json
+
+        doc = _json.loads(run.output)
+        assert doc["window_s"] == 600 and doc["groups"][0]["group"] == {"tag": "site=south"}
+        run = CliRunner().invoke(fleet_cli, ["drift", "--url", c.api_url, "--token", TOKEN, "--by", "device"])
+        assert run.exit_code == 0 and "s1" in run.output and "alert" in run.output, run.output
         # every series the alerting rules read is one the console exports
         from pathlib import Path
 
