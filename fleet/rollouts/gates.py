@@ -1,9 +1,20 @@
 """Gate evaluators: decide from a wave's numbers whether it passes, fails or must wait.
 
 A gate is a function ``(WaveStats, RolloutSettings) -> Verdict | None`` registered by name
-with :func:`gate`; None means "not configured for this rollout". A wave passes when every
-configured gate says PASS, halts as soon as one says FAIL, and waits otherwise. Adding a gate
-is one decorated function; its verdicts are stored with the wave and exported to /metrics.
+with :func:`gate`; None means "not configured for this rollout". A gate says PASS, FAIL, WAIT
+(not yet: reporting, bake time) or INCONCLUSIVE (too little data to decide: never a pass). A
+wave passes when every configured gate says PASS, halts as soon as one says FAIL, and waits
+otherwise; a gate INCONCLUSIVE for ``inconclusive_timeout_s`` makes the wave give up
+(:func:`evaluate` answers INCONCLUSIVE and the reconciler pauses the rollout with the reason).
+Adding a gate is one decorated function; its verdicts are stored with the wave (the state of
+the judged gates' looks with them, so a restarted console resumes the judgement) and exported
+to /metrics.
+
+The telemetry gates are judged (:mod:`edgeops.fleet.rollouts.judge`): the wave's devices on the
+new version against a control cohort of selected devices still on the old version over the same
+window, a two-sample test on per-device values plus an effect bound, at most
+``judge_max_looks`` looks per wave spaced ``judge_look_interval_s`` apart, each spending
+``judge_alpha / judge_max_looks``.
 
 A gate declares the inputs it reads beyond the wave's counts and times (``reads``, names of
 :func:`wave_input` providers) and when it is configured (``when``): the reconciler asks the
@@ -23,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from edgeops.fleet.rollouts import judge
+from edgeops.fleet.rollouts.records import DeviceTelemetry
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import FAILED_ASSIGNMENT, FINAL_ASSIGNMENT, AssignmentStatus
 
@@ -33,23 +46,39 @@ class Outcome(str, Enum):
     PASS = "pass"
     FAIL = "fail"
     WAIT = "wait"
+    INCONCLUSIVE = "inconclusive"
 
 
 @dataclass
 class Verdict:
-    """One gate's verdict, with what was measured against which threshold."""
+    """One gate's verdict, with what was measured against which threshold.
+
+    Judged gates add the judgement (p-value, effect, sample counts, alpha of the look) and their
+    look count; ``since`` is when a gate became INCONCLUSIVE (kept while it stays so).
+    """
 
     gate: str
     outcome: Outcome
     measured: float | None = None
     threshold: float | None = None
     detail: str = ""
+    judgement: list[dict] | None = None
+    looks: int = 0
+    looked_at: float | None = None
+    final: bool = False
+    since: float | None = None
 
     def to_dict(self) -> dict:
         """JSON form (stored with the wave, returned by the API)."""
         d = asdict(self)
         d["outcome"] = self.outcome.value
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verdict":
+        """Back from the stored JSON form (a wave's previous verdicts)."""
+        known = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
+        return cls(**{**known, "outcome": Outcome(d["outcome"])})
 
 
 @dataclass
@@ -62,13 +91,14 @@ class WaveStats:
     now: float = 0.0
     new_p95_ms: float | None = None
     new_latency_samples: int = 0
-    baseline_p95_ms: float | None = None
-    baseline_samples: int = 0
     agreement: float | None = None
     agreement_samples: int = 0
     inferences: int = 0
     errors: int = 0
     nans: int = 0
+    new_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the wave, new version
+    control_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the control, old versions
+    previous: dict[str, dict] = field(default_factory=dict)  # gate -> its last stored verdict for this wave
     extra: dict[str, Any] = field(default_factory=dict)  # values of inputs with no field of their own
 
     def count(self, statuses) -> int:
@@ -177,47 +207,91 @@ def max_rollback_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     return Verdict("max_rollback_rate", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.max_rollback_rate, f"{s.rollbacks}/{s.size} rolled back")
 
 
-@gate("max_error_rate", reads=("new_version",), when=lambda cfg: cfg.max_error_rate is not None)
+def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[float], list[judge.Judgement]]) -> Verdict:
+    """A judged gate's verdict with its sequential looks (see the module doc).
+
+    ``decide(alpha)`` judges the metrics of the gate at that alpha (each metric gets an equal
+    share); the gate fails if one fails, is inconclusive if one is, else passes. A look that
+    is INCONCLUSIVE spends nothing (it cannot fail); between looks, and after the last, the
+    last verdict stands.
+    """
+    if s.size == 0:
+        # nothing on the new version in this wave (the last wave of a small selection, its
+        # devices all in the control held back): nothing to judge; the control joins it next
+        return Verdict(name, Outcome.PASS, None, None, "no device in this wave to judge (the earlier waves were judged against the control)", final=True)
+    prev = s.previous.get(name)
+    if prev is not None and prev.get("outcome") in (Outcome.PASS.value, Outcome.FAIL.value):
+        if prev.get("final") or (prev.get("looked_at") is not None and s.now - prev["looked_at"] < cfg.judge_look_interval_s):
+            return Verdict.from_dict(prev)
+    looks = int(prev.get("looks", 0)) if prev else 0
+    plan = judge.LookPlan(cfg.judge_alpha, cfg.judge_max_looks)
+    judgements = decide(plan.alpha_per_look)
+    outcomes = {j.outcome for j in judgements}
+    detail = "; ".join(f"{j.metric}: {j.outcome}, {j.detail}" for j in judgements)
+    main = next((j for j in judgements if j.outcome == judge.FAIL), None) or next((j for j in judgements if j.outcome == judge.INCONCLUSIVE), None) or judgements[0]
+    jd = [j.to_dict() for j in judgements]
+    if judge.INCONCLUSIVE in outcomes and judge.FAIL not in outcomes:
+        return Verdict(name, Outcome.INCONCLUSIVE, main.effect, main.bound, detail, jd, looks, prev.get("looked_at") if prev else None)
+    looks += 1
+    outcome = Outcome.FAIL if judge.FAIL in outcomes else Outcome.PASS
+    final = looks >= plan.max_looks
+    detail += f"; look {looks} of {plan.max_looks}" + (" (final)" if final else "")
+    return Verdict(name, outcome, main.effect, main.bound, detail, jd, looks, s.now, final)
+
+
+def _positive(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and v > 0]
+
+
+@gate("max_error_rate", reads=("cohorts",), when=lambda cfg: cfg.max_error_rate is not None)
 def max_error_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """(Inference errors + NaN outputs) / inferences on the new version, at most the threshold."""
+    """Error rate and NaN rate (per inference) of the wave against the control: each fails when
+    it is significantly higher (two-proportion z test) and higher by more than the setting."""
     if cfg.max_error_rate is None:
         return None
-    if s.inferences == 0:
-        return Verdict("max_error_rate", Outcome.PASS, None, cfg.max_error_rate, "no inferences reported on the new version yet")
-    measured = (s.errors + s.nans) / s.inferences
-    ok = measured <= cfg.max_error_rate
-    return Verdict("max_error_rate", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.max_error_rate, f"{s.errors} errors + {s.nans} NaN in {s.inferences} inferences")
+    bound = cfg.max_error_rate
+
+    def decide(alpha: float) -> list[judge.Judgement]:
+        new = [d for d in s.new_devices if d.inferences > 0]
+        ctl = [d for d in s.control_devices if d.inferences > 0]
+        n_new, n_ctl = sum(d.inferences for d in new), sum(d.inferences for d in ctl)
+        return [
+            judge.judge_rate(metric, sum(getattr(d, attr) for d in new), n_new, sum(getattr(d, attr) for d in ctl), n_ctl, len(new), len(ctl), bound, alpha / 2, cfg.judge_min_devices)
+            for metric, attr in (("error_rate", "errors"), ("nan_rate", "nans"))
+        ]
+
+    return _judged("max_error_rate", s, cfg, decide)
 
 
-@gate("max_latency_regression", reads=("new_version", "baseline"), when=lambda cfg: cfg.max_latency_regression is not None)
+@gate("max_latency_regression", reads=("cohorts",), when=lambda cfg: cfg.max_latency_regression is not None)
 def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """p95 latency of the wave on the new version over the p95 of the cohort on the old version."""
+    """Per-device p95 latency of the wave against the control (Mann-Whitney, Hodges-Lehmann
+    ratio): fails when significantly slower and the typical ratio is above the setting."""
     if cfg.max_latency_regression is None:
         return None
-    if s.new_p95_ms is None or s.new_latency_samples == 0:
-        return Verdict("max_latency_regression", Outcome.PASS, None, cfg.max_latency_regression, "no latency reported on the new version yet")
-    if s.baseline_p95_ms is None or s.baseline_samples == 0 or s.baseline_p95_ms <= 0:
-        return Verdict("max_latency_regression", Outcome.PASS, None, cfg.max_latency_regression, "no baseline: no device of the selection reported latency on another version")
-    measured = s.new_p95_ms / s.baseline_p95_ms
-    ok = measured <= cfg.max_latency_regression
-    return Verdict(
-        "max_latency_regression",
-        Outcome.PASS if ok else Outcome.FAIL,
-        measured,
-        cfg.max_latency_regression,
-        f"p95 {s.new_p95_ms:.2f} ms on the new version vs {s.baseline_p95_ms:.2f} ms on the old",
-    )
+    bound = cfg.max_latency_regression
+
+    def decide(alpha: float) -> list[judge.Judgement]:
+        new = _positive([d.p95_ms for d in s.new_devices])
+        ctl = _positive([d.p95_ms for d in s.control_devices])
+        return [judge.judge_continuous("latency_p95", new, ctl, bound - 1.0, alpha, cfg.judge_min_devices)]
+
+    return _judged("max_latency_regression", s, cfg, decide)
 
 
-@gate("min_agreement", reads=("new_version",), when=lambda cfg: cfg.min_agreement is not None)
+@gate("min_agreement", reads=("cohorts",), when=lambda cfg: cfg.min_agreement is not None)
 def min_agreement(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """Shadow agreement of the new model with the one it replaces, at least the threshold."""
+    """Mean over the wave's devices of their shadow agreement with the model they replace, at
+    least the threshold (one cohort: the old model is the reference); inconclusive below
+    ``judge_min_devices`` reporting devices."""
     if cfg.min_agreement is None:
         return None
-    if s.agreement is None or s.agreement_samples == 0:
-        return Verdict("min_agreement", Outcome.PASS, None, cfg.min_agreement, "no agreement reported yet")
-    ok = s.agreement >= cfg.min_agreement
-    return Verdict("min_agreement", Outcome.PASS if ok else Outcome.FAIL, s.agreement, cfg.min_agreement, f"{s.agreement_samples} batches")
+    values = [a for d in s.new_devices if (a := d.agreement) is not None]
+    if len(values) < cfg.judge_min_devices:
+        return Verdict("min_agreement", Outcome.INCONCLUSIVE, None, cfg.min_agreement, f"{len(values)} devices reported agreement; at least {cfg.judge_min_devices} are needed")
+    measured = sum(values) / len(values)
+    ok = measured >= cfg.min_agreement
+    return Verdict("min_agreement", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.min_agreement, f"mean over {len(values)} devices")
 
 
 @gate("bake")
@@ -228,10 +302,22 @@ def bake(s: WaveStats, cfg: RolloutSettings) -> Verdict:
 
 
 def evaluate(stats: WaveStats, settings: RolloutSettings) -> tuple[Outcome, list[Verdict]]:
-    """Run every registered gate; FAIL if any fails, PASS if all pass, else WAIT."""
+    """Run every registered gate; FAIL if any fails, PASS if all pass, INCONCLUSIVE if a gate
+    has been inconclusive for ``inconclusive_timeout_s`` (the wave gives up), else WAIT.
+
+    An inconclusive verdict carries ``since``: when the gate became inconclusive (from the
+    wave's previous verdicts, so the limit survives a console restart).
+    """
     verdicts = [v for fn in GATES.values() if (v := fn(stats, settings)) is not None]
+    for v in verdicts:
+        if v.outcome is Outcome.INCONCLUSIVE:
+            prev = stats.previous.get(v.gate) or {}
+            v.since = prev["since"] if prev.get("outcome") == Outcome.INCONCLUSIVE.value and prev.get("since") is not None else stats.now
+            v.detail += f" (inconclusive for {max(0.0, stats.now - v.since):.0f}s of {settings.inconclusive_timeout_s:.0f}s)"
     if any(v.outcome is Outcome.FAIL for v in verdicts):
         return Outcome.FAIL, verdicts
     if all(v.outcome is Outcome.PASS for v in verdicts):
         return Outcome.PASS, verdicts
+    if any(v.outcome is Outcome.INCONCLUSIVE and v.since is not None and stats.now - v.since >= settings.inconclusive_timeout_s for v in verdicts):
+        return Outcome.INCONCLUSIVE, verdicts
     return Outcome.WAIT, verdicts

@@ -1,9 +1,12 @@
 """The gate inputs read from the database, registered with :func:`~edgeops.fleet.rollouts.gates.wave_input`.
 
 - ``new_version``: the wave's telemetry on the rollout's version since the wave began
-  (errors, NaN, p95, agreement);
-- ``baseline``: the p95 of the rollout's cohort on the versions it replaces (kept for
-  ``BASELINE_TTL_S`` per rollout).
+  (errors, NaN, p95, agreement), summed over the wave;
+- ``cohorts``: the same per device, for the wave (``new_devices``) and for the control cohort
+  (``control_devices``): devices the selector matches that are not in the rollout, on the
+  other published versions of the bundle, over the same window (since the wave began). The
+  judged gates compare the two. Which devices are selected and which versions are published is
+  kept for ``COHORT_TTL_S`` per rollout.
 
 Each provider gets a :class:`WaveSource` (the typed rollout and wave, an open connection, the
 reconciler's time and per-rollout memo) and returns values for
@@ -21,11 +24,10 @@ from sqlalchemy.engine import Connection
 from edgeops.fleet.db import Database
 from edgeops.fleet.rollouts import queries
 from edgeops.fleet.rollouts.gates import wave_input
-from edgeops.fleet.rollouts.records import LatencyBaseline, Rollout, Wave
+from edgeops.fleet.rollouts.records import Rollout, Wave
 from edgeops.fleet.targets import published_versions
 
-BASELINE_WINDOW_S = 3600.0  # old-version telemetry this long before the rollout counts as baseline
-BASELINE_TTL_S = 30.0  # a rollout's old-version baseline is recomputed at most this often
+COHORT_TTL_S = 30.0  # the selection and the published old versions are re-read at most this often
 
 
 @dataclass
@@ -66,21 +68,24 @@ def new_version(src: WaveSource) -> dict[str, Any]:
     }
 
 
-@wave_input("baseline")
-def baseline(src: WaveSource) -> dict[str, Any]:
-    """p95 of the cohort on the old versions (cached ``BASELINE_TTL_S``).
+@wave_input("cohorts")
+def cohorts(src: WaveSource) -> dict[str, Any]:
+    """Per-device telemetry of the wave on the new version and of the control on the old ones,
+    both received since the wave began (the console's clock).
 
-    Only what belongs to the question counts: devices the rollout's selector matches, and
-    versions of the bundle the repository publishes other than the new one, received by the
-    console since ``BASELINE_WINDOW_S`` before the rollout was created. A device outside the
-    selection, or a version string no one published, cannot move the baseline.
+    Only what belongs to the question counts: control devices are ones the rollout's selector
+    matches and that are not in the rollout, on versions of the bundle the repository publishes
+    other than the new one. A device outside the selection, or a version string no one
+    published, cannot move the control.
     """
+    r = src.rollout
 
-    def compute() -> LatencyBaseline:
-        r = src.rollout
+    def selection() -> tuple[list[str], set[str]]:
         old = sorted(v for n, v in published_versions(src.targets()) if n == r.bundle_name and v != r.bundle_version)
-        members = queries.cohort(src.db, src.conn, r.settings.selector) if old else set()
-        return queries.latency_baseline(src.db, src.conn, r, old, members, r.created_at - BASELINE_WINDOW_S)
+        return old, (queries.cohort(src.db, src.conn, r.settings.selector) if old else set())
 
-    base = src.cached("baseline", BASELINE_TTL_S, compute)
-    return {"baseline_p95_ms": base.p95_ms, "baseline_samples": base.batches if base.weight else 0}
+    old, members = src.cached("selection", COHORT_TTL_S, selection)
+    return {
+        "new_devices": queries.wave_device_telemetry(src.db, src.conn, r, src.wave.idx, src.started),
+        "control_devices": queries.control_device_telemetry(src.db, src.conn, r, old, members, src.started),
+    }

@@ -2,8 +2,8 @@
 
 The reconciler and the rollout service decide; this module only asks the database. Telemetry
 questions are bounded to what belongs to them (issue 13): a wave's own devices on the rollout's
-version by the console's receive clock; the baseline from the selected devices on published
-versions, summed per device in double precision.
+version by the console's receive clock; the control from the selected devices outside the
+rollout on published versions over the same window, summed per device in double precision.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from edgeops.errors import FleetError
 from edgeops.fleet.db import Database, float_sum, weighted_p95_sums
-from edgeops.fleet.rollouts.records import LatencyBaseline, Rollout, Wave, WaveTelemetry
+from edgeops.fleet.rollouts.records import DeviceTelemetry, Rollout, Wave, WaveTelemetry
 from edgeops.fleet.rollouts.settings import Selector
 from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A
 
@@ -101,26 +101,53 @@ def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     )
 
 
-def latency_baseline(db: Database, conn: Connection, rollout: Rollout, old_versions: list[str], cohort: set[str], since: float) -> LatencyBaseline:
-    """p95 sums of the ``cohort`` on ``old_versions`` of the rollout's bundle, received since ``since``.
-
-    Summed per device in SQL and added up here for the cohort, so a device outside it cannot
-    move the answer.
-    """
-    if not old_versions:
-        return LatencyBaseline()
-    tel = db.t.telemetry
-    weighted = weight = count = 0.0
-    per_device = conn.execute(
-        sa.select(tel.c.device_id, *weighted_p95_sums(tel), sa.func.count(tel.c.p95_ms))
-        .where(tel.c.version_name == rollout.bundle_name, tel.c.version_version.in_(old_versions), tel.c.received_at >= since)
-        .group_by(tel.c.device_id)
+def _per_device(db: Database, conn: Connection, where: list[Any]) -> list[DeviceTelemetry]:
+    """Telemetry summed per device (with the device's profile) over the rows ``where`` selects."""
+    tel, d = db.t.telemetry, db.t.devices
+    q = (
+        sa.select(
+            tel.c.device_id,
+            d.c.profile,
+            float_sum(tel.c.inference_count),
+            float_sum(tel.c.error_count),
+            float_sum(tel.c.nan_count),
+            *weighted_p95_sums(tel),
+            sa.func.sum(tel.c.agreement),
+            sa.func.count(tel.c.agreement),
+        )
+        .select_from(tel.join(d, d.c.id == tel.c.device_id))
+        .where(*where)
+        .group_by(tel.c.device_id, d.c.profile)
     )
-    for row in per_device:
-        device_id, w, n, c = tuple(row)
-        if device_id in cohort:
-            weighted, weight, count = weighted + float(w or 0), weight + float(n or 0), count + float(c or 0)
-    return LatencyBaseline(weighted, weight, int(count))
+    return [
+        DeviceTelemetry(dev, profile, float(inf or 0), float(err or 0), float(nan or 0), float(pw or 0), float(pn or 0), float(ag or 0), int(agn or 0))
+        for dev, profile, inf, err, nan, pw, pn, ag, agn in conn.execute(q)
+    ]
+
+
+def wave_device_telemetry(db: Database, conn: Connection, rollout: Rollout, idx: int, since: float) -> list[DeviceTelemetry]:
+    """Per device of wave ``idx``: its telemetry on the rollout's version received since ``since`` (less 1 s)."""
+    a, tel = db.t.assignments, db.t.telemetry
+    members = sa.select(a.c.device_id).where(a.c.rollout_id == rollout.id, a.c.wave_idx == idx)
+    return _per_device(
+        db, conn, [tel.c.device_id.in_(members), tel.c.version_name == rollout.bundle_name, tel.c.version_version == rollout.bundle_version, tel.c.received_at >= since - 1.0]
+    )
+
+
+def control_device_telemetry(db: Database, conn: Connection, rollout: Rollout, old_versions: list[str], cohort: set[str], since: float) -> list[DeviceTelemetry]:
+    """Per device of the control: selected (``cohort``), not in this rollout, on one of
+    ``old_versions`` of the rollout's bundle, telemetry received since ``since`` (less 1 s): the
+    same window as the wave it is compared with."""
+    if not old_versions:
+        return []
+    a, tel = db.t.assignments, db.t.telemetry
+    in_rollout = sa.select(a.c.device_id).where(a.c.rollout_id == rollout.id)
+    rows = _per_device(
+        db,
+        conn,
+        [tel.c.device_id.not_in(in_rollout), tel.c.version_name == rollout.bundle_name, tel.c.version_version.in_(old_versions), tel.c.received_at >= since - 1.0],
+    )
+    return [r for r in rows if r.device_id in cohort]
 
 
 class _Tags:

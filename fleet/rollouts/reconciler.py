@@ -30,9 +30,10 @@ comes from the reconciler's ``clock``, passed as ``now``.
 
 Cost per tick, so a 10,000-device rollout does not pay O(devices) every second:
 
-- gate inputs from telemetry (new-version aggregates, the old-version baseline) are queried only
-  when a gate that reads them is configured (``reads`` of :func:`~edgeops.fleet.rollouts.gates.gate`);
-  the baseline at most every ``BASELINE_TTL_S``;
+- gate inputs from telemetry (new-version aggregates, per-device values of the wave and the
+  control) are queried only when a gate that reads them is configured (``reads`` of
+  :func:`~edgeops.fleet.rollouts.gates.gate`); the selection and published versions the control
+  is drawn from at most every ``COHORT_TTL_S``;
 - timeouts are applied at most every ``EXPIRE_EVERY_S`` per rollout (they are minutes long);
 - the last wave's top-up (which reads every device row) runs when the device table changed
   (a new enrolment: count or newest ``enrolled_at``), or every ``TOPUP_EVERY_S`` (catches tag
@@ -59,8 +60,9 @@ from edgeops.fleet.commands import CommandSender, assign_command, rollback_comma
 from edgeops.fleet.config import RolloutConfig
 from edgeops.fleet.db import Database, dumps
 from edgeops.fleet.rollouts import gates as gates_mod, queries
-from edgeops.fleet.rollouts.inputs import BASELINE_TTL_S, BASELINE_WINDOW_S, WaveSource  # noqa: F401  (re-exported)
+from edgeops.fleet.rollouts.inputs import COHORT_TTL_S, WaveSource  # noqa: F401  (re-exported)
 from edgeops.fleet.rollouts.records import Rollout, Wave
+from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.service import set_rollout_status, set_wave_status
 from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W, wave_label
 from edgeops.fleet.targets import list_targets
@@ -75,6 +77,30 @@ TOPUP_EVERY_S = 10.0  # the last wave re-reads every device at least this often 
 def selection_order(rollout_id: str, device_id: str) -> str:
     """Deterministic position of a device in a rollout's selection order."""
     return hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()
+
+
+CONTROL_GATES = ("max_latency_regression", "max_error_rate")  # the gates that compare with a control cohort
+
+
+def needs_control(settings: RolloutSettings) -> bool:
+    """True when a configured gate compares the wave with a control cohort."""
+    return settings.max_latency_regression is not None or settings.max_error_rate is not None
+
+
+def held_back(settings: RolloutSettings, matching: int) -> int:
+    """Devices of the selection kept on the old version as the control until the last wave is
+    judged: ``control_share`` of it, at least ``judge_min_devices``, at most half (0 when no
+    configured gate needs a control, or ``control_share`` is 0)."""
+    if not needs_control(settings) or settings.control_share <= 0 or matching <= 1:
+        return 0
+    want = max(math.ceil(settings.control_share * matching - 1e-9), settings.judge_min_devices)
+    return min(want, matching // 2)
+
+
+def control_released(verdicts: list[dict]) -> bool:
+    """True once every stored control-comparing verdict of the wave is a final pass."""
+    judged = [v for v in verdicts if isinstance(v, dict) and v.get("gate") in CONTROL_GATES]
+    return bool(judged) and all(v.get("final") and v.get("outcome") == gates_mod.Outcome.PASS.value for v in judged)
 
 
 def halt_reason(idx: int, failed: list[gates_mod.Verdict]) -> str:
@@ -105,7 +131,7 @@ class Reconciler:
         # Per-rollout memory of the cheap-path checks (lost on restart: the first tick does it all).
         self._expired_at: dict[str, float] = {}
         self._topup: dict[str, tuple[tuple, float]] = {}  # rollout -> (device-table signature, when)
-        self._baseline: dict[str, dict] = {}  # rollout -> WaveSource.memo (the cached baseline)
+        self._memo: dict[str, dict] = {}  # rollout -> WaveSource.memo (the cached selection)
 
     # -- loop ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -113,7 +139,7 @@ class Reconciler:
         with self.db.connect() as conn:
             rollouts = queries.live_rollouts(self.db, conn)
         ids = {r.id for r in rollouts}
-        for memo in (self._expired_at, self._topup, self._baseline):
+        for memo in (self._expired_at, self._topup, self._memo):
             for gone in set(memo) - ids:
                 memo.pop(gone, None)
         for r in rollouts:
@@ -167,7 +193,7 @@ class Reconciler:
         if last and self._topup_due(r.id, now):
             # devices that started to match since the last wave began join it
             with self.db.begin() as conn:
-                added = self._assign(conn, r, wave.idx, now)
+                added = self._assign(conn, r, wave.idx, now, release=control_released(wave.gates))
             if added:
                 self.publish_pending(r)
         self._assess(r, wave, now)
@@ -179,12 +205,26 @@ class Reconciler:
         vdicts = [v.to_dict() for v in verdicts]
         if self.on_verdicts:
             self.on_verdicts(r.id, idx, vdicts)
-        started = aborting = False
+        started = aborting = released = False
         reason = ""
+        w = self.db.t.waves
         with self.db.begin() as conn:
-            if outcome is gates_mod.Outcome.WAIT:
-                w = self.db.t.waves
+            if outcome is gates_mod.Outcome.PASS and last and needs_control(settings):
+                # the control held back has done its job: the judged verdicts become final and
+                # the held-back devices join the last wave, which passes once they report (the
+                # next PASS finds none left to add and finishes)
+                for v in vdicts:
+                    if v["gate"] in CONTROL_GATES:
+                        v["final"] = True
+                released = self._assign(conn, r, idx, now, release=True) > 0
+            if outcome is gates_mod.Outcome.WAIT or released:
                 conn.execute(w.update().where(w.c.rollout_id == r.id, w.c.idx == idx).values(gates=dumps(vdicts)))
+            elif outcome is gates_mod.Outcome.INCONCLUSIVE:
+                # too little data for too long: never a pass, never an abort; an operator decides
+                stuck = [v for v in verdicts if v.outcome is gates_mod.Outcome.INCONCLUSIVE]
+                reason = f"{wave_label(idx)} inconclusive: " + "; ".join(f"{v.gate} ({v.detail})" for v in stuck)
+                set_wave_status(self.db, conn, r.id, idx, W.RUNNING, W.HALTED, reason, vdicts, now=now)
+                set_rollout_status(self.db, conn, r.id, R.RUNNING, R.PAUSED, reason, now)
             elif outcome is gates_mod.Outcome.PASS:
                 set_wave_status(self.db, conn, r.id, idx, W.RUNNING, W.PASSED, "all gates passed", vdicts, now=now)
                 if last:
@@ -200,6 +240,11 @@ class Reconciler:
                 set_rollout_status(self.db, conn, r.id, R.RUNNING, R.ABORTING if aborting else R.PAUSED, reason, now)
         if started:
             self._wave_started(r, idx + 1, now)
+        if released:
+            log.info("rollout %s: %s judged; the held-back control joins it", r.id, wave_label(idx))
+            self.publish_pending(r)
+        if outcome is gates_mod.Outcome.INCONCLUSIVE:
+            log.warning("rollout %s: %s -> paused", r.id, reason)
         if outcome is gates_mod.Outcome.FAIL:
             log.warning("rollout %s: %s -> %s", r.id, reason, "aborting" if aborting else "paused")
         if aborting:
@@ -241,12 +286,17 @@ class Reconciler:
         self._topup[rollout_id] = (sig, now)
         return True
 
-    def _assign(self, conn: Connection, r: Rollout, idx: int, now: float) -> int:
-        """Create assignments (and per-device seqs) so the rollout covers wave ``idx``'s percent of the selection."""
+    def _assign(self, conn: Connection, r: Rollout, idx: int, now: float, release: bool = False) -> int:
+        """Create assignments (and per-device seqs) so the rollout covers wave ``idx``'s percent of the selection.
+
+        Until ``release``, the control share (:func:`held_back`) stays out of the rollout.
+        """
         matching = queries.matching_devices_for_update(self.db, conn, r.settings.selector)
         assigned = queries.devices_in_rollout(self.db, conn, r.id)
         busy = queries.devices_busy_elsewhere(self.db, conn, r.id)
         target = math.ceil(r.settings.waves[idx] / 100.0 * len(matching) - 1e-9)
+        if not release:
+            target = min(target, len(matching) - held_back(r.settings, len(matching)))
         need = target - len(assigned)
         if need <= 0:
             return 0
@@ -298,11 +348,12 @@ class Reconciler:
         extra: dict = {}
         with self.db.connect() as conn:
             counts = queries.wave_counts(self.db, conn, r.id, wave.idx)
-            src = WaveSource(self.db, conn, r, wave, started, now, self._targets, self._baseline.setdefault(r.id, {}))
+            src = WaveSource(self.db, conn, r, wave, started, now, self._targets, self._memo.setdefault(r.id, {}))
             for name in gates_mod.inputs_needed(settings):
                 for key, value in gates_mod.INPUTS[name](src).items():
                     (values if key in fields else extra)[key] = value
-        return gates_mod.WaveStats(size=sum(counts.values()), counts=counts, started_at=started, now=now, **values, extra=extra)
+        previous = {g["gate"]: g for g in wave.gates if isinstance(g, dict) and "gate" in g}
+        return gates_mod.WaveStats(size=sum(counts.values()), counts=counts, started_at=started, now=now, **values, previous=previous, extra=extra)
 
     # -- timeouts --------------------------------------------------------------------------
     def _expire(self, r: Rollout) -> None:

@@ -103,14 +103,25 @@ class WaveTelemetry:
 
 
 @dataclass(frozen=True)
-class LatencyBaseline:
-    """p95 sums of the rollout's cohort on the versions it replaces."""
+class DeviceTelemetry:
+    """One device's telemetry on one side of a comparison (new version or control), summed in SQL."""
 
-    weighted: float = 0.0
-    weight: float = 0.0
-    batches: int = 0
+    device_id: str
+    profile: str | None
+    inferences: float = 0.0
+    errors: float = 0.0
+    nans: float = 0.0
+    p95_weighted: float = 0.0  # SUM(p95 x inferences) over batches that report a p95
+    p95_weight: float = 0.0
+    agreement_sum: float = 0.0
+    agreement_batches: int = 0
 
     @property
     def p95_ms(self) -> float | None:
-        """Inference-weighted mean p95, None without a weighted batch."""
-        return self.weighted / self.weight if self.weight else None
+        """Inference-weighted mean of the device's batch p95s, None without a weighted batch."""
+        return self.p95_weighted / self.p95_weight if self.p95_weight else None
+
+    @property
+    def agreement(self) -> float | None:
+        """Mean shadow agreement over the batches that report one."""
+        return self.agreement_sum / self.agreement_batches if self.agreement_batches else None

@@ -131,7 +131,8 @@ def resume_rollout(db: Database, rollout_id: str, actor: str = "operator", now: 
         check_action(rollout_id, "resume", r.status)
         wave = load_wave(db, conn, rollout_id, r.current_wave)
         if wave and wave.status is W.HALTED:
-            set_wave_status(db, conn, rollout_id, wave.idx, W.HALTED, W.RUNNING, f"resumed by {actor}", now=now)
+            # evaluated afresh: the judged gates' looks and inconclusive timers start over
+            set_wave_status(db, conn, rollout_id, wave.idx, W.HALTED, W.RUNNING, f"resumed by {actor}", gates=[], now=now)
         if wave and wave.status is W.PASSED and r.settings.approve_each_wave and wave.idx < r.last_wave:
             # paused while waiting for approval: resuming must not skip the approval
             set_rollout_status(db, conn, rollout_id, r.status, R.WAITING_APPROVAL, f"resumed by {actor}; {wave_label(wave.idx)} passed and awaits approval", now)

@@ -150,8 +150,8 @@ class RolloutSettings(BaseModel):
     min_reporting: float = Field(default=0.9, gt=0, le=1, description="fraction of a wave's devices that must report a final status")
     max_failure_rate: float = Field(default=0.05, ge=0, le=1, description="failed + rolled back + timed out, over the wave's devices")
     max_rollback_rate: float | None = Field(default=None, ge=0, le=1, description="rolled back over the wave's devices")
-    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="(errors + NaN outputs) / inferences on the new version")
-    max_latency_regression: float | None = Field(default=None, description="p95 on the new version / p95 of the cohort on the old version")
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="largest allowed excess of the error rate, and of the NaN rate, per inference on the new version over the control cohort")
+    max_latency_regression: float | None = Field(default=None, description="largest allowed ratio of per-device p95 latency, new version / control cohort (1.1: 10% slower)")
     min_agreement: float | None = Field(default=None, ge=0, le=1, description="shadow agreement of the new model with the old one")
     max_drift: float | None = Field(default=None, gt=0, le=100, description="PSI of the wave's data on the new version against the bundle's drift reference (fails only when the KS test finds it significant; docs/monitoring.md)")
     drift_alpha: float = Field(default=0.01, gt=0, lt=1, description="max_drift: largest KS p-value read as significant")
@@ -159,6 +159,13 @@ class RolloutSettings(BaseModel):
     on_gate_failure: Literal["pause", "abort"] = "pause"
     approve_each_wave: bool = False
     name: str = Field(default="", max_length=200, description="free text label")
+    # The judge (edgeops.fleet.rollouts.judge; docs/fleet.md "How the judge decides")
+    judge_alpha: float = Field(default=0.05, gt=0, le=0.5, description="false-alarm rate per judged gate over all looks of a wave")
+    judge_max_looks: int = Field(default=5, ge=1, le=100, description="looks per wave sharing judge_alpha (Bonferroni: alpha / looks each)")
+    judge_look_interval_s: float = Field(default=60.0, ge=0, description="least time between two looks of a judged gate")
+    judge_min_devices: int = Field(default=5, ge=1, le=100_000, description="devices each cohort (wave, control) needs before a judged gate can decide")
+    control_share: float = Field(default=0.1, ge=0, lt=1, description="share of the selection held back on the old version as the control when a wave would leave none")
+    inconclusive_timeout_s: float = Field(default=1800.0, ge=0, description="a gate inconclusive this long pauses the rollout")
 
     @field_validator("waves")
     @classmethod
@@ -182,7 +189,7 @@ class RolloutSettings(BaseModel):
     @classmethod
     def _latency(cls, v: float | None) -> float | None:
         if v is not None and not v >= 1.0:
-            raise ValueError(f"{v} is a ratio of p95 latencies (new / old) and must be at least 1.0 (1.2 allows 20% slower)")
+            raise ValueError(f"{v} is a ratio of p95 latencies (new / control) and must be at least 1.0 (1.2 allows 20% slower)")
         return v
 
     @model_validator(mode="after")
@@ -236,6 +243,12 @@ class RolloutRequest(BaseModel):
     on_gate_failure: Literal["pause", "abort"] = "pause"
     approve_each_wave: bool = False
     name: str = Field(default="", max_length=200)
+    judge_alpha: float = Field(default=0.05, gt=0, le=0.5)
+    judge_max_looks: int = Field(default=5, ge=1, le=100)
+    judge_look_interval: str | float = Field(default=60.0, description="least time between two looks of a judged gate (60, 1m)")
+    judge_min_devices: int = Field(default=5, ge=1, le=100_000)
+    control_share: float = Field(default=0.1, ge=0, lt=1)
+    inconclusive_timeout: str | float = Field(default=1800.0, description="a gate inconclusive this long pauses the rollout (1800, 30m)")
 
     def to_settings(self) -> RolloutSettings:
         """Parse the text forms and validate everything (RolloutSettingsError names the field)."""
@@ -259,6 +272,12 @@ class RolloutRequest(BaseModel):
             on_gate_failure=self.on_gate_failure,
             approve_each_wave=self.approve_each_wave,
             name=self.name,
+            judge_alpha=self.judge_alpha,
+            judge_max_looks=self.judge_max_looks,
+            judge_look_interval_s=parse_duration(self.judge_look_interval, "judge_look_interval"),
+            judge_min_devices=self.judge_min_devices,
+            control_share=self.control_share,
+            inconclusive_timeout_s=parse_duration(self.inconclusive_timeout, "inconclusive_timeout"),
         )
 
 

@@ -93,12 +93,28 @@ def stats(env) -> dict:
     return env["console"].ingest.stats.snapshot()
 
 
+# The judged gates compare the wave with the selected devices still on the old version, over the
+# same window: with 4 devices, 2 per cohort are enough here, and half are held back as the control.
+JUDGE = {"judge_min_devices": 2, "control_share": 0.5, "judge_look_interval": 0}
+
+
 def run_rollout(env, version: str, **gates) -> dict:
+    """Run a rollout to its end while every berlin device reports telemetry on its active version."""
     db = env["console"].db
-    r = service.create_rollout(db, parse_request({"bundle": version, "select": "tag=site=berlin", "waves": "50%,100%", **gates}), env["console"].repo_dir)
+    r = service.create_rollout(db, parse_request({"bundle": version, "select": "tag=site=berlin", "waves": "50%,100%", **JUDGE, **gates}), env["console"].repo_dir)
     service.start_rollout(db, r["id"])
     env["console"].wake()
-    return wait_for(lambda: (lambda s: s if s["status"] in ("finished", "paused", "aborted") else None)(service.rollout_status(db, r["id"])), 60, 0.2, f"rollout {r['id']} to end")
+
+    def ended():
+        for d in BERLIN:
+            env["devices"][d].telemetry(env["devices"][d].active)
+        s = service.rollout_status(db, r["id"])
+        return s if s["status"] in ("finished", "paused", "aborted") else None
+
+    try:
+        return wait_for(ended, 60, 0.5, f"rollout {r['id']} to end")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {json.dumps(service.rollout_status(db, r['id']), indent=1)}") from None
 
 
 def test_one_bad_message_never_costs_the_batch(env):

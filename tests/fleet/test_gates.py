@@ -1,10 +1,11 @@
-"""Each gate evaluator: pass, fail, wait, and "not configured"."""
+"""Each gate evaluator: pass, fail, wait, inconclusive, and "not configured"; the judged gates' looks."""
 
 from __future__ import annotations
 
 import pytest
 
 from edgeops.fleet.rollouts.gates import GATES, Outcome, WaveStats, evaluate
+from edgeops.fleet.rollouts.records import DeviceTelemetry
 from edgeops.fleet.rollouts.settings import build_settings
 
 
@@ -47,34 +48,94 @@ def test_max_rollback_rate():
     assert g(stats(rolled_back=2, succeeded=8), cfg(max_failure_rate=0.2, max_rollback_rate=0.1)).outcome is Outcome.FAIL
 
 
+def dev(i, *, p95=None, inferences=1000.0, errors=0.0, nans=0.0, agreement=None, profile="x86"):
+    """One device's summed telemetry (what the cohorts input gives the gates)."""
+    return DeviceTelemetry(f"d{i}", profile, inferences, errors, nans, (p95 or 0.0) * inferences, inferences if p95 else 0.0, agreement or 0.0, 1 if agreement is not None else 0)
+
+
+def cohort(n, start=0, **kw):
+    return [dev(start + i, **{k: (v(i) if callable(v) else v) for k, v in kw.items()}) for i in range(n)]
+
+
+def spread(ms):
+    """Per-device p95s around ``ms``: devices differ by a few percent."""
+    return lambda i: ms * (1 + 0.02 * ((i * 7) % 11 - 5) / 5)
+
+
 def test_max_error_rate():
     g = GATES["max_error_rate"]
+    c = cfg(max_error_rate=0.01)
     assert g(stats(), cfg()) is None
-    assert g(stats(inferences=0), cfg(max_error_rate=0.01)).outcome is Outcome.PASS
-    assert g(stats(inferences=1000, errors=5, nans=4), cfg(max_error_rate=0.01)).outcome is Outcome.PASS
-    v = g(stats(inferences=1000, errors=5, nans=6), cfg(max_error_rate=0.01))
-    assert v.outcome is Outcome.FAIL and v.measured == pytest.approx(0.011)
+    # nothing measured, or too few devices on either side: inconclusive, never pass
+    silent = g(stats(), c)
+    assert silent.outcome is Outcome.INCONCLUSIVE and "0 new vs 0 control" in silent.detail
+    assert g(stats(new_devices=cohort(3), control_devices=cohort(10, 100)), c).outcome is Outcome.INCONCLUSIVE
+    # 1% errors on both sides: pass; 5% on the wave vs 0.5% on the control: fail, naming the metric
+    same = g(stats(new_devices=cohort(10, errors=10.0), control_devices=cohort(10, 100, errors=10.0)), c)
+    assert same.outcome is Outcome.PASS and same.looks == 1 and [j["metric"] for j in same.judgement] == ["error_rate", "nan_rate"]
+    bad = g(stats(new_devices=cohort(10, nans=50.0), control_devices=cohort(10, 100, nans=5.0)), c)
+    assert bad.outcome is Outcome.FAIL and "nan_rate: fail" in bad.detail and bad.measured == pytest.approx(0.045)
+    # alpha is split between the two rates, and between the looks
+    assert [j["alpha"] for j in bad.judgement] == [pytest.approx(0.05 / 5 / 2)] * 2
 
 
 def test_max_latency_regression():
     g = GATES["max_latency_regression"]
-    c = cfg(max_latency_regression=1.2)
+    c = cfg(max_latency_regression=1.1)
     assert g(stats(), cfg()) is None
-    assert g(stats(new_p95_ms=None), c).outcome is Outcome.PASS  # nothing measured yet
-    no_base = g(stats(new_p95_ms=10.0, new_latency_samples=3), c)
-    assert no_base.outcome is Outcome.PASS and "baseline" in no_base.detail
-    ok = g(stats(new_p95_ms=11.0, new_latency_samples=3, baseline_p95_ms=10.0, baseline_samples=5), c)
-    assert ok.outcome is Outcome.PASS and ok.measured == pytest.approx(1.1)
-    bad = g(stats(new_p95_ms=13.0, new_latency_samples=3, baseline_p95_ms=10.0, baseline_samples=5), c)
-    assert bad.outcome is Outcome.FAIL and bad.measured == pytest.approx(1.3)
+    assert g(stats(), c).outcome is Outcome.INCONCLUSIVE  # nothing measured yet
+    no_control = g(stats(new_devices=cohort(30, p95=10.0)), c)
+    assert no_control.outcome is Outcome.INCONCLUSIVE and "30 new vs 0 control" in no_control.detail
+    ok = g(stats(new_devices=cohort(30, p95=spread(10.0)), control_devices=cohort(30, 100, p95=spread(10.0))), c)
+    assert ok.outcome is Outcome.PASS and ok.measured == pytest.approx(1.0, abs=0.02) and ok.judgement[0]["n_control"] == 30
+    bad = g(stats(new_devices=cohort(30, p95=spread(12.0)), control_devices=cohort(30, 100, p95=spread(10.0))), c)
+    assert bad.outcome is Outcome.FAIL and bad.measured == pytest.approx(1.2, abs=0.02) and bad.threshold == pytest.approx(1.1)
+    assert "Mann-Whitney p=" in bad.detail and "look 1 of 5" in bad.detail
+    # significant but within the bound: pass (a 5% slowdown is allowed by 1.1)
+    assert g(stats(new_devices=cohort(30, p95=spread(10.5)), control_devices=cohort(30, 100, p95=spread(10.0))), c).outcome is Outcome.PASS
+
+
+def test_judged_gate_looks_are_spaced_counted_and_final():
+    g = GATES["max_latency_regression"]
+    c = cfg(max_latency_regression=1.1, judge_max_looks=2, judge_look_interval_s=60)
+    good = dict(new_devices=cohort(30, p95=spread(10.0)), control_devices=cohort(30, 100, p95=spread(10.0)))
+    slow = dict(new_devices=cohort(30, p95=spread(13.0)), control_devices=cohort(30, 100, p95=spread(10.0)))
+    first = g(stats(now=100, **good), c)
+    assert first.outcome is Outcome.PASS and (first.looks, first.looked_at, first.final) == (1, 100, False)
+    # within the interval the last verdict stands, whatever the data says now
+    again = g(stats(now=130, previous={"max_latency_regression": first.to_dict()}, **slow), c)
+    assert again.outcome is Outcome.PASS and again.looks == 1
+    # the second (last) look sees the regression
+    second = g(stats(now=160, previous={"max_latency_regression": first.to_dict()}, **slow), c)
+    assert second.outcome is Outcome.FAIL and second.looks == 2 and second.final
+    # after the last look nothing changes it
+    assert g(stats(now=1000, previous={"max_latency_regression": second.to_dict()}, **good), c).outcome is Outcome.FAIL
+    # an inconclusive evaluation spends no look
+    none = g(stats(now=100, new_devices=cohort(2, p95=10.0)), c)
+    assert none.outcome is Outcome.INCONCLUSIVE and none.looks == 0
 
 
 def test_min_agreement():
     g = GATES["min_agreement"]
     assert g(stats(), cfg()) is None
-    assert g(stats(), cfg(min_agreement=0.98)).outcome is Outcome.PASS
-    assert g(stats(agreement=0.99, agreement_samples=4), cfg(min_agreement=0.98)).outcome is Outcome.PASS
-    assert g(stats(agreement=0.90, agreement_samples=4), cfg(min_agreement=0.98)).outcome is Outcome.FAIL
+    assert g(stats(), cfg(min_agreement=0.98)).outcome is Outcome.INCONCLUSIVE
+    assert g(stats(new_devices=cohort(4, agreement=1.0)), cfg(min_agreement=0.98)).outcome is Outcome.INCONCLUSIVE  # 4 < 5 devices
+    v = g(stats(new_devices=cohort(5, agreement=0.99)), cfg(min_agreement=0.98))
+    assert v.outcome is Outcome.PASS and v.measured == pytest.approx(0.99)
+    assert g(stats(new_devices=cohort(5, agreement=0.90)), cfg(min_agreement=0.98)).outcome is Outcome.FAIL
+
+
+def test_inconclusive_waits_then_gives_up_after_the_timeout():
+    c = cfg(min_agreement=0.9, inconclusive_timeout_s=600)
+    out, verdicts = evaluate(stats(succeeded=10, now=100), c)
+    v = next(v for v in verdicts if v.gate == "min_agreement")
+    assert out is Outcome.WAIT and v.outcome is Outcome.INCONCLUSIVE and v.since == 100  # waits; never a pass
+    prev = {"min_agreement": v.to_dict()}
+    assert evaluate(stats(succeeded=10, now=650, previous=prev), c)[0] is Outcome.WAIT
+    out, verdicts = evaluate(stats(succeeded=10, now=700, previous=prev), c)
+    assert out is Outcome.INCONCLUSIVE and "inconclusive for 600s of 600s" in next(v for v in verdicts if v.gate == "min_agreement").detail
+    # a failure still wins over silence elsewhere
+    assert evaluate(stats(failed=5, sent=5, now=700, previous=prev), c)[0] is Outcome.FAIL
 
 
 def test_bake():

@@ -56,8 +56,8 @@ def test_each_rollout_is_read_once_per_tick(h):
 def test_inputs_are_read_only_for_configured_gates(registry):
     plain = build_settings(bundle_name="m", bundle_version="2")
     assert inputs_needed(plain) == []
-    assert inputs_needed(plain.model_copy(update={"max_error_rate": 0.1})) == ["new_version"]
-    assert inputs_needed(plain.model_copy(update={"max_latency_regression": 2.0})) == ["new_version", "baseline"]
+    assert inputs_needed(plain.model_copy(update={"max_error_rate": 0.1})) == ["cohorts"]
+    assert inputs_needed(plain.model_copy(update={"max_latency_regression": 2.0, "min_agreement": 0.9})) == ["cohorts"]
 
     @gate("broken", reads=("nobody_provides_this",))
     def broken(s, cfg):

@@ -392,22 +392,39 @@ def _answer(h, p95, agreement=1.0):
         )
 
 
-def test_telemetry_gates_read_the_new_version_against_the_old_baseline(h):
-    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])  # before the rollout
-    r = h.create(waves="10%,100%", max_latency_regression=2.0, max_error_rate=0.01, min_agreement=0.9)
+def _old_version_telemetry(h, devices, p95=5.0, **kw):
+    """Devices still on the old version report (the control's telemetry in the wave's window)."""
+    h.feed(*[telemetry(d, h.next_seq(d), "digits@1.0.0", p95=p95, **kw) for d in devices])
+
+
+def _not_in(h, rid, n=20):
+    inside = set(h.assignments(rid))
+    return [f"dev{i:03d}" for i in range(n) if f"dev{i:03d}" not in inside]
+
+
+def test_telemetry_gates_judge_the_wave_against_the_control(h):
+    """Wave 1 (10 devices) ten times slower than the 10 selected devices still on the old version
+    over the same window: the latency gate fails with the test's numbers in the reason."""
+    r = h.create(waves="50%,100%", max_latency_regression=1.1, max_error_rate=0.01, min_agreement=0.9)
     service.start_rollout(h.db, r["id"])
     h.rec.tick()
-    _answer(h, p95=50.0)  # ten times slower than the old version on the same devices
+    assert len(h.assignments(r["id"])) == 10
+    _answer(h, p95=50.0)
+    _old_version_telemetry(h, _not_in(h, r["id"]))
     h.rec.tick()
     st = service.rollout_status(h.db, r["id"])
-    assert st["status"] == "paused" and st["reason"].startswith("wave 1 halted: max_latency_regression 10 vs 2"), st["reason"]
+    assert st["status"] == "paused" and st["reason"].startswith("wave 1 halted: max_latency_regression 10 vs 1.1"), st["reason"]
+    assert "Mann-Whitney p=" in st["reason"] and "10 new vs 10 control devices" in st["reason"]
     gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
     assert gates["max_error_rate"]["outcome"] == "pass" and gates["min_agreement"]["outcome"] == "pass"
+    judged = gates["max_latency_regression"]["judgement"][0]
+    assert judged["p_value"] < judged["alpha"] == pytest.approx(0.01) and (judged["n_new"], judged["n_control"]) == (10, 10)
 
 
 def test_wave_stats_read_telemetry_only_for_the_gates_that_use_it(h):
-    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])
-    plain = h.create(waves="100%", select="device=dev000+dev001")
+    _old_version_telemetry(h, [f"dev{i:03d}" for i in range(20)])
+    selected = [f"dev{i:03d}" for i in range(6)]
+    plain = h.create(waves="30%,100%", select="device=" + "+".join(selected))
     service.start_rollout(h.db, plain["id"])
     h.rec.tick()
     _answer(h, p95=50.0)
@@ -415,16 +432,14 @@ def test_wave_stats_read_telemetry_only_for_the_gates_that_use_it(h):
         r = queries.load_rollout(h.db, conn, plain["id"])
         wave = queries.load_wave(h.db, conn, r.id, 0)
     st = h.rec.wave_stats(r, wave)
-    assert st.size == 2 and st.inferences == 0 and st.new_p95_ms is None and st.baseline_p95_ms is None  # no telemetry gate: not read
+    assert st.size == 2 and st.inferences == 0 and st.new_devices == [] and st.control_devices == []  # no telemetry gate: not read
 
     settings = r.settings.model_copy(update={"max_error_rate": 0.5, "max_latency_regression": 20.0})
     st = h.rec.wave_stats(r, wave, settings)
-    assert st.inferences == 200 and st.new_p95_ms == 50.0 and st.baseline_p95_ms == 5.0
-    # the baseline is kept for BASELINE_TTL_S, then read again; only the selected devices count
-    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=15.0) for i in range(20)])
-    assert h.rec.wave_stats(r, wave, settings).baseline_p95_ms == 5.0
-    h.now += reconciler_mod.BASELINE_TTL_S
-    assert h.rec.wave_stats(r, wave, settings).baseline_p95_ms == pytest.approx((2 * 5.0 + 2 * 15.0) / 4)
+    members = sorted(h.assignments(r.id))
+    assert sorted(d.device_id for d in st.new_devices) == members and {d.p95_ms for d in st.new_devices} == {50.0}
+    # the control: the other selected devices (outside the rollout), on the old version, per device
+    assert sorted(d.device_id for d in st.control_devices) == sorted(set(selected) - set(members)) and {d.p95_ms for d in st.control_devices} == {5.0}
 
 
 def _rows_of_wave_1(h, rid):
@@ -443,7 +458,7 @@ def test_gate_and_metric_sums_stay_in_range_with_huge_counts_already_stored(h):
     gates (SQLite's integer SUM overflows) nor drop the telemetry families from /metrics."""
     from edgeops.fleet import metrics
 
-    r = h.create(waves="10%,100%", max_error_rate=0.5)
+    r = h.create(waves="50%,100%", max_error_rate=0.5)
     service.start_rollout(h.db, r["id"])
     h.rec.tick()
     members = [a["device_id"] for a in _rows_of_wave_1(h, r["id"])]
@@ -455,6 +470,7 @@ def test_gate_and_metric_sums_stay_in_range_with_huge_counts_already_stored(h):
                 for i, d in enumerate(members)
             ],
         )
+    _old_version_telemetry(h, _not_in(h, r["id"]))
     h.respond()
     h.rec.tick()
     st = service.rollout_status(h.db, r["id"])
@@ -463,36 +479,137 @@ def test_gate_and_metric_sums_stay_in_range_with_huge_counts_already_stored(h):
     assert 'edgeops_telemetry_inferences{bundle="digits",version="2.0.0"}' in body
 
 
-def test_a_device_outside_the_selection_or_an_unpublished_version_cannot_move_the_baseline(h):
+def test_a_device_outside_the_selection_or_an_unpublished_version_cannot_join_the_control(h):
     """Issue 13 finding 4: one batch dated 10 years ahead from a device outside the rollout halted
     a good rollout; a version string no one published must not count either."""
     register_devices(h.db, [{"id": "paris0", "tags": {"site": "paris"}, "profile": "x86"}])
-    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])
+    r = h.create(waves="50%,100%", select="tag=site=berlin", max_latency_regression=1.1)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    outside = _not_in(h, r["id"])
+    _old_version_telemetry(h, outside)
     future = time.time() + 10 * 365 * 86400
     h.feed(
         _with_body(telemetry("paris0", 1, "digits@1.0.0", p95=0.01, inferences=10**9), ts_start=future - 10, ts_end=future),
-        telemetry("dev005", h.next_seq("dev005"), "digits@0.0.1-unpublished", p95=0.01, inferences=10**9),
+        telemetry(outside[0], h.next_seq(outside[0]), "digits@0.0.1-unpublished", p95=0.01, inferences=10**9),
     )
-    r = h.create(waves="10%,100%", select="tag=site=berlin", max_latency_regression=2.0)
-    service.start_rollout(h.db, r["id"])
-    h.rec.tick()
     h.respond()  # the new version runs at 5 ms like the old one
     h.rec.tick()
     st = service.rollout_status(h.db, r["id"])
     gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    judged = gates["max_latency_regression"]["judgement"][0]
     assert st["waves"][0]["status"] == "passed" and gates["max_latency_regression"]["measured"] == pytest.approx(1.0), st
+    assert judged["n_control"] == len(outside) == 10  # paris0 is not selected; the unpublished batch is not counted
 
 
 def test_a_regression_counts_whatever_the_device_clock_says(h):
     """Issue 13 finding 4: the gates select telemetry by the console's receive clock, so a wave
     member whose clock says 1970 cannot hide its regression."""
-    h.feed(*[telemetry(f"dev{i:03d}", h.next_seq(f"dev{i:03d}"), "digits@1.0.0", p95=5.0) for i in range(20)])
-    r = h.create(waves="10%,100%", max_latency_regression=2.0)
+    r = h.create(waves="50%,100%", max_latency_regression=1.1)
     service.start_rollout(h.db, r["id"])
     h.rec.tick()
     for a in _rows_of_wave_1(h, r["id"]):
         d = a["device_id"]
         h.feed(_with_body(telemetry(d, h.next_seq(d), "digits@2.0.0", p95=50.0), ts_start=990.0, ts_end=1000.0))
+    _old_version_telemetry(h, _not_in(h, r["id"]))
     h.rec.tick()
     st = service.rollout_status(h.db, r["id"])
-    assert st["status"] == "paused" and "max_latency_regression 10 vs 2" in st["reason"], st
+    assert st["status"] == "paused" and "max_latency_regression 10 vs 1.1" in st["reason"], st
+
+
+def test_the_control_is_the_same_window_not_the_hour_before(h):
+    """Old-version telemetry received before the wave began is not the control: with only that,
+    the gate is inconclusive; once the control reports in the window, it decides."""
+    r = h.create(waves="50%,100%", max_latency_regression=1.1)
+    service.start_rollout(h.db, r["id"])
+    h.rec.tick()
+    outside = _not_in(h, r["id"])
+    started = service.rollout_status(h.db, r["id"])["waves"][0]["started_at"]
+    with h.db.begin() as conn:  # the control's telemetry from before the wave: received an hour earlier
+        conn.execute(
+            h.db.t.telemetry.insert(),
+            [
+                {"device_id": d, "seq": 50_000, "ts_start": started - 3610, "ts_end": started - 3600, "version_name": "digits", "version_version": "1.0.0", "state": "", "inference_count": 100, "error_count": 0, "nan_count": 0, "p95_ms": 50.0, "dropped_batches": 0, "received_at": started - 3600}
+                for d in outside
+            ],
+        )
+    h.respond()
+    h.rec.tick()
+    st = service.rollout_status(h.db, r["id"])
+    gate = {g["gate"]: g for g in st["waves"][0]["gates"]}["max_latency_regression"]
+    assert st["waves"][0]["status"] == "running" and gate["outcome"] == "inconclusive" and "10 new vs 0 control" in gate["detail"], gate
+    _old_version_telemetry(h, outside)
+    h.rec.tick()
+    assert service.rollout_status(h.db, r["id"])["waves"][0]["status"] == "passed"
+
+
+def test_silence_waits_then_pauses_as_inconclusive_and_a_restart_resumes_the_clock(h):
+    """No telemetry at all: the telemetry gates are inconclusive, the wave waits (it does not
+    pass on silence), and after inconclusive_timeout the rollout pauses with the reason. The
+    time already spent is in the database: a new reconciler (a console restart) keeps it."""
+    r = h.create(waves="50%,100%", max_latency_regression=1.1, min_agreement=0.9, inconclusive_timeout="10m")
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    h.respond(lambda c: "already")  # devices install and say nothing about inference
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    assert st["status"] == "running" and st["waves"][0]["status"] == "running" and st["waves"][0]["reported"] == 10
+    assert gates["max_latency_regression"]["outcome"] == "inconclusive" and gates["min_agreement"]["outcome"] == "inconclusive"
+    assert gates["min_reporting"]["outcome"] == "pass"
+    h.now += 300
+    h.rec = h.make_reconciler()  # the console restarts
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "running"
+    h.now += 300
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "paused" and st["reason"].startswith("wave 1 inconclusive: max_latency_regression"), st["reason"]
+    assert "inconclusive for 600s of 600s" in st["reason"] and st["waves"][0]["status"] == "halted"
+    assert len(h.assignments(rid)) == 10  # no wave started on silence
+    # resume: judged afresh (looks and timer start over)
+    service.resume_rollout(h.db, rid, now=h.now)
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    assert st["status"] == "running" and gates["min_agreement"]["since"] == h.now
+
+
+def test_a_single_wave_holds_back_a_control_then_releases_it(h):
+    """waves=100% would leave no device on the old version: the control share stays behind until
+    the judged gates pass, then joins the wave, and the rollout finishes with every device."""
+    r = h.create(waves="100%", max_latency_regression=1.1, control_share=0.25, judge_min_devices=5)
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    assert len(h.assignments(rid)) == 15  # 20 selected, 5 held back
+    _answer(h, p95=5.0)
+    _old_version_telemetry(h, _not_in(h, rid))
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    gate = {g["gate"]: g for g in st["waves"][0]["gates"]}["max_latency_regression"]
+    assert gate["outcome"] == "pass" and gate["final"] and len(h.assignments(rid)) == 20 and st["status"] == "running"
+    for _ in range(3):
+        h.respond()
+        h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "finished" and st["succeeded"] == 20, st
+
+
+def test_an_empty_last_wave_releases_the_control_and_finishes(h):
+    """A small selection: the control held back is all the last wave would take, so the last
+    wave has nothing on the new version to judge; the control joins it and every device ends up
+    on the new version."""
+    r = h.create(waves="75%,100%", max_latency_regression=1.1, control_share=0.25)
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    assert len(h.assignments(rid)) == 15
+    _answer(h, p95=5.0)
+    _old_version_telemetry(h, _not_in(h, rid))
+    for _ in range(4):
+        h.rec.tick()
+        h.respond()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "finished" and st["succeeded"] == 20 and [w["devices"] for w in st["waves"]] == [15, 5], st
