@@ -112,8 +112,20 @@ def device_body(d: dict, bundles: list[str], can_act: bool, live: str) -> str:
     return dl + self_test + f'<div id="device-live" hx-get="/ui/devices/{e(d["id"])}/live" hx-trigger="{POLL}">' + live + "</div>"
 
 
-def device_live(events: list[dict], series: list[dict]) -> str:
-    """Events (rollbacks with their gates) and the latency/error chart data."""
+def drift_section(report: dict | None) -> str:
+    """The device's drift scores per version it ran (fleet/drift.py), where it sent sketches."""
+    if report is None:
+        return ""
+    rows = [
+        [e(f"{g['bundle']}@{g['version']}"), badge(g["level"], {"ok": "ok", "warn": "warn", "alert": "bad"}.get(g["level"], "muted")), e(_num(g.get("psi"))), e(_num(g.get("ks"))), e(_num(g.get("p_value"))), str(g.get("samples") or 0)]
+        for g in report.get("groups", [])
+    ]
+    window = report.get("window_s") or 0
+    return f"<h2>Drift (last {window / 3600:.3g} h)</h2>" + table(["Version", "Level", "PSI", "KS", "p", "Samples"], rows, "drift", "no drift sketches from this device in the window")
+
+
+def device_live(events: list[dict], series: list[dict], drift: dict | None = None) -> str:
+    """Events (rollbacks with their gates), the latency/error chart data, drift scores."""
     rows = []
     for ev in events:
         gates = " ".join(_gate_text(g) for g in ev["gates"])
@@ -127,7 +139,7 @@ def device_live(events: list[dict], series: list[dict]) -> str:
             {"label": "error+NaN rate", "values": [None if s["error_rate"] is None else s["error_rate"] + (s["nan_rate"] or 0) for s in series], "scale": "rate"},
         ],
     }
-    return '<h2>Latency (p95) and error + NaN rate over time</h2><div class="chart" data-chart="device-latency"></div>' + json_data("device-latency", chart, "chart-data") + "<h2>Events</h2>" + table(["Received", "Event", "Version", "Gates", "Detail"], rows, "events", "no events yet")
+    return '<h2>Latency (p95) and error + NaN rate over time</h2><div class="chart" data-chart="device-latency"></div>' + json_data("device-latency", chart, "chart-data") + drift_section(drift) + "<h2>Events</h2>" + table(["Received", "Event", "Version", "Gates", "Detail"], rows, "events", "no events yet")
 
 
 # --- rollouts -------------------------------------------------------------------------------------

@@ -170,10 +170,21 @@ def add_ui_routes(app, console, tokens: access.TokenTable, sessions: access.Sess
             raise registry.UnknownDeviceError(f"device {device_id[:70]!r}: not a valid device id")
         return device_id
 
+    def _drift(device_id: str) -> dict | None:
+        """The device's drift per version (None where the console has no drift scoring)."""
+        try:
+            from edgeops.fleet import drift
+        except ImportError:  # pragma: no cover (a console without the drift module)
+            return None
+        settings = getattr(console.config, "drift", None)
+        if settings is None:
+            return None
+        return drift.drift_report(db, drift.reference_store(console.repo_dir), settings, "device", device=device_id)
+
     async def _device_live(device_id: str) -> str:
         events = await run(registry.list_events, db, device_id=device_id, limit=100)
         series = await run(queries.telemetry_series, db, device_id)
-        return pages.device_live(events, series)
+        return pages.device_live(events, series, await run(_drift, device_id))
 
     async def device_page(request):
         principal, _ = signed_in(request)

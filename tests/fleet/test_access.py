@@ -145,6 +145,7 @@ def test_viewer_pages_offer_no_actions(console):
     assert 'id="create-rollout"' not in page and "needs the operator role" in page
     _, _, page, _ = _open(opener, console.api_url + "/ui/devices/d0")
     assert 'id="self-test"' not in page
+    assert "<h2>Drift (last" in page and "no drift sketches from this device" in page  # fleet/drift.py's per-device report, empty here
 
 
 def test_live_fragments_answer_304_when_unchanged(console):
