@@ -372,6 +372,16 @@ def _print_rollout(r: dict) -> None:
         gates = " ".join(f"{g['gate']}={'ok' if g['outcome'] == 'pass' else g['outcome']}" for g in w["gates"])
         table.add_row(str(w.get("number", w["idx"] + 1)), f"{w['percent']:g}%", w["status"], str(w["devices"]), str(w["reported"]), str(w["succeeded"]), str(w["failed"]), gates)
     con.print(table)
+    # the judge's numbers (p-value, effect, devices per cohort, look) and why a gate cannot decide yet
+    current = next((w for w in r["waves"] if w["idx"] == r.get("current_wave")), None)
+    for g in (current or {}).get("gates", []):
+        if g.get("judgement") or g["outcome"] in ("fail", "inconclusive"):
+            con.print(f"  {g['gate']}: {g['outcome']}: {g.get('detail', '')}", markup=False)
+    if any(s.get(k) is not None for k in ("max_latency_regression", "max_error_rate")):
+        con.print(
+            f"judge: alpha {s.get('judge_alpha')} over {s.get('judge_max_looks')} looks (Bonferroni), >= {s.get('judge_min_devices')} devices per cohort,"
+            f" control share {s.get('control_share')}, pause when inconclusive for {s.get('inconclusive_timeout_s', 0):.0f}s"
+        )
 
 
 @rollout.command("create")
@@ -382,16 +392,22 @@ def _print_rollout(r: dict) -> None:
 @click.option("--bake", default="0", show_default=True, help="time each wave runs before it can pass (90s, 10m, 1h)")
 @click.option("--max-failure-rate", type=float, default=0.05, show_default=True)
 @click.option("--max-rollback-rate", type=float, default=None)
-@click.option("--max-error-rate", type=float, default=None, help="(errors + NaN) / inferences on the new version")
-@click.option("--max-latency-regression", type=float, default=None, help="p95 new / p95 old (e.g. 1.2)")
+@click.option("--max-error-rate", type=float, default=None, help="largest excess of the error rate, and of the NaN rate, over the control cohort (judged)")
+@click.option("--max-latency-regression", type=float, default=None, help="largest per-device p95 ratio, new / control cohort (judged; 1.1: 10%% slower)")
 @click.option("--min-agreement", type=float, default=None)
 @click.option("--max-drift", type=float, default=None, help="PSI of the wave's data against the bundle's drift reference (docs/monitoring.md)")
 @click.option("--min-reporting", type=float, default=0.9, show_default=True)
+@click.option("--judge-alpha", type=float, default=None, help="false-alarm rate of a judged gate over a wave's looks (default 0.05)")
+@click.option("--judge-max-looks", type=int, default=None, help="looks per wave sharing --judge-alpha (default 5)")
+@click.option("--judge-look-interval", default=None, help="least time between two looks (default 1m)")
+@click.option("--judge-min-devices", type=int, default=None, help="devices each cohort needs before a judged gate decides (default 5)")
+@click.option("--control-share", type=float, default=None, help="share of the selection held back as the control (default 0.1)")
+@click.option("--inconclusive-timeout", default=None, help="a gate inconclusive this long pauses the rollout (default 30m)")
 @click.option("--on-gate-failure", type=click.Choice(["pause", "abort"]), default="pause", show_default=True)
 @click.option("--approve-each-wave", is_flag=True, help="wait for `rollout promote` after each wave")
 @click.option("--start", "start_now", is_flag=True, help="start it right away")
 @click.option("--json", "as_json", is_flag=True)
-def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, max_drift, min_reporting, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
+def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, max_drift, min_reporting, judge_alpha, judge_max_looks, judge_look_interval, judge_min_devices, control_share, inconclusive_timeout, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
     """Create a rollout (validated by the console; refused settings name the field)."""
     from edgeops.fleet.rollouts.settings import parse_request
 
@@ -410,6 +426,8 @@ def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure
         "on_gate_failure": on_gate_failure,
         "approve_each_wave": approve_each_wave,
     }
+    judge_opts = {"judge_alpha": judge_alpha, "judge_max_looks": judge_max_looks, "judge_look_interval": judge_look_interval, "judge_min_devices": judge_min_devices, "control_share": control_share, "inconclusive_timeout": inconclusive_timeout}
+    body.update({k: v for k, v in judge_opts.items() if v is not None})
     parse_request(body)  # refuse bad settings before any network call
     client = _client(url, token, config_path)
     r = client.create_rollout(body)
