@@ -76,6 +76,7 @@ class TelemetryCollector:
         self._lock = threading.Lock()
         self._reference: Reference | None = None  # the served bundle's drift reference
         self._sketchers: dict[str, Sketcher] = {}  # kept across intervals, emptied at each drain
+        self.sketch_errors = 0  # tensors that could not be folded (shape not the reference's), since start
         self._reset(now)
 
     def _reset(self, now: float) -> None:
@@ -133,8 +134,9 @@ class TelemetryCollector:
                 continue
             try:
                 sketcher.add(value)
-            except ValueError:  # a shape the reference cannot fold (a dynamic dim grew channels): not sketched
-                continue
+            except Exception:  # noqa: BLE001 (monitoring must never fail an inference)
+                # a shape the reference cannot fold (another channel count): that tensor is not sketched
+                self.sketch_errors += 1
 
     def drain(self, now: float) -> IntervalMetrics:
         """The interval's metrics; starts a new interval at ``now``."""

@@ -192,7 +192,11 @@ def drift_report(
             g.devices.add(device_id)
             g.batches += 1
             _fold(g, parsed)
-    out = [_scored(g, references.get(g.name, g.version), settings) for g in groups.values()]
+    refs: dict[tuple[str, str], Reference | None] = {}  # one look-up per version, not per group
+    for g in groups.values():
+        if (g.name, g.version) not in refs:
+            refs[g.name, g.version] = references.get(g.name, g.version)
+    out = [_scored(g, refs[g.name, g.version], settings) for g in groups.values()]
     rank = {"alert": 0, "warn": 1, "ok": 2, "insufficient": 3, "no_reference": 4}
     out.sort(key=lambda r: (rank[r["level"]], -(r["psi"] or 0.0), r["bundle"], r["version"], json.dumps(r["group"], sort_keys=True)))
     return {

@@ -60,6 +60,17 @@ def test_served_inferences_are_sketched_per_interval_and_intervals_merge_exactly
         agent.stop()
 
 
+def test_a_tensor_the_reference_cannot_fold_is_skipped_never_failing_the_inference():
+    rng = np.random.default_rng(0)
+    ref = sk.build_reference("validation", {"image": [rng.random((4, 3, 8, 8))]}, {"y": [rng.random((4, 2))]}, channel_axes={"image": 1})
+    c = TelemetryCollector(0.0)
+    c.record(1.0, {"y": np.ones((1, 2))}, {"image": np.zeros((1, 5, 8, 7))}, ref)  # 5 channels of 56: cannot be 3
+    c.record(1.0, {"y": np.ones((1, 2))}, {"image": rng.random((1, 3, 8, 8))}, ref)
+    m = c.drain(1.0)
+    assert c.sketch_errors == 1 and m.inference_count == 2
+    assert m.sketches["image"].rows == 1 and m.sketches["y"].rows == 2
+
+
 def test_collector_without_reference_sends_no_sketches():
     c = TelemetryCollector(0.0)
     c.record(1.0, {"probs": np.ones((1, 4), np.float32)}, {"input": np.zeros((1, 16), np.float32)}, None)
