@@ -98,6 +98,7 @@ class WaveStats:
     nans: int = 0
     new_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the wave, new version
     control_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the control, old versions
+    upgrades: int | None = None  # devices of the wave that ran another version of the bundle (None: not read)
     previous: dict[str, dict] = field(default_factory=dict)  # gate -> its last stored verdict for this wave
     extra: dict[str, Any] = field(default_factory=dict)  # values of inputs with no field of their own
 
@@ -219,6 +220,9 @@ def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[flo
         # nothing on the new version in this wave (the last wave of a small selection, its
         # devices all in the control held back): nothing to judge; the control joins it next
         return Verdict(name, Outcome.PASS, None, None, "no device in this wave to judge (the earlier waves were judged against the control)", final=True)
+    first = _first_install(name, s)
+    if first:
+        return first
     prev = s.previous.get(name)
     if prev is not None and prev.get("outcome") in (Outcome.PASS.value, Outcome.FAIL.value):
         if prev.get("final") or (prev.get("looked_at") is not None and s.now - prev["looked_at"] < cfg.judge_look_interval_s):
@@ -237,6 +241,15 @@ def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[flo
     final = looks >= plan.max_looks
     detail += f"; look {looks} of {plan.max_looks}" + (" (final)" if final else "")
     return Verdict(name, outcome, main.effect, main.bound, detail, jd, looks, s.now, final)
+
+
+def _first_install(name: str, s: WaveStats) -> Verdict | None:
+    """PASS (final) when no device of the wave ran another version of the bundle: a first
+    install has no old version to regress from, no shadow to agree with. Not silence: a fact
+    of the assignments, stated in the detail."""
+    if s.upgrades == 0 and s.size > 0:
+        return Verdict(name, Outcome.PASS, None, None, f"first install on all {s.size} devices of the wave: no earlier version of the bundle to compare with", final=True)
+    return None
 
 
 def _positive(values: list[float | None]) -> list[float]:
@@ -286,6 +299,9 @@ def min_agreement(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     ``judge_min_devices`` reporting devices."""
     if cfg.min_agreement is None:
         return None
+    first = _first_install("min_agreement", s)
+    if first:
+        return first
     values = [a for d in s.new_devices if (a := d.agreement) is not None]
     if len(values) < cfg.judge_min_devices:
         return Verdict("min_agreement", Outcome.INCONCLUSIVE, None, cfg.min_agreement, f"{len(values)} devices reported agreement; at least {cfg.judge_min_devices} are needed")

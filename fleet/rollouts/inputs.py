@@ -6,7 +6,8 @@
   (``control_devices``): devices the selector matches that are not in the rollout, on the
   other published versions of the bundle, over the same window (since the wave began). The
   judged gates compare the two. Which devices are selected and which versions are published is
-  kept for ``COHORT_TTL_S`` per rollout.
+  kept for ``COHORT_TTL_S`` per rollout; ``upgrades``: how many of the wave's devices ran
+  another version of the bundle before (0: a first install, nothing to compare with).
 
 Each provider gets a :class:`WaveSource` (the typed rollout and wave, an open connection, the
 reconciler's time and per-rollout memo) and returns values for
@@ -86,6 +87,7 @@ def cohorts(src: WaveSource) -> dict[str, Any]:
 
     old, members = src.cached("selection", COHORT_TTL_S, selection)
     return {
+        "upgrades": queries.wave_upgrades(src.db, src.conn, r, src.wave.idx),
         "new_devices": queries.wave_device_telemetry(src.db, src.conn, r, src.wave.idx, src.started),
         "control_devices": queries.control_device_telemetry(src.db, src.conn, r, old, members, src.started),
     }

@@ -134,6 +134,16 @@ def wave_device_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     )
 
 
+def wave_upgrades(db: Database, conn: Connection, rollout: Rollout, idx: int) -> int:
+    """Devices of wave ``idx`` that ran another version of the rollout's bundle before it (the
+    rest install the bundle for the first time: there is nothing to regress from)."""
+    a = db.t.assignments
+    q = sa.select(sa.func.count()).where(
+        a.c.rollout_id == rollout.id, a.c.wave_idx == idx, a.c.from_name == rollout.bundle_name, a.c.from_version != rollout.bundle_version
+    )
+    return int(conn.execute(q).scalar() or 0)
+
+
 def control_device_telemetry(db: Database, conn: Connection, rollout: Rollout, old_versions: list[str], cohort: set[str], since: float) -> list[DeviceTelemetry]:
     """Per device of the control: selected (``cohort``), not in this rollout, on one of
     ``old_versions`` of the rollout's bundle, telemetry received since ``since`` (less 1 s): the

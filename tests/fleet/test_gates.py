@@ -115,6 +115,15 @@ def test_judged_gate_looks_are_spaced_counted_and_final():
     assert none.outcome is Outcome.INCONCLUSIVE and none.looks == 0
 
 
+def test_first_install_has_nothing_to_compare_with():
+    """No device of the wave ran another version of the bundle: the comparisons pass, saying so
+    (final); one upgraded device is enough to need the judge again."""
+    for name, c in (("max_latency_regression", cfg(max_latency_regression=1.1)), ("max_error_rate", cfg(max_error_rate=0.01)), ("min_agreement", cfg(min_agreement=0.9))):
+        v = GATES[name](stats(size=4, upgrades=0), c)
+        assert v.outcome is Outcome.PASS and v.final and "first install on all 4 devices" in v.detail, name
+        assert GATES[name](stats(size=4, upgrades=1), c).outcome is Outcome.INCONCLUSIVE, name
+
+
 def test_min_agreement():
     g = GATES["min_agreement"]
     assert g(stats(), cfg()) is None

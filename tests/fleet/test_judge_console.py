@@ -29,6 +29,8 @@ def cli(console, *args):
 
 
 def test_silent_rollout_pauses_as_inconclusive_in_status_api_and_openapi(console):
+    with console.db.begin() as conn:  # the devices run v1 (an upgrade: there is something to regress from)
+        conn.execute(console.db.t.devices.update().values(active_name="digits", active_version="1.0.0"))
     out = cli(
         console, "create", "--bundle", "digits@2.0.0", "--waves", "50%,100%", "--max-latency-regression", "1.1",
         "--judge-min-devices", "2", "--control-share", "0.5", "--inconclusive-timeout", "10m", "--judge-look-interval", "30s", "--start", "--json",
