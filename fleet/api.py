@@ -493,7 +493,7 @@ def make_app(console):
         return web.json_response(await run(service.list_rollouts, db, **_query(request, ROLLOUT_LIST_PARAMS)))
 
     async def create(request):
-        settings = parse_request(await _body(request, "a RolloutRequest object (see /openapi.json)"))
+        settings = parse_request(await _body(request, "a RolloutRequest object (see /openapi.json)"), console.config.drift)
         out = await run(service.create_rollout, db, settings, console.repo_dir)
         return web.json_response(out, status=201)
 

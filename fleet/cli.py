@@ -395,7 +395,7 @@ def _print_rollout(r: dict) -> None:
 @click.option("--max-error-rate", type=float, default=None, help="largest excess of the error rate, and of the NaN rate, over the control cohort (judged)")
 @click.option("--max-latency-regression", type=float, default=None, help="largest per-device p95 ratio, new / control cohort (judged; 1.1: 10%% slower)")
 @click.option("--min-agreement", type=float, default=None)
-@click.option("--max-drift", type=float, default=None, help="PSI of the wave's data against the bundle's drift reference (docs/monitoring.md)")
+@click.option("--max-drift", default=None, help="PSI of the wave's data against the bundle's drift reference, or warn / alert: fleet.toml's [drift] threshold (docs/monitoring.md)")
 @click.option("--min-reporting", type=float, default=0.9, show_default=True)
 @click.option("--judge-alpha", type=float, default=None, help="false-alarm rate of a judged gate over a wave's looks (default 0.05)")
 @click.option("--judge-max-looks", type=int, default=None, help="looks per wave sharing --judge-alpha (default 5)")

@@ -9,7 +9,7 @@ does not make sense. Parsers for the CLI's text forms (``10m``, ``1%,10%,50%,100
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -237,9 +237,21 @@ class RolloutRequest(BaseModel):
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_latency_regression: float | None = None
     min_agreement: float | None = Field(default=None, ge=0, le=1)
-    max_drift: float | None = Field(default=None, gt=0, le=100)
-    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
-    drift_min_samples: int = Field(default=200, ge=1, le=10**9)
+    # a PSI, or a level name that takes the [drift] threshold of fleet.toml (resolved at creation:
+    # a running rollout keeps its number); alpha and min_samples default to fleet.toml's too
+    max_drift: Annotated[float, Field(gt=0, le=100)] | Literal["warn", "alert"] | None = Field(default=None, description="PSI, or warn / alert: the [drift] threshold of fleet.toml")
+    drift_alpha: float | None = Field(default=None, gt=0, lt=1, description="default: drift.alpha of fleet.toml")
+    drift_min_samples: int | None = Field(default=None, ge=1, le=10**9, description="default: drift.min_samples of fleet.toml")
+
+    @field_validator("max_drift", mode="before")
+    @classmethod
+    def _max_drift(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in ("warn", "alert"):
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is neither a PSI (e.g. 0.25) nor warn / alert (the [drift] thresholds of fleet.toml)") from None
+        return v
     on_gate_failure: Literal["pause", "abort"] = "pause"
     approve_each_wave: bool = False
     name: str = Field(default="", max_length=200)
@@ -250,8 +262,16 @@ class RolloutRequest(BaseModel):
     control_share: float = Field(default=0.1, ge=0, lt=1)
     inconclusive_timeout: str | float = Field(default=1800.0, description="a gate inconclusive this long pauses the rollout (1800, 30m)")
 
-    def to_settings(self) -> RolloutSettings:
-        """Parse the text forms and validate everything (RolloutSettingsError names the field)."""
+    def to_settings(self, drift: Any = None) -> RolloutSettings:
+        """Parse the text forms and validate everything (RolloutSettingsError names the field).
+
+        ``drift``: the console's [drift] settings (edgeops.fleet.config.DriftConfig; their
+        defaults without one) that ``max_drift = "warn" | "alert"``, ``drift_alpha`` and
+        ``drift_min_samples`` take when the request leaves them to fleet.toml."""
+        from edgeops.fleet.config import DriftConfig
+
+        drift = drift or DriftConfig()
+        max_drift = {"warn": drift.warn_psi, "alert": drift.alert_psi}.get(self.max_drift, self.max_drift) if isinstance(self.max_drift, str) else self.max_drift
         name, version = parse_bundle(self.bundle)
         selector = self.select if isinstance(self.select, Selector) else parse_selector(self.select)
         return build_settings(
@@ -266,9 +286,9 @@ class RolloutRequest(BaseModel):
             max_error_rate=self.max_error_rate,
             max_latency_regression=self.max_latency_regression,
             min_agreement=self.min_agreement,
-            max_drift=self.max_drift,
-            drift_alpha=self.drift_alpha,
-            drift_min_samples=self.drift_min_samples,
+            max_drift=max_drift,
+            drift_alpha=drift.alpha if self.drift_alpha is None else self.drift_alpha,
+            drift_min_samples=drift.min_samples if self.drift_min_samples is None else self.drift_min_samples,
             on_gate_failure=self.on_gate_failure,
             approve_each_wave=self.approve_each_wave,
             name=self.name,
@@ -281,11 +301,12 @@ class RolloutRequest(BaseModel):
         )
 
 
-def parse_request(body: dict) -> RolloutSettings:
-    """Validate a create-rollout body; RolloutSettingsError names the field at fault."""
+def parse_request(body: dict, drift: Any = None) -> RolloutSettings:
+    """Validate a create-rollout body; RolloutSettingsError names the field at fault (``drift``: the
+    console's [drift] settings, see :meth:`RolloutRequest.to_settings`)."""
     try:
         req = RolloutRequest.model_validate(body)
     except ValidationError as e:
         problem = first_problem(e, default_loc="body")
         raise RolloutSettingsError(f"rollout settings refused: {problem.loc}: {problem.msg}") from e
-    return req.to_settings()
+    return req.to_settings(drift)

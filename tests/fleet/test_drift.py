@@ -145,6 +145,11 @@ def test_rest_api_and_metrics(tmp_path, drift_repo):
         psi = float(re.search(r'^edgeops_drift_psi\{bundle="cam",version="1.0.0"\} (\S+)$', text, re.M).group(1))
         assert psi > c.config.drift.alert_psi
         assert 'edgeops_drift_threshold_psi{level="alert"} 0.25' in text
+        # a rollout's max_drift may name a level: fleet.toml's threshold, resolved at creation
+        status, created = call(c, "POST", "/api/v1/rollouts", {"bundle": "cam@1.0.0", "max_drift": "alert"})
+        assert status == 201, created
+        status, shown = call(c, "GET", f"/api/v1/rollouts/{created['id']}")
+        assert shown["settings"]["max_drift"] == c.config.drift.alert_psi and shown["settings"]["drift_min_samples"] == c.config.drift.min_samples
         # the CLI reads the same through the REST API
         from click.testing import CliRunner
 

@@ -52,6 +52,16 @@ def test_settings_from_a_request_body():
 
     with pytest.raises(RolloutSettingsError, match="max_drift"):
         parse_request({"bundle": "cam@1.0.0", "max_drift": -1})
+    with pytest.raises(RolloutSettingsError, match="neither a PSI"):
+        parse_request({"bundle": "cam@1.0.0", "max_drift": "loud"})
+    # a level name takes fleet.toml's threshold, alpha and min_samples, resolved at creation
+    from edgeops.fleet.config import DriftConfig
+
+    fleet_toml = DriftConfig(warn_psi=0.15, alert_psi=0.4, alpha=0.001, min_samples=50)
+    s = parse_request({"bundle": "cam@1.0.0", "max_drift": "alert"}, fleet_toml)
+    assert (s.max_drift, s.drift_alpha, s.drift_min_samples) == (0.4, 0.001, 50)
+    assert parse_request({"bundle": "cam@1.0.0", "max_drift": "warn", "drift_min_samples": 9}, fleet_toml).model_dump(include={"max_drift", "drift_min_samples"}) == {"max_drift": 0.15, "drift_min_samples": 9}
+    assert parse_request({"bundle": "cam@1.0.0", "max_drift": "0.3"}).max_drift == 0.3
 
 
 class _Reconciler:
