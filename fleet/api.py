@@ -2,6 +2,7 @@
 
     GET  /openapi.json                         the OpenAPI 3.1 document (public)
     GET  /healthz                              health (public): 503 with a reason while the broker session is down
+                                               or its subscriptions receive nothing (fleet/subscription_health.py)
     GET  /metrics                              Prometheus (token required unless api.metrics_public = true)
     GET  /repo/metadata/..., /repo/targets/... the TUF repository (public: devices verify it)
     GET  /api/v1/devices[?online=&version=&limit=&offset=]    devices
@@ -421,6 +422,10 @@ def make_app(console):
         body = {"ok": True, "leader": console.is_leader, "mqtt_connected": console.mqtt_connected}
         if console.mqtt is not None and not console.mqtt_connected:  # a console without MQTT (tests, tools) needs no session
             body.update(ok=False, reason="no broker session: the console is not connected to the MQTT broker (it keeps reconnecting; see its log)")
+            return web.json_response(body, status=503)
+        problem = getattr(console, "subscription_problem", None)  # a probe published to itself did not come back
+        if problem:
+            body.update(ok=False, reason=problem)
             return web.json_response(body, status=503)
         return web.json_response(body)
 

@@ -121,7 +121,10 @@ class FleetConsole:
             from edgeops.fleet.mqtt import ConsoleMqtt
 
             signer = self._signer or self._load_signer()
-            self.mqtt = ConsoleMqtt(self.config.broker, self.ingest.submit, self._on_fetch)
+            from edgeops.fleet.registry import device_ids
+
+            # known_devices: the registry names the exact state topics where retained state does not reach wildcards
+            self.mqtt = ConsoleMqtt(self.config.broker, self.ingest.submit, self._on_fetch, known_devices=lambda: device_ids(self.db))
             self.repo_server = MqttRepositoryServer(self.repo_dir, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
             self.mqtt.start()
             sender = CommandSender(signer, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))

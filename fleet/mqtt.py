@@ -17,6 +17,11 @@ other mode, so a persistent session does not keep plain subscriptions after ``sh
 was added (or shared ones after it was removed). The probe keeps running every
 ``probe_interval_s`` and :attr:`ConsoleMqtt.subscription_problem` says when the telemetry
 subscription stopped receiving (``edgeops.fleet.subscription_health``).
+
+Brokers that deliver no retained message to a wildcard subscription (RabbitMQ): given
+``known_devices`` (the registry's ids), :meth:`ConsoleMqtt.start` measures it with a retained
+probe (``retained_wildcard``) and, where it is missing, every connect catches up on the devices'
+retained state through their exact topics (``edgeops.fleet.retained_state``).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from edgeops.errors import FleetError
 from edgeops.fleet.config import BrokerConfig
+from edgeops.fleet.retained_state import probe_state_topic, retained_reaches_wildcards, sweep
 from edgeops.fleet.subscription_health import SubscriptionProbe, is_probe_topic
 from edgeops.protocol import PROTOCOL
 
@@ -130,7 +136,15 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
 class ConsoleMqtt:
     """Connects, (re)subscribes on every connect, routes messages, publishes QoS 1."""
 
-    def __init__(self, cfg: BrokerConfig, on_device_message: Callable[..., None], on_fetch: Callable[[str, bytes], None] | None = None, probe_interval_s: float = PROBE_INTERVAL_S, probe_timeout_s: float = PROBE_TIMEOUT_S):
+    def __init__(
+        self,
+        cfg: BrokerConfig,
+        on_device_message: Callable[..., None],
+        on_fetch: Callable[[str, bytes], None] | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+        known_devices: Callable[[], Iterable[str]] | None = None,
+    ):
         self.cfg = cfg
         self.on_device_message = on_device_message
         self.on_fetch = on_fetch
@@ -143,6 +157,12 @@ class ConsoleMqtt:
         self.probe = SubscriptionProbe(cfg.client_id or "edgeops-console", timeout_s=probe_timeout_s, interval_s=probe_interval_s)
         self._probe_stop = threading.Event()
         self._probe_thread: threading.Thread | None = None
+        # None: not measured (no known_devices); False: retained state needs the exact-topic catch-up
+        self.known_devices = known_devices
+        self.retained_wildcard: bool | None = None
+        self.state_probe_topic = probe_state_topic(self.probe.topic)
+        self._retained_seen = threading.Event()
+        self.swept = 0
 
     @property
     def shared(self) -> bool:
@@ -195,6 +215,8 @@ class ConsoleMqtt:
             raise FleetError(f"broker {self.cfg.url}: no successful CONNACK within {timeout}s")
         if self.cfg.shared_group:
             self._check_shared()
+        if self.known_devices is not None:
+            self._check_retained()
         self._probe_stop.clear()
         self._probe_thread = threading.Thread(target=self._probe_loop, name="edgeops-mqtt-probe", daemon=True)
         self._probe_thread.start()
@@ -216,6 +238,27 @@ class ConsoleMqtt:
         if client is not None and self.connected.is_set():
             client.unsubscribe(self._device_filters(True))
             client.subscribe([(f, 1) for f in self._device_filters(False)])
+
+    def _check_retained(self) -> None:
+        """Measure retained delivery to wildcards; without it, catch up on state now and on every connect."""
+        self.retained_wildcard = retained_reaches_wildcards(self.client, self.state_probe_topic, self._retained_seen)
+        if not self.retained_wildcard:
+            log.warning(
+                "broker %s delivers no retained message to wildcard subscriptions (RabbitMQ MQTT): the console "
+                "catches up on device state through each enrolled device's exact state topic after every connect", self.cfg.url)
+            self._start_sweep()
+
+    def _start_sweep(self) -> None:
+        threading.Thread(target=self._sweep, name="edgeops-state-sweep", daemon=True).start()
+
+    def _sweep(self) -> None:
+        client = self.client
+        try:
+            ids = list(self.known_devices()) if self.known_devices else []
+            if client is not None and ids:
+                self.swept += sweep(client, ids, self.connected.is_set)
+        except Exception:  # a failed catch-up is retried on the next connect; never fatal
+            log.exception("state catch-up failed")
 
     def send_probe(self) -> bool:
         """Publish one probe on this replica's probe topic (False when not connected)."""
@@ -242,6 +285,8 @@ class ConsoleMqtt:
             client.unsubscribe(self._device_filters(not self.shared))
         client.subscribe(self._topics())
         self.connected.set()
+        if self.retained_wildcard is False:
+            self._start_sweep()
 
     def _on_disconnect(self, client, userdata, flags, rc, props=None):
         self.connected.clear()
@@ -258,7 +303,11 @@ class ConsoleMqtt:
 
         try:
             if is_probe_topic(msg.topic):  # a replica's probe: never device data
-                self.probe.received(msg.topic, msg.payload)
+                if msg.topic == self.state_probe_topic:
+                    if msg.retain and msg.payload:
+                        self._retained_seen.set()
+                else:
+                    self.probe.received(msg.topic, msg.payload)
                 ack()
             elif msg.topic.endswith("/fetch/req"):
                 ack()  # a lost request is simply asked again by the device
