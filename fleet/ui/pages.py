@@ -65,11 +65,11 @@ def fleet_body(summary: dict, devices: dict, q: str, online: str) -> str:
         '<form id="device-search" class="search" method="get" action="/ui/fleet" hx-get="/ui/fleet/table" hx-target="#device-table" hx-trigger="input changed delay:300ms from:#q, change, submit" hx-push-url="false">'
         f'<input id="q" name="q" type="search" placeholder="search id, tag, profile, version, state" value="{e(q)}"><select name="online">{opts}</select><button type="submit">Search</button></form>'
     )
-    return cards + search + f'<div id="device-table" hx-get="/ui/fleet/table{qs(q=q, online=online, page=devices["page"])}" hx-trigger="{POLL}" hx-swap="innerHTML">{device_table(devices, q, online)}</div>'
+    return cards + search + f'<div id="device-table">{device_table(devices, q, online)}</div>'
 
 
 def device_table(devices: dict, q: str, online: str) -> str:
-    """The device table fragment with its pager."""
+    """The device table fragment with its pager; it polls its own query (a search or page swaps in a fragment polling the new one)."""
     now = time.time()
     rows = [
         [
@@ -90,7 +90,8 @@ def device_table(devices: dict, q: str, online: str) -> str:
     if p < pages:
         pager += f'<a hx-get="/ui/fleet/table{qs(q=q, online=online, page=p + 1)}" hx-target="#device-table" href="/ui/fleet{qs(q=q, online=online, page=p + 1)}" id="next-page">next</a>'
     pager += "</div>"
-    return table(["Device", "", "State", "Active", "Profile", "Tags", "Last seen"], rows, "devices", "no devices match") + pager
+    live = f'<div id="device-table-live" hx-get="/ui/fleet/table{qs(q=q, online=online, page=p)}" hx-trigger="{POLL}" hx-swap="outerHTML">'
+    return live + table(["Device", "", "State", "Active", "Profile", "Tags", "Last seen"], rows, "devices", "no devices match") + pager + "</div>"
 
 
 # --- device ---------------------------------------------------------------------------------------

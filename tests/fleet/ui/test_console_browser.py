@@ -140,6 +140,10 @@ def test_nan_rollout_watched_and_aborted_in_the_browser(browser, fleet_env):
     d.find_element(By.ID, "q").send_keys("dev07")
     wait.until(lambda drv: len(drv.find_elements(By.CSS_SELECTOR, "#device-table tbody tr")) == 1)
     assert "dev07" in d.find_element(By.ID, "device-table").text
+    # the live poll that follows keeps the search (it polls the query now shown, not the page's first one)
+    d.execute_script("window.__polls = 0; document.body.addEventListener('htmx:afterRequest', () => { window.__polls += 1; });")
+    wait.until(lambda drv: drv.execute_script("return window.__polls;") >= 2)
+    assert [r.text.split()[0] for r in d.find_elements(By.CSS_SELECTOR, "#device-table tbody tr")] == ["dev07"]
     shot(d, "fleet")
     errors["fleet"] = console_errors(d)
 
