@@ -3,10 +3,11 @@ from the bundle's reference (:mod:`edgeops.fleet.drift`, :mod:`edgeops.sketch`).
 
 Input ``new_version_drift``: the drift sketches the wave's devices sent on the rollout's version
 since the wave began, merged, scored against the reference in the bundle's manifest. The gate
-fails when the PSI is above ``max_drift`` *and* the KS p-value is below ``drift_alpha``; it
-waits while fewer than ``drift_min_samples`` inferences were sketched, or when the bundle has no
-reference (built without validation or calibration data: there is nothing to compare with, and
-the detail says so).
+fails when the PSI is above ``max_drift`` *and* the KS p-value is below ``drift_alpha``; it is
+INCONCLUSIVE (never a pass; the rollout pauses after ``inconclusive_timeout_s``, see
+:mod:`edgeops.fleet.rollouts.gates`) while fewer than ``drift_min_samples`` inferences were
+sketched, or when the bundle has no reference (built without validation or calibration data:
+there is nothing to compare with, and the detail says so).
 
 Registered on import (``edgeops.fleet.rollouts`` imports this module).
 """
@@ -64,9 +65,9 @@ def max_drift(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
         return None
     d: Drift | None = s.extra.get("drift")
     if d is None:
-        return Verdict("max_drift", Outcome.WAIT, None, threshold, "the bundle has no drift reference (built without --validation or --calibration data); nothing to compare with")
+        return Verdict("max_drift", Outcome.INCONCLUSIVE, None, threshold, "the bundle has no drift reference (built without --validation or --calibration data); nothing to compare with")
     if d.samples < cfg.drift_min_samples:
-        return Verdict("max_drift", Outcome.WAIT, d.psi if d.samples else None, threshold, f"{d.samples} of {cfg.drift_min_samples} inferences sketched on the new version")
+        return Verdict("max_drift", Outcome.INCONCLUSIVE, d.psi if d.samples else None, threshold, f"{d.samples} of {cfg.drift_min_samples} inferences sketched on the new version")
     significant = d.p_value < cfg.drift_alpha
     failed = d.psi > threshold and significant
     worst = max(d.tensors.values(), key=lambda t: t.psi).name if d.tensors else "-"

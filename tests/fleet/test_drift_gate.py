@@ -34,9 +34,9 @@ def test_verdicts():
     stats = gates.WaveStats(size=1)
     assert max_drift(stats, _settings()) is None  # not configured
     cfg = _settings(max_drift=0.25, drift_min_samples=100)
-    assert max_drift(gates.WaveStats(size=1, extra={"drift": None}), cfg).outcome is gates.Outcome.WAIT
+    assert max_drift(gates.WaveStats(size=1, extra={"drift": None}), cfg).outcome is gates.Outcome.INCONCLUSIVE
     few = max_drift(gates.WaveStats(size=1, extra={"drift": _drift(3.0, 1e-9, 12)}), cfg)
-    assert few.outcome is gates.Outcome.WAIT and "12 of 100" in few.detail
+    assert few.outcome is gates.Outcome.INCONCLUSIVE and "12 of 100" in few.detail  # never a pass, never a fail on 12 samples
     assert max_drift(gates.WaveStats(size=1, extra={"drift": _drift(3.0, 1e-9, 500)}), cfg).outcome is gates.Outcome.FAIL
     assert max_drift(gates.WaveStats(size=1, extra={"drift": _drift(3.0, 0.2, 500)}), cfg).outcome is gates.Outcome.PASS  # large but not significant
     ok = max_drift(gates.WaveStats(size=1, extra={"drift": _drift(0.05, 1e-9, 500)}), cfg)
