@@ -100,3 +100,37 @@ def test_gate_on_the_wave_devices_sketches(sqlite_db, drift_repo, shift, expecte
     assert d is not None and d.samples == 300
     verdict = max_drift(gates.WaveStats(size=2, extra=values), _settings(max_drift=0.25, drift_min_samples=100))
     assert verdict.outcome is expected, verdict
+
+
+def test_the_reconciler_reads_the_gate_input_and_judges_the_wave(sqlite_db, drift_repo):  # noqa: F811
+    """Through the real reconciler's wave_stats and gates.evaluate: its WaveSource finds the
+    repository (and the bundle's reference) the way production does."""
+    from edgeops.fleet.rollouts import queries, service
+    from edgeops.fleet.rollouts.reconciler import Reconciler
+
+    db = sqlite_db
+    reference = ReferenceStore(drift_repo["repo"]).get("cam", "1.0.0")
+    register_devices(db, [{"id": d} for d in ("w1", "w2")])
+    settings = parse_request({"bundle": "cam@1.0.0", "max_drift": "alert", "waves": "100%"})
+    rid = service.create_rollout(db, settings, drift_repo["repo"])["id"]
+    now = time.time()
+    with db.begin() as conn:
+        conn.execute(db.t.assignments.insert(), [
+            {"rollout_id": rid, "device_id": d, "wave_idx": 0, "bundle_name": "cam", "bundle_version": "1.0.0", "command_id": f"c-{d}", "seq": 1,
+             "expires": now + 3600, "status": "committed", "created_at": now, "updated_at": now, "detail": ""}
+            for d in ("w1", "w2")
+        ])
+    ing = Ingestor(db, IngestConfig(flush_interval_s=0.02)).start()
+    try:
+        _feed(ing, *[_batch(reference, d, 1, sample_inputs(150, seed=70 + i) + 1.5) for i, d in enumerate(("w1", "w2"))])
+    finally:
+        ing.stop()
+    rec = Reconciler(db, repo_dir=drift_repo["repo"], clock=time.time)
+    with db.connect() as conn:
+        r = queries.load_rollout(db, conn, rid)
+        wave = queries.load_wave(db, conn, rid, 0)
+    stats = rec.wave_stats(r, wave)
+    assert stats.extra["drift"].samples == 300
+    outcome, verdicts = gates.evaluate(stats, r.settings)
+    v = {x.gate: x for x in verdicts}["max_drift"]
+    assert v.outcome is gates.Outcome.FAIL and outcome is gates.Outcome.FAIL and v.threshold == 0.25
