@@ -204,8 +204,9 @@ def rollout_live(r: dict, gate_series: dict[str, dict], can_act: bool) -> str:
     for w in r["waves"]:
         counts = ", ".join(f"{k} {v}" for k, v in w["by_status"].items()) or "-"
         gates = " ".join(_gate_text(g) for g in w["gates"]) or "-"
-        wave_rows.append([str(w["number"]), e(f"{w['percent']:g}%"), _status_badge(w["status"]), str(w["devices"]), e(counts), gates, e(w["reason"])])
-    waves = table(["Wave", "Up to", "Status", "Devices", "By status", "Gates (value vs threshold)", "Reason"], wave_rows, "waves")
+        span = f"{when(w['started_at'])[11:]} – {when(w['finished_at'])[11:] if w.get('finished_at') else '…'}" if w.get("started_at") else "-"
+        wave_rows.append([str(w["number"]), e(f"{w['percent']:g}%"), _status_badge(w["status"]), str(w["devices"]), e(counts), gates, e(w["reason"]), e(span)])
+    waves = table(["Wave", "Up to", "Status", "Devices", "By status", "Gates (value vs threshold)", "Reason", "Ran (UTC)"], wave_rows, "waves")
     charts = ""
     for i, (key, series) in enumerate(gate_series.items()):
         o = series.get("outcome", "inconclusive")
