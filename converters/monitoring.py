@@ -10,6 +10,7 @@ Deterministic: the same feeds give the same bytes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from edgeops.bundle import TensorSpec
 from edgeops.sketch import MAX_TENSORS, Reference, build_reference, channel_axis_for
 
-MAX_REFERENCE_BYTES = 256 * 1024  # of the manifest's 1 MiB; a larger reference is left out with a warning
+MAX_REFERENCE_BYTES = 256 * 1024  # of the manifest's 1 MiB (edgeops.bundle.MAX_MANIFEST_BYTES); a larger reference is left out with a warning
 
 
 def make_reference(
@@ -50,7 +51,8 @@ def make_reference(
         classes[outputs[0].name] = int(outputs[0].shape[-1])
     axes = {s.name: channel_axis_for(s.shape) for s in inputs}
     reference = build_reference(source, ins, outs, classifier_outputs=classes, channel_axes=axes, data_sha256=data_sha256)  # type: ignore[arg-type]
-    size = len(reference.to_json())
+    # as the manifest writes it (indented: a list of counts takes a line per count)
+    size = len(json.dumps(reference.to_dict(), sort_keys=True, indent=2))
     if size > MAX_REFERENCE_BYTES:
         warn(f"drift reference left out of the manifest: {size} bytes of sketches (more than {MAX_REFERENCE_BYTES}); the console cannot score drift for this bundle")
         return None

@@ -62,3 +62,18 @@ def test_no_reference_without_data(cnn_files, tmp_path, capsys):
     assert read_bundle(out).manifest.monitoring is None
     assert "drift reference: none" in run_cli(["inspect", out], capsys)[1]
     assert b'"monitoring"' not in read_bundle(out).files.get("manifest.json", b"")
+
+
+def test_a_reference_too_large_for_the_manifest_is_left_out_with_a_warning():
+    from edgeops.bundle import TensorSpec
+    from edgeops.converters.monitoring import MAX_REFERENCE_BYTES, make_reference
+
+    rng = np.random.default_rng(0)
+    warnings: list[str] = []
+    # 32 tensors of 64 features each: 32 x 64 histograms of counts, one line each when indented
+    specs = [TensorSpec(name=f"x{i}", dtype="float32", shape=["N", 64]) for i in range(32)]
+    feeds = [{s.name: rng.normal(size=(2000, 64)).astype(np.float32) for s in specs}]
+    assert make_reference("validation", None, feeds, [{}], specs, [], False, warnings.append) is None
+    assert warnings and "left out of the manifest" in warnings[0] and str(MAX_REFERENCE_BYTES) in warnings[0]
+    small = make_reference("validation", None, [{"x0": feeds[0]["x0"]}], [{}], specs[:1], [], False, warnings.append)
+    assert small is not None and small.layouts["x0"].channels == 64
