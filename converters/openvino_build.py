@@ -51,6 +51,34 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
     return reference, built, choice, kind, calib
 
 
+def onnxruntime_int8_candidate(profile, source_onnx: bytes, ctx: PassContext) -> Artifact | None:
+    """onnxruntime's static int8 of the same ONNX model with the profile's quantization settings
+    (the passes the onnxruntime profiles use), or None without calibration data: a third
+    candidate, since on some networks (the digits CNN, YOLOv8n) onnxruntime's int8 beats
+    OpenVINO's on the same CPU (docs/benchmarks.md, bench/peers.py)."""
+    from edgeops.converters import pipeline as p
+
+    if ctx.calibration is None:
+        return None
+    q = profile.quantization
+    side = PassContext(profile=profile, calibration=ctx.calibration)  # its log stays out of the report
+    art = create_pass("preprocess", optimize=True)(Artifact("onnx", data=source_onnx), side)
+    art = create_pass("fuse-graph", global_pool=True)(art, side)
+    art = create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=q.per_channel,
+                      calibration_method=q.calibration_method, reduce_range=p._needs_reduce_range(profile),
+                      float_shallow_convs=profile.device.arch == "x86_64")(art, side)
+    return art
+
+
+def _candidate_runner(art: Artifact, precision: str | None, threads: int, label: str):
+    """A host runner of one candidate: OpenVINO at its precision, or onnxruntime."""
+    if art.format == "onnx":
+        from edgeops.converters.runtime import OnnxRunner
+
+        return OnnxRunner(art.data, threads=threads, label=label)
+    return OpenVinoRunner(art.module, threads=threads, precision=precision, label=label)
+
+
 def host_has_bf16() -> bool:
     """Whether OpenVINO computes bf16 on this host's CPU."""
     return bool(BF16_FLAGS & host_cpu_flags())
@@ -82,7 +110,8 @@ def choose_precision(profile, built: Artifact, ref_runner, feeds, labels, classi
 def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds, labels, classifier: bool, limits: GateLimits, ctx: PassContext):
     """Decide the inference precision and, under ``--quantize auto`` on a host with the profile's
     CPU features, which candidate ships: the NNCF int8 IR or the float IR, each at its precision,
-    timed side by side at the profile's threads; the fastest that passes every gate wins.
+    or onnxruntime's static int8 of the same model (an onnxruntime bundle), timed side by side at
+    the profile's threads; the fastest that passes every gate wins.
     Returns (built, choice, precision, reason). The measured table goes to ``ctx.measurements``
     (printed and in --json, kept out of the bundle like all host latency)."""
 
@@ -98,15 +127,20 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     float_ir = create_pass("convert-openvino", compress_to_fp16=True)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
     float_precision, float_why = choose_precision(profile, float_ir, ref_runner, feeds, labels, classifier, limits, float_ir.module.size, PassContext(profile=profile))
     candidates = {"openvino-int8": (built, precision, why), "openvino-float": (float_ir, float_precision, float_why)}
+    ort_int8 = onnxruntime_int8_candidate(profile, built.module.source_onnx, ctx)
+    if ort_int8 is not None:
+        candidates["onnxruntime-int8"] = (ort_int8, None, "onnxruntime static int8 (QDQ): no OpenVINO precision")
     threads = profile.runtime.threads
     rows = {}
     runners = {}
     for name, (art, prec, _) in candidates.items():
-        val = OpenVinoRunner(art.module, threads=1, precision=prec, label=name)
+        val = _candidate_runner(art, prec, 1, name)
         metrics, _ = compare_models(ref_runner, val, feeds, labels, classifier)
-        gates = evaluate_gates(metrics, art.module.size, limits)
-        rows[name] = {"precision": prec, "gates_passed": all(g["passed"] for g in gates), "samples_ms": []}
-        runners[name] = OpenVinoRunner(art.module, threads=threads, precision=prec, label=name)
+        size = art.module.size if art.format == "openvino" else len(art.data)
+        gates = evaluate_gates(metrics, size, limits)
+        rows[name] = {"runtime": "onnxruntime" if art.format == "onnx" else "openvino", "precision": prec or "int8 (QDQ)",
+                      "gates_passed": all(g["passed"] for g in gates), "samples_ms": []}
+        runners[name] = _candidate_runner(art, prec, threads, name)
     feed = feeds[0]
     for _ in range(3):  # interleaved rounds: load from other jobs hits both alike
         for name, runner in runners.items():
@@ -124,5 +158,9 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     ctx.log.append(f"runtime choice: {chosen} ({rows[chosen]['precision']}), fastest of {', '.join(sorted(rows))} passing every gate on this host")
     if chosen == "openvino-int8":
         return built, choice, precision, why
+    if chosen == "onnxruntime-int8":
+        # the bundle is an onnxruntime one (manifest runtime "onnxruntime"): every edgeops agent has onnxruntime
+        scheme = Choice("static-int8", f"{choice.reason}; onnxruntime's static int8 measured faster than OpenVINO's candidates on this host: {reason}")
+        return ort_int8, scheme, None, "onnxruntime candidate: no OpenVINO inference precision"
     scheme = Choice("none", f"{choice.reason}; but the float IR measured faster than the int8 one on this host: {reason}")
     return float_ir, scheme, float_precision, float_why

@@ -113,6 +113,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     ctx = PassContext(profile=profile, step=step)
     ctx.warnings.extend(source.notes)
     target = profile.artifact_format
+    runtime_name = profile.runtime.name  # an OpenVINO profile may ship an onnxruntime candidate (openvino_build.finish)
     if target == "onnx":
         reference, built, choice, kind, calib = _onnx_path(source, profile, options, ctx, step)
     elif target == "openvino":
@@ -156,9 +157,13 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
             limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
             # the precision, and under auto the candidate (int8 / float IR) measured fastest among those passing the gates
             built, choice, precision, why = finish(profile, options, built, choice, ref_runner, feeds, labels, classifier, limits, ctx)
-            ctx.report["inference_precision"] = {"precision": precision, "reason": why}
-            ctx.log.append(f"openvino: inference precision {precision}: {why}")
-            built_runner = OpenVinoRunner(built.module, threads=1, precision=precision, hint=profile.runtime.openvino_hint, label="built model")
+            if built.format == "onnx":  # onnxruntime's int8 measured fastest: an onnxruntime bundle
+                target, runtime_name = "onnx", "onnxruntime"
+                built_runner = make_runner("onnx", built.data, threads=1, label="built model")
+            else:
+                ctx.report["inference_precision"] = {"precision": precision, "reason": why}
+                ctx.log.append(f"openvino: inference precision {precision}: {why}")
+                built_runner = OpenVinoRunner(built.module, threads=1, precision=precision, hint=profile.runtime.openvino_hint, label="built model")
         classifier = is_classifier(built_runner.outputs)
         _trial_run(ref_runner, feeds, "validation", validation)
         try:
@@ -197,7 +202,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         "status": "passed" if passed else "gates_failed",
         "model": {"source": _display_name(source), "source_format": source.format, "task": "classifier" if classifier else "generic", "kind": kind.kind},
         "profile": profile.name,
-        "runtime": {"name": profile.runtime.name, "host_providers": {"onnx": ["CPUExecutionProvider"], "openvino": ["CPU"]}.get(target, ["XNNPACK"]), "device_providers": profile.runtime.providers},
+        "runtime": {"name": runtime_name, "host_providers": {"onnx": ["CPUExecutionProvider"], "openvino": ["CPU"]}.get(target, ["XNNPACK"]), "device_providers": _device_providers(profile, target)},
         "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe(),
                          **({"attempts": ctx.report["quantization_attempts"]} if "quantization_attempts" in ctx.report else {}),
                          **({"speed_check": ctx.report["speed_check"]} if "speed_check" in ctx.report else {})},
@@ -230,9 +235,9 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
     payload = {**model_members, GOLDEN_NAME: golden_bytes, REPORT_NAME: report_bytes}
     manifest = Manifest(
         name=options.name, version=options.version, release=options.release, profile=profile.name, profile_sha256=profile.sha256,
-        runtime=profile.runtime.name, artifact=artifact_name, quantization=choice.scheme,
-        providers=[profile.runtime.openvino_device] if target == "openvino" else list(profile.runtime.providers),
-        runtime_options=_runtime_options(profile, precision),
+        runtime=runtime_name, artifact=artifact_name, quantization=choice.scheme,
+        providers=_device_providers(profile, target),
+        runtime_options=_runtime_options(profile, precision) if target == "openvino" else {},
         task="classifier" if classifier else "generic", inputs=built_runner.inputs, outputs=built_runner.outputs,
         budgets=ManifestBudgets(latency_p95_ms=profile.budgets.latency_p95_ms, max_memory_mb=profile.budgets.max_memory_mb),
         files=describe_files(payload),
@@ -807,6 +812,16 @@ def _runtime_options(profile, precision: str | None) -> dict[str, str]:
     if profile.runtime.name != "openvino":
         return {}
     return {"device": profile.runtime.openvino_device, "inference_precision": precision or profile.runtime.openvino_precision, "performance_hint": profile.runtime.openvino_hint}
+
+
+def _device_providers(profile, target: str) -> list[str]:
+    """The manifest's providers: the OpenVINO device, the profile's onnxruntime providers, or the
+    CPU provider for an onnxruntime candidate shipped under an OpenVINO profile."""
+    if target == "openvino":
+        return [profile.runtime.openvino_device]
+    if profile.runtime.name == "openvino":
+        return ["CPUExecutionProvider"]
+    return list(profile.runtime.providers)
 
 
 def _host_runner(target: str, built: Artifact, threads: int, precision: str | None, profile):

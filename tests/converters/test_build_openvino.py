@@ -94,13 +94,40 @@ def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(
     decision = result.report["conversions"]["runtime_choice"]
     if missing_cpu_features(load_profile(PROFILE)):
         pytest.skip("this host lacks the profile's CPU features: the unmeasured case is tested below")
-    assert decision["measured"] is True and decision["candidates"] == ["openvino-float", "openvino-int8"]
+    assert decision["measured"] is True and decision["candidates"] == ["onnxruntime-int8", "openvino-float", "openvino-int8"]
     table = result.host_latency["candidates"]
     chosen = table["candidates"][decision["chosen"]]
     assert chosen["gates_passed"]
     assert all(chosen["p50_ms"] <= row["p50_ms"] for row in table["candidates"].values() if row["gates_passed"])
-    assert result.manifest.quantization == ("static-int8" if decision["chosen"] == "openvino-int8" else "none")
+    assert result.manifest.quantization == ("none" if decision["chosen"] == "openvino-float" else "static-int8")
+    # an onnxruntime candidate ships as an onnxruntime bundle under the OpenVINO profile
+    expected_runtime = "onnxruntime" if decision["chosen"] == "onnxruntime-int8" else "openvino"
+    assert result.manifest.runtime == expected_runtime == result.report["runtime"]["name"]
+    assert result.manifest.artifact == ("model/model.onnx" if expected_runtime == "onnxruntime" else "model/model.xml")
     assert "p50" not in json.dumps(result.report)  # host figures never enter the bundle
+    from edgeops.hil.local import run_local
+
+    hil = run_local(result.path, runs=5)
+    assert [c.name for c in hil.checks if not c.passed and c.name != "latency_p95_budget"] == []
+
+
+def test_the_onnxruntime_candidate_is_a_qdq_int8_model_with_the_profiles_settings(cnn_files):
+    import onnx
+
+    from edgeops.converters.data import load_dataset
+    from edgeops.converters.openvino_build import onnxruntime_int8_candidate
+    from edgeops.converters.passes import PassContext
+    from edgeops.converters.runtime import OnnxRunner
+
+    source = open(cnn_files["onnx"], "rb").read()
+    profile = load_profile(PROFILE)
+    specs = OnnxRunner(source, label="cnn").inputs
+    assert onnxruntime_int8_candidate(profile, source, PassContext(profile=profile)) is None  # no calibration data: no candidate
+    ctx = PassContext(profile=profile, calibration=load_dataset(str(cnn_files["calibration"]), specs, "calibration"))
+    art = onnxruntime_int8_candidate(profile, source, ctx)
+    ops = {n.op_type for n in onnx.load_model_from_string(art.data).graph.node}
+    assert art.format == "onnx" and {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert ctx.log == [] and ctx.report == {}  # its passes do not write into the build's report
 
 
 def test_auto_on_a_host_without_the_profiles_cpu_features_uses_the_declared_scheme_unmeasured(cnn_files, tmp_path):
