@@ -208,12 +208,13 @@ def max_rollback_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     return Verdict("max_rollback_rate", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.max_rollback_rate, f"{s.rollbacks}/{s.size} rolled back")
 
 
-def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[float], list[judge.Judgement]]) -> Verdict:
+def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[float], tuple[list[judge.Judgement], str]]) -> Verdict:
     """A judged gate's verdict with its sequential looks (see the module doc).
 
-    ``decide(alpha)`` judges the metrics of the gate at that alpha (each metric gets an equal
-    share); the gate fails if one fails, is inconclusive if one is, else passes. A look that
-    is INCONCLUSIVE spends nothing (it cannot fail); between looks, and after the last, the
+    ``decide(alpha)`` judges the gate's metrics at that alpha, pooled and per stratum, and
+    returns the judgements and a note. The gate fails if any judgement fails (a stratum's
+    included: the detail names it), is inconclusive if a pooled one is, else passes. A look
+    that is INCONCLUSIVE spends nothing (it cannot fail); between looks, and after the last, the
     last verdict stands.
     """
     if s.size == 0:
@@ -229,18 +230,18 @@ def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[flo
             return Verdict.from_dict(prev)
     looks = int(prev.get("looks", 0)) if prev else 0
     plan = judge.LookPlan(cfg.judge_alpha, cfg.judge_max_looks)
-    judgements = decide(plan.alpha_per_look)
-    outcomes = {j.outcome for j in judgements}
-    detail = "; ".join(f"{j.metric}: {j.outcome}, {j.detail}" for j in judgements)
-    main = next((j for j in judgements if j.outcome == judge.FAIL), None) or next((j for j in judgements if j.outcome == judge.INCONCLUSIVE), None) or judgements[0]
+    judgements, note = decide(plan.alpha_per_look)
+    failed = [j for j in judgements if j.outcome == judge.FAIL]
+    pooled_unsure = [j for j in judgements if j.outcome == judge.INCONCLUSIVE and "[" not in j.metric]
+    detail = "; ".join(f"{j.metric}: {j.outcome}, {j.detail}" for j in (failed or judgements)) + (f"; {note}" if note else "")
+    main = (failed or pooled_unsure or judgements)[0]
     jd = [j.to_dict() for j in judgements]
-    if judge.INCONCLUSIVE in outcomes and judge.FAIL not in outcomes:
+    if pooled_unsure and not failed:
         return Verdict(name, Outcome.INCONCLUSIVE, main.effect, main.bound, detail, jd, looks, prev.get("looked_at") if prev else None)
     looks += 1
-    outcome = Outcome.FAIL if judge.FAIL in outcomes else Outcome.PASS
     final = looks >= plan.max_looks
     detail += f"; look {looks} of {plan.max_looks}" + (" (final)" if final else "")
-    return Verdict(name, outcome, main.effect, main.bound, detail, jd, looks, s.now, final)
+    return Verdict(name, Outcome.FAIL if failed else Outcome.PASS, main.effect, main.bound, detail, jd, looks, s.now, final)
 
 
 def _first_install(name: str, s: WaveStats) -> Verdict | None:
@@ -252,42 +253,76 @@ def _first_install(name: str, s: WaveStats) -> Verdict | None:
     return None
 
 
+Group = tuple[str, list[DeviceTelemetry], list[DeviceTelemetry]]
+
+
+def _groups(s: WaveStats, cfg: RolloutSettings, has: Callable[[DeviceTelemetry], bool]) -> tuple[list[Group], str]:
+    """What a judged gate compares: ``("", wave, control)`` pooled, then each stratum (profile, and
+    the rollout's ``strata_tag``) with ``judge_min_devices`` on both sides when the devices fall in
+    more than one, so a regression on one kind of device is not diluted by the others; and a
+    note naming the strata too small to judge on their own (they still count in the pool)."""
+    new = [d for d in s.new_devices if has(d)]
+    ctl = [d for d in s.control_devices if has(d)]
+    groups: list[Group] = [("", new, ctl)]
+    small = []
+    keys = sorted({d.stratum for d in new} | {d.stratum for d in ctl})
+    if len(keys) > 1:
+        for key in keys:
+            n, c = [d for d in new if d.stratum == key], [d for d in ctl if d.stratum == key]
+            if len(n) >= cfg.judge_min_devices and len(c) >= cfg.judge_min_devices:
+                groups.append((key, n, c))
+            else:
+                small.append(f"{key} ({len(n)} new vs {len(c)} control)")
+    return groups, ("strata too small to judge alone: " + ", ".join(small) if small else "")
+
+
+def _label(metric: str, key: str) -> str:
+    return f"{metric}[{key}]" if key else metric
+
+
 def _positive(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and v > 0]
 
 
 @gate("max_error_rate", reads=("cohorts",), when=lambda cfg: cfg.max_error_rate is not None)
 def max_error_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """Error rate and NaN rate (per inference) of the wave against the control: each fails when
-    it is significantly higher (two-proportion z test) and higher by more than the setting."""
+    """Error rate and NaN rate (per inference) of the wave against the control, pooled and per
+    stratum: each fails when significantly higher (two-proportion z test) and higher by more
+    than the setting. Alpha is split over the two rates and the groups judged (Bonferroni)."""
     if cfg.max_error_rate is None:
         return None
     bound = cfg.max_error_rate
 
-    def decide(alpha: float) -> list[judge.Judgement]:
-        new = [d for d in s.new_devices if d.inferences > 0]
-        ctl = [d for d in s.control_devices if d.inferences > 0]
-        n_new, n_ctl = sum(d.inferences for d in new), sum(d.inferences for d in ctl)
-        return [
-            judge.judge_rate(metric, sum(getattr(d, attr) for d in new), n_new, sum(getattr(d, attr) for d in ctl), n_ctl, len(new), len(ctl), bound, alpha / 2, cfg.judge_min_devices)
-            for metric, attr in (("error_rate", "errors"), ("nan_rate", "nans"))
-        ]
+    def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
+        groups, note = _groups(s, cfg, lambda d: d.inferences > 0)
+        each = alpha / (2 * len(groups))
+        out = []
+        for key, new, ctl in groups:
+            n_new, n_ctl = sum(d.inferences for d in new), sum(d.inferences for d in ctl)
+            for metric, attr in (("error_rate", "errors"), ("nan_rate", "nans")):
+                k_new, k_ctl = sum(getattr(d, attr) for d in new), sum(getattr(d, attr) for d in ctl)
+                out.append(judge.judge_rate(_label(metric, key), k_new, n_new, k_ctl, n_ctl, len(new), len(ctl), bound, each, cfg.judge_min_devices))
+        return out, note
 
     return _judged("max_error_rate", s, cfg, decide)
 
 
 @gate("max_latency_regression", reads=("cohorts",), when=lambda cfg: cfg.max_latency_regression is not None)
 def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """Per-device p95 latency of the wave against the control (Mann-Whitney, Hodges-Lehmann
-    ratio): fails when significantly slower and the typical ratio is above the setting."""
+    """Per-device p95 latency of the wave against the control, pooled and per stratum
+    (Mann-Whitney, Hodges-Lehmann ratio): fails when significantly slower and the typical ratio
+    is above the setting. Alpha is split over the groups judged (Bonferroni)."""
     if cfg.max_latency_regression is None:
         return None
     bound = cfg.max_latency_regression
 
-    def decide(alpha: float) -> list[judge.Judgement]:
-        new = _positive([d.p95_ms for d in s.new_devices])
-        ctl = _positive([d.p95_ms for d in s.control_devices])
-        return [judge.judge_continuous("latency_p95", new, ctl, bound - 1.0, alpha, cfg.judge_min_devices)]
+    def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
+        groups, note = _groups(s, cfg, lambda d: d.p95_ms is not None and d.p95_ms > 0)
+        each = alpha / len(groups)
+        return [
+            judge.judge_continuous(_label("latency_p95", key), _positive([d.p95_ms for d in new]), _positive([d.p95_ms for d in ctl]), bound - 1.0, each, cfg.judge_min_devices)
+            for key, new, ctl in groups
+        ], note
 
     return _judged("max_latency_regression", s, cfg, decide)
 

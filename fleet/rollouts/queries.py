@@ -101,13 +101,22 @@ def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     )
 
 
-def _per_device(db: Database, conn: Connection, where: list[Any]) -> list[DeviceTelemetry]:
-    """Telemetry summed per device (with the device's profile) over the rows ``where`` selects."""
+def stratum(profile: str | None, tags: dict[str, Any], strata_tag: str | None) -> str:
+    """A device's stratum label: ``profile=P``, plus ``,TAG=V`` when the rollout strata by a tag."""
+    label = f"profile={profile or '-'}"
+    if strata_tag:
+        label += f",{strata_tag}={tags.get(strata_tag, '-')}"
+    return label
+
+
+def _per_device(db: Database, conn: Connection, where: list[Any], strata_tag: str | None) -> list[DeviceTelemetry]:
+    """Telemetry summed per device (with the device's stratum) over the rows ``where`` selects."""
     tel, d = db.t.telemetry, db.t.devices
     q = (
         sa.select(
             tel.c.device_id,
             d.c.profile,
+            d.c.tags,
             float_sum(tel.c.inference_count),
             float_sum(tel.c.error_count),
             float_sum(tel.c.nan_count),
@@ -117,11 +126,12 @@ def _per_device(db: Database, conn: Connection, where: list[Any]) -> list[Device
         )
         .select_from(tel.join(d, d.c.id == tel.c.device_id))
         .where(*where)
-        .group_by(tel.c.device_id, d.c.profile)
+        .group_by(tel.c.device_id, d.c.profile, d.c.tags)
     )
+    tags = _Tags()
     return [
-        DeviceTelemetry(dev, profile, float(inf or 0), float(err or 0), float(nan or 0), float(pw or 0), float(pn or 0), float(ag or 0), int(agn or 0))
-        for dev, profile, inf, err, nan, pw, pn, ag, agn in conn.execute(q)
+        DeviceTelemetry(dev, profile, float(inf or 0), float(err or 0), float(nan or 0), float(pw or 0), float(pn or 0), float(ag or 0), int(agn or 0), stratum(profile, tags(text), strata_tag))
+        for dev, profile, text, inf, err, nan, pw, pn, ag, agn in conn.execute(q)
     ]
 
 
@@ -130,7 +140,10 @@ def wave_device_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     a, tel = db.t.assignments, db.t.telemetry
     members = sa.select(a.c.device_id).where(a.c.rollout_id == rollout.id, a.c.wave_idx == idx)
     return _per_device(
-        db, conn, [tel.c.device_id.in_(members), tel.c.version_name == rollout.bundle_name, tel.c.version_version == rollout.bundle_version, tel.c.received_at >= since - 1.0]
+        db,
+        conn,
+        [tel.c.device_id.in_(members), tel.c.version_name == rollout.bundle_name, tel.c.version_version == rollout.bundle_version, tel.c.received_at >= since - 1.0],
+        rollout.settings.strata_tag,
     )
 
 
@@ -156,6 +169,7 @@ def control_device_telemetry(db: Database, conn: Connection, rollout: Rollout, o
         db,
         conn,
         [tel.c.device_id.not_in(in_rollout), tel.c.version_name == rollout.bundle_name, tel.c.version_version.in_(old_versions), tel.c.received_at >= since - 1.0],
+        rollout.settings.strata_tag,
     )
     return [r for r in rows if r.device_id in cohort]
 

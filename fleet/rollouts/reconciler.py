@@ -13,9 +13,12 @@ console restarted at any point continues from the rows, never re-assigning a dev
   ran before (signed rollback commands), then ``aborted``.
 
 Device selection for a wave: every enrolled device matching the selector, ordered by
-sha256(rollout id + device id) (deterministic, unbiased by naming), minus devices already in
-this rollout and devices busy in another live rollout; the wave takes devices until the
-rollout covers ``ceil(percent * matching)``. Devices that enrol later are counted when the next
+sha256(rollout id + device id) (deterministic, unbiased by naming) within its stratum (profile,
+and the rollout's ``strata_tag``) and interleaved so every wave draws each stratum in
+proportion (:func:`stratified_order`), minus devices already in this rollout and devices busy
+in another live rollout; the wave takes devices until the rollout covers
+``ceil(percent * matching)``, less the control held back (:func:`held_back`) until the last
+wave is judged. Devices that enrol later are counted when the next
 wave starts, so they join it.
 
 Waves are numbered from 1 in every text a person reads (reasons, audit actions, logs); the
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import time
@@ -77,6 +81,24 @@ TOPUP_EVERY_S = 10.0  # the last wave re-reads every device at least this often 
 def selection_order(rollout_id: str, device_id: str) -> str:
     """Deterministic position of a device in a rollout's selection order."""
     return hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()
+
+
+def stratified_order(rollout_id: str, devices: list[tuple[str, str | None, str | None]], strata_tag: str | None) -> dict[str, tuple[float, str]]:
+    """Sort keys that draw every wave proportionally from each stratum (profile, and the
+    ``strata_tag`` value): a device's key is its position within its stratum (in
+    :func:`selection_order`) as a fraction of the stratum's size, so the first k devices of the
+    order hold about k x (stratum share) of each stratum. ``devices``: (id, profile, tags JSON)
+    of every matching device, so the order does not change from wave to wave."""
+    strata: dict[str, list[str]] = {}
+    for device_id, profile, tags in devices:
+        key = queries.stratum(profile, json.loads(tags or "{}"), strata_tag)
+        strata.setdefault(key, []).append(device_id)
+    out: dict[str, tuple[float, str]] = {}
+    for ids in strata.values():
+        ranked = sorted(ids, key=lambda d: selection_order(rollout_id, d))
+        for rank, device_id in enumerate(ranked):
+            out[device_id] = ((rank + 0.5) / len(ranked), selection_order(rollout_id, device_id))
+    return out
 
 
 CONTROL_GATES = ("max_latency_regression", "max_error_rate")  # the gates that compare with a control cohort
@@ -300,7 +322,8 @@ class Reconciler:
         need = target - len(assigned)
         if need <= 0:
             return 0
-        candidates = sorted((row for row in matching if row.id not in assigned and row.id not in busy), key=lambda row: selection_order(r.id, row.id))[:need]
+        order = stratified_order(r.id, [(row.id, row.profile, row.tags) for row in matching], r.settings.strata_tag)
+        candidates = sorted((row for row in matching if row.id not in assigned and row.id not in busy), key=lambda row: order[row.id])[:need]
         if not candidates:
             return 0
 

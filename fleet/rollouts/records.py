@@ -115,6 +115,7 @@ class DeviceTelemetry:
     p95_weight: float = 0.0
     agreement_sum: float = 0.0
     agreement_batches: int = 0
+    stratum: str = ""  # profile (and the rollout's strata tag): the judge compares like with like
 
     @property
     def p95_ms(self) -> float | None:

@@ -166,6 +166,7 @@ class RolloutSettings(BaseModel):
     judge_min_devices: int = Field(default=5, ge=1, le=100_000, description="devices each cohort (wave, control) needs before a judged gate can decide")
     control_share: float = Field(default=0.1, ge=0, lt=1, description="share of the selection held back on the old version as the control when a wave would leave none")
     inconclusive_timeout_s: float = Field(default=1800.0, ge=0, description="a gate inconclusive this long pauses the rollout")
+    strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
 
     @field_validator("waves")
     @classmethod
@@ -261,6 +262,7 @@ class RolloutRequest(BaseModel):
     judge_min_devices: int = Field(default=5, ge=1, le=100_000)
     control_share: float = Field(default=0.1, ge=0, lt=1)
     inconclusive_timeout: str | float = Field(default=1800.0, description="a gate inconclusive this long pauses the rollout (1800, 30m)")
+    strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
 
     def to_settings(self, drift: Any = None) -> RolloutSettings:
         """Parse the text forms and validate everything (RolloutSettingsError names the field).
@@ -298,6 +300,7 @@ class RolloutRequest(BaseModel):
             judge_min_devices=self.judge_min_devices,
             control_share=self.control_share,
             inconclusive_timeout_s=parse_duration(self.inconclusive_timeout, "inconclusive_timeout"),
+            strata_tag=self.strata_tag,
         )
 
 

@@ -162,3 +162,31 @@ def test_evaluate_combines():
     assert out is Outcome.FAIL and any(v.gate == "max_failure_rate" and v.outcome is Outcome.FAIL for v in verdicts)
     # an empty wave (nothing left to assign) passes once baked
     assert evaluate(stats(size=0, now=20), c)[0] is Outcome.PASS
+
+
+def test_a_regression_on_one_profile_is_judged_in_its_stratum():
+    """8 of 28 wave devices (profile arm) are 30% slower: pooled, the typical device is within
+    the 10% bound; per stratum, arm fails and the detail names it."""
+    g = GATES["max_latency_regression"]
+    c = cfg(max_latency_regression=1.1)
+
+    def devs(n, start, ms, profile):
+        return [dev(start + i, p95=spread(ms)(i), profile=profile) for i in range(n)]
+
+    import dataclasses
+
+    def tagged(ds):
+        return [dataclasses.replace(d, stratum=f"profile={d.profile}") for d in ds]
+
+    new = tagged(devs(20, 0, 10.0, "x86") + devs(8, 100, 13.0, "arm"))
+    ctl = tagged(devs(20, 200, 10.0, "x86") + devs(8, 300, 10.0, "arm"))
+    v = g(stats(new_devices=new, control_devices=ctl), c)
+    assert v.outcome is Outcome.FAIL and v.detail.startswith("latency_p95[profile=arm]: fail"), v.detail
+    by = {j["metric"]: j for j in v.judgement}
+    assert by["latency_p95"]["outcome"] == "pass" and by["latency_p95[profile=x86]"]["outcome"] == "pass"
+    assert by["latency_p95[profile=arm]"]["effect"] == pytest.approx(1.3, abs=0.02)
+    assert {j["alpha"] for j in v.judgement} == {0.05 / 5 / 3}  # pooled + 2 strata share the look's alpha
+    # a stratum too small to judge alone is named, and still counts in the pool
+    few = tagged(devs(20, 0, 10.0, "x86") + devs(2, 100, 13.0, "arm"))
+    v = g(stats(new_devices=few, control_devices=ctl), c)
+    assert v.outcome is Outcome.PASS and "strata too small to judge alone: profile=arm (2 new vs 8 control)" in v.detail

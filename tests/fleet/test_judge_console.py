@@ -33,11 +33,11 @@ def test_silent_rollout_pauses_as_inconclusive_in_status_api_and_openapi(console
         conn.execute(console.db.t.devices.update().values(active_name="digits", active_version="1.0.0"))
     out = cli(
         console, "create", "--bundle", "digits@2.0.0", "--waves", "50%,100%", "--max-latency-regression", "1.1",
-        "--judge-min-devices", "2", "--control-share", "0.5", "--inconclusive-timeout", "10m", "--judge-look-interval", "30s", "--start", "--json",
+        "--judge-min-devices", "2", "--control-share", "0.5", "--inconclusive-timeout", "10m", "--judge-look-interval", "30s", "--strata-tag", "site", "--start", "--json",
     )
     r = json.loads(out)
     s = r["settings"]
-    assert (s["judge_min_devices"], s["control_share"], s["inconclusive_timeout_s"], s["judge_look_interval_s"], s["judge_alpha"], s["judge_max_looks"]) == (2, 0.5, 600, 30, 0.05, 5)
+    assert (s["judge_min_devices"], s["control_share"], s["inconclusive_timeout_s"], s["judge_look_interval_s"], s["judge_alpha"], s["judge_max_looks"], s["strata_tag"]) == (2, 0.5, 600, 30, 0.05, 5, "site")
     now = [1000.0]
     rec = Reconciler(console.db, RolloutConfig(), None, console.config.repository.dir, clock=lambda: now[0])
     rec.tick()  # wave 1: 2 of the 4 devices; 2 held back as the control; nobody reports
@@ -56,7 +56,7 @@ def test_silent_rollout_pauses_as_inconclusive_in_status_api_and_openapi(console
     assert "alpha 0.05 over 5 looks (Bonferroni)" in text
     status, doc = call(console, "GET", "/openapi.json", token=None)
     props = json.dumps(doc)
-    for name in ("judge_alpha", "judge_max_looks", "judge_look_interval", "judge_min_devices", "control_share", "inconclusive_timeout"):
+    for name in ("judge_alpha", "judge_max_looks", "judge_look_interval", "judge_min_devices", "control_share", "inconclusive_timeout", "strata_tag"):
         assert f'"{name}"' in props
 
 

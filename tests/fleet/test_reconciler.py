@@ -98,3 +98,19 @@ def test_a_gate_reading_new_data_is_a_provider_and_a_gate(h, registry):
         wave = queries.load_wave(h.db, conn, r["id"], 0)
     assert h.rec.wave_stats(rollout, wave, rollout.settings.model_copy(update={"bake_s": 5.0})).extra == {}  # not configured: not read
     assert calls == [0]
+
+
+def test_waves_draw_each_stratum_in_proportion():
+    from edgeops.fleet.rollouts.reconciler import stratified_order
+
+    devices = [(f"x{i:03d}", "x86", '{"site": "a"}') for i in range(80)] + [(f"r{i:03d}", "arm", '{"site": "b"}') for i in range(20)]
+    order = stratified_order("r-1", devices, None)
+    ranked = sorted(order, key=order.get)
+    for k in (10, 30, 50):
+        arm = sum(d.startswith("r") for d in ranked[:k])
+        assert abs(arm - k * 0.2) <= 1, (k, arm)
+    # a strata tag splits further
+    mixed = [(f"x{i:03d}", "x86", '{"site": "%s"}' % ("a" if i % 4 else "b")) for i in range(80)]
+    order = stratified_order("r-1", mixed, "site")
+    first = sorted(order, key=order.get)[:20]
+    assert sum(int(d[1:]) % 4 == 0 for d in first) == 5  # site b is a quarter of the selection

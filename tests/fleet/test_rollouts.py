@@ -613,3 +613,63 @@ def test_an_empty_last_wave_releases_the_control_and_finishes(h):
         h.respond()
     st = service.rollout_status(h.db, rid)
     assert st["status"] == "finished" and st["succeeded"] == 20 and [w["devices"] for w in st["waves"]] == [15, 5], st
+
+
+def _two_profiles(db, fleet_repo, arm=16, x86=40):
+    """A harness with ``x86`` devices (profile x86) and ``arm`` more (profile arm), all on v1."""
+    h = Harness(db, fleet_repo, n=x86)
+    arms = [f"arm{i:03d}" for i in range(arm)]
+    register_devices(db, [{"id": d, "tags": {"site": "berlin"}, "profile": "arm"} for d in arms])
+    h.feed(*[state(d, active="digits@1.0.0") for d in arms])
+    return h, [f"dev{i:03d}" for i in range(x86)] + arms
+
+
+def _jitter(d: str) -> float:
+    """Devices differ by a few percent (load, thermal state), the same on either version."""
+    return 1 + 0.04 * ((sum(map(ord, d)) * 7) % 11 - 5) / 5
+
+
+def _answer_by_profile(h, p95_of):
+    cmds = h.pub.commands(h.keys)[h.handled :]
+    h.handled += len(cmds)
+    for c in cmds:
+        d, target = c.device_id, f"{c.bundle.name}@{c.bundle.version}"
+        h.feed(
+            event(d, h.next_seq(d), "command_accepted", c.command_id, target),
+            event(d, h.next_seq(d), "activated", c.command_id, target),
+            telemetry(d, h.next_seq(d), target, p95=p95_of(d) * _jitter(d)),
+            event(d, h.next_seq(d), "committed", c.command_id, target),
+            state(d, active=target, previous="digits@1.0.0"),
+        )
+
+
+@pytest.mark.parametrize("arm_slowdown,ends", [(1.3, "paused"), (1.0, "finished")])
+def test_a_regression_on_one_profile_halts_wave_1_naming_the_stratum(sqlite_db, fleet_repo, arm_slowdown, ends):
+    """30% slower only on profile arm (8 of wave 1's 28 devices): pooled it would pass the 10%
+    bound; judged per stratum, wave 1 halts naming profile=arm. The same rollout with no
+    slowdown finishes with every device."""
+    h, everyone = _two_profiles(sqlite_db, fleet_repo)
+    try:
+        r = h.create(waves="50%,100%", max_latency_regression=1.1)
+        rid = r["id"]
+        service.start_rollout(h.db, rid)
+        h.rec.tick()
+        wave1 = h.assignments(rid)
+        assert len(wave1) == 28 and sum(d.startswith("arm") for d in wave1) == 8  # drawn in proportion
+        for _ in range(6):
+            _answer_by_profile(h, lambda d: 5.0 * (arm_slowdown if d.startswith("arm") else 1.0))
+            outside = [d for d in everyone if d not in h.assignments(rid)]
+            h.feed(*[telemetry(d, h.next_seq(d), "digits@1.0.0", p95=5.0 * _jitter(d)) for d in outside])
+            h.rec.tick()
+            if service.rollout_status(h.db, rid)["status"] != "running":
+                break
+        st = service.rollout_status(h.db, rid)
+        assert st["status"] == ends, st["reason"]
+        if ends == "paused":
+            assert st["reason"].startswith("wave 1 halted: max_latency_regression") and "latency_p95[profile=arm]: fail" in st["reason"], st["reason"]
+            judged = {j["metric"]: j for j in {g["gate"]: g for g in st["waves"][0]["gates"]}["max_latency_regression"]["judgement"]}
+            assert judged["latency_p95"]["outcome"] == "pass" and judged["latency_p95[profile=x86]"]["outcome"] == "pass"
+        else:
+            assert st["succeeded"] == len(everyone) == 56
+    finally:
+        h.close()
