@@ -182,10 +182,19 @@ def create_form(values: dict, errors: dict[str, str], csrf: str, bundles: list[s
     return "".join(out)
 
 
+def _selector_text(sel: dict) -> str:
+    """A rollout's device selector as people write it (the CLI's --select)."""
+    parts = [f"profile={sel['profile']}"] if sel.get("profile") else []
+    parts += [f"tag={k}={v}" for k, v in (sel.get("tags") or {}).items()]
+    if sel.get("devices"):
+        parts.append("device=" + "+".join(sel["devices"]))
+    return ", ".join(parts) or "all"
+
+
 def rollout_body(r: dict, live: str) -> str:
     """One rollout: header facts; the live part is embedded by the route."""
     s = r["settings"]
-    facts = [("Bundle", e(r["bundle"])), ("Devices", e(json.dumps(s.get("selector")))), ("Waves", e(", ".join(f"{w:g}%" for w in s.get("waves", [])))), ("On gate failure", e(s.get("on_gate_failure"))), ("Created", e(when(r["created_at"])))]
+    facts = [("Bundle", e(r["bundle"])), ("Devices", e(_selector_text(s.get("selector") or {}))), ("Waves", e(", ".join(f"{w:g}%" for w in s.get("waves", [])))), ("On gate failure", e(s.get("on_gate_failure"))), ("Created", e(when(r["created_at"])))]
     return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>" + f'<div id="rollout-live" hx-get="/ui/rollouts/{e(r["id"])}/live" hx-trigger="{POLL}">' + live + "</div>"
 
 

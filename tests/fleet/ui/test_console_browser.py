@@ -75,7 +75,10 @@ def console_errors(driver) -> list[dict]:
 def shot(driver, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        height = min(1800, driver.execute_script("return document.documentElement.scrollHeight;"))
+        driver.set_window_size(1280, max(900, height + 120))  # the whole page, not only the first screen
         driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
+        driver.set_window_size(1280, 900)
 
 
 def sign_in(driver, base: str, token: str) -> None:
