@@ -62,20 +62,20 @@ class Verdict:
     measured: float | None = None
     threshold: float | None = None
     detail: str = ""
-    judgement: list[dict] | None = None
+    judgement: list[dict[str, Any]] | None = None
     looks: int = 0
     looked_at: float | None = None
     final: bool = False
     since: float | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON form (stored with the wave, returned by the API)."""
         d = asdict(self)
         d["outcome"] = self.outcome.value
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Verdict":
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
         """Back from the stored JSON form (a wave's previous verdicts)."""
         known = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
         return cls(**{**known, "outcome": Outcome(d["outcome"])})
@@ -99,7 +99,7 @@ class WaveStats:
     new_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the wave, new version
     control_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the control, old versions
     upgrades: int | None = None  # devices of the wave that ran another version of the bundle (None: not read)
-    previous: dict[str, dict] = field(default_factory=dict)  # gate -> its last stored verdict for this wave
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate -> its last stored verdict for this wave
     extra: dict[str, Any] = field(default_factory=dict)  # values of inputs with no field of their own
 
     def count(self, statuses) -> int:
