@@ -115,7 +115,7 @@ class GateSampler:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self.console.is_leader or not self.console._use_reconciler:
+            if self.console.is_leader:  # the replica whose reconciler writes the gates
                 try:
                     await loop.run_in_executor(None, sample, self.console.db)
                 except Exception:  # noqa: BLE001 (a failed sample must not end the sampling)
