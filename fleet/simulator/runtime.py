@@ -8,6 +8,9 @@ Which function a simulated device computes (``--runtime``):
   so a regression built into the model itself (NaN, a different function) shows on simulated
   devices exactly as on real ones. Sharing the session is a simulation shortcut for memory:
   10,000 devices do not load 10,000 copies of one model.
+- ``openvino`` (default for OpenVINO bundles where openvino is installed): the bundle's IR in
+  the agent's own OpenVINO runtime (device, precision and hint from the manifest), one compiled
+  model per artifact shared the same way.
 - ``golden`` (numpy only; any artifact, e.g. LiteRT): a nearest-neighbour lookup over the
   bundle's golden vectors: the output of the golden input closest (L2) to the request. Live
   traffic is drawn around the golden inputs, so the answers are the model's build-time ones.
@@ -43,7 +46,7 @@ from edgeops.agent.runtimes import InferenceError, RuntimeLoadError
 
 from edgeops.fleet.simulator.faults import DeviceFaults
 
-RUNTIME_KINDS = ("auto", "onnx", "golden")
+RUNTIME_KINDS = ("auto", "onnx", "openvino", "golden")
 TRAFFIC_VARIANTS = 8  # noisy copies of each golden input cycled as live traffic
 TRAFFIC_NOISE = 0.01  # relative to the input's std: small enough that the top-1 class stays
 
@@ -81,6 +84,34 @@ class _OnnxModel:
         except Exception as e:
             raise InferenceError(f"onnxruntime: {e}") from e
         return dict(zip(self.output_names, outs))
+
+
+class _OpenVinoModel:
+    """One shared compiled OpenVINO model (the agent's own runtime, with the bundle's device and
+    precision; its infer request is serialized by a lock)."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        from edgeops.agent.runtime_openvino import OpenVinoRuntime
+
+        self._runtime = OpenVinoRuntime(path, manifest, 1)
+        self.input_names = self._runtime.input_names
+        self.output_names = self._runtime.output_names
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._runtime.run({k: inputs[k] for k in self.input_names})
+
+
+def _auto_kind(model_path: Path, manifest: Manifest) -> str:
+    """The real model where this process can run it: onnxruntime bundles in onnxruntime, OpenVINO
+    bundles in OpenVINO when it is installed; the golden lookup otherwise (LiteRT, no OpenVINO)."""
+    if manifest.runtime == "onnxruntime" and str(model_path).endswith(".onnx"):
+        return "onnx"
+    if manifest.runtime == "openvino":
+        from edgeops.agent.runtime_openvino import openvino_installed
+
+        if openvino_installed():
+            return "openvino"
+    return "golden"
 
 
 class _GoldenModel:
@@ -155,9 +186,11 @@ class SharedModels:
             return m
         kind = self.kind
         if kind == "auto":
-            kind = "onnx" if manifest.runtime == "onnxruntime" and str(model_path).endswith(".onnx") else "golden"
+            kind = _auto_kind(model_path, manifest)
         if kind == "onnx":
             m = _OnnxModel(model_path)
+        elif kind == "openvino":
+            m = _OpenVinoModel(model_path, manifest)
         else:
             golden, _ = self.golden(files_dir_of(model_path, manifest), manifest)
             if golden is None:

@@ -107,3 +107,26 @@ def test_traffic_is_near_the_golden_inputs(installed):
         base = cases[i % len(cases)][0]["input"]
         assert x["input"].dtype == base.dtype and x["input"].shape == base.shape
         assert not np.array_equal(x["input"], base) and np.allclose(x["input"], base, atol=0.1)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino not installed (pip install 'edgeops[agent,openvino]')")
+def test_openvino_bundles_run_their_ir_in_openvino_shared_and_with_faults(tmp_path):
+    """auto picks OpenVINO for an OpenVINO bundle: the IR's own outputs (a NaN model shows NaN),
+    one compiled model for two devices, and the simulator's faults on top."""
+    from tests.support.openvino_bundles import write_openvino_test_bundle
+
+    ov = {}
+    good, nan = tmp_path / "good.bundle", tmp_path / "nan.bundle"
+    write_openvino_test_bundle(good, "2.0.0", 2)
+    write_openvino_test_bundle(nan, "3.0.0", 3, variant="nan")
+    for key, bundle in (("a", good), ("b", good), ("nan", nan)):  # two devices' stores of one bundle
+        ov[key] = (tmp_path / key, extract_bundle(bundle, tmp_path / key))
+    models = SharedModels("auto")
+    a, b = make(models, ov, "a"), make(models, ov, "b")
+    assert models.loads == 1
+    for inputs, expected in golden_cases(ov["a"][0]):
+        np.testing.assert_allclose(a.run(inputs)["probs"], expected["probs"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.run(inputs)["probs"], expected["probs"], rtol=1e-4, atol=1e-5)
+    assert np.isnan(make(models, ov, "nan").run(golden_cases(ov["nan"][0])[0][0])["probs"]).all()
+    with pytest.raises(InferenceError, match="simulated crash"):
+        make(SharedModels("openvino"), ov, "a", "crash(all):1").run(golden_cases(ov["a"][0])[0][0])
