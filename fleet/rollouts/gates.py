@@ -29,6 +29,7 @@ is above the threshold no later report can rescue the wave.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -230,6 +231,15 @@ def _judged(name: str, s: WaveStats, cfg: RolloutSettings, decide: Callable[[flo
             return Verdict.from_dict(prev)
     looks = int(prev.get("looks", 0)) if prev else 0
     plan = judge.LookPlan(cfg.judge_alpha, cfg.judge_max_looks)
+    wanted = math.ceil(cfg.min_reporting * s.size - 1e-9)
+    if len(s.new_devices) < wanted:
+        # a look on part of the wave would spend alpha on data that is still arriving (and the
+        # last look could freeze a verdict before the slow devices report): wait, for free
+        return Verdict(
+            name, Outcome.INCONCLUSIVE, None, None,
+            f"{len(s.new_devices)} of the wave's {s.size} devices reported telemetry on the new version; the judge looks once {wanted} have (min_reporting)",
+            None, looks, prev.get("looked_at") if prev else None,
+        )
     judgements, note = decide(plan.alpha_per_look)
     failed = [j for j in judgements if j.outcome == judge.FAIL]
     pooled_unsure = [j for j in judgements if j.outcome == judge.INCONCLUSIVE and "[" not in j.metric]

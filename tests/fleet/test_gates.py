@@ -68,8 +68,12 @@ def test_max_error_rate():
     assert g(stats(), cfg()) is None
     # nothing measured, or too few devices on either side: inconclusive, never pass
     silent = g(stats(), c)
-    assert silent.outcome is Outcome.INCONCLUSIVE and "0 new vs 0 control" in silent.detail
-    assert g(stats(new_devices=cohort(3), control_devices=cohort(10, 100)), c).outcome is Outcome.INCONCLUSIVE
+    assert silent.outcome is Outcome.INCONCLUSIVE and "0 of the wave's 10 devices reported telemetry" in silent.detail and silent.looks == 0
+    few = g(stats(size=3, new_devices=cohort(3), control_devices=cohort(10, 100)), c)
+    assert few.outcome is Outcome.INCONCLUSIVE and "3 new vs 10 control devices; at least 5" in few.detail
+    # the judge looks only once min_reporting of the wave has telemetry (a look on part of the wave spends alpha early)
+    part = g(stats(size=30, new_devices=cohort(20, errors=100.0), control_devices=cohort(30, 100)), c)
+    assert part.outcome is Outcome.INCONCLUSIVE and "the judge looks once 27 have" in part.detail and part.looks == 0
     # 1% errors on both sides: pass; 5% on the wave vs 0.5% on the control: fail, naming the metric
     same = g(stats(new_devices=cohort(10, errors=10.0), control_devices=cohort(10, 100, errors=10.0)), c)
     assert same.outcome is Outcome.PASS and same.looks == 1 and [j["metric"] for j in same.judgement] == ["error_rate", "nan_rate"]

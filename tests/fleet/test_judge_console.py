@@ -50,7 +50,7 @@ def test_silent_rollout_pauses_as_inconclusive_in_status_api_and_openapi(console
     rec.tick()
     status, body = call(console, "GET", f"/api/v1/rollouts/{r['id']}")
     assert body["status"] == "paused" and body["reason"].startswith("wave 1 inconclusive: max_latency_regression"), body["reason"]
-    assert "0 new vs 0 control devices" in body["reason"] and body["waves"][0]["status"] == "halted"
+    assert "0 of the wave's 2 devices reported telemetry" in body["reason"] and body["waves"][0]["status"] == "halted"
     text = cli(console, "status", r["id"])
     assert "paused" in text and "max_latency_regression=inconclusive" in text and "max_latency_regression: inconclusive:" in text
     assert "alpha 0.05 over 5 looks (Bonferroni)" in text
