@@ -46,9 +46,33 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
     with step("converting ONNX -> OpenVINO IR"):
         built = create_pass("convert-openvino", compress_to_fp16=not int8)(prepared, ctx)
     if int8:
-        with step("int8 quantization (NNCF)"):
-            built = create_pass("quantize-openvino", transformer=kind.kind in ("transformer", "linear"))(built, ctx)
+        drop = accuracy_control(options, reference, specs, profile, ctx)
+        with step("int8 quantization (NNCF" + (", accuracy-aware" if drop is not None else "") + ")"):
+            built = create_pass("quantize-openvino", transformer=kind.kind in ("transformer", "linear"), max_accuracy_drop=drop)(built, ctx)
+        ctx.validation = None
     return reference, built, choice, kind, calib
+
+
+ACCURACY_MARGIN = 0.8  # NNCF's target drop as a share of the gate's: its validation feeds are the gate's own, so leave room for rounding
+
+
+def accuracy_control(options, reference: Artifact, specs, profile, ctx: PassContext) -> float | None:
+    """The top-1 drop (points) NNCF's accuracy-aware quantization may spend, with the labelled
+    validation feeds put in ``ctx.validation``; None (plain nncf.quantize) unless the validation
+    data has labels and the model is a classifier (one [N, classes] output)."""
+    from edgeops.converters import pipeline as p
+    from edgeops.converters.runtime import OnnxRunner
+    from edgeops.converters.validate import is_classifier
+
+    if not options.validation:
+        return None
+    data = p.load_dataset(options.validation, specs, "validation", options.image)
+    labels = data.label_batches(specs, limit=p.MAX_VALIDATION_FEEDS)
+    if labels is None or not is_classifier(OnnxRunner(reference.data, threads=1, label="original model").outputs):
+        return None
+    ctx.validation = (data.batches(specs, limit=p.MAX_VALIDATION_FEEDS), labels)
+    limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
+    return round(limits.max_accuracy_drop * ACCURACY_MARGIN, 4)
 
 
 def onnxruntime_int8_candidate(profile, source_onnx: bytes, ctx: PassContext) -> Artifact | None:

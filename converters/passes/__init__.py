@@ -37,6 +37,7 @@ class PassContext:
 
     profile: Any  # HardwareProfile
     calibration: Any = None  # Dataset | None
+    validation: Any = None  # (feeds, labels) for accuracy-aware passes (quantize-openvino), or None
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)  # structured facts for the build report (e.g. opset_conversion)

@@ -132,6 +132,9 @@ class NncfOptions(PassOptions):
     # 95.8% vs 98.6%, failing the 1-point gate) and the full one 99.7% (98.3%).
     fast_bias_correction: bool = Field(default=False, description="NNCF's fast bias correction instead of the full one (faster build, less accurate on small nets)")
     compress_to_fp16: bool = Field(default=True, description="store the float weights left (biases, float layers) as fp16")
+    max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=100.0, description=(
+        "accuracy-aware: nncf.quantize_with_accuracy_control on the labelled validation feeds in ctx.validation, keeping layers "
+        "float until top-1 accuracy drops at most this many points (None: plain nncf.quantize)"))
 
 
 @register_pass
@@ -163,12 +166,30 @@ class QuantizeOpenVino(Pass):
         }
         if self.options.transformer:
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-        quantized = nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
+        if self.options.max_accuracy_drop is not None and ctx.validation is not None:
+            val_feeds, val_labels = ctx.validation
+            quantized = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(feeds), nncf.Dataset(list(zip(val_feeds, val_labels))), validation_fn=top1_accuracy,
+                max_drop=self.options.max_accuracy_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+            how = f"accuracy-aware (quantize_with_accuracy_control, top-1 drop <= {self.options.max_accuracy_drop} pt on {len(val_feeds)} labelled validation feeds)"
+        else:
+            quantized = nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
+            how = "nncf.quantize"
         ir = save_ir(quantized, self.options.compress_to_fp16)
         ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.module.source_onnx)
-        ctx.log.append(f"quantize-openvino: NNCF {nncf.__version__} int8 ({self.options.preset} preset{', transformer' if self.options.transformer else ''}) "
+        ctx.log.append(f"quantize-openvino: NNCF {nncf.__version__} int8 ({self.options.preset} preset{', transformer' if self.options.transformer else ''}, {how}) "
                        f"on {len(feeds)} calibration feeds")
         return ir_artifact(ir)
+
+
+def top1_accuracy(compiled_model, items) -> tuple[float, list[float]]:
+    """NNCF's validation_fn: top-1 accuracy of a compiled classifier over (feed, labels) items,
+    with each item's own accuracy so NNCF can rank the layers it restores to float."""
+    per_item = []
+    for feed, labels in items:
+        logits = np.asarray(compiled_model(feed)[0])
+        per_item.append(float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels).reshape(-1))))
+    return (float(np.mean(per_item)) if per_item else 0.0), per_item
 
 
 class OpenVinoRunner:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from edgeops.bundle import read_bundle
@@ -42,6 +43,9 @@ def test_nncf_int8_build_meets_the_profile_gates(ov_build):
     assert report["status"] == "passed" and report["quantization"]["scheme"] == "static-int8"
     assert report["accuracy_measured"] and m["accuracy_drop_points"] <= budgets.max_accuracy_drop and m["top1_agreement"] >= budgets.min_agreement
     assert any(p.startswith("quantize-openvino: NNCF") for p in report["passes"])
+    # labelled validation data and a classifier: NNCF's accuracy-aware variant, with 80% of the gate's drop
+    nncf_line = next(p for p in report["passes"] if p.startswith("quantize-openvino: NNCF"))
+    assert "accuracy-aware (quantize_with_accuracy_control, top-1 drop <= 0.8 pt" in nncf_line
     assert manifest.runtime == "openvino" and manifest.artifact == "model/model.xml" and manifest.providers == ["CPU"]
     # the precision is a recorded decision, the one the validation ran with
     decided = report["conversions"]["inference_precision"]
@@ -143,3 +147,14 @@ def test_auto_on_a_host_without_the_profiles_cpu_features_uses_the_declared_sche
     assert decision["measured"] is False and decision["chosen"] == "openvino-int8"
     assert "no_such_cpu_feature" in decision["reason"] and "latency was NOT measured" in decision["reason"]
     assert result.manifest.quantization == "static-int8" and "candidates" not in result.host_latency
+
+
+def test_top1_accuracy_for_nncf_counts_per_item():
+    from edgeops.converters.passes.openvino import top1_accuracy
+
+    def compiled(feed):  # a stand-in compiled classifier: logits favour class = the feed's value
+        return [np.eye(3)[feed["x"]]]
+
+    items = [({"x": np.array([0, 1])}, np.array([0, 1])), ({"x": np.array([2, 2])}, np.array([2, 0]))]
+    acc, per_item = top1_accuracy(compiled, items)
+    assert per_item == [1.0, 0.5] and acc == 0.75
