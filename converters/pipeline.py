@@ -324,10 +324,14 @@ def _onnx_path(source: SourceModel, profile, options: BuildOptions, ctx: PassCon
     elif choice.scheme == "dynamic-int8":
         with step("graph fusion (multi-head attention)"):
             built = create_pass("fuse-graph", attention=True)(built, ctx)
+        float_built = built
         with step("dynamic int8 quantization"):
             # Per-tensor: onnxruntime's per-channel dynamic MatMul lost accuracy in our measurements
             # (digits transformer: 91.9% per-channel vs 93.0% per-tensor, fp32 93.9%).
             built = create_pass("quantize-dynamic", weight_type=q.weight_type, per_channel=False)(built, ctx)
+        if options.quantize == "auto":
+            # dynamic int8 quantizes activations at run time: on small sequences that costs more than it saves
+            built, choice = _int8_if_not_slower(built, float_built, profile, options, _timing_feed(options, specs), ctx, step, choice)
     elif choice.scheme == "fp16":
         with step("float16 conversion"):
             built = create_pass("fp16")(built, ctx)
@@ -387,6 +391,12 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
     return built, Choice("none", f"{choice.reason}; but no static int8 attempt passed the parity gates ({tried}), so the float32 model ships")
 
 
+def _timing_feed(options: BuildOptions, specs) -> dict:
+    """One feed to time candidates on: the first validation feed, else a generated one."""
+    data = load_dataset(options.validation, specs, "validation", options.image) if options.validation else generated_dataset(specs, label="timing")
+    return data.batches(specs, limit=1)[0]
+
+
 def _int8_if_not_slower(int8: Artifact, float_built: Artifact, profile, options: BuildOptions, feed, ctx: PassContext, step: StepFn, choice: Choice):
     """The int8 artifact, unless it measured slower than float32 here (:mod:`edgeops.converters.speed_check`)."""
     from edgeops.converters import speed_check
@@ -399,11 +409,11 @@ def _int8_if_not_slower(int8: Artifact, float_built: Artifact, profile, options:
     if verdict.figures:
         ctx.measurements = {"speed_check": verdict.figures, "reason": verdict.reason}
     # the report records the decision, not the figures (they vary run to run; the bundle must not)
-    ctx.report["speed_check"] = {"measured": verdict.measured, "shipped": "static-int8" if verdict.keep_int8 else "none",
+    ctx.report["speed_check"] = {"measured": verdict.measured, "shipped": choice.scheme if verdict.keep_int8 else "none",
                                  "rule": f"float32 ships when int8 measures over {speed_check.SLOWER_MARGIN}x its latency on a host with the profile's CPU features"}
     if verdict.keep_int8:
         return int8, choice
-    return float_built, Choice("none", f"{choice.reason}; int8 passed the gates but measured slower than float32 on this host, so the float32 model ships")
+    return float_built, Choice("none", f"{choice.reason}; but the int8 model measured slower than float32 on this host, so the float32 model ships")
 
 
 def _u8s8(profile) -> bool:
