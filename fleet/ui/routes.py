@@ -223,9 +223,8 @@ def add_ui_routes(app, console, tokens: access.TokenTable, sessions: access.Sess
             await run(action_log.record, db, principal.name, principal.role, "POST", path, 403, "-", "create rollout refused: needs operator")
             return await rollouts_page(request, values, {"_form": f"creating a rollout needs the operator role; {principal.name!r} has {principal.role}"}, 403)
         try:
-            body = form_to_request(form)
-            parse_request(body)  # the CLI's check, same messages
-            created = await run(service.create_rollout, db, parse_request(body), console.repo_dir)
+            settings = parse_request(form_to_request(form))  # the CLI's check, same messages
+            created = await run(service.create_rollout, db, settings, console.repo_dir)
             if form.get("start"):
                 await run(service.ACTIONS["start"], db, created["id"], actor=principal.name)
                 console.wake()
