@@ -63,13 +63,16 @@ class SharedTrust:
 class ScriptedDevice:
     """One device (see module doc). ``received`` keeps every verified command."""
 
-    def __init__(self, device_id: str, port: int, keys, trust: SharedTrust, state_dir: Path, behaviour: dict[str, str] | None = None, active: str = "digits@1.0.0", username: str | None = None, password: str | None = None, protocol: str = "5"):
+    def __init__(self, device_id: str, port: int, keys, trust: SharedTrust, state_dir: Path, behaviour: dict[str, str] | None = None, active: str = "digits@1.0.0", username: str | None = None, password: str | None = None, protocol: str = "5", profile: str = "x86", latency: dict[str, float] | None = None):
         from edgeops.trust.commands import CommandVerifier
 
         self.device_id = device_id
         self.port = port
         self.trust = trust
         self.behaviour = behaviour or {}
+        self.profile = profile
+        self.latency = latency or {}  # version -> the p95 its telemetry reports (default 4.0 ms)
+        self._tel_lock = threading.Lock()  # telemetry() is called from the worker and from tests
         self.active = active
         self.previous: str | None = None
         self.verifier = CommandVerifier(device_id, keys, state_dir / f"{device_id}.cmdseq.json")
@@ -87,7 +90,7 @@ class ScriptedDevice:
     # -- MQTT --------------------------------------------------------------------------------
     def _state(self, online: bool) -> bytes:
         ref = lambda v: VersionRef(name=v.split("@")[0], version=v.split("@")[1]) if v else None  # noqa: E731
-        return DeviceState(device_id=self.device_id, online=online, state="idle", profile="x86", active=ref(self.active), previous=ref(self.previous), last_command_seq=self.verifier.last_seq()).to_json().encode()
+        return DeviceState(device_id=self.device_id, online=online, state="idle", profile=self.profile, active=ref(self.active), previous=ref(self.previous), last_command_seq=self.verifier.last_seq()).to_json().encode()
 
     def start(self) -> "ScriptedDevice":
         import paho.mqtt.client as mqtt
@@ -141,12 +144,14 @@ class ScriptedDevice:
         ev = DeviceEvent(device_id=self.device_id, seq=self.event_seq, kind=kind, command_id=cmd.command_id if cmd else None, target=t, detail=detail, gates=list(gates))
         self._publish(events_topic(self.device_id), ev.to_json().encode())
 
-    def telemetry(self, version: str, nans: int = 0, p95: float = 4.0) -> None:
-        self.tel_seq += 1
-        now = time.time()
-        n, v = version.split("@")
-        b = TelemetryBatch(device_id=self.device_id, seq=self.tel_seq, ts_start=now - 1, ts_end=now, active=VersionRef(name=n, version=v), state="probation", inference_count=50, nan_count=nans, latency_p95_ms=p95, agreement=0.0 if nans else 1.0)
-        self._publish(telemetry_topic(self.device_id), b.to_json().encode())
+    def telemetry(self, version: str, nans: int = 0, p95: float | None = None) -> None:
+        p95 = self.latency.get(version, 4.0) if p95 is None else p95
+        with self._tel_lock:
+            self.tel_seq += 1
+            now = time.time()
+            n, v = version.split("@")
+            b = TelemetryBatch(device_id=self.device_id, seq=self.tel_seq, ts_start=now - 1, ts_end=now, active=VersionRef(name=n, version=v), state="probation", inference_count=50, nan_count=nans, latency_p95_ms=p95, agreement=0.0 if nans else 1.0)
+            self._publish(telemetry_topic(self.device_id), b.to_json().encode())
 
     def report_state(self) -> None:
         self._publish(state_topic(self.device_id), self._state(True), retain=True)
