@@ -11,6 +11,7 @@ database's schema and with its table prefix.
 
 from __future__ import annotations
 
+import json
 import time
 
 import sqlalchemy as sa
@@ -45,6 +46,22 @@ def actions_table(db: Database) -> sa.Table:
             md.create_all(conn, checkfirst=True)
         db._api_actions_table = t
     return t
+
+
+def outcome_text(status: int, body, reason: str | None) -> str:
+    """What the audit shows of an answer: a refusal's error message, else the rollout/command it
+    concerned and its status (from the JSON body), else the HTTP reason."""
+    try:
+        data = json.loads(body) if isinstance(body, (bytes, bytearray)) and body[:1] in (b"{", b"[") else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        if status >= 400 and isinstance(data.get("error"), str):
+            return data["error"]
+        parts = [f"{k} {data[k]}" for k in ("id", "bundle", "status", "command_id") if isinstance(data.get(k), str)]
+        if parts:
+            return ", ".join(parts)
+    return reason or ""
 
 
 def record(db: Database, actor: str, role: str, method: str, path: str, status: int, request_id: str, detail: str = "") -> None:

@@ -360,7 +360,7 @@ def make_app(console):
         if principal is not None and request.path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS"):
             # who did what when (the Audit page); a refusal is recorded too
             try:
-                await run(action_log.record, db, principal.name, principal.role, request.method, request.path, response.status, request[_REQUEST_ID_KEY], response.reason or "")
+                await run(action_log.record, db, principal.name, principal.role, request.method, request.path, response.status, request[_REQUEST_ID_KEY], action_log.outcome_text(response.status, getattr(response, "body", None), response.reason))
             except Exception:  # noqa: BLE001 (the answer is decided: a failed audit write is logged, not turned into an error)
                 log.exception("request %s: audit record failed", request[_REQUEST_ID_KEY])
         response.headers[REQUEST_ID_HEADER] = request[_REQUEST_ID_KEY]

@@ -66,6 +66,8 @@ def test_operator_acts_and_the_audit_names_who(console):
     api = [x for x in entries if x["source"] == "api"]
     assert [x["what"] for x in api[:3]] == [f"POST /api/v1/rollouts/{r['id']}/abort -> 403", f"POST /api/v1/rollouts/{r['id']}/start -> 200", "POST /api/v1/rollouts -> 201"]
     assert api[0]["who"] == "vera (viewer)" and api[1]["who"] == "otto (operator)"
+    assert "needs the operator role" in api[0]["detail"]  # a refusal says why
+    assert api[1]["detail"] == f"id {r['id']}, bundle digits@2.0.0, status running"  # an action says what it did
     assert any(x["source"] == "rollout" and x["what"].endswith("status:running") for x in entries)  # the rollout's own decisions too
 
 
