@@ -153,6 +153,10 @@ class FleetCollector:
             gv = Gauge("edgeops_rollout_gate_value", "Last measured value of a gate", labels=["rollout", "wave", "gate"])
             gt = Gauge("edgeops_rollout_gate_threshold", "Threshold of a gate", labels=["rollout", "wave", "gate"])
             gp = Gauge("edgeops_rollout_gate_passing", "1 pass, 0 fail, -1 waiting", labels=["rollout", "wave", "gate"])
+            # the judge (fleet/rollouts/judge.py; docs/fleet.md "How the judge decides")
+            gi = Gauge("edgeops_rollout_gate_inconclusive", "1 while a gate has too little data to decide", labels=["rollout", "wave", "gate"])
+            gpv = Gauge("edgeops_rollout_gate_p_value", "Smallest p-value of a judged gate's last look", labels=["rollout", "wave", "gate"])
+            gl = Gauge("edgeops_rollout_gate_looks", "Looks a judged gate has taken in the wave", labels=["rollout", "wave", "gate"])
             if ids:
                 a = t.assignments
                 for rid, st, n in conn.execute(sa.select(a.c.rollout_id, a.c.status, sa.func.count()).where(a.c.rollout_id.in_(ids)).group_by(a.c.rollout_id, a.c.status)):
@@ -166,10 +170,19 @@ class FleetCollector:
                         if g.get("threshold") is not None:
                             gt.add_metric(labels, g["threshold"])
                         gp.add_metric(labels, {"pass": 1, "fail": 0}.get(g["outcome"], -1))
+                        gi.add_metric(labels, 1 if g["outcome"] == "inconclusive" else 0)
+                        ps = [j["p_value"] for j in g.get("judgement") or [] if isinstance(j, dict) and isinstance(j.get("p_value"), (int, float))]
+                        if ps:
+                            gpv.add_metric(labels, min(ps))
+                        if g.get("judgement") is not None:
+                            gl.add_metric(labels, g.get("looks", 0))
             yield devs
             yield gv
             yield gt
             yield gp
+            yield gi
+            yield gpv
+            yield gl
 
             tel = t.telemetry
             labels = ["bundle", "version"]

@@ -419,6 +419,13 @@ def test_telemetry_gates_judge_the_wave_against_the_control(h):
     assert gates["max_error_rate"]["outcome"] == "pass" and gates["min_agreement"]["outcome"] == "pass"
     judged = gates["max_latency_regression"]["judgement"][0]
     assert judged["p_value"] < judged["alpha"] == pytest.approx(0.01) and (judged["n_new"], judged["n_control"]) == (10, 10)
+    from edgeops.fleet import metrics
+
+    body = metrics.render(h.db, repo_dir=h.repo)[0].decode()
+    labels = f'{{gate="max_latency_regression",rollout="{r["id"]}",wave="0"}}'
+    assert f"edgeops_rollout_gate_looks{labels} 1.0" in body and f"edgeops_rollout_gate_inconclusive{labels} 0.0" in body
+    p_line = next(line for line in body.splitlines() if line.startswith(f"edgeops_rollout_gate_p_value{labels} "))
+    assert float(p_line.split()[-1]) == pytest.approx(judged["p_value"])
 
 
 def test_wave_stats_read_telemetry_only_for_the_gates_that_use_it(h):
