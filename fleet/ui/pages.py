@@ -45,30 +45,38 @@ def _gate_text(g: dict) -> str:
 
 
 # --- fleet ----------------------------------------------------------------------------------------
-def fleet_body(summary: dict, devices: dict, q: str, online: str) -> str:
-    """Fleet page: counts by state/version/profile/tag, search form, the paged device table."""
+FILTERS = ("q", "online", "version", "profile", "tag")  # the fleet page's query parameters (ui/queries.device_page)
 
-    def counts(title: str, pairs) -> str:
-        items = "".join(f"<li><span>{e(k)}</span><b>{n}</b></li>" for k, n in pairs) or "<li>none</li>"
+
+def fleet_body(summary: dict, devices: dict, f: dict[str, str]) -> str:
+    """Fleet page: counts by state/version/profile/tag (each a filter link), search form, the paged device table."""
+
+    def counts(title: str, key: str, pairs) -> str:
+        items = "".join(f'<li><a href="/ui/fleet{qs(**{key: k})}" data-filter="{e(key)}">{e(k)}</a><b>{n}</b></li>' for k, n in pairs) or "<li>none</li>"
         return f'<section class="card"><h2>{e(title)}</h2><ul class="counts">{items}</ul></section>'
 
     cards = (
         '<div class="cards" id="fleet-summary">'
-        + counts("Devices", [("online", summary["online"]), ("offline", summary["offline"])])
-        + counts("By version", summary["by_version"][:20])
-        + counts("By profile", summary["by_profile"][:20])
-        + counts("By tag", summary["by_tag"][:20])
+        + counts("Devices", "online", [("true", summary["online"]), ("false", summary["offline"])]).replace(">true</a>", ">online</a>").replace(">false</a>", ">offline</a>")
+        + counts("By version", "version", summary["by_version"][:20])
+        + counts("By profile", "profile", summary["by_profile"][:20])
+        + counts("By tag", "tag", summary["by_tag"][:20])
         + "</div>"
     )
-    opts = "".join(f'<option value="{v}"{" selected" if online == v else ""}>{label}</option>' for v, label in (("", "all"), ("true", "online"), ("false", "offline")))
+    active = [(k, f[k]) for k in ("version", "profile", "tag") if f.get(k)]
+    chips = ""
+    if active:
+        chips = '<p class="filters" id="filters">Only ' + ", ".join(f"{e(k)} <b>{e(v)}</b>" for k, v in active) + f' · <a href="/ui/fleet{qs(q=f.get("q"), online=f.get("online"))}">all devices</a></p>'
+    opts = "".join(f'<option value="{v}"{" selected" if f.get("online") == v else ""}>{label}</option>' for v, label in (("", "all"), ("true", "online"), ("false", "offline")))
+    hidden = "".join(f'<input type="hidden" name="{k}" value="{e(v)}">' for k, v in active)  # a search keeps the filters
     search = (
         '<form id="device-search" class="search" method="get" action="/ui/fleet" hx-get="/ui/fleet/table" hx-target="#device-table" hx-trigger="input changed delay:300ms from:#q, change, submit" hx-push-url="false">'
-        f'<input id="q" name="q" type="search" placeholder="search id, tag, profile, version, state" value="{e(q)}"><select name="online">{opts}</select><button type="submit">Search</button></form>'
+        f'{hidden}<input id="q" name="q" type="search" placeholder="search id, tag, profile, version, state" value="{e(f.get("q"))}"><select name="online">{opts}</select><button type="submit">Search</button></form>'
     )
-    return cards + search + f'<div id="device-table">{device_table(devices, q, online)}</div>'
+    return cards + chips + search + f'<div id="device-table">{device_table(devices, f)}</div>'
 
 
-def device_table(devices: dict, q: str, online: str) -> str:
+def device_table(devices: dict, f: dict[str, str]) -> str:
     """The device table fragment with its pager; it polls its own query (a search or page swaps in a fragment polling the new one)."""
     now = time.time()
     rows = [
@@ -84,13 +92,17 @@ def device_table(devices: dict, q: str, online: str) -> str:
         for d in devices["rows"]
     ]
     p, pages = devices["page"], devices["pages"]
+
+    def at(page: int) -> str:
+        return qs(**{k: f.get(k) for k in FILTERS}, page=page)
+
     pager = f'<div class="pager" id="pager">{devices["total"]} devices · page {p} of {pages} '
     if p > 1:
-        pager += f'<a hx-get="/ui/fleet/table{qs(q=q, online=online, page=p - 1)}" hx-target="#device-table" href="/ui/fleet{qs(q=q, online=online, page=p - 1)}">previous</a> '
+        pager += f'<a hx-get="/ui/fleet/table{at(p - 1)}" hx-target="#device-table" href="/ui/fleet{at(p - 1)}">previous</a> '
     if p < pages:
-        pager += f'<a hx-get="/ui/fleet/table{qs(q=q, online=online, page=p + 1)}" hx-target="#device-table" href="/ui/fleet{qs(q=q, online=online, page=p + 1)}" id="next-page">next</a>'
+        pager += f'<a hx-get="/ui/fleet/table{at(p + 1)}" hx-target="#device-table" href="/ui/fleet{at(p + 1)}" id="next-page">next</a>'
     pager += "</div>"
-    live = f'<div id="device-table-live" hx-get="/ui/fleet/table{qs(q=q, online=online, page=p)}" hx-trigger="{POLL}" hx-swap="outerHTML">'
+    live = f'<div id="device-table-live" hx-get="/ui/fleet/table{at(p)}" hx-trigger="{POLL}" hx-swap="outerHTML">'
     return live + table(["Device", "", "State", "Active", "Profile", "Tags", "Last seen"], rows, "devices", "no devices match") + pager + "</div>"
 
 

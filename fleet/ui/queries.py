@@ -18,21 +18,51 @@ PAGE_SIZE = 50
 
 def _search_filter(t: sa.Table, q: str):
     """Devices whose id, profile, active NAME@VERSION, state or tags contain ``q`` (case-insensitive)."""
-    escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    like = f"%{escaped}%"
+    like = f"%{_like_escape(q.lower())}%"
     version = sa.func.coalesce(t.c.active_name, "") + "@" + sa.func.coalesce(t.c.active_version, "")
     cols = (t.c.id, sa.func.coalesce(t.c.profile, ""), version, t.c.state, t.c.tags)
     return sa.or_(*(sa.func.lower(c).like(like, escape="\\") for c in cols))
 
 
-def device_page(db: Database, q: str = "", online: bool | None = None, page: int = 1, page_size: int = PAGE_SIZE) -> dict:
-    """One screen of the device table: ``{rows, total, page, pages}`` (rows as the API's device dicts)."""
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def device_page(
+    db: Database,
+    q: str = "",
+    online: bool | None = None,
+    page: int = 1,
+    page_size: int = PAGE_SIZE,
+    version: str | None = None,
+    profile: str | None = None,
+    tag: str | None = None,
+) -> dict:
+    """One screen of the device table: ``{rows, total, page, pages}`` (rows as the API's device dicts).
+
+    ``q`` searches id, profile, active version, state and tags; ``version`` (NAME@VERSION),
+    ``profile`` and ``tag`` (KEY=VALUE) match exactly, ``none`` meaning no version / no profile,
+    as the summary counts them.
+    """
     t = db.t.devices
     where = []
     if q:
         where.append(_search_filter(t, q))
     if online is not None:
         where.append(t.c.online == online)
+    if version == "none":
+        where.append(t.c.active_name.is_(None))
+    elif version:
+        name, _, ver = version.partition("@")
+        where += [t.c.active_name == name, t.c.active_version == ver]
+    if profile == "none":
+        where.append(t.c.profile.is_(None))
+    elif profile:
+        where.append(t.c.profile == profile)
+    if tag:
+        key, _, value = tag.partition("=")
+        # tags are stored as compact sorted JSON (db.dumps), so one pair reads exactly "key":"value"
+        where.append(t.c.tags.like(f"%{_like_escape(json.dumps(key) + ':' + json.dumps(value))}%", escape="\\"))
     with db.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar() or 0
         pages = max(1, -(-total // page_size))

@@ -140,28 +140,31 @@ def add_ui_routes(app, console, tokens: access.TokenTable, sessions: access.Sess
         raise web.HTTPFound("/ui/fleet")
 
     # --- fleet --------------------------------------------------------------------------------
-    def _fleet_args(request):
-        q = request.query.get("q", "")[:200]
-        online = request.query.get("online", "")
-        online = online if online in ("true", "false") else ""
+    def _fleet_args(request) -> tuple[dict[str, str], int]:
+        """The fleet page's filters (unprintable or overlong values are dropped) and page number."""
+        f = {k: request.query.get(k, "")[:200] for k in pages.FILTERS}
+        f = {k: (v if valid_text(v) else "") for k, v in f.items()}
+        f["online"] = f["online"] if f["online"] in ("true", "false") else ""
         try:
             pg = max(1, min(int(request.query.get("page", "1")), 10**6))
         except ValueError:
             pg = 1
-        return (q if valid_text(q) else ""), online, pg
+        return f, pg
+
+    def _devices(f: dict[str, str], pg: int) -> dict:
+        return queries.device_page(db, f["q"], {"true": True, "false": False}.get(f["online"]), pg, version=f["version"] or None, profile=f["profile"] or None, tag=f["tag"] or None)
 
     async def fleet_page(request):
         signed_in(request)
-        q, online, pg = _fleet_args(request)
+        f, pg = _fleet_args(request)
         summary = await run(queries.fleet_summary, db)
-        devices = await run(queries.device_page, db, q, {"true": True, "false": False}.get(online), pg)
-        return whole(request, "Fleet", pages.fleet_body(summary, devices, q, online), "fleet")
+        devices = await run(_devices, f, pg)
+        return whole(request, "Fleet", pages.fleet_body(summary, devices, f), "fleet")
 
     async def fleet_table(request):
         signed_in(request)
-        q, online, pg = _fleet_args(request)
-        devices = await run(queries.device_page, db, q, {"true": True, "false": False}.get(online), pg)
-        return fragment(request, pages.device_table(devices, q, online))
+        f, pg = _fleet_args(request)
+        return fragment(request, pages.device_table(await run(_devices, f, pg), f))
 
     # --- device -------------------------------------------------------------------------------
     def _device_id(request) -> str:

@@ -147,6 +147,11 @@ def test_nan_rollout_watched_and_aborted_in_the_browser(browser, fleet_env):
     d.execute_script("window.__polls = 0; document.body.addEventListener('htmx:afterRequest', () => { window.__polls += 1; });")
     wait.until(lambda drv: drv.execute_script("return window.__polls;") >= 2)
     assert [r.text.split()[0] for r in d.find_elements(By.CSS_SELECTOR, "#device-table tbody tr")] == ["dev07"]
+    # the summary's counts are filters: by tag, here
+    d.get(base + "/ui/fleet")
+    d.find_element(By.CSS_SELECTOR, '#fleet-summary a[data-filter="tag"]').click()
+    wait.until(EC.presence_of_element_located((By.ID, "filters")))
+    assert "tag site=berlin" in d.find_element(By.ID, "filters").text and len(d.find_elements(By.CSS_SELECTOR, "#device-table tbody tr")) == N
     shot(d, "fleet")
     errors["fleet"] = console_errors(d)
 

@@ -31,6 +31,16 @@ def test_search_and_paging(db):
     assert queries.device_page(db, q="m_0")["total"] == 0  # _ is not "any character" (as a wildcard it would match cam-0..)
 
 
+def test_filters_match_the_summary_counts(db):
+    _fleet(db)
+    s = queries.fleet_summary(db)
+    for key, pairs in (("version", s["by_version"]), ("profile", s["by_profile"]), ("tag", s["by_tag"])):
+        for value, n in pairs:
+            assert queries.device_page(db, **{key: value})["total"] == n, (key, value)
+    assert queries.device_page(db, tag="site=s")["total"] == 0  # whole values, not prefixes
+    assert queries.device_page(db, tag="site=s1", profile="x86", q="cam-0")["total"] == 16  # i % 6 == 4, i < 100
+
+
 def test_summary(db):
     _fleet(db)
     s = queries.fleet_summary(db)
