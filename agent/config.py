@@ -33,11 +33,14 @@ class BrokerConfig(Schema):
     "3.1.1"; ``username`` defaults to the device id when a
     password is set; ``password_file`` (preferred over ``password``) holds the broker password;
     ``ca_file`` is the CA bundle that signed the broker certificate, ``client_cert`` /
-    ``client_key`` an X.509 client certificate and its key (mqtts). The first reconnect waits
+    ``client_key`` an X.509 client certificate and its key (mqtts). ``failover_urls``: the other
+    nodes of a clustered broker (NATS, RabbitMQ, VerneMQ), same scheme; after a failed or lost
+    connection the next connect goes to the next URL in turn. The first reconnect waits
     ``reconnect_min_s``; each failure doubles it up to ``reconnect_max_s``, with jitter.
     """
 
     url: str
+    failover_urls: list[str] = field(default_factory=list)
     mqtt_version: Literal["auto", "5", "3.1.1"] = "auto"
     username: str | None = None
     password: str | None = None
@@ -53,6 +56,10 @@ class BrokerConfig(Schema):
         u = urlparse(self.url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise FieldError("url", f"{self.url!r} must look like mqtt://host:port or mqtts://host:port")
+        for other in self.failover_urls:
+            o = urlparse(other)
+            if o.scheme != u.scheme or not o.hostname:
+                raise FieldError("failover_urls", f"{other!r} must look like {u.scheme}://host:port (the scheme of url: one TLS setting for every node)")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         if (self.client_cert is None) != (self.client_key is None):
@@ -74,6 +81,11 @@ class BrokerConfig(Schema):
     def port(self) -> int:
         """Broker port (1883 / 8883 by default)."""
         return urlparse(self.url).port or (8883 if self.tls else 1883)
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of ``url`` and then of each failover URL."""
+        default = 8883 if self.tls else 1883
+        return [(u.hostname or "", u.port or default) for u in map(urlparse, [self.url, *self.failover_urls])]
 
     def read_password(self) -> str | None:
         """The password from ``password`` or ``password_file`` (stripped), or None."""

@@ -6,6 +6,9 @@
   "3.1.1" pin it. A persistent session (MQTT 5 session expiry / 3.1.1 ``clean_session=False``)
   so commands sent while the device was offline are delivered when it is back.
 - TLS with a CA and optional client certificate (``mqtts://``), or username/password.
+- ``broker.failover_urls`` (the other nodes of a clustered broker): after a failed or lost
+  connection the next attempt goes to the next node in turn; the persistent session lives in the
+  cluster, so the device resumes it on whichever node answers.
 - Reconnect with capped exponential backoff and jitter, driven by this module's own network
   thread (paho's built-in reconnect has no jitter; a fleet reconnecting after a broker restart
   must not arrive in lockstep).
@@ -166,6 +169,8 @@ class MqttSession:
         self._thread: threading.Thread | None = None
         self.protocol = ProtocolChoice(broker.mqtt_version)
         self._connack: int | None = None  # reason code of this connection's CONNACK, None until one came
+        self._endpoints = broker.endpoints()
+        self._endpoint = 0  # index into _endpoints of the node to connect to next
         self._client = self._make_client()
         self.connects = 0
 
@@ -197,7 +202,7 @@ class MqttSession:
         self.connects += 1
         client.subscribe([(cmd_topic(self.device_id), 1), (fetch_response_topic(self.device_id), 1)])
         self._connected.set()
-        log.info("%s: connected to %s", self.device_id, self.broker.url)
+        log.info("%s: connected to %s:%d", self.device_id, *self.endpoint)
         if self.on_connect:
             self._guard(self.on_connect)
 
@@ -240,9 +245,19 @@ class MqttSession:
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = SESSION_EXPIRY_S
-            self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s, clean_start=False, properties=props)
+            self._client.connect(*self.endpoint, self.broker.keepalive_s, clean_start=False, properties=props)
         else:
-            self._client.connect(self.broker.host, self.broker.port, self.broker.keepalive_s)
+            self._client.connect(*self.endpoint, self.broker.keepalive_s)
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) of the broker node the next connect goes to."""
+        return self._endpoints[self._endpoint % len(self._endpoints)]
+
+    def _next_endpoint(self) -> None:
+        if len(self._endpoints) > 1:
+            self._endpoint += 1
+            log.info("%s: next connect to %s:%d (failover)", self.device_id, *self.endpoint)
 
     def _run(self) -> None:
         import paho.mqtt.client as mqtt
@@ -254,7 +269,8 @@ class MqttSession:
                 set_tcp_nodelay(self._client.socket())
             except (OSError, ssl.SSLError, ValueError) as e:
                 delay = backoff_delay(attempt, self.broker.reconnect_min_s, self.broker.reconnect_max_s, self._rng)
-                log.debug("%s: connect to %s failed (%s); retry in %.2fs", self.device_id, self.broker.url, e, delay)
+                log.debug("%s: connect to %s:%d failed (%s); retry in %.2fs", self.device_id, *self.endpoint, e, delay)
+                self._next_endpoint()
                 attempt += 1
                 self._stop.wait(delay)
                 continue
@@ -270,6 +286,7 @@ class MqttSession:
             self._subscribed.clear()
             if self._stop.is_set():
                 break
+            self._next_endpoint()  # a node that dropped us may be going down: try the next one first
             if self.protocol.outcome(self._connack):
                 self._client = self._make_client()  # paho fixes the version when the client is made
                 attempt = 0

@@ -76,6 +76,7 @@ class BrokerConfig(_Section):
     """How the console reaches the MQTT broker."""
 
     url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
+    failover_urls: list[str] = Field(default_factory=list, description="the other nodes of a clustered broker (same scheme); after a lost connection the console reconnects to the next one in turn")
     username: str | None = None
     password: str | None = None
     password_env: str | None = Field(default=None, description="environment variable holding the password")
@@ -119,6 +120,20 @@ class BrokerConfig(_Section):
     def tls(self) -> bool:
         """True for mqtts:// URLs."""
         return urlparse(self.url).scheme in ("mqtts", "ssl")
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of ``url`` and then of each failover URL (the same scheme, checked at load)."""
+        default = 8883 if self.tls else 1883
+        return [(u.hostname or "127.0.0.1", u.port or default) for u in map(urlparse, [self.url, *self.failover_urls])]
+
+    @field_validator("failover_urls")
+    @classmethod
+    def _check_failover(cls, v: list[str]) -> list[str]:
+        for url in v:
+            u = urlparse(url)
+            if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+                raise ValueError(f"{url!r}: expected mqtt://host:port or mqtts://host:port")
+        return v
 
     def resolved_password(self) -> str | None:
         """The password, from the file or from ``password_env``."""

@@ -78,7 +78,7 @@ def _make_client(cfg: BrokerConfig, protocol: str, client_id: str):
     return client
 
 
-def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
+def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0, endpoint: tuple[str, int] | None = None) -> str:
     """'5' when the broker accepts an MQTT 5 connection from these credentials, else '3.1.1'.
 
     The probe resumes the console's own session (same client id, clean_start off, same expiry)
@@ -111,7 +111,7 @@ def probe_protocol(cfg: BrokerConfig, timeout: float = 5.0) -> str:
     try:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
-        client.connect(cfg.host, cfg.port, keepalive=10, clean_start=False, properties=props)
+        client.connect(*(endpoint or (cfg.host, cfg.port)), keepalive=10, clean_start=False, properties=props)
     except OSError as e:
         raise FleetError(f"broker {cfg.url}: cannot connect ({e})") from e
     client.loop_start()
@@ -152,6 +152,8 @@ class ConsoleMqtt:
         self.client = None
         self.connected = threading.Event()
         self.connects = 0
+        self._endpoints = cfg.endpoints()
+        self._endpoint = 0
         # None: not known yet (or no shared_group); False: the broker lacks $share, subscribed plainly
         self.shared_supported: bool | None = None
         self.probe = SubscriptionProbe(cfg.client_id or "edgeops-console", timeout_s=probe_timeout_s, interval_s=probe_interval_s)
@@ -193,10 +195,12 @@ class ConsoleMqtt:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        self.protocol = self.cfg.protocol if self.cfg.protocol != "auto" else probe_protocol(self.cfg)
+        self._endpoint = self._first_reachable()
+        self.protocol = self.cfg.protocol if self.cfg.protocol != "auto" else probe_protocol(self.cfg, endpoint=self.endpoint)
         self.client = _make_client(self.cfg, self.protocol, self.cfg.client_id)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
         # QoS 1 device messages are acknowledged only once ingest stored them (see Ingestor.submit)
         self.client.manual_ack_set(True)
@@ -206,7 +210,7 @@ class ConsoleMqtt:
             props.SessionExpiryInterval = self.cfg.session_expiry_s
             kwargs.update(clean_start=False, properties=props)
         try:
-            self.client.connect(self.cfg.host, self.cfg.port, **kwargs)
+            self.client.connect(*self.endpoint, **kwargs)
         except OSError as e:
             raise FleetError(f"broker {self.cfg.url}: cannot connect ({e})") from e
         self.client.loop_start()
@@ -221,6 +225,23 @@ class ConsoleMqtt:
         self._probe_thread = threading.Thread(target=self._probe_loop, name="edgeops-mqtt-probe", daemon=True)
         self._probe_thread.start()
         return self
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) of the broker node this console connects (or reconnects) to."""
+        return self._endpoints[self._endpoint % len(self._endpoints)]
+
+    def _first_reachable(self) -> int:
+        """The first node (url, then failover_urls) that accepts a TCP connection; else the first."""
+        import socket
+
+        for i, (host, port) in enumerate(self._endpoints):
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+                return i
+            except OSError:
+                log.warning("broker node %s:%d does not answer; trying the next one", host, port)
+        return 0
 
     def _check_shared(self) -> None:
         """Publish a probe through the shared filter; when it does not come back, subscribe plainly."""
@@ -292,7 +313,20 @@ class ConsoleMqtt:
         self.connected.clear()
         self.probe.reset()
         if rc.is_failure:
-            log.warning("disconnected from %s: %s (reconnecting)", self.cfg.url, rc)
+            log.warning("disconnected from %s:%d: %s (reconnecting)", *self.endpoint, rc)
+        self._failover(client)
+
+    def _on_connect_fail(self, client, userdata):
+        self._failover(client)  # a reconnect to a node that is down: the next one
+
+    def _failover(self, client) -> None:
+        if len(self._endpoints) > 1 and not self._probe_stop.is_set():
+            # failover_urls: paho's reconnect goes to the next node (the session lives in the cluster)
+            self._endpoint += 1
+            # paho's host/port setters refuse while its reconnect loop runs (state "connection lost",
+            # not "disconnected"); reconnect() reads these two attributes, so set them (paho 2.x)
+            client._host, client._port = self.endpoint
+            log.warning("reconnecting to broker node %s:%d", *self.endpoint)
 
     def _on_message(self, client, userdata, msg):
         mid, qos = msg.mid, msg.qos

@@ -44,6 +44,8 @@ def test_api_token_file_resolves_and_allows_an_open_socket_mode(tmp_path):
         ({"broker": {"url": "http://broker:1883"}}, "broker.url"),
         ({"broker": {"url": "mqtt://b:1883", "client_cert": "c.pem"}}, "broker"),
         ({"broker": {"url": "mqtt://b:1883", "mqtt_version": "4"}}, "broker.mqtt_version"),
+        ({"broker": {"url": "mqtt://b:1883", "failover_urls": ["mqtts://c:8883"]}}, "broker.failover_urls"),
+        ({"device_id": "cam.7"}, "device_id"),
         ({"api": {"listen": "0.0.0.0:8765"}}, "api.listen"),
         ({"api": {"listen": "nonsense"}}, "api.listen"),
         ({"api": {"listen": "unix:/run/a.sock", "socket_mode": 0o666}}, "api.socket_mode"),

@@ -59,6 +59,10 @@ class NatsBroker:
         if self.cluster_port:
             routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
             text += f'cluster {{ name: "{self.cluster_name}", listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n'
+            # MQTT's session, message and retained streams on every node: the first MQTT client may
+            # come while the cluster has formed only partly, and NATS then sizes them to what it sees
+            # (R2 here), which loses quorum when one node dies and never recovers
+            text = text.replace(f"port: {self.port} }}", f"port: {self.port}, stream_replicas: {len(self.routes) + 1} }}")
         return text
 
     def start(self, wait: bool = True) -> "NatsBroker":

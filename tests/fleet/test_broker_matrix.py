@@ -63,7 +63,7 @@ def cli(group, *args):
     return json.loads(res.output) if "--json" in args else res.output
 
 
-def write_fleet(tmp: Path, broker, fleet_repo, console_user: str) -> Path:
+def write_fleet(tmp: Path, broker, fleet_repo, console_user: str, failover: list[str] | None = None) -> Path:
     """fleet.toml for one replica: shared_group set (as for several replicas), SQLite, fast loops.
 
     The group is the test's own: on mosquitto the persistent session of a stopped replica stays
@@ -72,7 +72,7 @@ def write_fleet(tmp: Path, broker, fleet_repo, console_user: str) -> Path:
     if broker.kind == "rabbitmq":
         broker.add_user(console_user, password)
     data = {
-        "broker": {"url": broker.url, "username": console_user, "password": password, "shared_group": f"edgeops-{tmp.name[-12:]}"},
+        "broker": {"url": broker.url, "failover_urls": failover or [], "username": console_user, "password": password, "shared_group": f"edgeops-{tmp.name[-12:]}"},
         "database": {"url": f"sqlite:///{tmp / 'fleet.db'}"},
         "repository": {"dir": str(fleet_repo["repo"]), "keys_dir": str(fleet_repo["keys"])},
         "api": {"bind": "127.0.0.1:0", "tokens": [TOKEN]},
@@ -85,7 +85,7 @@ def write_fleet(tmp: Path, broker, fleet_repo, console_user: str) -> Path:
     return path
 
 
-def enrol_and_start_agent(broker, fleet_toml: Path, device_id: str, tmp: Path) -> subprocess.Popen:
+def enrol_and_start_agent(broker, fleet_toml: Path, device_id: str, tmp: Path, failover: list[str] | None = None) -> subprocess.Popen:
     """`edgeops fleet enroll` (the real CLI), then `edgeops agent run` on the agent.toml it wrote."""
     out = cli(fleet, "enroll", device_id, "--tags", "matrix=1", "--profile", PROFILE, "--config", str(fleet_toml), "--json")
     agent_toml = Path(out["agent_toml"])
@@ -96,7 +96,7 @@ def enrol_and_start_agent(broker, fleet_toml: Path, device_id: str, tmp: Path) -
         broker.add_user(device_id, password)
     # what a test changes: where state lives, and short probation/telemetry/reconnect periods
     cfg["data_dir"] = str(tmp / f"data-{device_id}")
-    cfg["broker"].update(reconnect_min_s=0.2, reconnect_max_s=2.0)
+    cfg["broker"].update(url=broker.url, failover_urls=failover or [], reconnect_min_s=0.2, reconnect_max_s=2.0)
     cfg["api"] = {"listen": ""}
     cfg["telemetry"] = {"interval_s": 0.5}
     cfg["self_test"] = {"latency_runs": 10}
