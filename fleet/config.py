@@ -128,11 +128,12 @@ class BrokerConfig(_Section):
 
     @field_validator("failover_urls")
     @classmethod
-    def _check_failover(cls, v: list[str]) -> list[str]:
+    def _check_failover(cls, v: list[str], info) -> list[str]:
+        main = urlparse(info.data.get("url") or "mqtt://x").scheme
         for url in v:
             u = urlparse(url)
-            if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-                raise ValueError(f"{url!r}: expected mqtt://host:port or mqtts://host:port")
+            if u.scheme != main or not u.hostname:
+                raise ValueError(f"{url!r}: expected {main}://host:port (the scheme of broker.url: one TLS setting for every node)")
         return v
 
     def resolved_password(self) -> str | None:
