@@ -10,6 +10,7 @@ Example (``edgeops fleet init`` writes one)::
     # client_id                        # default: the username (the broker binds client ids to users)
     # allow_anonymous_broker = false   # true: accept a broker without authentication off this host
     # shared_group = "edgeops"         # MQTT shared subscriptions when running several replicas
+    # failover_urls = ["mqtt://node2:1883", "mqtt://node3:1883"]   # the other nodes of a clustered broker
     # ca_file / cert_file / key_file   # TLS
 
     [database]

@@ -22,6 +22,10 @@ Brokers that deliver no retained message to a wildcard subscription (RabbitMQ): 
 ``known_devices`` (the registry's ids), :meth:`ConsoleMqtt.start` measures it with a retained
 probe (``retained_wildcard``) and, where it is missing, every connect catches up on the devices'
 retained state through their exact topics (``edgeops.fleet.retained_state``).
+
+Clustered brokers: ``failover_urls`` name the other nodes. The console starts on the first node
+that answers, and after a lost connection (or a failed reconnect) paho's reconnect goes to the
+next one; the persistent session lives in the cluster, so it resumes there.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def _summary_line(st: dict, elapsed: float) -> str:
 @click.option("--telemetry-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="seconds per telemetry batch")
 @click.option("--runtime", type=click.Choice(["auto", "onnx", "openvino", "golden"]), default="auto", show_default=True, help="onnx / openvino: the real model on a shared onnxruntime session / compiled OpenVINO model; golden: numpy golden-vector lookup; auto: the bundle's own runtime where installed, else golden")
 @click.option("--repository", default="mqtt", show_default=True, help="'mqtt' (fetch through the broker) or the console's HTTP repository URL")
-@click.option("--mqtt-version", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
+@click.option("--mqtt-version", type=click.Choice(["auto", "5", "3.1.1"]), default="5", show_default=True, help="auto: 5, falling back to 3.1.1 per device when the broker refuses 5 (NATS, RabbitMQ)")
 @click.option("--username", default=None, help="broker username (default: the device id when a password is given)")
 @click.option("--password", envvar="EDGEOPS_SIM_PASSWORD", default=None, help="broker password for every device [env EDGEOPS_SIM_PASSWORD]")
 @click.option("--cohort", "cohorts", multiple=True, help="cohorts every device obeys")

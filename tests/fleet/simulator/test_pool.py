@@ -174,3 +174,22 @@ def test_loop_misc_visits_every_session_once_per_period(keepalive, slices):
         pool._sel.close()
         pool._wake_r.close()
         pool._wake_w.close()
+
+
+def test_auto_falls_back_to_311_per_session_on_a_broker_without_mqtt5():
+    """NATS answers MQTT 5 with "Unsupported protocol version": each pooled session goes on with 3.1.1."""
+    from tests.fleet.brokers import NatsBroker
+
+    if NatsBroker.missing():
+        pytest.skip(NatsBroker.missing())
+    nats = NatsBroker().start()
+    pool = SessionPool(BrokerConfig(url=nats.url, mqtt_version="auto", reconnect_min_s=0.1, reconnect_max_s=0.5)).start()
+    try:
+        sessions = [pool.session(f"auto-{i}", b"offline") for i in range(3)]
+        for s in sessions:
+            s.start()
+        wait(lambda: pool.connected_count == 3, 30, "sessions connected")
+        assert all(s.protocol.version == "3.1.1" for s in sessions)
+    finally:
+        pool.stop()
+        nats.stop()
