@@ -243,7 +243,13 @@ def bundles_body(bundles: list[dict]) -> str:
         return '<p class="empty">no bundles published (edgeops publish)</p>'
     out = []
     for b in bundles:
-        parts = [f'<section class="card bundle" id="bundle-{e(b["ref"])}"><h2>{e(b["ref"])}</h2><dl class="facts"><dt>Target</dt><dd>{e(b["target"])}</dd><dt>Size</dt><dd>{b["length"]} bytes</dd><dt>sha256</dt><dd><code>{e(b["sha256"])}</code></dd></dl>']
+        m, r = b.get("manifest") or {}, b.get("build_report") or {}
+        facts = [("Target", e(b["target"])), ("Size", f"{b['length']} bytes"), ("sha256", f"<code>{e(b['sha256'])}</code>")]
+        facts += [(label, e(v)) for label, v in (("Profile", m.get("profile")), ("Runtime", m.get("runtime")), ("Release", m.get("release")), ("Quantization", m.get("quantization")), ("Latency budget p95", f"{(m.get('budgets') or {}).get('latency_p95_ms')} ms" if (m.get("budgets") or {}).get("latency_p95_ms") is not None else None), ("Build", r.get("status")), ("Model size", f"{(r.get('size') or {}).get('built_bytes')} bytes (original {(r.get('size') or {}).get('original_bytes')})" if r.get("size") else None)) if v is not None]
+        parts = [f'<section class="card bundle" id="bundle-{e(b["ref"])}"><h2>{e(b["ref"])}</h2><dl class="facts">' + "".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"]
+        gates = [g for g in (r.get("gates") or []) if isinstance(g, dict)]
+        if gates:
+            parts.append(table(["Build gate", "Value", "Limit", ""], [[e(g.get("gate")), e(f"{_num(g.get('value'))} {g.get('unit') or ''}"), e(_num(g.get("limit"))), badge("pass", "ok") if g.get("passed") else badge("fail", "bad")] for g in gates], "build-gates"))
         for title in ("manifest", "build_report", "provenance"):
             if b.get(title) is not None:
                 parts.append(f"<details><summary>{e(title.replace('_', ' '))}</summary><pre>{e(json.dumps(b[title], indent=2, sort_keys=True))}</pre></details>")

@@ -29,3 +29,14 @@ def test_a_changed_bundle_file_is_shown_as_such(tmp_path, fleet_repo):
     out = {b["ref"]: b for b in bundles.published_bundles(repo)}
     assert "does not match its signed target's sha256" in out["digits@1.0.0"]["error"] and "manifest" not in out["digits@1.0.0"]
     assert "error" not in out["digits@2.0.0"]
+
+
+def test_bundle_card_shows_build_gates_and_sizes():
+    from edgeops.fleet.ui.pages import bundles_body
+
+    html = bundles_body([{"ref": "det@1.0.0", "target": "det/1.0.0/det-1.0.0.bundle", "length": 10, "sha256": "ab" * 32,
+                          "manifest": {"profile": "p", "runtime": "onnxruntime", "release": 3, "budgets": {"latency_p95_ms": 12.5}},
+                          "build_report": {"status": "passed", "size": {"built_bytes": 7, "original_bytes": 9}, "gates": [{"gate": "max_accuracy_drop", "value": 0.4, "limit": 1.0, "unit": "points", "passed": True}, {"gate": "max_bundle_mb", "value": 120, "limit": 100, "unit": "MB", "passed": False}]},
+                          "provenance": {"source_format": "onnx"}}])
+    assert "<dt>Latency budget p95</dt><dd>12.5 ms</dd>" in html and "7 bytes (original 9)" in html
+    assert 'class="build-gates"' in html and "max_bundle_mb" in html and 'badge bad">fail' in html
