@@ -100,6 +100,7 @@ class WaveStats:
     new_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the wave, new version
     control_devices: list[DeviceTelemetry] = field(default_factory=list)  # per device of the control, old versions
     upgrades: int | None = None  # devices of the wave that ran another version of the bundle (None: not read)
+    held_for_window: int = 0  # devices of the wave waiting for their maintenance window
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate -> its last stored verdict for this wave
     extra: dict[str, Any] = field(default_factory=dict)  # values of inputs with no field of their own
 
@@ -373,7 +374,10 @@ def evaluate(stats: WaveStats, settings: RolloutSettings) -> tuple[Outcome, list
     for v in verdicts:
         if v.outcome is Outcome.INCONCLUSIVE:
             prev = stats.previous.get(v.gate) or {}
-            v.since = prev["since"] if prev.get("outcome") == Outcome.INCONCLUSIVE.value and prev.get("since") is not None else stats.now
+            kept = prev.get("outcome") == Outcome.INCONCLUSIVE.value and prev.get("since") is not None
+            # devices waiting for their maintenance window cannot report yet: the limit starts
+            # once every device of the wave could have been updated
+            v.since = prev["since"] if kept and not stats.held_for_window else stats.now
             v.detail += f" (inconclusive for {max(0.0, stats.now - v.since):.0f}s of {settings.inconclusive_timeout_s:.0f}s)"
     if any(v.outcome is Outcome.FAIL for v in verdicts):
         return Outcome.FAIL, verdicts

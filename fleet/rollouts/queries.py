@@ -210,6 +210,24 @@ def matching_devices_for_update(db: Database, conn: Connection, selector: Select
     return [row for row in rows if selector.matches(row.id, row.profile, tags(row.tags))]
 
 
+def held_for_window(db: Database, conn: Connection, rollout_id: str, idx: int, marker: str) -> int:
+    """Devices of wave ``idx`` whose command waits for their maintenance window (detail ``marker``...)."""
+    a = db.t.assignments
+    q = sa.select(sa.func.count()).where(a.c.rollout_id == rollout_id, a.c.wave_idx == idx, a.c.status == A.PENDING.value, a.c.detail.like(marker + "%"))
+    return int(conn.execute(q).scalar() or 0)
+
+
+def device_profiles_and_tags(db: Database, conn: Connection, device_ids: list[str]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(id, profile, tags) of the given devices (what a selector matches on)."""
+    d = db.t.devices
+    tags = _Tags()
+    out: list[tuple[str, str | None, dict[str, Any]]] = []
+    for i in range(0, len(device_ids), 5000):
+        for device_id, profile, text in conn.execute(sa.select(d.c.id, d.c.profile, d.c.tags).where(d.c.id.in_(device_ids[i : i + 5000]))):
+            out.append((device_id, profile, tags(text)))
+    return out
+
+
 def devices_in_rollout(db: Database, conn: Connection, rollout_id: str) -> set[str]:
     """Devices already assigned in this rollout."""
     a = db.t.assignments

@@ -63,7 +63,7 @@ from edgeops.fleet.command_seq import allocate_seqs
 from edgeops.fleet.commands import CommandSender, assign_command, rollback_command
 from edgeops.fleet.config import RolloutConfig
 from edgeops.fleet.db import Database, dumps
-from edgeops.fleet.rollouts import gates as gates_mod, queries
+from edgeops.fleet.rollouts import gates as gates_mod, queries, windows
 from edgeops.fleet.rollouts.inputs import COHORT_TTL_S, WaveSource  # noqa: F401  (re-exported)
 from edgeops.fleet.rollouts.records import Rollout, Wave
 from edgeops.fleet.rollouts.settings import RolloutSettings
@@ -74,6 +74,7 @@ from edgeops.trust.targets import target_path
 
 log = logging.getLogger("edgeops.fleet.reconciler")
 
+WINDOW_WAIT = windows.WINDOW_WAIT
 EXPIRE_EVERY_S = 5.0  # timeouts are checked at most this often per rollout (reconciler clock)
 TOPUP_EVERY_S = 10.0  # the last wave re-reads every device at least this often (tag edits)
 
@@ -375,8 +376,9 @@ class Reconciler:
             for name in gates_mod.inputs_needed(settings):
                 for key, value in gates_mod.INPUTS[name](src).items():
                     (values if key in fields else extra)[key] = value
+            held = queries.held_for_window(self.db, conn, r.id, wave.idx, WINDOW_WAIT) if settings.maintenance else 0
         previous = {g["gate"]: g for g in wave.gates if isinstance(g, dict) and "gate" in g}
-        return gates_mod.WaveStats(size=sum(counts.values()), counts=counts, started_at=started, now=now, **values, previous=previous, extra=extra)
+        return gates_mod.WaveStats(size=sum(counts.values()), counts=counts, started_at=started, now=now, **values, held_for_window=held, previous=previous, extra=extra)
 
     # -- timeouts --------------------------------------------------------------------------
     def _expire(self, r: Rollout) -> None:
@@ -414,6 +416,8 @@ class Reconciler:
         a = self.db.t.assignments
         with self.db.connect() as conn:
             rows, rb_rows = queries.unpublished_assignments(self.db, conn, r.id)
+        if rows and r.settings.maintenance:
+            rows = self._in_window(r, rows)
         sent = 0
         for i in range(0, len(rows), chunk):
             cmds = [assign_command(m["device_id"], m["command_id"], m["seq"], m["expires"], r) for m in rows[i : i + chunk]]
@@ -427,6 +431,35 @@ class Reconciler:
                     cmds.append(rollback_command(m["device_id"], m["rollback_command_id"], m["rollback_seq"], m["rollback_expires"], r, m["from_name"], m["from_version"], prev, f"rollout {r.id} aborted: {r.status_reason}"[:500]))
                 sent += self._send(cmds, a.update().where(a.c.rollback_command_id == sa.bindparam("b_cid")), "rollback_sent_at")
         return sent
+
+    def _in_window(self, r: Rollout, rows: list) -> list:
+        """The pending rows whose device may get its command now (its maintenance window is open,
+        or no window selects it). Rows that waited get a fresh seq and expiry first (the ones
+        allocated when the wave started may be stale: a self-test in between, a day's wait);
+        rows that must wait say until when."""
+        a = self.db.t.assignments
+        now = self.clock()
+        with self.db.connect() as conn:
+            devices = queries.device_profiles_and_tags(self.db, conn, [m["device_id"] for m in rows])
+        closed = windows.devices_outside_window(r.settings.maintenance, devices, now)
+        ready = [m for m in rows if m["device_id"] not in closed]
+        waited = [m["device_id"] for m in ready if str(m["detail"] or "").startswith(WINDOW_WAIT)]
+        newly_held = [m for m in rows if m["device_id"] in closed and not str(m["detail"] or "").startswith(WINDOW_WAIT)]
+        with self.db.begin() as conn:
+            for m in newly_held:
+                nxt = closed[m["device_id"]]
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(nxt)) if nxt is not None else "not within 8 days"
+                conn.execute(a.update().where(a.c.rollout_id == r.id, a.c.device_id == m["device_id"], a.c.status == A.PENDING.value).values(detail=f"{WINDOW_WAIT} (next opens {when})", updated_at=now))
+            fresh = allocate_seqs(self.db, conn, waited) if waited else {}
+            for device_id, seq in fresh.items():
+                conn.execute(
+                    a.update().where(a.c.rollout_id == r.id, a.c.device_id == device_id, a.c.status == A.PENDING.value).values(seq=seq, expires=now + self.config.command_ttl_s, detail="", updated_at=now)
+                )
+        if fresh:
+            ready = [dict(m, seq=fresh[m["device_id"]], expires=now + self.config.command_ttl_s) if m["device_id"] in fresh else m for m in ready]
+        if newly_held:
+            log.info("rollout %s: %d devices wait for their maintenance window", r.id, len(newly_held))
+        return ready
 
     def _send(self, cmds: list, mark, sent_column: str, **values) -> int:
         """Publish ``cmds``; stamp the acknowledged ones (``mark``: an UPDATE keyed by ``b_cid``)."""

@@ -176,6 +176,15 @@ def _wave_counts(db: Database, conn: Connection, rollout_id: str) -> dict[int, d
     return out
 
 
+def _held_for_window(db: Database, conn: Connection, rollout_id: str) -> dict[int, int]:
+    """Per wave, devices whose command waits for their maintenance window."""
+    from edgeops.fleet.rollouts.windows import WINDOW_WAIT  # the marker the reconciler writes
+
+    t = db.t.assignments
+    q = sa.select(t.c.wave_idx, sa.func.count()).where(t.c.rollout_id == rollout_id, t.c.status == AssignmentStatus.PENDING.value, t.c.detail.like(WINDOW_WAIT + "%")).group_by(t.c.wave_idx)
+    return {idx: n for idx, n in conn.execute(q)}
+
+
 def _summary(counts: dict[str, int]) -> dict:
     total = sum(counts.values())
     return {
@@ -193,6 +202,7 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
         r = load_rollout(db, conn, rollout_id)
         waves = load_waves(db, conn, rollout_id)
         counts = _wave_counts(db, conn, rollout_id)
+        held = _held_for_window(db, conn, rollout_id) if r.settings.maintenance else {}
         hist = []
         if history:
             hist = [
@@ -224,6 +234,7 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
                 "finished_at": w.finished_at,
                 "reason": w.reason,
                 "gates": w.gates,
+                "waiting_for_window": held.get(w.idx, 0),
                 **_summary(counts.get(w.idx, {})),
             }
             for w in waves

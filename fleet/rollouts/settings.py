@@ -134,6 +134,66 @@ def parse_bundle(text: str) -> tuple[str, str]:
     return name, version
 
 
+MAX_WINDOW_S = 7 * 86400.0  # a maintenance window longer than a week is not a window
+
+
+class MaintenanceWindow(BaseModel):
+    """Devices ``select`` may get their command from each ``cron`` start for ``duration_s``, in
+    ``timezone`` (see :mod:`edgeops.fleet.rollouts.windows`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    select: Selector = Field(default_factory=Selector)
+    cron: str = Field(min_length=9, max_length=200, description="minute hour day-of-month month day-of-week, e.g. '0 2 * * *'")
+    duration_s: float = Field(gt=0, le=MAX_WINDOW_S)
+    timezone: str = Field(default="UTC", max_length=64)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from edgeops.fleet.rollouts.windows import Cron
+
+        Cron.parse(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from edgeops.fleet.rollouts.windows import check_timezone
+
+        return check_timezone(v)
+
+    def describe(self) -> str:
+        """Short text form, as the CLI accepts it."""
+        return f"{self.select.describe()};{self.cron};{self.duration_s:g}s;{self.timezone}"
+
+
+def parse_window(text: "str | dict | MaintenanceWindow") -> MaintenanceWindow:
+    """``SELECT;CRON;DURATION[;TIMEZONE]`` (``tag=site=berlin;0 2 * * *;2h;Europe/Berlin``) or a
+    dict with ``select``, ``cron``, ``duration`` and ``timezone``; RolloutSettingsError otherwise."""
+    if isinstance(text, MaintenanceWindow):
+        return text
+    if isinstance(text, dict):
+        body = dict(text)
+        select, cron, duration, tz = body.pop("select", "all"), body.pop("cron", ""), body.pop("duration", None), body.pop("timezone", "UTC")
+        if body:
+            raise RolloutSettingsError(f"maintenance: unknown field(s) {', '.join(sorted(map(str, body)))} (select, cron, duration, timezone)")
+    else:
+        parts = [p.strip() for p in str(text).split(";")]
+        if len(parts) not in (3, 4):
+            raise RolloutSettingsError(f"maintenance: {text!r} should be SELECT;CRON;DURATION[;TIMEZONE] (e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin')")
+        select, cron, duration = parts[:3]
+        tz = parts[3] if len(parts) == 4 else "UTC"
+    if duration is None:
+        raise RolloutSettingsError("maintenance: a window needs a duration (e.g. 2h)")
+    sel = select if isinstance(select, Selector) else parse_selector(str(select))
+    try:
+        return MaintenanceWindow(select=sel, cron=str(cron), duration_s=parse_duration(duration, "maintenance.duration"), timezone=str(tz))
+    except ValidationError as e:
+        problem = first_problem(e, default_loc="maintenance")
+        raise RolloutSettingsError(f"maintenance: {problem.loc}: {problem.msg}") from e
+
+
 BUNDLE_REF_PATTERN = r"^[^@/]{1,128}@[^@/]{1,64}$"  # NAME@VERSION within RolloutSettings' lengths
 
 
@@ -167,6 +227,7 @@ class RolloutSettings(BaseModel):
     control_share: float = Field(default=0.1, ge=0, lt=1, description="share of the selection held back on the old version as the control when a wave would leave none")
     inconclusive_timeout_s: float = Field(default=1800.0, ge=0, description="a gate inconclusive this long pauses the rollout")
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list, max_length=50, description="devices a window selects get their command only while one of their windows is open")
 
     @field_validator("waves")
     @classmethod
@@ -263,6 +324,7 @@ class RolloutRequest(BaseModel):
     control_share: float = Field(default=0.1, ge=0, lt=1)
     inconclusive_timeout: str | float = Field(default=1800.0, description="a gate inconclusive this long pauses the rollout (1800, 30m)")
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
+    maintenance: list[str | MaintenanceWindow] = Field(default_factory=list, max_length=50, description="maintenance windows: 'SELECT;CRON;DURATION[;TIMEZONE]' (e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin')")
 
     def to_settings(self, drift: Any = None) -> RolloutSettings:
         """Parse the text forms and validate everything (RolloutSettingsError names the field).
@@ -301,6 +363,7 @@ class RolloutRequest(BaseModel):
             control_share=self.control_share,
             inconclusive_timeout_s=parse_duration(self.inconclusive_timeout, "inconclusive_timeout"),
             strata_tag=self.strata_tag,
+            maintenance=[parse_window(w) for w in self.maintenance],
         )
 
 

@@ -194,3 +194,11 @@ def test_a_regression_on_one_profile_is_judged_in_its_stratum():
     few = tagged(devs(20, 0, 10.0, "x86") + devs(2, 100, 13.0, "arm"))
     v = g(stats(new_devices=few, control_devices=ctl), c)
     assert v.outcome is Outcome.PASS and "strata too small to judge alone: profile=arm (2 new vs 8 control)" in v.detail
+
+
+def test_the_inconclusive_limit_waits_for_devices_held_by_their_maintenance_window():
+    c = cfg(min_agreement=0.9, inconclusive_timeout_s=600)
+    _, verdicts = evaluate(stats(sent=10, now=100), c)
+    prev = {"min_agreement": next(v for v in verdicts if v.gate == "min_agreement").to_dict()}
+    held = evaluate(stats(pending=10, now=5000, previous=prev, held_for_window=10), c)
+    assert held[0] is Outcome.WAIT and next(v for v in held[1] if v.gate == "min_agreement").since == 5000

@@ -33,7 +33,7 @@ def test_silent_rollout_pauses_as_inconclusive_in_status_api_and_openapi(console
         conn.execute(console.db.t.devices.update().values(active_name="digits", active_version="1.0.0"))
     out = cli(
         console, "create", "--bundle", "digits@2.0.0", "--waves", "50%,100%", "--max-latency-regression", "1.1",
-        "--judge-min-devices", "2", "--control-share", "0.5", "--inconclusive-timeout", "10m", "--judge-look-interval", "30s", "--strata-tag", "site", "--start", "--json",
+        "--judge-min-devices", "2", "--control-share", "0.5", "--inconclusive-timeout", "10m", "--judge-look-interval", "30s", "--strata-tag", "site", "--maintenance", "tag=site=x;0 2 * * *;2h;Europe/Berlin", "--start", "--json",
     )
     r = json.loads(out)
     s = r["settings"]
@@ -54,6 +54,7 @@ def test_silent_rollout_pauses_as_inconclusive_in_status_api_and_openapi(console
     text = cli(console, "status", r["id"])
     assert "paused" in text and "max_latency_regression=inconclusive" in text and "max_latency_regression: inconclusive:" in text
     assert "alpha 0.05 over 5 looks (Bonferroni)" in text
+    assert s["maintenance"][0]["timezone"] == "Europe/Berlin" and "maintenance window: tag=site=x from cron" in text and "cron '0 2 * * *' for 7200s (Europe/Berlin)" in text
     status, doc = call(console, "GET", "/openapi.json", token=None)
     props = json.dumps(doc)
     for name in ("judge_alpha", "judge_max_looks", "judge_look_interval", "judge_min_devices", "control_share", "inconclusive_timeout", "strata_tag"):

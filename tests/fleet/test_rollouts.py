@@ -680,3 +680,42 @@ def test_a_regression_on_one_profile_halts_wave_1_naming_the_stratum(sqlite_db, 
             assert st["succeeded"] == len(everyone) == 56
     finally:
         h.close()
+
+
+def test_a_maintenance_window_delays_assignment_until_it_opens(h):
+    """Berlin devices may be updated 02:00-04:00 UTC; paris devices have no window. At noon the
+    wave takes everyone, paris gets its commands, berlin waits (shown in status and per device);
+    when the window opens berlin gets commands with a fresh seq and expiry, and the rollout ends."""
+    import datetime as dt
+
+    from edgeops.fleet.command_seq import allocate_seqs
+
+    register_devices(h.db, [{"id": f"paris{i}", "tags": {"site": "paris"}, "profile": "x86"} for i in range(2)])
+    h.feed(*[state(f"paris{i}", active="digits@1.0.0") for i in range(2)])
+    h.now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc).timestamp()
+    r = h.create(waves="100%", maintenance=["tag=site=berlin;0 2 * * *;2h;UTC"])
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    rows = h.assignments(rid)
+    assert len(rows) == 22 and {c.device_id for c in h.pub.commands(h.keys)} == {"paris0", "paris1"}
+    assert rows["dev000"]["status"] == "pending" and rows["dev000"]["detail"] == "waiting for its maintenance window (next opens 2026-12-05 02:00 UTC)"
+    st = service.rollout_status(h.db, rid)
+    assert st["waves"][0]["waiting_for_window"] == 20 and st["settings"]["maintenance"][0]["cron"] == "0 2 * * *"
+    h.respond()
+    h.now += 3600
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "running" and len(h.pub.commands(h.keys)) == 2
+    old_seq = rows["dev000"]["seq"]
+    with h.db.begin() as conn:  # another command reached dev000 meanwhile (a self-test): its seq moved on
+        allocate_seqs(h.db, conn, ["dev000"])
+    h.now = dt.datetime(2026, 12, 5, 2, 30, tzinfo=dt.timezone.utc).timestamp()
+    h.rec.tick()
+    cmds = {c.device_id: c for c in h.pub.commands(h.keys)}
+    assert len(cmds) == 22 and cmds["dev000"].seq == old_seq + 2 and cmds["dev000"].expires == pytest.approx(h.now + h.rec.config.command_ttl_s)
+    assert service.rollout_status(h.db, rid)["waves"][0]["waiting_for_window"] == 0
+    for _ in range(3):
+        h.respond()
+        h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "finished" and st["succeeded"] == 22, st["reason"]
