@@ -447,7 +447,7 @@ class Reconciler:
         newly_held = [m for m in rows if m["device_id"] in closed and not str(m["detail"] or "").startswith(WINDOW_WAIT)]
         with self.db.begin() as conn:
             for m in newly_held:
-                nxt = closed[m["device_id"]]
+                nxt = windows.next_opening(r.settings.maintenance, closed[m["device_id"]], now)
                 when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(nxt)) if nxt is not None else "not within 8 days"
                 conn.execute(a.update().where(a.c.rollout_id == r.id, a.c.device_id == m["device_id"], a.c.status == A.PENDING.value).values(detail=f"{WINDOW_WAIT} (next opens {when})", updated_at=now))
             fresh = allocate_seqs(self.db, conn, waited) if waited else {}

@@ -126,21 +126,21 @@ def next_start(cron_text: str, timezone: str, now: float, horizon_s: float = 8 *
     return None
 
 
-def devices_outside_window(windows: list[MaintenanceWindow], devices: list[tuple[str, str | None, dict[str, str]]], now: float) -> dict[str, float | None]:
+def devices_outside_window(windows: list[MaintenanceWindow], devices: list[tuple[str, str | None, dict[str, str]]], now: float) -> dict[str, list[int]]:
     """Of ``devices`` (id, profile, tags), those that some window selects and none is open for
-    now: ``{device_id: next opening (unix seconds) or None}``."""
+    now: ``{device_id: indices of its windows}`` (see :func:`next_opening`)."""
     if not windows:
         return {}
-    state = [(w, open_since(w.cron, w.duration_s, w.timezone, now) is not None) for w in windows]
-    nxt: dict[int, float | None] = {}
-    out: dict[str, float | None] = {}
+    is_open = [open_since(w.cron, w.duration_s, w.timezone, now) is not None for w in windows]
+    out: dict[str, list[int]] = {}
     for device_id, profile, tags in devices:
-        mine = [(i, w, is_open) for i, (w, is_open) in enumerate(state) if w.select.matches(device_id, profile, tags)]
-        if not mine or any(is_open for _, _, is_open in mine):
-            continue
-        for i, w, _ in mine:
-            if i not in nxt:
-                nxt[i] = next_start(w.cron, w.timezone, now)
-        starts = [s for s in (nxt[i] for i, _, _ in mine) if s is not None]
-        out[device_id] = min(starts) if starts else None
+        mine = [i for i, w in enumerate(windows) if w.select.matches(device_id, profile, tags)]
+        if mine and not any(is_open[i] for i in mine):
+            out[device_id] = mine
     return out
+
+
+def next_opening(windows: list[MaintenanceWindow], indices: list[int], now: float) -> float | None:
+    """The earliest next start among ``windows[indices]`` (within 8 days), None if none."""
+    starts = [s for s in (next_start(windows[i].cron, windows[i].timezone, now) for i in indices) if s is not None]
+    return min(starts) if starts else None

@@ -48,7 +48,8 @@ def test_devices_outside_their_windows():
     windows = [parse_window("tag=site=berlin;0 2 * * *;2h;Europe/Berlin")]
     devices = [("b1", "x86", {"site": "berlin"}), ("p1", "x86", {"site": "paris"})]
     noon = ts(2026, 12, 4, 12, 0)
-    assert w.devices_outside_window(windows, devices, noon) == {"b1": ts(2026, 12, 5, 2, 0)}  # paris: no window selects it
+    assert w.devices_outside_window(windows, devices, noon) == {"b1": [0]}  # paris: no window selects it
+    assert w.next_opening(windows, [0], noon) == ts(2026, 12, 5, 2, 0)
     assert w.devices_outside_window(windows, devices, ts(2026, 12, 5, 2, 30)) == {}
     # any one open window of a device is enough
     both = windows + [parse_window("profile=x86;0 12 * * *;1h;Europe/Berlin")]
