@@ -67,6 +67,12 @@ def wave_counts(db: Database, conn: Connection, rollout_id: str, idx: int) -> di
     return {s: n for s, n in conn.execute(sa.select(a.c.status, sa.func.count()).where(a.c.rollout_id == rollout_id, a.c.wave_idx == idx).group_by(a.c.status))}
 
 
+def rollout_counts(db: Database, conn: Connection, rollout_id: str) -> dict[str, int]:
+    """Devices of a rollout (every wave) per assignment status."""
+    a = db.t.assignments
+    return {s: n for s, n in conn.execute(sa.select(a.c.status, sa.func.count()).where(a.c.rollout_id == rollout_id).group_by(a.c.status))}
+
+
 def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx: int, since: float) -> WaveTelemetry:
     """Telemetry of wave ``idx``'s devices on the rollout's version, received since ``since`` (less 1 s)."""
     a, tel = db.t.assignments, db.t.telemetry

@@ -9,6 +9,8 @@ console restarted at any point continues from the rows, never re-assigning a dev
   the wave halts and the rollout pauses or aborts, per ``on_gate_failure``); top up the last
   wave with devices that started to match the selector since it began.
 - ``paused`` / ``waiting_approval``: publish what was already decided; apply timeouts.
+- ``watching`` (``--watch``, after the last wave passed): failure and rollback rates over every
+  device of the rollout; a late failure aborts (every device ordered back), the end finishes.
 - ``aborting``: cancel pending waves, order every device of the rollout back to the version it
   ran before (signed rollback commands), then ``aborted``.
 
@@ -102,6 +104,7 @@ def stratified_order(rollout_id: str, devices: list[tuple[str, str | None, str |
     return out
 
 
+WATCH_GATES = ("max_failure_rate", "max_rollback_rate")  # judged over every device of the rollout while watching
 CONTROL_GATES = ("max_latency_regression", "max_error_rate")  # the gates that compare with a control cohort
 
 
@@ -186,6 +189,8 @@ class Reconciler:
         self.publish_pending(r)
         if r.status is R.RUNNING:
             self._advance(r)
+        elif r.status is R.WATCHING:
+            self._watch(r)
 
     def _rollout(self, rollout: Rollout | str) -> Rollout:
         if isinstance(rollout, Rollout):
@@ -207,7 +212,7 @@ class Reconciler:
         if wave.status is W.PASSED:
             if last:
                 with self.db.begin() as conn:
-                    set_rollout_status(self.db, conn, r.id, R.RUNNING, R.FINISHED, "last wave passed", now, finished_at=now)
+                    self._finish_or_watch(conn, r, now)
             else:
                 self._start_wave(r, wave.idx + 1, now)
             return
@@ -251,7 +256,7 @@ class Reconciler:
             elif outcome is gates_mod.Outcome.PASS:
                 set_wave_status(self.db, conn, r.id, idx, W.RUNNING, W.PASSED, "all gates passed", vdicts, now=now)
                 if last:
-                    set_rollout_status(self.db, conn, r.id, R.RUNNING, R.FINISHED, "last wave passed", now, finished_at=now)
+                    self._finish_or_watch(conn, r, now)
                 elif settings.approve_each_wave:
                     set_rollout_status(self.db, conn, r.id, R.RUNNING, R.WAITING_APPROVAL, f"{wave_label(idx)} passed; promote to start {wave_label(idx + 1)}", now)
                 else:
@@ -272,6 +277,38 @@ class Reconciler:
             log.warning("rollout %s: %s -> %s", r.id, reason, "aborting" if aborting else "paused")
         if aborting:
             self._abort(dataclasses.replace(r, status=R.ABORTING, status_reason=reason[:4000]))
+
+    # -- watching (after the last wave) ---------------------------------------------------
+    def _finish_or_watch(self, conn: Connection, r: Rollout, now: float) -> None:
+        """The last wave passed: finished, or watching for ``watch_s`` first."""
+        if r.settings.watch_s > 0:
+            until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now + r.settings.watch_s))
+            set_rollout_status(self.db, conn, r.id, R.RUNNING, R.WATCHING, f"last wave passed; watching until {until}", now)
+        else:
+            set_rollout_status(self.db, conn, r.id, R.RUNNING, R.FINISHED, "last wave passed", now, finished_at=now)
+
+    def _watch(self, r: Rollout) -> None:
+        """Judge the whole rollout for ``watch_s`` after its last wave passed (hawkBit's pause
+        after install): a device that fails or rolls itself back late counts against
+        max_failure_rate / max_rollback_rate over every device of the rollout; a failure orders
+        every device back (abort) with the reason; the end of the watch finishes the rollout."""
+        now = self.clock()
+        with self.db.connect() as conn:
+            last = queries.load_wave(self.db, conn, r.id, r.last_wave)
+            counts = queries.rollout_counts(self.db, conn, r.id)
+        began = (last.finished_at if last and last.finished_at is not None else now)
+        stats = gates_mod.WaveStats(size=sum(counts.values()), counts=counts, started_at=began, now=now)
+        verdicts = [v for name in WATCH_GATES if (v := gates_mod.GATES[name](stats, r.settings)) is not None]
+        failed = [v for v in verdicts if v.outcome is gates_mod.Outcome.FAIL]
+        if failed:
+            reason = "late failure during the watch: " + halt_reason(r.last_wave, failed).split(" halted: ", 1)[1]
+            with self.db.begin() as conn:
+                set_rollout_status(self.db, conn, r.id, R.WATCHING, R.ABORTING, reason, now)
+            log.warning("rollout %s: %s -> rolling every device back", r.id, reason)
+            self._abort(dataclasses.replace(r, status=R.ABORTING, status_reason=reason[:4000]))
+        elif now - began >= r.settings.watch_s:
+            with self.db.begin() as conn:
+                set_rollout_status(self.db, conn, r.id, R.WATCHING, R.FINISHED, f"watched {r.settings.watch_s:.0f}s after the last wave without a failure", now, finished_at=now)
 
     def _start_wave(self, r: Rollout, idx: int, now: float) -> None:
         with self.db.begin() as conn:

@@ -228,6 +228,7 @@ class RolloutSettings(BaseModel):
     inconclusive_timeout_s: float = Field(default=1800.0, ge=0, description="a gate inconclusive this long pauses the rollout")
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
     maintenance: list[MaintenanceWindow] = Field(default_factory=list, max_length=50, description="devices a window selects get their command only while one of their windows is open")
+    watch_s: float = Field(default=0.0, ge=0, le=30 * 86400, description="after the last wave passes, keep judging the whole rollout this long; a late failure rolls every device back")
 
     @field_validator("waves")
     @classmethod
@@ -324,6 +325,7 @@ class RolloutRequest(BaseModel):
     control_share: float = Field(default=0.1, ge=0, lt=1)
     inconclusive_timeout: str | float = Field(default=1800.0, description="a gate inconclusive this long pauses the rollout (1800, 30m)")
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
+    watch: str | float = Field(default=0, description="after the last wave passes, keep judging this long (30m); a late failure rolls every device back")
     maintenance: list[str | MaintenanceWindow] = Field(default_factory=list, max_length=50, description="maintenance windows: 'SELECT;CRON;DURATION[;TIMEZONE]' (e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin')")
 
     def to_settings(self, drift: Any = None) -> RolloutSettings:
@@ -364,6 +366,7 @@ class RolloutRequest(BaseModel):
             inconclusive_timeout_s=parse_duration(self.inconclusive_timeout, "inconclusive_timeout"),
             strata_tag=self.strata_tag,
             maintenance=[parse_window(w) for w in self.maintenance],
+            watch_s=parse_duration(self.watch, "watch"),
         )
 
 

@@ -12,7 +12,9 @@ Rollout::
        │                 │  └──resume── paused ◄──pause / gate failure─┘ (and from running;
        │                 │                        resume returns to waiting_approval when the
        │                 │                        current wave had passed and awaits approval)
-       │                 └──last wave passed──► finished
+       │                 ├──last wave passed──► finished
+       │                 └──last wave passed, --watch──► watching ──watch ended──► finished
+       │                                                     └──late failure──► aborting
        └──abort──► aborting ──rollback orders sent──► aborted      (abort from any live status)
 
 Wave::
@@ -38,6 +40,7 @@ class RolloutStatus(str, Enum):
     RUNNING = "running"
     PAUSED = "paused"
     WAITING_APPROVAL = "waiting_approval"
+    WATCHING = "watching"  # every wave passed; still judged for the --watch period
     ABORTING = "aborting"
     ABORTED = "aborted"
     FINISHED = "finished"
@@ -74,7 +77,8 @@ R, W = RolloutStatus, WaveStatus
 
 ROLLOUT_TRANSITIONS: dict[RolloutStatus, frozenset[RolloutStatus]] = {
     R.CREATED: frozenset({R.RUNNING, R.ABORTING}),
-    R.RUNNING: frozenset({R.PAUSED, R.WAITING_APPROVAL, R.FINISHED, R.ABORTING}),
+    R.RUNNING: frozenset({R.PAUSED, R.WAITING_APPROVAL, R.FINISHED, R.ABORTING, R.WATCHING}),
+    R.WATCHING: frozenset({R.FINISHED, R.ABORTING}),
     R.PAUSED: frozenset({R.RUNNING, R.WAITING_APPROVAL, R.ABORTING}),
     R.WAITING_APPROVAL: frozenset({R.RUNNING, R.PAUSED, R.ABORTING}),
     R.ABORTING: frozenset({R.ABORTED}),
@@ -97,11 +101,11 @@ ACTION_FROM: dict[str, frozenset[RolloutStatus]] = {
     "pause": frozenset({R.RUNNING, R.WAITING_APPROVAL}),
     "resume": frozenset({R.PAUSED}),
     "promote": frozenset({R.WAITING_APPROVAL, R.PAUSED}),
-    "abort": frozenset({R.CREATED, R.RUNNING, R.PAUSED, R.WAITING_APPROVAL}),
+    "abort": frozenset({R.CREATED, R.RUNNING, R.PAUSED, R.WAITING_APPROVAL, R.WATCHING}),
 }
 
 TERMINAL_ROLLOUT = frozenset({R.ABORTED, R.FINISHED})
-LIVE_ROLLOUT = frozenset({R.RUNNING, R.PAUSED, R.WAITING_APPROVAL, R.ABORTING})
+LIVE_ROLLOUT = frozenset({R.RUNNING, R.PAUSED, R.WAITING_APPROVAL, R.WATCHING, R.ABORTING})
 
 A = AssignmentStatus
 # Reported: the device said how it ended (or was timed out). Failures count against the gates.

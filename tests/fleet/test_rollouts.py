@@ -719,3 +719,49 @@ def test_a_maintenance_window_delays_assignment_until_it_opens(h):
         h.rec.tick()
     st = service.rollout_status(h.db, rid)
     assert st["status"] == "finished" and st["succeeded"] == 22, st["reason"]
+
+
+def test_watch_after_the_last_wave_rolls_back_on_a_late_failure(h):
+    """--watch 10m: every wave passed, the rollout keeps watching; two devices roll themselves
+    back after committing (a regression that shows only after "success"), which is over
+    max_failure_rate across the rollout: every device is ordered back and the reason says why."""
+    r = h.create(waves="50%,100%", watch="10m")
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    for _ in range(4):
+        h.rec.tick()
+        h.respond()
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "watching" and st["reason"].startswith("last wave passed; watching until") and st["succeeded"] == 20, st
+    h.now += 300
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "watching"
+    for d in ("dev003", "dev011"):
+        h.feed(event(d, h.next_seq(d), "rolled_back", None, "digits@2.0.0", "probation gate max_nan failed after commit"), state(d, active="digits@1.0.0"))
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] in ("aborting", "aborted") and st["reason"].startswith("late failure during the watch: max_failure_rate 0.1 vs 0.05"), st["reason"]
+    rollbacks = {c.device_id for c in h.pub.commands(h.keys) if c.kind == "rollback"}
+    assert len(rollbacks) == 18 and not rollbacks & {"dev003", "dev011"}  # the two are back already
+    h.respond()
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "aborted"
+
+
+def test_watch_that_sees_no_failure_finishes(h):
+    r = h.create(waves="100%", watch="10m")
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    for _ in range(3):
+        h.rec.tick()
+        h.respond()
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "watching"
+    h.now += 599
+    h.rec.tick()
+    assert service.rollout_status(h.db, rid)["status"] == "watching"
+    h.now += 1
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    assert st["status"] == "finished" and st["reason"] == "watched 600s after the last wave without a failure" and st["finished_at"] == h.now
