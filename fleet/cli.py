@@ -410,13 +410,15 @@ def _print_rollout(r: dict) -> None:
 @click.option("--control-share", type=float, default=None, help="share of the selection held back as the control (default 0.1)")
 @click.option("--inconclusive-timeout", default=None, help="a gate inconclusive this long pauses the rollout (default 30m)")
 @click.option("--strata-tag", default=None, help="a tag key (e.g. site) that splits waves and judged gates into strata beyond the profile")
+@click.option("--channel", default=None, help="the release channel this rollout delivers to (dev, staging, prod, ...)")
+@click.option("--requires-channel", default=None, help="refuse unless this version finished a rollout in this channel (promotion)")
 @click.option("--watch", default=None, help="after the last wave passes, keep judging the rollout this long (30m); a late failure rolls every device back")
 @click.option("--maintenance", multiple=True, help="'SELECT;CRON;DURATION[;TIMEZONE]': devices SELECT get their command only in this window (repeatable), e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin'")
 @click.option("--on-gate-failure", type=click.Choice(["pause", "abort"]), default="pause", show_default=True)
 @click.option("--approve-each-wave", is_flag=True, help="wait for `rollout promote` after each wave")
 @click.option("--start", "start_now", is_flag=True, help="start it right away")
 @click.option("--json", "as_json", is_flag=True)
-def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, max_drift, min_reporting, judge_alpha, judge_max_looks, judge_look_interval, judge_min_devices, control_share, inconclusive_timeout, strata_tag, watch, maintenance, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
+def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, max_drift, min_reporting, judge_alpha, judge_max_looks, judge_look_interval, judge_min_devices, control_share, inconclusive_timeout, strata_tag, channel, requires_channel, watch, maintenance, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
     """Create a rollout (validated by the console; refused settings name the field)."""
     from edgeops.fleet.rollouts.settings import parse_request
 
@@ -435,7 +437,7 @@ def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure
         "on_gate_failure": on_gate_failure,
         "approve_each_wave": approve_each_wave,
     }
-    judge_opts = {"judge_alpha": judge_alpha, "judge_max_looks": judge_max_looks, "judge_look_interval": judge_look_interval, "judge_min_devices": judge_min_devices, "control_share": control_share, "inconclusive_timeout": inconclusive_timeout, "strata_tag": strata_tag, "watch": watch}
+    judge_opts = {"judge_alpha": judge_alpha, "judge_max_looks": judge_max_looks, "judge_look_interval": judge_look_interval, "judge_min_devices": judge_min_devices, "control_share": control_share, "inconclusive_timeout": inconclusive_timeout, "strata_tag": strata_tag, "watch": watch, "channel": channel, "requires_channel": requires_channel}
     body.update({k: v for k, v in judge_opts.items() if v is not None})
     if maintenance:
         body["maintenance"] = list(maintenance)

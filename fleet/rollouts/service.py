@@ -74,10 +74,31 @@ def set_wave_status(db: Database, conn: Connection, rollout_id: str, idx: int, c
     audit(db, conn, rollout_id, f"wave{idx + 1}:{W(new).value}", reason, now)
 
 
+class PromotionRefusedError(IllegalTransitionError):
+    """A rollout requires that its version finished a rollout in an earlier channel, and it has not."""
+
+
+def finished_channels(db: Database, conn: Connection, bundle_name: str, bundle_version: str) -> set[str]:
+    """Channels in which a rollout of this bundle version finished."""
+    t = db.t.rollouts
+    rows = conn.execute(sa.select(t.c.settings).where(t.c.bundle_name == bundle_name, t.c.bundle_version == bundle_version, t.c.status == R.FINISHED.value))
+    return {c for (text,) in rows if (c := json.loads(text).get("channel"))}
+
+
 def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path, now: float | None = None) -> dict:
-    """Create a rollout in ``created`` with all its waves ``pending``; the bundle must be a signed target."""
+    """Create a rollout in ``created`` with all its waves ``pending``; the bundle must be a signed
+    target, and, with ``requires_channel``, have finished a rollout in that channel."""
     target = find_target(repo_dir, settings.bundle_name, settings.bundle_version)
     now = resolve(now)
+    if settings.requires_channel is not None:
+        with db.connect() as conn:
+            done = finished_channels(db, conn, settings.bundle_name, settings.bundle_version)
+        if settings.requires_channel not in done:
+            into = f" into channel {settings.channel}" if settings.channel else ""
+            raise PromotionRefusedError(
+                f"{settings.bundle_name}@{settings.bundle_version}: promotion{into} refused: no rollout of this version finished in channel "
+                f"{settings.requires_channel} (finished in: {', '.join(sorted(done)) or 'none'}); roll it out there first"
+            )
     rollout_id = "r-" + uuid.uuid4().hex[:10]
     with db.begin() as conn:
         conn.execute(

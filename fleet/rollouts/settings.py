@@ -194,6 +194,7 @@ def parse_window(text: "str | dict | MaintenanceWindow") -> MaintenanceWindow:
         raise RolloutSettingsError(f"maintenance: {problem.loc}: {problem.msg}") from e
 
 
+CHANNEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 BUNDLE_REF_PATTERN = r"^[^@/]{1,128}@[^@/]{1,64}$"  # NAME@VERSION within RolloutSettings' lengths
 
 
@@ -229,6 +230,8 @@ class RolloutSettings(BaseModel):
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
     maintenance: list[MaintenanceWindow] = Field(default_factory=list, max_length=50, description="devices a window selects get their command only while one of their windows is open")
     watch_s: float = Field(default=0.0, ge=0, le=30 * 86400, description="after the last wave passes, keep judging the whole rollout this long; a late failure rolls every device back")
+    channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN, description="the release channel this rollout delivers to (dev, staging, prod, ...)")
+    requires_channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN, description="refuse the rollout unless this version finished a rollout in this channel (promotion)")
 
     @field_validator("waves")
     @classmethod
@@ -262,6 +265,8 @@ class RolloutSettings(BaseModel):
                 f"max_rollback_rate {self.max_rollback_rate} is above max_failure_rate {self.max_failure_rate}; "
                 "rollbacks count as failures, so it could never trigger"
             )
+        if self.requires_channel is not None and self.requires_channel == self.channel:
+            raise ValueError(f"requires_channel {self.requires_channel!r} is the rollout's own channel; promotion needs an earlier one")
         if self.selector.devices is not None and not self.selector.devices:
             raise ValueError("selector.devices is an empty list; no device could be selected")
         return self
@@ -325,6 +330,8 @@ class RolloutRequest(BaseModel):
     control_share: float = Field(default=0.1, ge=0, lt=1)
     inconclusive_timeout: str | float = Field(default=1800.0, description="a gate inconclusive this long pauses the rollout (1800, 30m)")
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
+    channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN)
+    requires_channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN)
     watch: str | float = Field(default=0, description="after the last wave passes, keep judging this long (30m); a late failure rolls every device back")
     maintenance: list[str | MaintenanceWindow] = Field(default_factory=list, max_length=50, description="maintenance windows: 'SELECT;CRON;DURATION[;TIMEZONE]' (e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin')")
 
@@ -367,6 +374,8 @@ class RolloutRequest(BaseModel):
             strata_tag=self.strata_tag,
             maintenance=[parse_window(w) for w in self.maintenance],
             watch_s=parse_duration(self.watch, "watch"),
+            channel=self.channel,
+            requires_channel=self.requires_channel,
         )
 
 

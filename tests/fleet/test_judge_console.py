@@ -68,3 +68,8 @@ def test_bad_judge_settings_are_refused_naming_the_field(console):
     assert status in (400, 422) and "inconclusive_timeout" in err["error"]
     status, err = call(console, "POST", "/api/v1/rollouts", {"bundle": "digits@2.0.0", "judge_max_looks": 0})
     assert status == 422 and "judge_max_looks" in err["error"]
+
+
+def test_promotion_refused_through_the_api_names_the_missing_channel(console):
+    status, err = call(console, "POST", "/api/v1/rollouts", {"bundle": "digits@2.0.0", "channel": "prod", "requires_channel": "staging"})
+    assert status == 409 and "no rollout of this version finished in channel staging" in err["error"]

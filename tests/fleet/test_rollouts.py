@@ -22,7 +22,7 @@ from edgeops.fleet.registry import register_devices
 from edgeops.fleet.rollouts import queries, service
 from edgeops.fleet.rollouts import reconciler as reconciler_mod
 from edgeops.fleet.rollouts.reconciler import Reconciler
-from edgeops.fleet.rollouts.settings import parse_request
+from edgeops.fleet.rollouts.settings import RolloutSettingsError, parse_request
 from edgeops.fleet.signing import KeyringCommandSigner
 from edgeops.fleet.targets import UnknownBundleError, find_target
 from edgeops.trust.keys import Keyring
@@ -765,3 +765,22 @@ def test_watch_that_sees_no_failure_finishes(h):
     h.rec.tick()
     st = service.rollout_status(h.db, rid)
     assert st["status"] == "finished" and st["reason"] == "watched 600s after the last wave without a failure" and st["finished_at"] == h.now
+
+
+def test_promotion_to_prod_without_staging_is_refused(h):
+    """A rollout into channel prod that requires staging is refused until a rollout of the same
+    version finished in staging; a staging rollout that did not finish does not count."""
+    with pytest.raises(service.PromotionRefusedError, match=r"digits@2.0.0: promotion into channel prod refused: no rollout of this version finished in channel staging \(finished in: none\)"):
+        h.create(waves="100%", channel="prod", requires_channel="staging")
+    staging = h.create(waves="100%", select="device=dev000+dev001", channel="staging")
+    service.start_rollout(h.db, staging["id"])
+    h.rec.tick()
+    with pytest.raises(service.PromotionRefusedError):  # running, not finished
+        h.create(waves="100%", channel="prod", requires_channel="staging")
+    h.respond()
+    h.rec.tick()
+    assert service.rollout_status(h.db, staging["id"])["status"] == "finished"
+    prod = h.create(waves="100%", channel="prod", requires_channel="staging")
+    assert prod["status"] == "created" and prod["settings"]["channel"] == "prod"
+    with pytest.raises(RolloutSettingsError, match="promotion needs an earlier one"):
+        h.create(channel="prod", requires_channel="prod")
