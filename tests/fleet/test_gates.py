@@ -202,3 +202,38 @@ def test_the_inconclusive_limit_waits_for_devices_held_by_their_maintenance_wind
     prev = {"min_agreement": next(v for v in verdicts if v.gate == "min_agreement").to_dict()}
     held = evaluate(stats(pending=10, now=5000, previous=prev, held_for_window=10), c)
     assert held[0] is Outcome.WAIT and next(v for v in held[1] if v.gate == "min_agreement").since == 5000
+
+
+def test_the_gate_holds_the_false_alarm_rate_over_its_looks_and_strata():
+    """The latency gate itself (looks stored in the previous verdict, alpha split over the looks
+    and over pooled + 2 strata), on identical cohorts growing look by look, with no effect bound
+    (1.0): the share of 1000 seeds with any failure stays within alpha plus a binomial margin."""
+    import math
+
+    import numpy as np
+
+    g = GATES["max_latency_regression"]
+    c = cfg(max_latency_regression=1.0, judge_look_interval_s=60)
+    rng = np.random.default_rng(18)
+    seeds, fails = 1000, 0
+
+    def make(n, start, profile):
+        values = 10.0 * np.exp(rng.normal(0, 0.15, n))
+        return [DeviceTelemetry(f"{profile}{start + i}", profile, 100.0, 0, 0, v * 100.0, 100.0, 0, 0, f"profile={profile}") for i, v in enumerate(values)]
+
+    for _ in range(seeds):
+        new = make(20, 0, "x86") + make(20, 0, "arm")
+        ctl = make(20, 100, "x86") + make(20, 100, "arm")
+        prev: dict = {}
+        for look in range(5):
+            k = 12 + 2 * look  # devices per stratum reporting so far
+            cohort_new = new[:k] + new[20 : 20 + k]
+            v = g(stats(size=len(cohort_new), now=100.0 + 60 * look, previous=prev, new_devices=cohort_new, control_devices=ctl[:k] + ctl[20 : 20 + k]), c)
+            assert v.looks == look + 1
+            prev = {"max_latency_regression": v.to_dict()}
+            if v.outcome is Outcome.FAIL:
+                fails += 1
+                break
+    rate = fails / seeds
+    print(f"gate-level false alarms, 5 looks x (pooled + 2 strata), {seeds} seeds: {rate:.4f}")
+    assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / seeds)
