@@ -243,7 +243,10 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
         ov_ir, ov_manifest, ov_report, ov_seconds = _edgeops(path, calib, val, labels, "x86_64-openvino-int8", folder)
         ort_art, _, ort_report, ort_seconds = _edgeops(path, calib, val, labels, "x86_64-avx512-vnni", folder)
         paths["edgeops-ov"], paths["edgeops-ort"] = ov_ir, ort_art
-        precision = {"edgeops-ov": ov_manifest.runtime_options.get("inference_precision", "f32"), "ov-nncf": None, "ov-default": None}
+        # under auto the OpenVINO profile may ship onnxruntime's int8 (an onnxruntime bundle): run it as its agent would
+        precision = {"ov-nncf": None, "ov-default": None}
+        if ov_manifest.runtime == "openvino":
+            precision["edgeops-ov"] = ov_manifest.runtime_options.get("inference_precision", "f32")
 
         def make(label, threads):
             return _Ov(paths[label], threads, precision[label]) if label in precision else _Ort(paths[label], threads)
@@ -256,7 +259,7 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                 del paths[label]
 
         result = {"model": name, "inputs": {k: list(v.shape) for k, v in first.items()}, "sizes": {k: _size(p) for k, p in paths.items()},
-                  "edgeops_ov": {"precision": precision["edgeops-ov"], "scheme": ov_report["quantization"]["scheme"], "status": ov_report["status"],
+                  "edgeops_ov": {"runtime": ov_manifest.runtime, "precision": precision.get("edgeops-ov"), "scheme": ov_report["quantization"]["scheme"], "status": ov_report["status"],
                                  "metrics": {k: ov_report["metrics"].get(k) for k in ("top1_agreement", "accuracy_drop_points")}, "build_s": round(ov_seconds, 1)},
                   "edgeops_ort": {"scheme": ort_report["quantization"]["scheme"], "status": ort_report["status"], "build_s": round(ort_seconds, 1)},
                   "failed_peers": failed, "threads": {}}
