@@ -90,6 +90,7 @@ class BrokerConfig(_Section):
     key_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
     session_expiry_s: int = Field(default=7 * 86400, ge=0, description="MQTT 5 session expiry (events are queued for the console while it is down)")
+    ingest_client_id: str = Field(default="edgeops-ingest", description="on a broker without shared subscriptions (NATS, RabbitMQ) and with shared_group set: the one ingest session the leader replica holds, so the next leader resumes what was queued for it")
 
     @field_validator("url")
     @classmethod

@@ -66,6 +66,7 @@ class FleetConsole:
         self.ingest = Ingestor(self.db, config.ingest, on_batch=self._after_ingest)
         self._final_seen = 0
         self.mqtt = None
+        self._ingest_mqtt = None
         self.repo_server = None
         self.api = None
         self.reconciler: Reconciler | None = None
@@ -90,7 +91,11 @@ class FleetConsole:
     @property
     def subscription_problem(self) -> str | None:
         """Why this replica's subscriptions are not receiving (a probe did not come back), or None."""
-        return self.mqtt.subscription_problem if self.mqtt is not None else None
+        for m in (self.mqtt, self._ingest_mqtt):
+            problem = m.subscription_problem if m is not None else None
+            if problem:
+                return problem
+        return None
 
     @property
     def api_url(self) -> str | None:
@@ -124,7 +129,12 @@ class FleetConsole:
             from edgeops.fleet.registry import device_ids
 
             # known_devices: the registry names the exact state topics where retained state does not reach wildcards
-            self.mqtt = ConsoleMqtt(self.config.broker, self.ingest.submit, self._on_fetch, known_devices=lambda: device_ids(self.db))
+            # ingest_under_lease: on a broker without $share, replicas (shared_group set) leave device
+            # messages to one ingest session that the leader holds (_follow_lease)
+            self.mqtt = ConsoleMqtt(
+                self.config.broker, self.ingest.submit, self._on_fetch, known_devices=lambda: device_ids(self.db),
+                ingest_under_lease=bool(self.config.broker.shared_group),
+            )
             self.repo_server = MqttRepositoryServer(self.repo_dir, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
             self.mqtt.start()
             sender = CommandSender(signer, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
@@ -141,6 +151,35 @@ class FleetConsole:
             self._thread.start()
         log.info("fleet console started (db %s, broker %s, api %s)", self.db.dialect, self.config.broker.url if self._use_mqtt else "-", self.api_url or "-")
         return self
+
+    @property
+    def ingest_session(self):
+        """The leader's ingest connection (brokers without $share), else None."""
+        return self._ingest_mqtt
+
+    def _follow_lease(self, leader: bool) -> None:
+        """Brokers without shared subscriptions: the leader holds the one ingest session.
+
+        Its client id (``broker.ingest_client_id``) is the same on every replica, so the session,
+        with what the broker queued for it while no replica held it, passes to the next leader.
+        A replica that lost the lease closes it at once (two holders would take it from each
+        other)."""
+        if self.mqtt is None or self.mqtt.carries_ingest:
+            return
+        if leader and self._ingest_mqtt is None:
+            from edgeops.fleet.mqtt import ConsoleMqtt
+
+            cfg = self.config.broker.model_copy(update={"client_id": self.config.broker.ingest_client_id, "shared_group": None, "protocol": self.mqtt.protocol})
+            try:
+                self._ingest_mqtt = ConsoleMqtt(cfg, self.ingest.submit, self._on_fetch, subscribe_state=False).start()
+            except FleetError as e:  # tried again on the next tick; the reconciler goes on meanwhile
+                log.error("leader: cannot open the ingest session %s: %s", cfg.client_id, e)
+                return
+            log.info("leader: holding the ingest session %s", cfg.client_id)
+        elif not leader and self._ingest_mqtt is not None:
+            self._ingest_mqtt.stop()
+            self._ingest_mqtt = None
+            log.info("not the leader: ingest session closed")
 
     def _on_fetch(self, topic: str, payload: bytes) -> None:
         if self.repo_server is not None:
@@ -169,7 +208,9 @@ class FleetConsole:
                 break
             last_tick = time.monotonic()
             try:
-                if self.leader.acquire():
+                leader = self.leader.acquire()
+                self._follow_lease(leader)
+                if leader:
                     self.reconciler.tick()
                     self.ticks += 1
                     now = time.monotonic()
@@ -207,6 +248,9 @@ class FleetConsole:
         if self.api:
             self.api.stop()
             self.api = None
+        if self._ingest_mqtt:
+            self._ingest_mqtt.stop()
+            self._ingest_mqtt = None
         if self.mqtt:
             self.mqtt.stop()
         if drain:

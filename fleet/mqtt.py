@@ -148,8 +148,14 @@ class ConsoleMqtt:
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         known_devices: Callable[[], Iterable[str]] | None = None,
+        ingest_under_lease: bool = False,
+        subscribe_state: bool = True,
     ):
         self.cfg = cfg
+        # ingest_under_lease: without $share, leave events/telemetry/fetch to the lease holder's
+        # ingest session (FleetConsole) instead of every replica subscribing plainly
+        self.ingest_under_lease = ingest_under_lease
+        self.subscribe_state = subscribe_state
         self.on_device_message = on_device_message
         self.on_fetch = on_fetch
         self.protocol: str | None = None
@@ -175,17 +181,37 @@ class ConsoleMqtt:
         """True while events, telemetry and fetch requests come through ``$share/<group>/``."""
         return bool(self.cfg.shared_group) and self.shared_supported is not False
 
-    def _device_filters(self, shared: bool) -> list[str]:
+    @property
+    def carries_ingest(self) -> bool:
+        """True while this connection subscribes to events, telemetry and fetch requests."""
+        return self.shared or not (self.ingest_under_lease and self.shared_supported is False)
+
+    def _device_filters(self, shared: bool, carries: bool = True) -> list[str]:
         share = f"$share/{self.cfg.shared_group}/" if shared else ""
-        filters = [f"{share}{PROTOCOL}/+/events", f"{share}{PROTOCOL}/+/telemetry"]
-        if self.on_fetch is not None:
-            filters.append(f"{share}{PROTOCOL}/+/fetch/req")
+        filters = []
+        if carries:
+            filters += [f"{share}{PROTOCOL}/+/events", f"{share}{PROTOCOL}/+/telemetry"]
+            if self.on_fetch is not None:
+                filters.append(f"{share}{PROTOCOL}/+/fetch/req")
         if shared:  # brings this replica's probe back to it, whichever member the group picks
             filters.append(f"{share}{self.probe.topic}")
+        elif not carries:  # no telemetry filter here: the probe comes back on its exact topic
+            filters.append(self.probe.topic)
         return filters
 
+    def _wanted_filters(self) -> list[str]:
+        return self._device_filters(self.shared, self.carries_ingest)
+
+    def _unwanted_filters(self) -> list[str]:
+        """Device filters of the other modes: a persistent session keeps them from an earlier run."""
+        every = set(self._device_filters(False, True) + self._device_filters(False, False))
+        if self.cfg.shared_group:
+            every |= set(self._device_filters(True, True))
+        return sorted(every - set(self._wanted_filters()))
+
     def _topics(self) -> list[tuple[str, int]]:
-        return [(f"{PROTOCOL}/+/state", 1)] + [(f, 1) for f in self._device_filters(self.shared)]
+        state = [(f"{PROTOCOL}/+/state", 1)] if self.subscribe_state else []
+        return state + [(f, 1) for f in self._wanted_filters()]
 
     @property
     def subscription_problem(self) -> str | None:
@@ -254,15 +280,18 @@ class ConsoleMqtt:
             self.shared_supported = True
             return
         self.shared_supported = False
+        if self.ingest_under_lease:
+            how = "events, telemetry and fetch requests go to one ingest session, held by the leader replica"
+        else:
+            how = "subscribing plainly: every replica receives every device message and ingest stores each once"
         log.warning(
             "broker %s accepted $share/%s/ subscriptions but delivered nothing on them (no shared subscriptions: "
-            "NATS and RabbitMQ MQTT); subscribing plainly: every replica receives every device message and ingest "
-            "stores each once", self.cfg.url, self.cfg.shared_group)
+            "NATS and RabbitMQ MQTT); %s", self.cfg.url, self.cfg.shared_group, how)
         self.probe.reset()
         client = self.client
         if client is not None and self.connected.is_set():
-            client.unsubscribe(self._device_filters(True))
-            client.subscribe([(f, 1) for f in self._device_filters(False)])
+            client.unsubscribe(self._unwanted_filters())
+            client.subscribe([(f, 1) for f in self._wanted_filters()])
 
     def _check_retained(self) -> None:
         """Measure retained delivery to wildcards; without it, catch up on state now and on every connect."""
@@ -305,9 +334,9 @@ class ConsoleMqtt:
             log.error("broker %s refused the connection: %s", self.cfg.url, rc)
             return
         self.connects += 1
-        if self.cfg.shared_group:
-            # a persistent session keeps the other mode's filters: drop them, or they deliver twice
-            client.unsubscribe(self._device_filters(not self.shared))
+        if self.cfg.shared_group or self.ingest_under_lease:
+            # a persistent session keeps the other modes' filters: drop them, or they deliver twice
+            client.unsubscribe(self._unwanted_filters())
         client.subscribe(self._topics())
         self.connected.set()
         if self.retained_wildcard is False:
@@ -362,7 +391,11 @@ class ConsoleMqtt:
         return _Handle(self.client.publish(topic, payload, qos=qos, retain=retain))
 
     def stop(self) -> None:
-        """Disconnect cleanly (the persistent session stays on the broker)."""
+        """Disconnect cleanly (the persistent session stays on the broker).
+
+        With shared subscriptions the session stays in the group: what the broker deals it while
+        the replica restarts waits for it (a lone replica loses nothing). A replica retired for
+        good should have its session removed (docs/fleet.md)."""
         self._probe_stop.set()
         if self._probe_thread is not None:
             self._probe_thread.join(5)

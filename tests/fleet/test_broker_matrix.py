@@ -122,6 +122,12 @@ def telemetry_rows(console, device_id: str) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.device_id == device_id)).scalar()
 
 
+def telemetry_seqs(console, device_id: str) -> list[int]:
+    t = console.db.t.telemetry
+    with console.db.connect() as conn:
+        return [r[0] for r in conn.execute(sa.select(t.c.seq).where(t.c.device_id == device_id).order_by(t.c.seq))]
+
+
 def test_enrol_rollout_and_telemetry_on_each_broker(broker, tmp_path, fleet_repo):
     tmp_path.chmod(0o755)
     fleet_toml = write_fleet(tmp_path, broker, fleet_repo, "console-a")
@@ -137,6 +143,10 @@ def test_enrol_rollout_and_telemetry_on_each_broker(broker, tmp_path, fleet_repo
         # RabbitMQ delivers no retained message to +/state: the agents, started before the console,
         # show online only through the catch-up on their exact state topics
         assert console.mqtt.retained_wildcard is (broker.kind != "rabbitmq")
+        # without $share, the leader holds the one ingest session; the other replica only reads state
+        assert console.mqtt.carries_ingest is (broker.kind == "mosquitto")
+        if broker.kind != "mosquitto":
+            wait_until(lambda: console.ingest_session is not None, 30, "the leader's ingest session")
         wait_until(lambda: all(get_device(console.db, d)["online"] for d in devices), 60, "agents online (after the MQTT 5 -> 3.1.1 fallback where refused)")
         api = ["--url", console.api_url, "--token", TOKEN]
         r = cli(rollout, "create", "--bundle", "digits@1.0.0", "--select", "tag=matrix=1", "--waves", "34%,100%", "--bake", "0", "--start", *api, "--json")
@@ -159,6 +169,18 @@ def test_enrol_rollout_and_telemetry_on_each_broker(broker, tmp_path, fleet_repo
         wait_until(lambda: all(telemetry_rows(console, d) > before[d] for d in devices), 30, "telemetry keeps arriving with two replicas")
         status, body = healthz(replica)
         assert status == 200 and body["ok"], body
+        if broker.kind != "mosquitto":
+            assert replica.ingest_session is None and not replica.mqtt.carries_ingest
+            # the leader goes: the other replica takes the lease and the ingest session, with what
+            # the broker queued for it meanwhile; every device's telemetry goes on without a gap
+            console.stop()
+            console = None
+            wait_until(lambda: replica.is_leader and replica.ingest_session is not None, 30, "replica B leader with the ingest session")
+            before = {d: telemetry_rows(replica, d) for d in devices}
+            wait_until(lambda: all(telemetry_rows(replica, d) > before[d] + 1 for d in devices), 30, "telemetry through B's ingest session")
+            for d in devices:
+                seqs = telemetry_seqs(replica, d)
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (d, seqs)
     finally:
         for p in agents:
             stop_agent(p)
