@@ -784,3 +784,25 @@ def test_promotion_to_prod_without_staging_is_refused(h):
     assert prod["status"] == "created" and prod["settings"]["channel"] == "prod"
     with pytest.raises(RolloutSettingsError, match="promotion needs an earlier one"):
         h.create(channel="prod", requires_channel="prod")
+
+
+def test_a_console_restart_mid_judgement_keeps_the_looks(h):
+    """The judged gate's looks live in the database: a new reconciler (a restarted console)
+    continues at look 2 of 2 rather than starting the wave's alpha budget again."""
+    r = h.create(waves="50%,100%", max_latency_regression=1.1, judge_max_looks=2, judge_look_interval="1m", bake="5m")
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    _answer(h, p95=5.0)
+    _old_version_telemetry(h, _not_in(h, rid))
+    h.rec.tick()
+    gate = {g["gate"]: g for g in service.rollout_status(h.db, rid)["waves"][0]["gates"]}["max_latency_regression"]
+    assert (gate["outcome"], gate["looks"], gate["final"]) == ("pass", 1, False)
+    h.rec = h.make_reconciler()  # the console restarts
+    h.now += 30
+    h.rec.tick()  # within the interval: no look
+    assert {g["gate"]: g for g in service.rollout_status(h.db, rid)["waves"][0]["gates"]}["max_latency_regression"]["looks"] == 1
+    h.now += 30
+    h.rec.tick()
+    gate = {g["gate"]: g for g in service.rollout_status(h.db, rid)["waves"][0]["gates"]}["max_latency_regression"]
+    assert (gate["looks"], gate["final"]) == (2, True) and "look 2 of 2 (final)" in gate["detail"]
