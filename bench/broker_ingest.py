@@ -1,7 +1,7 @@
-"""Ingest through each broker with 1 or N console replicas: where the broker has no shared
-subscriptions (NATS, RabbitMQ) every replica receives every message and ingest stores each
-(device, seq) once; where it has them (mosquitto) replicas split the stream. This measures what
-that costs.
+"""Ingest through each broker with 1 or N console replicas: where the broker has shared
+subscriptions (mosquitto) replicas split the stream; where it has none (NATS, RabbitMQ) the
+leader replica holds the one ingest session (before that: every replica subscribed plainly and
+ingest stored each (device, seq) once). This measures what each costs.
 
     python bench/broker_ingest.py --broker nats --replicas 3 --batches 20000 [--db URL]
 
@@ -89,10 +89,13 @@ def main() -> None:
         if args.broker == "rabbitmq":
             broker.add_user("bench-load", "pw")
         for cfg in cfgs:
-            c = FleetConsole(cfg, signer=object(), api=False, reconcile=False)
+            c = FleetConsole(cfg, signer=object(), api=False)  # the reconciler loop follows the lease (ingest session)
             c.start()
             consoles.append(c)
-        modes = sorted({"shared" if c.mqtt.shared else "plain" for c in consoles})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(c.mqtt.carries_ingest or c.ingest_session for c in consoles):
+            time.sleep(0.1)  # without $share: until the leader holds the ingest session
+        modes = sorted({"shared" if c.mqtt.shared else "plain" if c.mqtt.carries_ingest else "leader-ingest" for c in consoles})
         cpu0, t0 = cpu_s(), time.monotonic()
         load = [sys.executable, "-c", LOADGEN, str(broker.port), str(args.batches), str(args.devices)]
         if args.broker == "rabbitmq":
