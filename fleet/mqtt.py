@@ -9,12 +9,15 @@ wait in the broker. Several replicas share events, telemetry and fetch requests 
 Brokers without shared subscriptions (NATS 2.9 and RabbitMQ 3.10 MQTT grant a ``$share/``
 filter and then deliver nothing on it): with ``shared_group`` set, :meth:`ConsoleMqtt.start`
 publishes a probe on this replica's probe topic through a shared filter and, when it does not
-come back within ``SHARED_PROBE_S``, subscribes plainly instead (``shared_supported`` False,
-logged). Every replica then receives every event, telemetry batch and fetch request: ingest
-stores each (device, seq) once (``ON CONFLICT DO NOTHING``), so nothing is lost or doubled, at
-the cost of one write attempt per replica. Each connect also unsubscribes the filters of the
-other mode, so a persistent session does not keep plain subscriptions after ``shared_group``
-was added (or shared ones after it was removed). The probe keeps running every
+come back within ``SHARED_PROBE_S``, gives up ``$share`` (``shared_supported`` False, logged).
+With ``ingest_under_lease`` (FleetConsole sets it with ``shared_group``) this connection then
+carries no device messages: they go to one ingest session (``broker.ingest_client_id``) that the
+leader replica opens with a second ``ConsoleMqtt`` and hands on with the lease
+(``FleetConsole._follow_lease``); the probe comes back on its exact topic. Without it the
+connection subscribes plainly, and ingest would store each (device, seq) once whatever number
+of replicas received it (measured ~3x the CPU at 3 replicas; docs/benchmarks.md). Each connect
+also unsubscribes the filters of the other modes, so a persistent session does not keep plain
+subscriptions after ``shared_group`` was added. The probe keeps running every
 ``probe_interval_s`` and :attr:`ConsoleMqtt.subscription_problem` says when the telemetry
 subscription stopped receiving (``edgeops.fleet.subscription_health``).
 
