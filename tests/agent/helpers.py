@@ -21,7 +21,7 @@ from edgeops.trust.keys import Keyring
 from edgeops.trust.repository import Repository
 from edgeops.trust.transport import DirectoryTransport, check_repo_path
 
-from tests.support.bundles import write_test_bundle
+from tests.support.bundles import sample_inputs, write_test_bundle
 from tests.support.wait import wait_for  # noqa: F401  (agent tests import it from here; its one home is tests/support/wait.py)
 
 DEVICE = "dev-1"
@@ -330,3 +330,30 @@ def stop_agent(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class TriggeredTraffic:
+    """Live inference traffic on a background thread with an input past ``trigger`` (the test
+    models' misbehaving variants fault only there): what probation must catch."""
+
+    def __init__(self, client, trigger: float):
+        self._client = client
+        self._x = sample_inputs(1)
+        self._x[0, 0] = trigger * 5
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._client.infer({"input": self._x})
+            except Exception:  # a faulting model answers errors: keep sending
+                pass
+
+    def __enter__(self) -> "TriggeredTraffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)

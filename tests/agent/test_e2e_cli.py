@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from edgeops.agent.client import AgentClient
 from edgeops.protocol import cmd_topic
-from tests.agent.helpers import Listener, RepoResponder, agent_config_dict, stop_agent, to_toml, wait_for
+from tests.agent.helpers import Listener, RepoResponder, TriggeredTraffic, agent_config_dict, stop_agent, to_toml, wait_for
 from tests.agent.test_mqtt import publish
 from tests.support.bundles import sample_inputs
 from tests.support.broker import free_port
@@ -86,25 +85,9 @@ def test_bad_update_is_rolled_back_with_the_gate_named(cli_agent, trust_repo, va
     pub = trust_repo.publish(f"5.0.0-{variant}", 50 + ["nan", "slow", "crash"].index(variant), variant=variant, trigger=TRIGGER, latency_p95_ms=budget)
     seen_before = len(listener.events)
     publish(cli_agent["broker"], cmd_topic(DEVICE), trust_repo.command("assign", pub, device_id=DEVICE))
-    stop = threading.Event()
-
-    def live_traffic():
-        x = sample_inputs(1)
-        x[0, 0] = TRIGGER * 5
-        while not stop.is_set():
-            try:
-                client.infer({"input": x})
-            except Exception:
-                pass
-
     wait_for(lambda: _serving_version(client) == pub.version, 60, what=f"{pub.version} activated")
-    t = threading.Thread(target=live_traffic, daemon=True)
-    t.start()
-    try:
+    with TriggeredTraffic(client, TRIGGER):
         rolled = wait_for(lambda: next((e for e in listener.events[seen_before:] if e["kind"] == "rolled_back"), None), 60, what="rolled_back event")
-    finally:
-        stop.set()
-        t.join(10)
     failed = [g for g in rolled["gates"] if not g["passed"]]
     assert failed[0]["gate"] == gate, rolled
     assert failed[0]["measured"] is not None and failed[0]["threshold"] is not None

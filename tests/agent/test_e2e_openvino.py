@@ -6,13 +6,12 @@ outputs, with the old OpenVINO model as the shadow) and rolls back to v1, which 
 from __future__ import annotations
 
 import importlib.util
-import threading
 
 import pytest
 
 from edgeops.agent.client import AgentClient
 from edgeops.protocol import cmd_topic
-from tests.agent.helpers import Listener, RepoResponder, agent_config_dict, stop_agent, to_toml, wait_for
+from tests.agent.helpers import Listener, RepoResponder, TriggeredTraffic, agent_config_dict, stop_agent, to_toml, wait_for
 from tests.agent.test_e2e_cli import _status, start_cli
 from tests.agent.test_mqtt import publish
 from tests.support.broker import free_port
@@ -47,7 +46,6 @@ def test_openvino_update_rolled_back_in_probation_and_the_old_openvino_model_ser
     listener = Listener(mqtt_broker.url, DEVICE)
     proc = start_cli(config, tmp_path / "agent.log")
     client = AgentClient(f"127.0.0.1:{port}", timeout=5)
-    stop = threading.Event()
     try:
         wait_for(lambda: _status(client), 30, what="agent API up")
         publish(mqtt_broker, cmd_topic(DEVICE), trust_repo.command("assign", v1, device_id=DEVICE))
@@ -61,28 +59,14 @@ def test_openvino_update_rolled_back_in_probation_and_the_old_openvino_model_ser
         seen = len(listener.events)
         publish(mqtt_broker, cmd_topic(DEVICE), trust_repo.command("assign", bad, device_id=DEVICE))
         wait_for(lambda: (_serving(client) or ("",))[0] == bad.version, 90, what=f"{bad.version} activated (self-test passed in OpenVINO)")
-
-        def live_traffic():
-            x = sample_inputs(1)
-            x[0, 0] = TRIGGER * 5
-            while not stop.is_set():
-                try:
-                    client.infer({"input": x})
-                except Exception:
-                    pass
-
-        t = threading.Thread(target=live_traffic, daemon=True)
-        t.start()
-        rolled = wait_for(lambda: next((e for e in listener.events[seen:] if e["kind"] == "rolled_back"), None), 90, what="rolled_back event")
-        stop.set()
-        t.join(10)
+        with TriggeredTraffic(client, TRIGGER):
+            rolled = wait_for(lambda: next((e for e in listener.events[seen:] if e["kind"] == "rolled_back"), None), 90, what="rolled_back event")
         failed = [g for g in rolled["gates"] if not g["passed"]]
         assert failed and failed[0]["gate"] == "nan_outputs", rolled
         assert rolled["target"]["version"] == bad.version
         wait_for(lambda: (_serving(client) or ("",))[0] == "1.0.0-ov", 30, what="the OpenVINO v1 serving again")
         assert client.infer({"input": sample_inputs(1)})["probs"].shape == (1, 4)
     finally:
-        stop.set()
         stop_agent(proc)
         responder.stop()
         listener.stop()
