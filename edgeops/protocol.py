@@ -8,6 +8,8 @@ Topics (``{d}`` is the device id; each device's ACL confines it to ``edgeops/v1/
     edgeops/v1/{d}/cmd            console → device, QoS 1: a DSSE envelope whose payload is a Command
     edgeops/v1/{d}/fetch/req      device → console: FetchRequest (JSON)
     edgeops/v1/{d}/fetch/resp     console → device: one chunk of a repository file (see encode_fetch_response)
+    edgeops/v1/{d}/capture        device → console, QoS 1: one chunk of a sealed captured sample (encode_capture_chunk)
+    edgeops/v1/{d}/capture/ack    console → device, QoS 1: CaptureAck (stored, or the chunks still missing)
 
 Every message body is JSON except fetch responses, which carry a length-prefixed JSON header
 (FetchResponse) followed by the raw chunk. Request/response is correlated by ``request_id`` in
@@ -85,6 +87,16 @@ def fetch_request_topic(device_id: str) -> str:
 def fetch_response_topic(device_id: str) -> str:
     """Repository file chunks to one device."""
     return f"{PROTOCOL}/{device_id}/fetch/resp"
+
+
+def capture_topic(device_id: str) -> str:
+    """Chunks of captured samples (sealed to the console's capture key)."""
+    return f"{PROTOCOL}/{device_id}/capture"
+
+
+def capture_ack_topic(device_id: str) -> str:
+    """The console's answers to captured-sample chunks."""
+    return f"{PROTOCOL}/{device_id}/capture/ack"
 
 
 def parse_topic(topic: str) -> tuple[str, str] | None:
@@ -199,6 +211,7 @@ class EventKind(str, Enum):
     INSTALL_FAILED = "install_failed"
     TELEMETRY_DROPPED = "telemetry_dropped"
     AGENT_STARTED = "agent_started"
+    CAPTURE_DROPPED = "capture_dropped"
 
 
 class GateResult(Schema):
@@ -268,15 +281,63 @@ class TelemetryBatch(Schema):
     # the active bundle's manifest (edgeops.sketch); each state is bounded there (bins, channels,
     # classes, counts at most COUNT_MAX), and at most MAX_TENSORS of them.
     sketches: Annotated[dict[NameText, SketchState], Meta(max_length=MAX_TENSORS)] = field(default_factory=dict)
+    # Data capture (issue 17): samples taken in the interval, samples the capture spool dropped
+    # (oldest first) and samples skipped because the policy's daily byte budget was spent.
+    captured: Count = 0
+    capture_dropped: Count = 0
+    capture_over_budget: Count = 0
 
 
-CommandKind = Literal["assign", "rollback", "self_test", "report"]
+CommandKind = Literal["assign", "rollback", "self_test", "report", "capture"]
 COMMAND_PAYLOAD_TYPE = "application/vnd.edgeops.command+json"
 MAX_SELF_TEST_RUNS = 10_000  # timed inferences a self_test command may ask for (the agent's main loop waits on them)
 # Optional fields added after protocol v1 shipped. Signers leave them out of the payload when
 # unset, so envelopes of commands that do not use them stay byte-identical to earlier ones and
 # agents that predate a field keep accepting every command that does not use it.
-COMMAND_OPTIONAL_FIELDS = ("runs",)
+COMMAND_OPTIONAL_FIELDS = ("runs", "capture")
+CAPTURE_KEY_PATTERN = r"^[A-Za-z0-9+/]{43}=$"  # base64 of a 32-byte Curve25519 public key
+MAX_CAPTURE_BUDGET = 1 << 40
+
+
+class CaptureTriggers(Schema):
+    """Which served inferences a capture policy takes (any one that holds is the trigger).
+
+    ``min_confidence``: the top-1 probability is below it (classifiers); ``shadow_disagreement``:
+    during probation the shadowed previous model picked another class; ``drift``: the device's
+    own sketches of the interval so far score at this level or above against the bundle's
+    reference (``warn_psi``/``alert_psi``/``alpha``/``min_samples`` as fleet.toml's [drift],
+    resolved by the console); ``nonfinite``: an output holds NaN/Inf; ``random_share``: this
+    share of all served inferences, whatever they gave.
+    """
+
+    min_confidence: Fraction | None = None
+    shadow_disagreement: bool = False
+    drift: Literal["warn", "alert"] | None = None
+    warn_psi: NonNegativeFinite = 0.1
+    alert_psi: NonNegativeFinite = 0.25
+    alpha: Fraction = 0.01
+    min_samples: Count = 200
+    nonfinite: bool = False
+    random_share: Fraction = 0.0
+
+
+class CapturePolicy(Schema):
+    """What a ``capture`` command turns on (``enabled`` false turns capture off).
+
+    ``sample_rate``: the share of triggering inferences kept; ``min_interval_s``: at most one
+    sample this often; ``budget_bytes_per_day``: sealed bytes the device may capture per UTC
+    day; ``until``: the policy ends then (unix time); ``public_key``: the console's capture key
+    (base64 Curve25519) samples are sealed to on the device.
+    """
+
+    policy_id: NameText
+    until: Timestamp
+    public_key: Annotated[str, Meta(pattern=whole(CAPTURE_KEY_PATTERN))]
+    enabled: bool = True
+    triggers: CaptureTriggers = field(default_factory=CaptureTriggers)
+    sample_rate: Fraction = 1.0
+    min_interval_s: Annotated[float, Meta(ge=0.0, le=86_400.0)] = 0.0
+    budget_bytes_per_day: Annotated[int, Meta(ge=1, le=MAX_CAPTURE_BUDGET)] = 64 << 20
 
 
 class Command(Schema):
@@ -300,6 +361,7 @@ class Command(Schema):
     rollout_id: str | None = None
     reason: str = ""
     runs: Annotated[int, Meta(ge=1, le=MAX_SELF_TEST_RUNS)] | None = None
+    capture: CapturePolicy | None = None  # capture only
 
 
 class FetchRequest(Schema):
@@ -341,6 +403,55 @@ def decode_fetch_response(payload: bytes) -> tuple[FetchResponse, bytes] | None:
         return None
     header = parse_message(FetchResponse, payload[4 : 4 + n])
     if header is None:
+        return None
+    return header, payload[4 + n :]  # type: ignore[return-value]
+
+
+CAPTURE_CHUNK_BYTES = 128 * 1024
+MAX_CAPTURE_CHUNKS = 4096
+Sha256Hex = Annotated[str, Meta(pattern=whole(r"^[0-9a-f]{64}$"))]
+
+
+class CaptureChunk(Schema):
+    """Header of one chunk of a sealed sample; the chunk bytes follow it in the payload.
+
+    ``sample_id`` is the sha256 of the whole sealed sample (what the console stores it under),
+    ``index`` counts from 0 of ``total`` chunks, ``size`` is the sealed sample's length. Nothing
+    about the sample's content travels in clear.
+    """
+
+    sample_id: Sha256Hex
+    index: Annotated[int, Meta(ge=0, lt=MAX_CAPTURE_CHUNKS)]
+    total: Annotated[int, Meta(ge=1, le=MAX_CAPTURE_CHUNKS)]
+    size: Annotated[int, Meta(ge=1, le=MAX_CAPTURE_CHUNKS * CAPTURE_CHUNK_BYTES)]
+
+
+class CaptureAck(Schema):
+    """The console's answer about one sample: ``stored`` (the device deletes it), ``missing``
+    (these chunk indices never arrived: send them again) or ``refused`` (it can never be
+    stored: not decryptable, over a bound; the device drops it and counts it)."""
+
+    sample_id: Sha256Hex
+    status: Literal["stored", "missing", "refused"]
+    missing: Annotated[list[Annotated[int, Meta(ge=0, lt=MAX_CAPTURE_CHUNKS)]], Meta(max_length=MAX_CAPTURE_CHUNKS)] = field(default_factory=list)
+    detail: _text(1024) = ""
+
+
+def encode_capture_chunk(header: CaptureChunk, chunk: bytes) -> bytes:
+    """Payload of a capture chunk: 4-byte big-endian header length, JSON header, chunk."""
+    head = header.to_json().encode()
+    return len(head).to_bytes(4, "big") + head + chunk
+
+
+def decode_capture_chunk(payload: bytes) -> tuple[CaptureChunk, bytes] | None:
+    """Split a capture chunk payload; None when malformed (count and drop)."""
+    if len(payload) < 4:
+        return None
+    n = int.from_bytes(payload[:4], "big")
+    if n > 1024 or len(payload) < 4 + n:
+        return None
+    header = parse_message(CaptureChunk, payload[4 : 4 + n])
+    if header is None or len(payload) - 4 - n > CAPTURE_CHUNK_BYTES:
         return None
     return header, payload[4 + n :]  # type: ignore[return-value]
 
