@@ -174,6 +174,24 @@ class TelemetryConfig(Schema):
     resend_after_s: Positive = 30.0
 
 
+class CaptureConfig(Schema):
+    """Data capture (off until a signed ``capture`` command turns it on; docs/monitoring.md).
+
+    ``public_key``: the console's capture public key (base64 Curve25519, ``edgeops data key``)
+    used when a policy names none; ``max_budget_bytes_per_day``: the largest daily budget a
+    policy may ask (a larger one is refused); ``spool_max_bytes``: the bound of the on-disk
+    spool of sealed samples (the oldest are dropped first, and reported); at most
+    ``max_inflight`` samples upload at a time, and one without the console's answer after
+    ``resend_after_s`` is sent again.
+    """
+
+    public_key: Annotated[str, Meta(pattern=r"^[A-Za-z0-9+/]{43}=$")] | None = None
+    max_budget_bytes_per_day: Annotated[int, Meta(ge=1)] = 256 << 20
+    spool_max_bytes: Annotated[int, Meta(ge=64 << 10)] = 64 << 20
+    max_inflight: Annotated[int, Meta(ge=1, le=64)] = 2
+    resend_after_s: Positive = 30.0
+
+
 class SelfTestConfig(Schema):
     """Self-test before activation: golden vectors, load time, latency, memory.
 
@@ -231,6 +249,7 @@ class AgentConfig(Schema):
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     self_test: SelfTestConfig = field(default_factory=SelfTestConfig)
     probation: ProbationConfig = field(default_factory=ProbationConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     store_quota_bytes: Annotated[int, Meta(ge=1)] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

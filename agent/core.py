@@ -37,6 +37,9 @@ from edgeops.protocol import DeviceEvent, DeviceState, EventKind, GateResult, Te
 from edgeops.trust.errors import TrustError
 from edgeops.trust.targets import BUNDLE_SUFFIX, target_path
 
+from edgeops.agent.capture import CaptureRefused, Capturer, Offer, load_rollouts, remember_rollout
+from edgeops.agent.capture_spool import CaptureSpool
+from edgeops.agent.capture_upload import CaptureUploader
 from edgeops.agent.config import AgentConfig, SelfTestConfig
 from edgeops.agent.inputs import BadInputError, check_inputs
 from edgeops.agent.machine import ROLLBACK_COMMAND, InstallMachine
@@ -141,6 +144,12 @@ class Agent:
         self.store = ModelStore(self.data_dir / "store", quota_bytes=config.store_quota_bytes)
         self.spool = Spool(self.data_dir / "spool.sqlite", config.telemetry.spool_max_bytes)
         self.telemetry = TelemetryCollector(clock())
+        cap = config.capture
+        self.capture_spool = CaptureSpool(self.data_dir / "capture.sqlite", cap.spool_max_bytes)
+        self.capturer = Capturer(self.data_dir, self.device_id, self.capture_spool, max_budget_bytes_per_day=cap.max_budget_bytes_per_day, config_key=cap.public_key, clock=clock, rng=self.rng)
+        self._rollouts_path = self.data_dir / "capture_rollouts.json"
+        self._rollouts = load_rollouts(self._rollouts_path)
+        self._last_capture_refusal_event = float("-inf")
         self.machine = InstallMachine(self)
         self.counters = {"rejected_messages": 0, "commands_accepted": 0, "inferences": 0, "inference_errors": 0}
         self._rejected_since_batch = 0
@@ -171,6 +180,7 @@ class Agent:
             session = MqttSession(self.device_id, config.broker, self._state_payload(online=False)) if config.broker else None
         self.session = session
         self.outbox = OutboxSender(self.spool, session, config.telemetry.max_inflight, config.telemetry.resend_after_s) if session else None
+        self.uploader = CaptureUploader(self.capture_spool, session, self.device_id, cap.max_inflight, cap.resend_after_s) if session else None
         if transport is AUTO:
             if config.trust.repository == "mqtt":
                 if session is None:
@@ -186,7 +196,7 @@ class Agent:
             session.on_message = self._on_message
             session.on_connect = self._on_connect
             session.on_publish = self.outbox.acked
-            session.on_loop = self.outbox.pump
+            session.on_loop = self._pump
 
         from edgeops.trust.floor import ReleaseFloor
 
@@ -262,6 +272,7 @@ class Agent:
                 time.sleep(0.1)
             self.session.stop()
         self.spool.close()
+        self.capture_spool.close()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Block until :meth:`stop` is called."""
@@ -436,6 +447,7 @@ class Agent:
         # the caller's mistakes (names, dtypes, shapes, NaN/Inf) are refused here, never counted as model errors
         check_inputs(model.manifest.inputs, inputs, model.manifest.name, fixed_dims=model.manifest.runtime == "onnxruntime")
         monitor = self._probation if self._probation_sha == model.sha256 else None
+        old = None  # the shadow model's outputs, when it ran on these inputs
         t0 = time.perf_counter()
         try:
             outputs = model.runtime.run(inputs)
@@ -457,14 +469,33 @@ class Agent:
             monitor.record(latency_ms, outputs)
             self._wake.set()  # probation gates are evaluated on the main loop: at once, not next tick
             shadow = self._shadow
-            if shadow is not None and (synthetic or self.rng.random() < self.config.api.shadow_sample_rate):
+            if shadow is not None and (synthetic or self.rng.random() < self.config.api.shadow_sample_rate or (not synthetic and self.capturer.wants_shadow())):
                 t1 = time.perf_counter()
                 try:
                     old = shadow.runtime.run(inputs)
                     monitor.record_shadow(outputs, old, (time.perf_counter() - t1) * 1000.0)
                 except InferenceError:
+                    old = None
                     monitor.record_shadow(outputs, None, None)
+        if not synthetic and self.capturer.policy is not None:
+            self.capturer.offer(
+                Offer(inputs, outputs, model.manifest.name, model.manifest.version, model.sha256, self._rollouts.get(model.sha256), old if monitor is not None else None),
+                self._drift_level,
+            )
         return outputs, model
+
+    def _drift_level(self) -> int:
+        """The drift level (0 ok/insufficient, 1 warn, 2 alert) of this interval's sketches so far
+        against the served bundle's reference, at the thresholds the capture policy carries."""
+        from edgeops import sketch as sk
+
+        policy = self.capturer.active()
+        reference, states = self.telemetry.sketch_states()
+        if policy is None or reference is None or not states:
+            return 0
+        t = policy.triggers
+        level = sk.level(sk.score(reference, states), t.warn_psi, t.alert_psi, t.alpha, t.min_samples)
+        return {"warn": 1, "alert": 2}.get(level, 0)
 
     def _synthetic_traffic(self) -> None:
         """During probation, run golden inputs when live traffic is short of the window."""
@@ -494,6 +525,12 @@ class Agent:
         self._commands.put(envelope)
         self._wake.set()
 
+    def _pump(self) -> None:
+        """The session loop's work: spooled telemetry and events, then captured samples."""
+        self.outbox.pump()
+        if self.uploader is not None:
+            self.uploader.pump()
+
     def _count_rejected(self, why: str) -> None:
         with self._counter_lock:
             self.counters["rejected_messages"] += 1
@@ -503,6 +540,9 @@ class Agent:
     def _on_message(self, kind: str, payload: bytes) -> None:
         if kind == "cmd":
             self.submit(payload)
+        elif kind == "capture/ack" and self.uploader is not None:
+            if not self.uploader.handle_ack(payload):
+                self._count_rejected("malformed capture ack")
         elif kind == "fetch/resp" and self._mqtt_transport is not None:
             before = self._mqtt_transport.malformed
             self._mqtt_transport.handle_response(payload)
@@ -527,13 +567,55 @@ class Agent:
             cmd = self.verifier().verify(envelope, now=self.clock())
         except TrustError as e:
             self._count_rejected(f"{type(e).__name__}: {e}")
+            self._capture_refusal_event(envelope, e)
             return
         with self._counter_lock:
             self.counters["commands_accepted"] += 1
         self.persisted.last_command_seq = max(self.persisted.last_command_seq, cmd.seq)
         self._state_dirty = True
-        handler = {"assign": self._cmd_assign, "rollback": self._cmd_rollback, "self_test": self._cmd_self_test, "report": self._cmd_report}[cmd.kind]
+        handler = {"assign": self._cmd_assign, "rollback": self._cmd_rollback, "self_test": self._cmd_self_test, "report": self._cmd_report, "capture": self._cmd_capture}[cmd.kind]
         handler(cmd)
+
+    CAPTURE_REFUSAL_EVENT_S = 10.0  # at most one event this often for refused capture envelopes (each is counted)
+
+    def _capture_refusal_event(self, envelope: bytes, error: TrustError) -> None:
+        """An event naming why a capture command was refused before it was accepted (unsigned,
+        expired, for another device, malformed). Which command it was is read from the
+        *unverified* payload, only to say so: nothing in it is acted on, and the events are rate
+        limited so a flood of forged envelopes cannot fill the spool."""
+        import base64 as b64
+
+        try:
+            doc = json.loads(envelope)
+            payload = json.loads(b64.b64decode(doc["payload"]))
+            if payload.get("kind") != "capture":
+                return
+            command_id = str(payload.get("command_id", ""))[:128] or None
+        except Exception:  # noqa: BLE001 (not even a readable envelope: counted already)
+            return
+        now = time.monotonic()
+        if now - self._last_capture_refusal_event < self.CAPTURE_REFUSAL_EVENT_S:
+            return
+        self._last_capture_refusal_event = now
+        self.emit(EventKind.COMMAND_REJECTED, command_id=command_id, detail=f"capture refused: {type(error).__name__}: {error}"[:1000])
+
+    def _cmd_capture(self, cmd) -> None:
+        """Turn data capture on (or off) with the command's policy; refused with an event naming why."""
+        try:
+            policy = self.capturer.check(cmd.capture, self.clock())
+        except CaptureRefused as e:
+            with self._counter_lock:
+                self.counters["rejected_messages"] += 1
+                self._rejected_since_batch += 1
+            return self._refuse(cmd, f"capture refused: {e}")
+        self.capturer.apply(policy)
+        if policy.enabled:
+            t = policy.triggers
+            what = ", ".join(k for k, on in (("nonfinite", t.nonfinite), (f"min_confidence {t.min_confidence}", t.min_confidence is not None), ("shadow_disagreement", t.shadow_disagreement), (f"drift {t.drift}", t.drift), (f"random {t.random_share}", t.random_share > 0)) if on) or "no trigger"
+            detail = f"capture on: policy {policy.policy_id} ({what}; rate {policy.sample_rate}, budget {policy.budget_bytes_per_day} B/day, until {policy.until:.0f})"
+        else:
+            detail = f"capture off: policy {policy.policy_id}"
+        self.emit(EventKind.COMMAND_ACCEPTED, command_id=cmd.command_id, detail=detail)
 
     def _refuse(self, cmd, why: str) -> None:
         self.emit(EventKind.COMMAND_REJECTED, command_id=cmd.command_id, detail=why, target=cmd.bundle)
@@ -552,6 +634,8 @@ class Agent:
         if self.persisted.failed.get(cmd.target_sha256) == cmd.command_id:
             return self._refuse(cmd, "this version failed on this device; re-assign it with a new command to try again")
         self.persisted.failed.pop(cmd.target_sha256, None)
+        if cmd.rollout_id:
+            self._rollouts = remember_rollout(self._rollouts_path, cmd.target_sha256, cmd.rollout_id)
         b = cmd.bundle
         self.persisted.update = UpdateRecord(
             command_id=cmd.command_id,
@@ -745,6 +829,8 @@ class Agent:
 
     def _on_connect(self) -> None:
         self._state_dirty = True  # the main loop publishes it
+        if self.uploader is not None:
+            self.uploader.reset()  # what was in the air may be lost with the old connection: send it again
 
     def flush_telemetry(self) -> int:
         """Close the current interval into a TelemetryBatch and spool it; returns its seq."""
@@ -758,7 +844,13 @@ class Agent:
         with self._counter_lock:
             rejected, self._rejected_since_batch = self._rejected_since_batch, 0
         monitor = self._probation
+        captured, capture_dropped, over_budget = self.capturer.drain_counts()
+        if capture_dropped:
+            self.emit(EventKind.CAPTURE_DROPPED, detail=f"capture spool bound of {self.capture_spool.max_bytes} bytes reached: dropped the oldest {capture_dropped} sample(s)")
         return dict(
+            captured=captured,
+            capture_dropped=capture_dropped,
+            capture_over_budget=over_budget,
             device_id=self.device_id,
             ts_start=m.ts_start,
             ts_end=m.ts_end,
@@ -810,6 +902,15 @@ class Agent:
             "connected": bool(self.session and self.session.connected),
             "spool": {"messages": self.spool.count(), "bytes": self.spool.size_bytes(), "max_bytes": self.spool.max_bytes, "dropped_unreported": self.spool.dropped(TELEMETRY)},
             "counters": counters,
+            "capture": {
+                "policy": p.to_dict() if (p := self.capturer.active()) else None,
+                "spooled": self.capture_spool.count(),
+                "spool_bytes": self.capture_spool.size_bytes(),
+                "spool_max_bytes": self.capture_spool.max_bytes,
+                "dropped_unreported": self.capture_spool.dropped(),
+                "captured": self.capturer.total_captured,
+                "uploaded": self.uploader.stored if self.uploader else 0,
+            },
             "probation": {"inferences": self._probation.count, "agreement": self._probation.agreement()} if self._probation else None,
             "agent_version": __version__,
         }

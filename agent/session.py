@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
-from edgeops.protocol import cmd_topic, fetch_response_topic, parse_topic, state_topic
+from edgeops.protocol import capture_ack_topic, cmd_topic, fetch_response_topic, parse_topic, state_topic
 
 from edgeops.agent.config import BrokerConfig
 
@@ -200,7 +200,7 @@ class MqttSession:
             log.warning("%s: broker refused the connection: %s", self.device_id, reason_code)
             return
         self.connects += 1
-        client.subscribe([(cmd_topic(self.device_id), 1), (fetch_response_topic(self.device_id), 1)])
+        client.subscribe([(cmd_topic(self.device_id), 1), (fetch_response_topic(self.device_id), 1), (capture_ack_topic(self.device_id), 1)])
         self._connected.set()
         log.info("%s: connected to %s:%d", self.device_id, *self.endpoint)
         if self.on_connect:

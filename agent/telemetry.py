@@ -138,6 +138,11 @@ class TelemetryCollector:
                 # a shape the reference cannot fold (another channel count): that tensor is not sketched
                 self.sketch_errors += 1
 
+    def sketch_states(self) -> tuple[Reference | None, dict[str, SketchState]]:
+        """The reference the interval sketches against and its sketches so far (not reset)."""
+        with self._lock:
+            return self._reference, {k: v.state() for k, v in self._sketchers.items() if v.rows}
+
     def drain(self, now: float) -> IntervalMetrics:
         """The interval's metrics; starts a new interval at ``now``."""
         with self._lock:
