@@ -383,7 +383,7 @@ def _print_rollout(r: dict) -> None:
         parts = ([f"profile={sel['profile']}"] if sel.get("profile") else []) + [f"tag={k}={v}" for k, v in sorted((sel.get("tags") or {}).items())]
         parts += ["device=" + "+".join(sel["devices"])] if sel.get("devices") else []
         con.print(f"maintenance window: {','.join(parts) or 'all'} from cron '{mw['cron']}' for {mw['duration_s']:g}s ({mw['timezone']}); {waiting} devices waiting for theirs", markup=False)
-    if any(s.get(k) is not None for k in ("max_latency_regression", "max_error_rate")):
+    if any(s.get(k) is not None for k in ("max_latency_regression", "max_error_rate", "max_latency_p50_regression", "max_confidence_drop", "max_class_mix_shift", "min_agreement")):
         con.print(
             f"judge: alpha {s.get('judge_alpha')} over {s.get('judge_max_looks')} looks (Bonferroni), >= {s.get('judge_min_devices')} devices per cohort,"
             f" control share {s.get('control_share')}, pause when inconclusive for {s.get('inconclusive_timeout_s', 0):.0f}s"
@@ -400,7 +400,10 @@ def _print_rollout(r: dict) -> None:
 @click.option("--max-rollback-rate", type=float, default=None)
 @click.option("--max-error-rate", type=float, default=None, help="largest excess of the error rate, and of the NaN rate, over the control cohort (judged)")
 @click.option("--max-latency-regression", type=float, default=None, help="largest per-device p95 ratio, new / control cohort (judged; 1.1: 10%% slower)")
-@click.option("--min-agreement", type=float, default=None)
+@click.option("--max-latency-p50-regression", type=float, default=None, help="largest per-device p50 ratio, new / control cohort (judged like the p95)")
+@click.option("--max-confidence-drop", type=float, default=None, help="largest drop of the per-device mean top-1 confidence vs the control (judged; 0.05: 5%% lower), from classifier output sketches")
+@click.option("--max-class-mix-shift", type=float, default=None, help="largest total variation distance of the output class mix vs the control (judged), from classifier output sketches")
+@click.option("--min-agreement", type=float, default=None, help="shadow agreement with the replaced model; fails when significantly below (one-proportion test)")
 @click.option("--max-drift", default=None, help="PSI of the wave's data against the bundle's drift reference, or warn / alert: fleet.toml's [drift] threshold (docs/monitoring.md)")
 @click.option("--min-reporting", type=float, default=0.9, show_default=True)
 @click.option("--judge-alpha", type=float, default=None, help="false-alarm rate of a judged gate over a wave's looks (default 0.05)")
@@ -418,7 +421,7 @@ def _print_rollout(r: dict) -> None:
 @click.option("--approve-each-wave", is_flag=True, help="wait for `rollout promote` after each wave")
 @click.option("--start", "start_now", is_flag=True, help="start it right away")
 @click.option("--json", "as_json", is_flag=True)
-def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, min_agreement, max_drift, min_reporting, judge_alpha, judge_max_looks, judge_look_interval, judge_min_devices, control_share, inconclusive_timeout, strata_tag, channel, requires_channel, watch, maintenance, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
+def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure_rate, max_rollback_rate, max_error_rate, max_latency_regression, max_latency_p50_regression, max_confidence_drop, max_class_mix_shift, min_agreement, max_drift, min_reporting, judge_alpha, judge_max_looks, judge_look_interval, judge_min_devices, control_share, inconclusive_timeout, strata_tag, channel, requires_channel, watch, maintenance, on_gate_failure, approve_each_wave, start_now, as_json) -> None:
     """Create a rollout (validated by the console; refused settings name the field)."""
     from edgeops.fleet.rollouts.settings import parse_request
 
@@ -437,7 +440,8 @@ def create_cmd(url, token, config_path, bundle, select, waves, bake, max_failure
         "on_gate_failure": on_gate_failure,
         "approve_each_wave": approve_each_wave,
     }
-    judge_opts = {"judge_alpha": judge_alpha, "judge_max_looks": judge_max_looks, "judge_look_interval": judge_look_interval, "judge_min_devices": judge_min_devices, "control_share": control_share, "inconclusive_timeout": inconclusive_timeout, "strata_tag": strata_tag, "watch": watch, "channel": channel, "requires_channel": requires_channel}
+    judge_opts = {"judge_alpha": judge_alpha, "judge_max_looks": judge_max_looks, "judge_look_interval": judge_look_interval, "judge_min_devices": judge_min_devices, "control_share": control_share, "inconclusive_timeout": inconclusive_timeout, "strata_tag": strata_tag, "watch": watch, "channel": channel, "requires_channel": requires_channel,
+                  "max_latency_p50_regression": max_latency_p50_regression, "max_confidence_drop": max_confidence_drop, "max_class_mix_shift": max_class_mix_shift}
     body.update({k: v for k, v in judge_opts.items() if v is not None})
     if maintenance:
         body["maintenance"] = list(maintenance)

@@ -9,7 +9,7 @@ where the last one stopped. Tables (each name gets ``table_prefix``; PostgreSQL 
                   the console's monotonic per-device command counter
     events        device events, primary key (device_id, seq): redeliveries are dropped
     telemetry     one row per telemetry batch, primary key (device_id, seq), with the version
-                  it ran and what the gates need (inferences, errors, NaN, p95, agreement)
+                  it ran and what the gates need (inferences, errors, NaN, p50, p95, agreement)
     rollouts      one per rollout: bundle, TUF target, selector, settings, status, current wave
     waves         (rollout_id, idx): percent, status, timestamps, last gate results
     assignments   (rollout_id, device_id): wave, assign command id/seq/expiry, status, the
@@ -120,6 +120,7 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("error_count", sa.BigInteger, nullable=False, default=0),
         sa.Column("nan_count", sa.BigInteger, nullable=False, default=0),
         sa.Column("p95_ms", sa.Float),
+        sa.Column("p50_ms", sa.Float),  # added after the first release: see ADDED_COLUMNS
         sa.Column("agreement", sa.Float),
         sa.Column("dropped_batches", sa.Integer, nullable=False, default=0),
         sa.Column("received_at", sa.Float, nullable=False),
@@ -239,6 +240,12 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
     return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands, device_clock, sketches)
 
 
+# Columns added to a table after databases were made without them: (table, column). create_all
+# adds each one missing (ALTER TABLE .. ADD COLUMN, nullable, on SQLite and PostgreSQL), so an
+# earlier database gains it on the next start; rows stored before it read NULL.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("telemetry", "p50_ms"),)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the API and reconciler read while the ingest writer writes; busy_timeout makes
     # concurrent writers wait instead of failing.
@@ -318,6 +325,15 @@ def weighted_p95_sums(tel: sa.Table) -> tuple[sa.ColumnElement, sa.ColumnElement
     )
 
 
+def weighted_p50_sums(tel: sa.Table) -> tuple[sa.ColumnElement, sa.ColumnElement]:
+    """As :func:`weighted_p95_sums` for the p50 column (rows stored before it: NULL, left out)."""
+    reported = tel.c.p50_ms.is_not(None)
+    return (
+        sa.func.sum(sa.case((reported, tel.c.p50_ms * sa.cast(tel.c.inference_count, sa.Float)), else_=0.0)),
+        float_sum(sa.case((reported, tel.c.inference_count), else_=0)),
+    )
+
+
 def dumps(value: Any) -> str:
     """Compact, stable JSON for text columns."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -346,12 +362,28 @@ class Database:
     def create_all(self) -> None:
         """Create the schema (and the PostgreSQL schema namespace) when missing."""
         try:
-            with self.engine.begin() as conn:
+            # a write transaction (SQLite: BEGIN IMMEDIATE): two consoles starting on one file
+            # do not both decide a column is missing
+            with self.begin() as conn:
                 if self.schema:
                     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                 self.t.metadata.create_all(conn)
+                self._add_missing_columns(conn)
         except sa.exc.OperationalError as e:
             raise FleetError(f"database {self.engine.url.render_as_string(hide_password=True)}: {e.orig}") from e
+
+    def _add_missing_columns(self, conn: Connection) -> None:
+        """The migration of :data:`ADDED_COLUMNS`: add each one a table made earlier lacks."""
+        inspector = sa.inspect(conn)
+        for key, column in ADDED_COLUMNS:
+            table: sa.Table = getattr(self.t, key)
+            have = {c["name"] for c in inspector.get_columns(table.name, schema=self.schema)}
+            if column not in have:
+                col = table.c[column]
+                kind = col.type.compile(dialect=conn.dialect)
+                # IF NOT EXISTS (PostgreSQL): two replicas starting at once both try
+                guard = "IF NOT EXISTS " if self.dialect == "postgresql" else ""
+                conn.execute(sa.text(f"ALTER TABLE {self._qualified(table)} ADD COLUMN {guard}{_q(column)} {kind}"))
 
     def drop_all(self) -> None:
         """Drop every table (and the PostgreSQL schema when one is configured). Tests only."""

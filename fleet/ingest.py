@@ -148,10 +148,15 @@ def _refusal_reason(e: BaseException) -> str:
 
 def p95_from_histogram(bounds: list[float], counts: list[int]) -> float | None:
     """Upper bound of the bucket holding the 95th percentile (None when empty or inconsistent)."""
+    return quantile_from_histogram(bounds, counts, 0.95)
+
+
+def quantile_from_histogram(bounds: list[float], counts: list[int], q: float) -> float | None:
+    """Upper bound of the bucket holding quantile ``q`` (None when empty or inconsistent)."""
     total = sum(counts)
     if not total or len(counts) not in (len(bounds), len(bounds) + 1):
         return None
-    need = 0.95 * total
+    need = q * total
     acc = 0
     for i, c in enumerate(counts):
         acc += c
@@ -530,6 +535,9 @@ class Ingestor:
             p95 = b.latency_p95_ms
             if p95 is None and b.latency_counts:
                 p95 = p95_from_histogram(b.latency_buckets_ms, b.latency_counts)
+            p50 = b.latency_p50_ms
+            if p50 is None and b.latency_counts:
+                p50 = quantile_from_histogram(b.latency_buckets_ms, b.latency_counts, 0.5)
             rows[(b.device_id, b.seq)] = {
                 "device_id": b.device_id,
                 "seq": b.seq,
@@ -542,6 +550,7 @@ class Ingestor:
                 "error_count": b.error_count,
                 "nan_count": b.nan_count,
                 "p95_ms": p95,
+                "p50_ms": p50,
                 "agreement": b.agreement,
                 "dropped_batches": b.dropped_batches,
                 "received_at": received_at,

@@ -338,22 +338,52 @@ def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None
     return _judged("max_latency_regression", s, cfg, decide)
 
 
+@gate("max_latency_p50_regression", reads=("cohorts",), when=lambda cfg: cfg.max_latency_p50_regression is not None)
+def max_latency_p50_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
+    """Per-device p50 latency of the wave against the control, judged as the p95 gate: the
+    typical inference, where the p95 gate watches the slow tail."""
+    if cfg.max_latency_p50_regression is None:
+        return None
+    bound = cfg.max_latency_p50_regression
+
+    def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
+        groups, note = _groups(s, cfg, lambda d: d.p50_ms is not None and d.p50_ms > 0)
+        each = alpha / len(groups)
+        return [
+            judge.judge_continuous(_label("latency_p50", key), _positive([d.p50_ms for d in new]), _positive([d.p50_ms for d in ctl]), bound - 1.0, each, cfg.judge_min_devices)
+            for key, new, ctl in groups
+        ], note
+
+    return _judged("max_latency_p50_regression", s, cfg, decide)
+
+
 @gate("min_agreement", reads=("cohorts",), when=lambda cfg: cfg.min_agreement is not None)
 def min_agreement(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """Mean over the wave's devices of their shadow agreement with the model they replace, at
-    least the threshold (one cohort: the old model is the reference); inconclusive below
-    ``judge_min_devices`` reporting devices."""
+    """Shadow agreement of the wave's devices with the model they replace against the threshold
+    (one cohort: the old model is the reference), pooled and per stratum: the agreeing share of
+    the inferences of the batches that report one, one-sample proportion test
+    (:func:`~edgeops.fleet.rollouts.judge.judge_at_least`). Fails when significantly below the
+    threshold; below it within the noise is inconclusive (more inferences decide); sequential
+    looks as the other judged gates, alpha split over the groups judged."""
     if cfg.min_agreement is None:
         return None
-    first = _first_install("min_agreement", s)
-    if first:
-        return first
-    values = [a for d in s.new_devices if (a := d.agreement) is not None]
-    if len(values) < cfg.judge_min_devices:
-        return Verdict("min_agreement", Outcome.INCONCLUSIVE, None, cfg.min_agreement, f"{len(values)} devices reported agreement; at least {cfg.judge_min_devices} are needed")
-    measured = sum(values) / len(values)
-    ok = measured >= cfg.min_agreement
-    return Verdict("min_agreement", Outcome.PASS if ok else Outcome.FAIL, measured, cfg.min_agreement, f"mean over {len(values)} devices")
+    threshold = cfg.min_agreement
+
+    def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
+        reporting = [d for d in s.new_devices if d.agreement is not None and d.agreement_weight > 0]
+        groups: list[tuple[str, list[DeviceTelemetry]]] = [("", reporting)]
+        keys = sorted({d.stratum for d in reporting})
+        if len(keys) > 1:
+            groups += [(k, m) for k in keys if len(m := [d for d in reporting if d.stratum == k]) >= cfg.judge_min_devices]
+        each = alpha / len(groups)
+        out = []
+        for key, devices in groups:
+            n = sum(d.agreement_weight for d in devices)
+            k = sum((d.agreement or 0.0) * d.agreement_weight for d in devices)
+            out.append(judge.judge_at_least(_label("agreement", key), min(k, n), n, len(devices), threshold, each, cfg.judge_min_devices))
+        return out, ""
+
+    return _judged("min_agreement", s, cfg, decide)
 
 
 @gate("bake")

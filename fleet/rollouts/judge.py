@@ -15,7 +15,10 @@ Tests (all one-sided, in the direction that would be a regression):
 - rates (errors, NaN outputs per inference): the pooled two-proportion z test; effect: the
   difference of the rates;
 - class mix (counts per output class): Pearson's chi-square test of homogeneity; effect: the
-  total variation distance between the two class distributions.
+  total variation distance between the two class distributions;
+- a share against a fixed threshold (shadow agreement: the new model's answers that agree with
+  the old model's on the same inputs; one cohort, the old model is the reference): the one-sample
+  proportion z test, one-sided toward "below"; effect: the share.
 
 A verdict FAILs only when the test is significant at the look's alpha *and* the effect is
 past the configured bound (Kayenta's rule: a difference must be both real and large enough to
@@ -361,3 +364,54 @@ def judge_mix(
         f"on {df} df, p={test.p_value:.2g} vs alpha {alpha:.3g}; {devices_new} new vs {devices_control} control devices"
     )
     return Judgement(metric, FAIL if fail else PASS, test.p_value, tvd, max_distance, devices_new, devices_control, alpha, detail)
+
+
+def one_proportion(k: float, n: float, p0: float) -> TestResult:
+    """One-sample z test that the proportion behind k/n is below ``p0`` (one-sided: ``p_value``
+    is the chance of a share this low or lower were the true share ``p0``)."""
+    if n <= 0:
+        raise ValueError(f"one-proportion test needs trials (got {n})")
+    if not 0 <= k <= n:
+        raise ValueError(f"successes must lie in [0, trials] (got {k}/{n})")
+    if not 0 <= p0 <= 1:
+        raise ValueError(f"the proportion tested against must lie in [0, 1] (got {p0})")
+    share = k / n
+    var = p0 * (1 - p0) / n
+    if var <= 0:  # p0 is 0 or 1: any share on the wrong side of it is certain evidence
+        below = share < p0
+        return TestResult(share, 0.0 if below else 1.0, -math.inf if below else 0.0)
+    z = (share - p0) / math.sqrt(var)
+    return TestResult(share, norm_sf(-z), z)
+
+
+def judge_at_least(
+    metric: str,
+    k: float,
+    n: float,
+    devices: int,
+    threshold: float,
+    alpha: float,
+    min_devices: int = DEFAULT_MIN_DEVICES,
+) -> Judgement:
+    """A share (e.g. shadow agreement: agreeing inferences k of n) of the wave against a fixed
+    threshold, with the one-sample proportion z test (:func:`one_proportion`).
+
+    PASS when the share is at least ``threshold``; FAIL when it is below *and* significantly so
+    (p < ``alpha``); INCONCLUSIVE when below but within the noise (more data decides it), or
+    with fewer than ``min_devices`` reporting devices or no trials. ``effect`` is the share.
+    """
+    if devices < min_devices:
+        return Judgement(metric, INCONCLUSIVE, None, None, threshold, devices, 0, alpha, f"{devices} devices reported; at least {min_devices} are needed")
+    if n <= 0:
+        return Judgement(metric, INCONCLUSIVE, None, None, threshold, devices, 0, alpha, "no trials reported")
+    test = one_proportion(k, n, threshold)
+    share = k / n
+    if share >= threshold:
+        outcome = PASS
+    else:
+        outcome = FAIL if test.p_value < alpha else INCONCLUSIVE
+    detail = (
+        f"{share:.4%} ({k:.0f} of {n:.0f}) vs threshold {threshold:.4%}; one-proportion p={test.p_value:.2g} "
+        f"(below the threshold) vs alpha {alpha:.3g}; {devices} devices"
+    )
+    return Judgement(metric, outcome, test.p_value, share, threshold, devices, 0, alpha, detail)

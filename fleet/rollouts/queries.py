@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgeops.errors import FleetError
-from edgeops.fleet.db import Database, float_sum, weighted_p95_sums
+from edgeops.fleet.db import Database, float_sum, weighted_p50_sums, weighted_p95_sums
 from edgeops.fleet.rollouts.records import DeviceTelemetry, Rollout, Wave, WaveTelemetry
 from edgeops.fleet.rollouts.settings import Selector
 from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A
@@ -129,6 +129,9 @@ def _per_device(db: Database, conn: Connection, where: list[Any], strata_tag: st
             *weighted_p95_sums(tel),
             sa.func.sum(tel.c.agreement),
             sa.func.count(tel.c.agreement),
+            *weighted_p50_sums(tel),
+            # inferences of the batches that report an agreement: the trials of the agreement test
+            float_sum(sa.case((tel.c.agreement.is_not(None), tel.c.inference_count), else_=0)),
         )
         .select_from(tel.join(d, d.c.id == tel.c.device_id))
         .where(*where)
@@ -136,8 +139,11 @@ def _per_device(db: Database, conn: Connection, where: list[Any], strata_tag: st
     )
     tags = _Tags()
     return [
-        DeviceTelemetry(dev, profile, float(inf or 0), float(err or 0), float(nan or 0), float(pw or 0), float(pn or 0), float(ag or 0), int(agn or 0), stratum(profile, tags(text), strata_tag))
-        for dev, profile, text, inf, err, nan, pw, pn, ag, agn in conn.execute(q)
+        DeviceTelemetry(
+            dev, profile, float(inf or 0), float(err or 0), float(nan or 0), float(pw or 0), float(pn or 0), float(ag or 0), int(agn or 0),
+            stratum(profile, tags(text), strata_tag), p50_weighted=float(p5w or 0), p50_weight=float(p5n or 0), agreement_weight=float(agw or 0),
+        )
+        for dev, profile, text, inf, err, nan, pw, pn, ag, agn, p5w, p5n, agw in conn.execute(q)
     ]
 
 

@@ -105,12 +105,13 @@ def stratified_order(rollout_id: str, devices: list[tuple[str, str | None, str |
 
 
 WATCH_GATES = ("max_failure_rate", "max_rollback_rate")  # judged over every device of the rollout while watching
-CONTROL_GATES = ("max_latency_regression", "max_error_rate")  # the gates that compare with a control cohort
+# the gates that compare with a control cohort
+CONTROL_GATES = ("max_latency_regression", "max_error_rate", "max_latency_p50_regression", "max_confidence_drop", "max_class_mix_shift")
 
 
 def needs_control(settings: RolloutSettings) -> bool:
     """True when a configured gate compares the wave with a control cohort."""
-    return settings.max_latency_regression is not None or settings.max_error_rate is not None
+    return any(getattr(settings, g) is not None for g in CONTROL_GATES)
 
 
 def held_back(settings: RolloutSettings, matching: int) -> int:

@@ -116,11 +116,19 @@ class DeviceTelemetry:
     agreement_sum: float = 0.0
     agreement_batches: int = 0
     stratum: str = ""  # profile (and the rollout's strata tag): the judge compares like with like
+    p50_weighted: float = 0.0  # SUM(p50 x inferences) over batches that report a p50
+    p50_weight: float = 0.0
+    agreement_weight: float = 0.0  # inferences of the batches that report an agreement
 
     @property
     def p95_ms(self) -> float | None:
         """Inference-weighted mean of the device's batch p95s, None without a weighted batch."""
         return self.p95_weighted / self.p95_weight if self.p95_weight else None
+
+    @property
+    def p50_ms(self) -> float | None:
+        """Inference-weighted mean of the device's batch p50s, None without a weighted batch."""
+        return self.p50_weighted / self.p50_weight if self.p50_weight else None
 
     @property
     def agreement(self) -> float | None:

@@ -213,7 +213,10 @@ class RolloutSettings(BaseModel):
     max_rollback_rate: float | None = Field(default=None, ge=0, le=1, description="rolled back over the wave's devices")
     max_error_rate: float | None = Field(default=None, ge=0, le=1, description="largest allowed excess of the error rate, and of the NaN rate, per inference on the new version over the control cohort")
     max_latency_regression: float | None = Field(default=None, description="largest allowed ratio of per-device p95 latency, new version / control cohort (1.1: 10% slower)")
-    min_agreement: float | None = Field(default=None, ge=0, le=1, description="shadow agreement of the new model with the old one")
+    max_latency_p50_regression: float | None = Field(default=None, description="largest allowed ratio of per-device p50 latency, new version / control cohort (judged like max_latency_regression)")
+    max_confidence_drop: float | None = Field(default=None, gt=0, lt=1, description="largest allowed drop of the per-device mean top-1 confidence, new version / control cohort (0.05: 5% lower), from the classifier outputs' drift sketches")
+    max_class_mix_shift: float | None = Field(default=None, gt=0, le=1, description="largest allowed total variation distance between the output class mix of the new version and the control cohort's, from the classifier outputs' drift sketches")
+    min_agreement: float | None = Field(default=None, ge=0, le=1, description="shadow agreement of the new model with the old one: fails when significantly below (one-sample proportion test)")
     max_drift: float | None = Field(default=None, gt=0, le=100, description="PSI of the wave's data on the new version against the bundle's drift reference (fails only when the KS test finds it significant; docs/monitoring.md)")
     drift_alpha: float = Field(default=0.01, gt=0, lt=1, description="max_drift: largest KS p-value read as significant")
     drift_min_samples: int = Field(default=200, ge=1, le=10**9, description="max_drift: inferences sketched on the new version before the gate decides")
@@ -251,11 +254,12 @@ class RolloutSettings(BaseModel):
             prev = p
         return v
 
-    @field_validator("max_latency_regression")
+    @field_validator("max_latency_regression", "max_latency_p50_regression")
     @classmethod
-    def _latency(cls, v: float | None) -> float | None:
+    def _latency(cls, v: float | None, info: Any) -> float | None:
         if v is not None and not v >= 1.0:
-            raise ValueError(f"{v} is a ratio of p95 latencies (new / control) and must be at least 1.0 (1.2 allows 20% slower)")
+            which = "p50" if "p50" in info.field_name else "p95"
+            raise ValueError(f"{v} is a ratio of {which} latencies (new / control) and must be at least 1.0 (1.2 allows 20% slower)")
         return v
 
     @model_validator(mode="after")
@@ -304,6 +308,9 @@ class RolloutRequest(BaseModel):
     max_rollback_rate: float | None = Field(default=None, ge=0, le=1)
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_latency_regression: float | None = None
+    max_latency_p50_regression: float | None = None
+    max_confidence_drop: float | None = Field(default=None, gt=0, lt=1)
+    max_class_mix_shift: float | None = Field(default=None, gt=0, le=1)
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     # a PSI, or a level name that takes the [drift] threshold of fleet.toml (resolved at creation:
     # a running rollout keeps its number); alpha and min_samples default to fleet.toml's too
@@ -358,6 +365,9 @@ class RolloutRequest(BaseModel):
             max_rollback_rate=self.max_rollback_rate,
             max_error_rate=self.max_error_rate,
             max_latency_regression=self.max_latency_regression,
+            max_latency_p50_regression=self.max_latency_p50_regression,
+            max_confidence_drop=self.max_confidence_drop,
+            max_class_mix_shift=self.max_class_mix_shift,
             min_agreement=self.min_agreement,
             max_drift=max_drift,
             drift_alpha=drift.alpha if self.drift_alpha is None else self.drift_alpha,

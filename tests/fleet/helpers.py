@@ -24,12 +24,13 @@ def event(device, seq, kind, command_id=None, target=None, detail="") -> tuple[s
     return events_topic(device), msg.to_json().encode()
 
 
-def telemetry(device, seq, version="digits@1.0.0", inferences=100, errors=0, nans=0, p95=5.0, agreement=None) -> tuple[str, bytes]:
+def telemetry(device, seq, version="digits@1.0.0", inferences=100, errors=0, nans=0, p95=5.0, agreement=None, p50=None) -> tuple[str, bytes]:
     """(topic, payload) of a TelemetryBatch."""
     now = time.time()
     n, v = version.split("@")
     msg = TelemetryBatch(
-        device_id=device, seq=seq, ts_start=now - 10, ts_end=now, active=VersionRef(name=n, version=v), inference_count=inferences, error_count=errors, nan_count=nans, latency_p95_ms=p95, agreement=agreement
+        device_id=device, seq=seq, ts_start=now - 10, ts_end=now, active=VersionRef(name=n, version=v), inference_count=inferences, error_count=errors, nan_count=nans, latency_p95_ms=p95, agreement=agreement,
+        latency_p50_ms=p50,
     )
     return telemetry_topic(device), msg.to_json().encode()
 

@@ -19,7 +19,7 @@ def stats(size=10, now=100.0, started=0.0, **counts):
 
 
 def test_registry_has_every_gate():
-    assert set(GATES) == {"min_reporting", "max_failure_rate", "max_rollback_rate", "max_error_rate", "max_latency_regression", "min_agreement", "bake", "max_drift"}
+    assert set(GATES) == {"min_reporting", "max_failure_rate", "max_rollback_rate", "max_error_rate", "max_latency_regression", "max_latency_p50_regression", "min_agreement", "bake", "max_drift", "max_confidence_drop", "max_class_mix_shift"}
 
 
 def test_min_reporting():
@@ -48,9 +48,12 @@ def test_max_rollback_rate():
     assert g(stats(rolled_back=2, succeeded=8), cfg(max_failure_rate=0.2, max_rollback_rate=0.1)).outcome is Outcome.FAIL
 
 
-def dev(i, *, p95=None, inferences=1000.0, errors=0.0, nans=0.0, agreement=None, profile="x86"):
+def dev(i, *, p95=None, p50=None, inferences=1000.0, errors=0.0, nans=0.0, agreement=None, profile="x86"):
     """One device's summed telemetry (what the cohorts input gives the gates)."""
-    return DeviceTelemetry(f"d{i}", profile, inferences, errors, nans, (p95 or 0.0) * inferences, inferences if p95 else 0.0, agreement or 0.0, 1 if agreement is not None else 0)
+    return DeviceTelemetry(
+        f"d{i}", profile, inferences, errors, nans, (p95 or 0.0) * inferences, inferences if p95 else 0.0, agreement or 0.0, 1 if agreement is not None else 0,
+        p50_weighted=(p50 or 0.0) * inferences, p50_weight=inferences if p50 else 0.0, agreement_weight=inferences if agreement is not None else 0.0,
+    )
 
 
 def cohort(n, start=0, **kw):
@@ -133,9 +136,31 @@ def test_min_agreement():
     assert g(stats(), cfg()) is None
     assert g(stats(), cfg(min_agreement=0.98)).outcome is Outcome.INCONCLUSIVE
     assert g(stats(new_devices=cohort(4, agreement=1.0)), cfg(min_agreement=0.98)).outcome is Outcome.INCONCLUSIVE  # 4 < 5 devices
-    v = g(stats(new_devices=cohort(5, agreement=0.99)), cfg(min_agreement=0.98))
+    v = g(stats(size=5, new_devices=cohort(5, agreement=0.99)), cfg(min_agreement=0.98))
     assert v.outcome is Outcome.PASS and v.measured == pytest.approx(0.99)
-    assert g(stats(new_devices=cohort(5, agreement=0.90)), cfg(min_agreement=0.98)).outcome is Outcome.FAIL
+    # 90% of 5000 inferences vs 98%: significantly below -> fail, with the test in the detail
+    bad = g(stats(size=5, new_devices=cohort(5, agreement=0.90)), cfg(min_agreement=0.98))
+    assert bad.outcome is Outcome.FAIL and "one-proportion p=" in bad.detail and bad.judgement[0]["n_new"] == 5
+    # 97% of 100 inferences vs 98%: below, but within the noise -> inconclusive (more inferences decide), never a pass
+    unsure = g(stats(size=5, new_devices=cohort(5, agreement=0.97, inferences=20.0)), cfg(min_agreement=0.98))
+    assert unsure.outcome is Outcome.INCONCLUSIVE and unsure.looks == 0
+    # 97% of 50,000 inferences is significantly below 98%
+    assert g(stats(size=5, new_devices=cohort(5, agreement=0.97, inferences=10_000.0)), cfg(min_agreement=0.98)).outcome is Outcome.FAIL
+
+
+def test_max_latency_p50_regression():
+    """The p50 gate is judged as the p95 one, on the p50 column; p95 alone does not feed it."""
+    g = GATES["max_latency_p50_regression"]
+    c = cfg(max_latency_p50_regression=1.1)
+    assert g(stats(), cfg()) is None
+    only_p95 = g(stats(new_devices=cohort(30, p95=spread(10.0)), control_devices=cohort(30, 100, p95=spread(10.0))), c)
+    assert only_p95.outcome is Outcome.INCONCLUSIVE and "0 new vs 0 control" in only_p95.detail
+    ok = g(stats(new_devices=cohort(30, p50=spread(5.0)), control_devices=cohort(30, 100, p50=spread(5.0))), c)
+    assert ok.outcome is Outcome.PASS and ok.judgement[0]["metric"] == "latency_p50"
+    bad = g(stats(new_devices=cohort(30, p50=spread(6.0), p95=spread(10.0)), control_devices=cohort(30, 100, p50=spread(5.0), p95=spread(10.0))), c)
+    assert bad.outcome is Outcome.FAIL and bad.measured == pytest.approx(1.2, abs=0.02) and "slower" in bad.detail
+    with pytest.raises(Exception, match="p50 latencies"):
+        cfg(max_latency_p50_regression=0.9)
 
 
 def test_inconclusive_waits_then_gives_up_after_the_timeout():

@@ -174,3 +174,22 @@ def test_sequential_looks_hold_the_false_alarm_rate():
 def test_bad_values_are_refused():
     with pytest.raises(ValueError, match="above 0"):
         j.judge_continuous("latency_p95", [0.0] * 5, [1.0] * 5, 0.1, ALPHA)
+
+
+def test_one_proportion_and_judge_at_least():
+    """Shadow agreement against its threshold: one-sample proportion z test, one-sided toward
+    below (issue 18)."""
+    import math
+
+    from edgeops.fleet.rollouts.judge import FAIL, INCONCLUSIVE, PASS, judge_at_least, one_proportion
+
+    # 940 of 1000 vs 0.95: z = -0.01 / sqrt(0.95 * 0.05 / 1000) = -1.4510..., p = P(Z < z)
+    t = one_proportion(940, 1000, 0.95)
+    assert t.z == pytest.approx(-0.01 / math.sqrt(0.95 * 0.05 / 1000)) and t.p_value == pytest.approx(0.07339, abs=1e-4)
+    assert one_proportion(10, 10, 1.0).p_value == 1.0 and one_proportion(9, 10, 1.0).p_value == 0.0
+    assert judge_at_least("agreement", 960, 1000, 5, 0.95, 0.01).outcome == PASS
+    assert judge_at_least("agreement", 940, 1000, 5, 0.95, 0.01).outcome == INCONCLUSIVE  # below, within the noise
+    assert judge_at_least("agreement", 9000, 10000, 5, 0.95, 0.01).outcome == FAIL
+    assert judge_at_least("agreement", 900, 1000, 4, 0.95, 0.01).outcome == INCONCLUSIVE  # 4 < 5 devices
+    with pytest.raises(ValueError, match="trials"):
+        one_proportion(1, 0, 0.5)
