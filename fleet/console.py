@@ -68,6 +68,7 @@ class FleetConsole:
         self.mqtt = None
         self._ingest_mqtt = None
         self.repo_server = None
+        self.capture = None  # CaptureStore once started with MQTT (fleet/capture_store.py)
         self.api = None
         self.reconciler: Reconciler | None = None
         self.leader = LeaderLease(self.db, config.rollouts.leader_lock_id)
@@ -126,14 +127,19 @@ class FleetConsole:
             from edgeops.fleet.mqtt import ConsoleMqtt
 
             signer = self._signer or self._load_signer()
+            from edgeops.fleet.capture import load_or_create_key
+            from edgeops.fleet.capture_store import CaptureStore, default_capture_dir
             from edgeops.fleet.registry import device_ids
+
+            capture_dir = default_capture_dir(self.config)
+            self.capture = CaptureStore(self.db, capture_dir, load_or_create_key(capture_dir), lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
 
             # known_devices: the registry names the exact state topics where retained state does not reach wildcards
             # ingest_under_lease: on a broker without $share, replicas (shared_group set) leave device
             # messages to one ingest session that the leader holds (_follow_lease)
             self.mqtt = ConsoleMqtt(
                 self.config.broker, self.ingest.submit, self._on_fetch, known_devices=lambda: device_ids(self.db),
-                ingest_under_lease=bool(self.config.broker.shared_group),
+                ingest_under_lease=bool(self.config.broker.shared_group), on_capture=self.capture.handle,
             )
             self.repo_server = MqttRepositoryServer(self.repo_dir, lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
             self.mqtt.start()
@@ -171,7 +177,7 @@ class FleetConsole:
 
             cfg = self.config.broker.model_copy(update={"client_id": self.config.broker.ingest_client_id, "shared_group": None, "protocol": self.mqtt.protocol})
             try:
-                self._ingest_mqtt = ConsoleMqtt(cfg, self.ingest.submit, self._on_fetch, subscribe_state=False).start()
+                self._ingest_mqtt = ConsoleMqtt(cfg, self.ingest.submit, self._on_fetch, subscribe_state=False, on_capture=self.capture.handle if self.capture else None).start()
             except FleetError as e:  # tried again on the next tick; the reconciler goes on meanwhile
                 log.error("leader: cannot open the ingest session %s: %s", cfg.client_id, e)
                 return

@@ -133,6 +133,8 @@ def acl_text(console_usernames: str | list[str]) -> str:
         f"pattern write {p}/%u/fetch/req\n"
         f"pattern read {p}/%u/cmd\n"
         f"pattern read {p}/%u/fetch/resp\n"
+        f"pattern write {p}/%u/capture\n"
+        f"pattern read {p}/%u/capture/ack\n"
     )
 
 

@@ -153,8 +153,11 @@ class ConsoleMqtt:
         known_devices: Callable[[], Iterable[str]] | None = None,
         ingest_under_lease: bool = False,
         subscribe_state: bool = True,
+        on_capture: Callable[..., None] | None = None,
     ):
         self.cfg = cfg
+        # on_capture(topic, payload, ack): chunks of captured samples (fleet/capture_store.py)
+        self.on_capture = on_capture
         # ingest_under_lease: without $share, leave events/telemetry/fetch to the lease holder's
         # ingest session (FleetConsole) instead of every replica subscribing plainly
         self.ingest_under_lease = ingest_under_lease
@@ -196,6 +199,8 @@ class ConsoleMqtt:
             filters += [f"{share}{PROTOCOL}/+/events", f"{share}{PROTOCOL}/+/telemetry"]
             if self.on_fetch is not None:
                 filters.append(f"{share}{PROTOCOL}/+/fetch/req")
+            if self.on_capture is not None:
+                filters.append(f"{share}{PROTOCOL}/+/capture")
         if shared:  # brings this replica's probe back to it, whichever member the group picks
             filters.append(f"{share}{self.probe.topic}")
         elif not carries:  # no telemetry filter here: the probe comes back on its exact topic
@@ -379,6 +384,8 @@ class ConsoleMqtt:
                 else:
                     self.probe.received(msg.topic, msg.payload)
                 ack()
+            elif msg.topic.endswith("/capture") and self.on_capture is not None:
+                self.on_capture(msg.topic, msg.payload, ack)  # acknowledged once the chunk is on disk
             elif msg.topic.endswith("/fetch/req"):
                 ack()  # a lost request is simply asked again by the device
                 if self.on_fetch:
