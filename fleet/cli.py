@@ -415,7 +415,7 @@ def _print_rollout(r: dict) -> None:
 @click.option("--strata-tag", default=None, help="a tag key (e.g. site) that splits waves and judged gates into strata beyond the profile")
 @click.option("--channel", default=None, help="the release channel this rollout delivers to (dev, staging, prod, ...)")
 @click.option("--requires-channel", default=None, help="refuse unless this version finished a rollout in this channel (promotion)")
-@click.option("--watch", default=None, help="after the last wave passes, keep judging the rollout this long (30m); a late failure rolls every device back")
+@click.option("--watch", default=None, help="after the last wave passes, keep judging the rollout this long (30m); a late failure rolls back the devices that reported it and pauses")
 @click.option("--maintenance", multiple=True, help="'SELECT;CRON;DURATION[;TIMEZONE]': devices SELECT get their command only in this window (repeatable), e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin'")
 @click.option("--on-gate-failure", type=click.Choice(["pause", "abort"]), default="pause", show_default=True)
 @click.option("--approve-each-wave", is_flag=True, help="wait for `rollout promote` after each wave")

@@ -159,6 +159,13 @@ def wave_device_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     )
 
 
+def late_failures_handled(db: Database, conn: Connection, rollout_id: str, marker: str) -> dict[str, int]:
+    """Devices of a rollout per status whose late failure the watch already handled (detail ``marker``...)."""
+    a = db.t.assignments
+    q = sa.select(a.c.status, sa.func.count()).where(a.c.rollout_id == rollout_id, a.c.detail.like(marker + "%")).group_by(a.c.status)
+    return {s: n for s, n in conn.execute(q)}
+
+
 def wave_upgrades(db: Database, conn: Connection, rollout: Rollout, idx: int) -> int:
     """Devices of wave ``idx`` that ran another version of the rollout's bundle before it (the
     rest install the bundle for the first time: there is nothing to regress from)."""

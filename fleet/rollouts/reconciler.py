@@ -10,7 +10,8 @@ console restarted at any point continues from the rows, never re-assigning a dev
   wave with devices that started to match the selector since it began.
 - ``paused`` / ``waiting_approval``: publish what was already decided; apply timeouts.
 - ``watching`` (``--watch``, after the last wave passed): failure and rollback rates over every
-  device of the rollout; a late failure aborts (every device ordered back), the end finishes.
+  device of the rollout; a late failure orders the devices that reported it back (the others
+  stay) and pauses the rollout with the reason; the end finishes.
 - ``aborting``: cancel pending waves, order every device of the rollout back to the version it
   ran before (signed rollback commands), then ``aborted``.
 
@@ -70,7 +71,7 @@ from edgeops.fleet.rollouts.inputs import COHORT_TTL_S, WaveSource  # noqa: F401
 from edgeops.fleet.rollouts.records import Rollout, Wave
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.service import set_rollout_status, set_wave_status
-from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W, wave_label
+from edgeops.fleet.rollouts.status import FAILED_ASSIGNMENT, IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W, wave_label
 from edgeops.fleet.targets import list_targets
 from edgeops.trust.targets import target_path
 
@@ -105,6 +106,12 @@ def stratified_order(rollout_id: str, devices: list[tuple[str, str | None, str |
 
 
 WATCH_GATES = ("max_failure_rate", "max_rollback_rate")  # judged over every device of the rollout while watching
+LATE_FAILURE = "late failure during the watch"  # reason prefix, and the detail of the devices it rolled back
+
+
+def _names(devices: list[str], most: int = 20) -> str:
+    """Device ids for a reason: the first ``most``, then how many more."""
+    return ", ".join(devices[:most]) + (f" and {len(devices) - most} more" if len(devices) > most else "")
 # the gates that compare with a control cohort
 CONTROL_GATES = ("max_latency_regression", "max_error_rate", "max_latency_p50_regression", "max_confidence_drop", "max_class_mix_shift")
 
@@ -291,22 +298,52 @@ class Reconciler:
     def _watch(self, r: Rollout) -> None:
         """Judge the whole rollout for ``watch_s`` after its last wave passed (hawkBit's pause
         after install): a device that fails or rolls itself back late counts against
-        max_failure_rate / max_rollback_rate over every device of the rollout; a failure orders
-        every device back (abort) with the reason; the end of the watch finishes the rollout."""
+        max_failure_rate / max_rollback_rate over every device of the rollout. Past a threshold
+        the devices that reported a failure during the watch are the affected ones: each not
+        already back gets a signed rollback order, each gets the reason in its detail, and the
+        rollout pauses saying which devices and why; the other devices stay on the new version
+        (abort rolls them back too; resume watches again, not counting the failures handled).
+        The end of the watch finishes the rollout."""
         now = self.clock()
+        a = self.db.t.assignments
         with self.db.connect() as conn:
             last = queries.load_wave(self.db, conn, r.id, r.last_wave)
             counts = queries.rollout_counts(self.db, conn, r.id)
-        began = (last.finished_at if last and last.finished_at is not None else now)
-        stats = gates_mod.WaveStats(size=sum(counts.values()), counts=counts, started_at=began, now=now)
+            handled = queries.late_failures_handled(self.db, conn, r.id, LATE_FAILURE)
+        # a resumed watch starts when the rollout went back to watching (updated_at)
+        began = max(last.finished_at if last and last.finished_at is not None else now, r.updated_at if r.updated_at <= now else now)
+        unhandled = {k: v - handled.get(k, 0) for k, v in counts.items()}
+        stats = gates_mod.WaveStats(size=sum(counts.values()), counts=unhandled, started_at=began, now=now)
         verdicts = [v for name in WATCH_GATES if (v := gates_mod.GATES[name](stats, r.settings)) is not None]
         failed = [v for v in verdicts if v.outcome is gates_mod.Outcome.FAIL]
         if failed:
-            reason = "late failure during the watch: " + halt_reason(r.last_wave, failed).split(" halted: ", 1)[1]
+            why = halt_reason(r.last_wave, failed).split(" halted: ", 1)[1]
+            first_began = last.finished_at if last and last.finished_at is not None else began
             with self.db.begin() as conn:
-                set_rollout_status(self.db, conn, r.id, R.WATCHING, R.ABORTING, reason, now)
-            log.warning("rollout %s: %s -> rolling every device back", r.id, reason)
-            self._abort(dataclasses.replace(r, status=R.ABORTING, status_reason=reason[:4000]))
+                late = conn.execute(
+                    sa.select(a.c.device_id, a.c.status, a.c.detail, a.c.seq)
+                    .where(a.c.rollout_id == r.id, a.c.status.in_(queries.literal_statuses(FAILED_ASSIGNMENT)), a.c.updated_at >= first_began, sa.not_(a.c.detail.like(LATE_FAILURE + "%")))
+                    .order_by(a.c.device_id)
+                    .with_for_update()
+                ).all()
+                order = [row.device_id for row in late if row.status != A.ROLLED_BACK.value and row.seq > 0]
+                back = [row.device_id for row in late if row.device_id not in order]
+                seqs = allocate_seqs(self.db, conn, order) if order else {}
+                for row in late:
+                    values: dict = {"detail": f"{LATE_FAILURE}: {why} ({row.detail or row.status})"[:4000], "updated_at": now}
+                    if row.device_id in seqs:
+                        values.update(status=A.REVERTING.value, rollback_command_id=f"{r.id}-{row.device_id}-rollback-{uuid.uuid4().hex[:6]}", rollback_seq=seqs[row.device_id], rollback_expires=now + self.config.command_ttl_s)
+                    conn.execute(a.update().where(a.c.rollout_id == r.id, a.c.device_id == row.device_id).values(**values))
+                stay = sum(counts.values()) - len(late) - sum(handled.values())
+                reason = (
+                    f"{LATE_FAILURE}: {why}; "
+                    + (f"ordered back: {_names(order)}; " if order else "")
+                    + (f"already back by themselves: {_names(back)}; " if back else "")
+                    + f"the other {max(0, stay)} devices stay on {r.bundle_version} (abort rolls them back too, resume watches again)"
+                )
+                set_rollout_status(self.db, conn, r.id, R.WATCHING, R.PAUSED, reason, now)
+            log.warning("rollout %s: %s", r.id, reason)
+            self.publish_pending(r)
         elif now - began >= r.settings.watch_s:
             with self.db.begin() as conn:
                 set_rollout_status(self.db, conn, r.id, R.WATCHING, R.FINISHED, f"watched {r.settings.watch_s:.0f}s after the last wave without a failure", now, finished_at=now)

@@ -232,7 +232,7 @@ class RolloutSettings(BaseModel):
     inconclusive_timeout_s: float = Field(default=1800.0, ge=0, description="a gate inconclusive this long pauses the rollout")
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
     maintenance: list[MaintenanceWindow] = Field(default_factory=list, max_length=50, description="devices a window selects get their command only while one of their windows is open")
-    watch_s: float = Field(default=0.0, ge=0, le=30 * 86400, description="after the last wave passes, keep judging the whole rollout this long; a late failure rolls every device back")
+    watch_s: float = Field(default=0.0, ge=0, le=30 * 86400, description="after the last wave passes, keep judging the whole rollout this long; a late failure rolls back the devices that reported it and pauses")
     channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN, description="the release channel this rollout delivers to (dev, staging, prod, ...)")
     requires_channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN, description="refuse the rollout unless this version finished a rollout in this channel (promotion)")
 
@@ -339,7 +339,7 @@ class RolloutRequest(BaseModel):
     strata_tag: str | None = Field(default=None, min_length=1, max_length=64, description="a tag key that splits strata further than the profile (e.g. site)")
     channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN)
     requires_channel: str | None = Field(default=None, pattern=CHANNEL_PATTERN)
-    watch: str | float = Field(default=0, description="after the last wave passes, keep judging this long (30m); a late failure rolls every device back")
+    watch: str | float = Field(default=0, description="after the last wave passes, keep judging this long (30m); a late failure rolls back the devices that reported it and pauses")
     maintenance: list[str | MaintenanceWindow] = Field(default_factory=list, max_length=50, description="maintenance windows: 'SELECT;CRON;DURATION[;TIMEZONE]' (e.g. 'tag=site=berlin;0 2 * * *;2h;Europe/Berlin')")
 
     def to_settings(self, drift: Any = None) -> RolloutSettings:

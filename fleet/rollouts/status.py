@@ -14,7 +14,9 @@ Rollout::
        │                 │                        current wave had passed and awaits approval)
        │                 ├──last wave passed──► finished
        │                 └──last wave passed, --watch──► watching ──watch ended──► finished
-       │                                                     └──late failure──► aborting
+       │                                                     └──late failure──► paused (the failing
+       │                                                        devices ordered back; resume watches
+       │                                                        again, abort rolls back the rest)
        └──abort──► aborting ──rollback orders sent──► aborted      (abort from any live status)
 
 Wave::
@@ -78,7 +80,7 @@ R, W = RolloutStatus, WaveStatus
 ROLLOUT_TRANSITIONS: dict[RolloutStatus, frozenset[RolloutStatus]] = {
     R.CREATED: frozenset({R.RUNNING, R.ABORTING}),
     R.RUNNING: frozenset({R.PAUSED, R.WAITING_APPROVAL, R.FINISHED, R.ABORTING, R.WATCHING}),
-    R.WATCHING: frozenset({R.FINISHED, R.ABORTING}),
+    R.WATCHING: frozenset({R.FINISHED, R.ABORTING, R.PAUSED}),
     R.PAUSED: frozenset({R.RUNNING, R.WAITING_APPROVAL, R.ABORTING}),
     R.WAITING_APPROVAL: frozenset({R.RUNNING, R.PAUSED, R.ABORTING}),
     R.ABORTING: frozenset({R.ABORTED}),
