@@ -132,22 +132,29 @@ def keys_rotate(role: str, keys_dir: str, repo_dir: str, passphrase_prompt: bool
 @_repo_option
 @_keys_option
 @click.option("--allow-downgrade", is_flag=True, help="publish a bundle whose release counter is not above the published one, under a new higher signed counter")
+@click.option("--channel", default=None, help="release channel (dev, staging, prod, NAME), signed in the target's metadata; publish again with the next channel to promote")
+@click.option("--requires-channel", default=None, help="the earlier channel a rollout must have finished in before one in --channel (default: the channel this version was published to before)")
 @_prompt_option
 @click.option("--json", "as_json", is_flag=True)
-def publish(bundle: str, repo_dir: str, keys_dir: str, allow_downgrade: bool, passphrase_prompt: bool, as_json: bool) -> None:
+def publish(bundle: str, repo_dir: str, keys_dir: str, allow_downgrade: bool, channel: str | None, requires_channel: str | None, passphrase_prompt: bool, as_json: bool) -> None:
     """Add BUNDLE to the repository as a TUF target and re-sign targets, snapshot and timestamp."""
     from edgeops.trust.repository import Repository
 
     ring = _load_ring(keys_dir, passphrase_prompt)
-    result = Repository(Path(repo_dir)).publish(bundle, ring, allow_downgrade=allow_downgrade)
+    result = Repository(Path(repo_dir)).publish(bundle, ring, allow_downgrade=allow_downgrade, channel=channel, requires_channel=requires_channel)
     if as_json:
         _echo_json(result.to_dict())
         return
     c = result.custom
+    channel = ""
+    if c.get("channel"):
+        required = (c.get("channels") or {}).get(c["channel"])
+        channel = f" in channel {c['channel']}" + (f" (a rollout there needs one finished in {required} first)" if required else "")
     if result.unchanged:
-        click.echo(f"already published: {result.target} (release {c.get('release')})")
+        click.echo(f"already published: {result.target} (release {c.get('release')}){channel}")
         return
     note = f" (downgrade: manifest release {c['manifest_release']} re-issued as {c['release']})" if c.get("downgrade") else ""
+    note += channel
     click.echo(f"published {result.target} release {c['release']}{note}: {result.length:,} bytes, sha256 {result.sha256[:16]}…; targets v{result.versions['targets']}, snapshot v{result.versions['snapshot']}, timestamp v{result.versions['timestamp']}")
 
 

@@ -15,6 +15,15 @@ Target path convention: bundle ``N`` version ``V`` is the TUF target ``N/V/N-V.b
     {"name": N, "version": V, "release": <counter devices enforce>, "manifest_release": <the
      bundle manifest's release>, "profile": ..., "manifest_sha256": ..., "downgrade": bool}
 
+Release channels (``publish(..., channel="staging")``, ``edgeops publish --channel``): ``custom``
+also gets ``channel`` (the last channel the version was published to) and ``channels``, a map
+channel -> the earlier channel a rollout must have finished in before this one (``null`` for
+none): by default the channel the version was published to before, else ``requires_channel``.
+Publishing the same bundle again to another channel re-signs its target with the channel added
+(the bundle file and its release are unchanged): dev -> staging -> prod is three publishes. The
+console refuses a rollout of the version into a channel it was not published to, or before it
+finished a rollout in the required earlier channel (:mod:`edgeops.fleet.rollouts.service`).
+
 Release counters: publishing a bundle whose manifest release is not above the highest signed
 ``release`` for the same name is refused (DowngradeRefusedError). ``allow_downgrade`` publishes
 it anyway under ``release = highest + 1``: the bundle bytes (and its manifest) are unchanged,
@@ -32,6 +41,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +60,7 @@ from edgeops.trust.keys import TUF_ROLES, Keyring, generate_key
 from edgeops.trust.verify import verify_bundle_file
 
 SPEC_VERSION = "1.0.31"
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")  # as the console's rollout settings accept
 # Re-sign a role once less than this fraction of its validity period is left.
 REFRESH_FRACTION = 0.5
 _SERIALIZER = JSONSerializer(compact=False)
@@ -197,12 +208,15 @@ class Repository:
             repo.targets_dir.mkdir(exist_ok=True)
         return repo
 
-    def publish(self, bundle: str | Path, ring: Keyring, allow_downgrade: bool = False) -> PublishResult:
+    def publish(self, bundle: str | Path, ring: Keyring, allow_downgrade: bool = False, channel: str | None = None, requires_channel: str | None = None) -> PublishResult:
         """Add a bundle as a target and re-sign targets, snapshot and timestamp.
 
         The bundle is verified first (its manifest hashes, one pass). Publishing the same
-        bundle again changes nothing; the same name and version with other bytes is refused.
+        bundle again changes nothing, unless to a channel it is not in yet (see the module doc:
+        its target is re-signed with the channel added); the same name and version with other
+        bytes is refused.
         """
+        _check_channels(channel, requires_channel)
         verdict = verify_bundle_file(bundle)
         m = verdict.manifest
         path = target_path(m.name, m.version)
@@ -215,7 +229,16 @@ class Repository:
             if existing is not None:
                 if existing.hashes.get("sha256") == verdict.sha256 and not allow_downgrade:
                     custom = dict(existing.unrecognized_fields.get("custom", {}))
-                    return PublishResult(path, existing.length, verdict.sha256, custom, self._versions(), unchanged=True)
+                    updated = _with_channel(custom, channel, requires_channel)
+                    if updated == custom:
+                        return PublishResult(path, existing.length, verdict.sha256, custom, self._versions(), unchanged=True)
+                    # the same bytes into another channel: re-sign the target's custom only
+                    targets.targets[path] = TargetFile(existing.length, dict(existing.hashes), path, unrecognized_fields={**existing.unrecognized_fields, "custom": updated})
+                    targets.version += 1
+                    targets.expires = self._expires(ring, "targets")
+                    targets_bytes = self._write_targets(targets_md, ring)
+                    versions = self._write_snapshot_and_timestamp(ring, targets.version, targets_bytes)
+                    return PublishResult(path, existing.length, verdict.sha256, updated, {"targets": targets.version, **versions})
                 if existing.hashes.get("sha256") != verdict.sha256:
                     raise errors.RepositoryError(f"{path} is already published with other content; bump the bundle version instead of replacing it")
             same_name = [t for t in targets.targets.values() if t.unrecognized_fields.get("custom", {}).get("name") == m.name]
@@ -239,6 +262,7 @@ class Repository:
                 "manifest_sha256": verdict.manifest_sha256,
                 "downgrade": downgrade,
             }
+            custom = _with_channel(custom, channel, requires_channel)
             # 1. the target file (content-addressed, so never overwritten with other bytes)
             dest = self.repo_dir / target_file_path(path, verdict.sha256)
             if not dest.exists():
@@ -401,3 +425,29 @@ def _copy_atomic(src: Path, dest: Path) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(dest.parent)
+
+
+def _check_channels(channel: str | None, requires_channel: str | None) -> None:
+    """Refuse a malformed channel name, a requirement without a channel, or a channel requiring itself."""
+    for what, name in (("channel", channel), ("requires_channel", requires_channel)):
+        if name is not None and not CHANNEL_RE.match(name):
+            raise errors.RepositoryError(f"{what} {name!r}: a channel name is 1-32 letters, digits, '_', '.', '-' (e.g. dev, staging, prod)")
+    if requires_channel is not None and channel is None:
+        raise errors.RepositoryError(f"requires_channel {requires_channel!r} without a channel: give the channel it is published to (--channel)")
+    if requires_channel is not None and requires_channel == channel:
+        raise errors.RepositoryError(f"channel {channel!r} cannot require itself; name the earlier channel (e.g. --channel prod --requires-channel staging)")
+
+
+def _with_channel(custom: dict[str, Any], channel: str | None, requires_channel: str | None) -> dict[str, Any]:
+    """``custom`` with ``channel`` added (a copy; unchanged without one): the channel map gets
+    channel -> ``requires_channel``, or the channel published before, or None."""
+    if channel is None:
+        return custom
+    channels = dict(custom.get("channels") or {})
+    before = custom.get("channel")
+    if channel in channels and requires_channel is None:
+        required = channels[channel]
+    else:
+        required = requires_channel if requires_channel is not None else (before if before and before != channel else None)
+    channels[channel] = required
+    return {**custom, "channel": channel, "channels": channels}

@@ -85,11 +85,36 @@ def finished_channels(db: Database, conn: Connection, bundle_name: str, bundle_v
     return {c for (text,) in rows if (c := json.loads(text).get("channel"))}
 
 
+def published_channel(settings: RolloutSettings, custom: dict) -> RolloutSettings:
+    """``settings`` with the channel and the required earlier channel the target's signed
+    ``custom`` names (unchanged for a target published without channels);
+    PromotionRefusedError for a channel the version was not published to."""
+    channels = custom.get("channels")
+    if not isinstance(channels, dict) or not channels:
+        return settings
+    channel = settings.channel or custom.get("channel")
+    ref = f"{settings.bundle_name}@{settings.bundle_version}"
+    if channel not in channels:
+        raise PromotionRefusedError(
+            f"{ref}: rollout into channel {channel} refused: the version is published in channel(s) {', '.join(sorted(channels))}, not {channel}; "
+            f"`edgeops publish BUNDLE --channel {channel}` first"
+        )
+    required = settings.requires_channel or channels.get(channel)
+    if required == channel:
+        required = None
+    return settings.model_copy(update={"channel": channel, "requires_channel": required})
+
+
 def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path, now: float | None = None) -> dict:
     """Create a rollout in ``created`` with all its waves ``pending``; the bundle must be a signed
-    target, and, with ``requires_channel``, have finished a rollout in that channel."""
+    target, and, with ``requires_channel``, have finished a rollout in that channel.
+
+    A target published to channels (``edgeops publish --channel``) fixes both: the rollout's
+    channel defaults to the one it was last published to and must be one it was published to;
+    its ``requires_channel`` defaults to the earlier channel the publisher signed for that one."""
     target = find_target(repo_dir, settings.bundle_name, settings.bundle_version)
     now = resolve(now)
+    settings = published_channel(settings, target.custom)
     if settings.requires_channel is not None:
         with db.connect() as conn:
             done = finished_channels(db, conn, settings.bundle_name, settings.bundle_version)

@@ -800,6 +800,41 @@ def test_promotion_to_prod_without_staging_is_refused(h):
         h.create(channel="prod", requires_channel="prod")
 
 
+def test_the_channels_a_version_was_published_to_decide_its_promotion(db, fleet_repo, tmp_path):
+    """`edgeops publish --channel` signs the channel in the target: digits@2.0.0 published to
+    staging then prod (prod requires staging, as the publisher signed it). A rollout without
+    --channel goes to the last channel published (prod) and is refused until a rollout finished
+    in staging; a channel the version was not published to is refused; once staging finished,
+    prod is accepted with the requirement recorded."""
+    import shutil
+
+    from edgeops.trust.repository import Repository
+
+    base = tmp_path / "base"
+    shutil.copytree(fleet_repo["base"], base)  # the session's repository stays without channels
+    ring = Keyring.load(base / "keys")
+    repo = Repository(base / "repo")
+    repo.publish(base / "digits-2.0.0.bundle", ring, channel="staging")
+    assert repo.publish(base / "digits-2.0.0.bundle", ring, channel="prod").custom["channels"] == {"staging": None, "prod": "staging"}
+    h = Harness(db, {"base": base, "keys": base / "keys", "repo": base / "repo"}, n=4)
+    try:
+        with pytest.raises(service.PromotionRefusedError, match=r"promotion into channel prod refused: no rollout of this version finished in channel staging \(finished in: none\)"):
+            h.create(waves="100%")
+        with pytest.raises(service.PromotionRefusedError, match=r"rollout into channel dev refused: the version is published in channel\(s\) prod, staging, not dev"):
+            h.create(waves="100%", channel="dev")
+        staging = h.create(waves="100%", select="device=dev000+dev001", channel="staging")
+        assert (staging["settings"]["channel"], staging["settings"]["requires_channel"]) == ("staging", None)
+        service.start_rollout(h.db, staging["id"])
+        h.rec.tick()
+        h.respond()
+        h.rec.tick()
+        assert service.rollout_status(h.db, staging["id"])["status"] == "finished"
+        prod = h.create(waves="100%")
+        assert (prod["settings"]["channel"], prod["settings"]["requires_channel"]) == ("prod", "staging")
+    finally:
+        h.close()
+
+
 def test_a_console_restart_mid_judgement_keeps_the_looks(h):
     """The judged gate's looks live in the database: a new reconciler (a restarted console)
     continues at look 2 of 2 rather than starting the wave's alpha budget again."""

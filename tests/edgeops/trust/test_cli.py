@@ -95,3 +95,36 @@ def test_encrypted_keys_with_env_passphrase(tmp_path):
     assert r.returncode == 7 and "encrypted" in r.stderr
     r = edgeops("repo", "init", "--repo", str(tmp_path / "r"), "--keys", str(tmp_path / "k"), env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_publish_channels_are_signed_in_the_target(tmp_path):
+    """`edgeops publish --channel`: the channel and the earlier one it requires are signed in the
+    target's custom metadata; publishing the same bundle to the next channel re-signs its target
+    (dev -> staging -> prod), again to the same channel changes nothing; bad names are refused."""
+    keys, repo = tmp_path / "keys", tmp_path / "repo"
+    assert edgeops("keys", "init", "--keys", str(keys), "--root-keys", "1", "--root-threshold", "1").returncode == 0
+    assert edgeops("repo", "init", "--repo", str(repo), "--keys", str(keys)).returncode == 0
+    bundle = make_bundle(tmp_path / "digits-1.0.0.bundle", release=1)
+
+    def publish(*extra):
+        r = edgeops("publish", str(bundle), "--repo", str(repo), "--keys", str(keys), "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    dev = publish("--channel", "dev")
+    assert dev["custom"]["channel"] == "dev" and dev["custom"]["channels"] == {"dev": None}
+    staging = publish("--channel", "staging")
+    assert not staging["unchanged"] and staging["versions"]["targets"] == dev["versions"]["targets"] + 1
+    assert staging["custom"]["channels"] == {"dev": None, "staging": "dev"} and staging["custom"]["release"] == 1
+    assert publish("--channel", "staging")["unchanged"]
+    prod = publish("--channel", "prod", "--requires-channel", "staging")
+    assert prod["custom"]["channel"] == "prod" and prod["custom"]["channels"]["prod"] == "staging"
+    # what a device's client reads: the verified target carries it
+    r = edgeops("verify", str(bundle), "--repo", str(repo), "--json")
+    assert r.returncode == 0, r.stderr
+    r = edgeops("publish", str(bundle), "--repo", str(repo), "--keys", str(keys), "--channel", "prod", "--requires-channel", "prod")
+    assert r.returncode != 0 and "cannot require itself" in r.stderr
+    r = edgeops("publish", str(bundle), "--repo", str(repo), "--keys", str(keys), "--channel", "no way")
+    assert r.returncode != 0 and "a channel name is 1-32 letters" in r.stderr
+    r = edgeops("publish", str(bundle), "--repo", str(repo), "--keys", str(keys), "--channel", "prod")
+    assert r.returncode == 0 and "in channel prod (a rollout there needs one finished in staging first)" in r.stdout
