@@ -38,6 +38,7 @@ _WING_COMMANDS = {
     "agent": "edgeops.agent.cli:agent",
     "fleet": "edgeops.fleet.cli:fleet",
     "rollout": "edgeops.fleet.cli:rollout",
+    "data": "edgeops.fleet.data_cli:data",
     "hil": "edgeops.hil.cli:hil",
     "demo": "edgeops.demo.cli:demo",
 }

@@ -8,6 +8,7 @@
     GET  /api/v1/devices[?online=&version=&limit=&offset=]    devices
     GET  /api/v1/devices/{id}
     POST /api/v1/devices/{id}/self-test        order a self-test of a published bundle (body: {"bundle", "runs"})
+    POST /api/v1/capture                       order a data capture policy on a device or cohort (admin; fleet/capture.py)
     GET  /api/v1/events[?device=&kind=&command_id=&since=&limit=]
     GET  /api/v1/rollouts[?status=]            rollouts
     POST /api/v1/rollouts                      create (body: RolloutRequest)
@@ -167,6 +168,16 @@ def openapi_document() -> dict:
                     "413": err,
                     "503": err,
                 },
+            }
+        },
+        "/api/v1/capture": {
+            "post": {
+                "summary": "Turn data capture on (or off) for a device or a cohort (admin)",
+                "description": "Signs a capture command with the policy (triggers, sample rate, daily byte budget, duration; samples sealed to "
+                "the console's capture key) for `device`, or every enrolled device with `tags` and/or `profile`, and publishes it QoS 1. "
+                "Devices answer with a command_accepted or command_rejected event. See docs/monitoring.md.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"202": obj, "400": err, "401": err, "403": err, "404": err, "413": err, "503": err},
             }
         },
         "/api/v1/events": {"get": {"summary": "Device events, newest first", "parameters": [p.openapi() for p in EVENT_PARAMS], "responses": {"200": arr, "400": err, "401": err}}},
@@ -487,6 +498,16 @@ def make_app(console):
         )
         return web.json_response(out, status=202)
 
+    async def capture(request):
+        from edgeops.fleet.capture import order_capture_request
+        from edgeops.fleet.capture_store import default_capture_dir
+
+        body = await _body(request, '{"device": "ID" | "tags": {...}, "random_share": 0.01, ...}')
+        sender = console.reconciler.sender if console.reconciler is not None else None
+        out = await run(order_capture_request, db, sender, default_capture_dir(console.config), body, console.config.drift,
+                        ttl_s=console.config.rollouts.command_ttl_s, actor=request[_CALLER_KEY][0].name, connected=console.mqtt_connected)
+        return web.json_response(out, status=202)
+
     async def audit(request):
         q = _query(request, AUDIT_PARAMS)
         return web.json_response(await run(action_log.audit_entries, db, **q))
@@ -523,6 +544,7 @@ def make_app(console):
     app.router.add_get("/api/v1/devices", devices)
     app.router.add_get("/api/v1/devices/{id}", device)
     app.router.add_post("/api/v1/devices/{id}/self-test", self_test)
+    app.router.add_post("/api/v1/capture", capture)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/rollouts", rollouts)
     app.router.add_post("/api/v1/rollouts", create)

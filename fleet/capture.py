@@ -124,3 +124,70 @@ def select_devices(db: Database, device: str | None = None, tags: dict[str, str]
     with db.connect() as conn:
         rows = conn.execute(q).all()
     return sorted(i for i, text, _ in rows if all((json.loads(text or "{}") or {}).get(k) == v for k, v in (tags or {}).items()))
+
+
+CAPTURE_FIELDS = {
+    "device": str, "tags": dict, "profile": str, "enabled": bool, "duration_s": (int, float), "policy_id": str, "sample_rate": (int, float),
+    "min_interval_s": (int, float), "budget_bytes_per_day": int, "min_confidence": (int, float), "shadow_disagreement": bool, "drift": str,
+    "nonfinite": bool, "random_share": (int, float),
+}
+
+
+def order_capture_request(db: Database, sender, capture_dir: Path, body: dict, drift_config=None, ttl_s: float = 86400.0, actor: str = "api", connected: bool = True) -> dict:
+    """``POST /api/v1/capture``: check the body, resolve the target to devices, order the policy.
+
+    The target is ``device`` (one id) or ``tags`` (``{"site": "north"}``) and/or ``profile``
+    (every enrolled device matching all); the policy lasts ``duration_s`` (default a day).
+    Every malformed field is an InvalidOrderError naming it (400); an unknown device 404.
+    """
+    from edgeops.fleet.commands import BrokerUnavailableError, InvalidOrderError
+    from edgeops.fleet.registry import UnknownDeviceError
+    from edgeops.protocol import valid_device_id
+    from edgeops.schema import SchemaError
+
+    if not isinstance(body, dict):
+        raise InvalidOrderError("the body must be a JSON object")
+    extra = sorted(set(body) - set(CAPTURE_FIELDS))
+    if extra:
+        raise InvalidOrderError(f"unknown field(s) {', '.join(repr(k[:40]) for k in extra[:5])}; the body takes {', '.join(sorted(CAPTURE_FIELDS))}")
+    for name, kind in CAPTURE_FIELDS.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            raise InvalidOrderError(f"{name}: {str(value)[:40]!r} has the wrong type")
+    device, tags, profile = body.get("device"), body.get("tags"), body.get("profile")
+    if bool(device) == bool(tags or profile):
+        raise InvalidOrderError("name the target: device, or tags and/or profile (a cohort), not both")
+    if tags is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise InvalidOrderError("tags: a map of strings to strings, e.g. {\"site\": \"north\"}")
+    if device is not None and not valid_device_id(device):
+        raise UnknownDeviceError(f"device {device[:70]!r}: not a valid device id, so not enrolled")
+    duration = float(body.get("duration_s", 86400.0))
+    if not 0 < duration <= 366 * 86400:
+        raise InvalidOrderError("duration_s: between 0 and a year (seconds)")
+    drift = body.get("drift")
+    if drift is not None and drift not in ("warn", "alert"):
+        raise InvalidOrderError(f"drift: {drift[:20]!r} must be warn or alert (the [drift] levels of fleet.toml)")
+    key = load_or_create_key(capture_dir)
+    try:
+        policy = make_policy(
+            public_key_b64(key), until=time.time() + duration, policy_id=body.get("policy_id"), enabled=body.get("enabled", True),
+            sample_rate=body.get("sample_rate", 1.0), min_interval_s=body.get("min_interval_s", 0.0), budget_bytes_per_day=body.get("budget_bytes_per_day", 64 << 20),
+            min_confidence=body.get("min_confidence"), shadow_disagreement=body.get("shadow_disagreement", False), drift=drift,
+            nonfinite=body.get("nonfinite", False), random_share=body.get("random_share", 0.0), drift_config=drift_config,
+        )
+    except (SchemaError, ValueError) as e:
+        raise InvalidOrderError(f"capture policy: {e}") from e
+    devices = select_devices(db, device, tags, profile)
+    if device is not None:
+        with db.connect() as conn:
+            if conn.execute(sa.select(db.t.devices.c.id).where(db.t.devices.c.id == device)).first() is None:
+                raise UnknownDeviceError(f"device {device}: not enrolled (enrol it with `edgeops fleet enroll {device}`)")
+    if not devices:
+        raise InvalidOrderError(f"no enrolled device has tags {tags or {}} and profile {profile!r}")
+    if sender is None:
+        raise BrokerUnavailableError("this console runs without MQTT, so it cannot send commands to devices")
+    if not connected:
+        raise BrokerUnavailableError("the console is not connected to the broker right now; retry when it has reconnected (see /healthz)")
+    out = order_capture(db, sender, devices, policy, ttl_s=ttl_s, actor=actor)
+    out["policy"] = policy.to_dict()
+    return out
