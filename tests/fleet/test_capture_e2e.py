@@ -7,7 +7,6 @@ restarted, and every sample ends up stored exactly once."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import numpy as np
@@ -16,13 +15,14 @@ import pytest
 from edgeops.agent.config import parse_config
 from edgeops.agent.core import Agent
 from edgeops.agent.statefile import State
-from edgeops.fleet.capture import make_policy, order_capture, public_key_b64
+from edgeops.fleet.capture import public_key_b64
 from edgeops.fleet.capture_store import SampleFilter, list_samples, read_sample
 from edgeops.fleet.config import config_from_dict
 from edgeops.fleet.console import FleetConsole
 from edgeops.fleet.enroll import PasswordFile, acl_text
 from edgeops.fleet.registry import register_devices
 from tests.agent.helpers import TrustFixture, agent_config_dict
+from tests.fleet.test_api import TOKEN, call
 from tests.support.broker import MOSQUITTO, TestBroker
 from tests.support.bundles import sample_inputs
 from tests.support.wait import wait_for
@@ -67,9 +67,10 @@ def test_capture_sealed_end_to_end_and_resumed_after_a_broker_kill(tmp_path):
         "repository": {"dir": str(tf.repo_dir), "keys_dir": str(tf.keys_dir)},
         "broker": {"url": broker.url, "username": CONSOLE_USER, "password": CONSOLE_PW, "client_id": CONSOLE_USER},
         "ingest": {"flush_interval_s": 0.05},
+        "api": {"bind": "127.0.0.1:0", "tokens": [TOKEN], "tokens_env": None},
         "base_dir": str(tmp_path),
     })
-    console = FleetConsole(cfg, api=False, reconcile=False)
+    console = FleetConsole(cfg, reconcile=False)
     console.db.create_all()
     register_devices(console.db, [{"id": DEVICE, "tags": {"site": "south"}}])
     console.start()
@@ -84,11 +85,12 @@ def test_capture_sealed_end_to_end_and_resumed_after_a_broker_kill(tmp_path):
         agent.submit(tf.command("assign", pub, device_id=DEVICE))
         wait_for(lambda: agent.persisted.state is State.COMMITTED, 60, what="v1 committed on the agent")
 
-        # the console orders capture through its own signer, key and broker connection
+        # the operator orders capture for the cohort site=south through the REST API; the console
+        # signs one command per device with its key, its capture key in the policy
         key = console.capture.private_key
-        policy = make_policy(public_key_b64(key), until=time.time() + 600, random_share=1.0, budget_bytes_per_day=8 << 20)
-        sent = order_capture(console.db, console_sender(console), [DEVICE], policy)
-        assert sent["devices"][DEVICE]["acknowledged"]
+        status, sent = call(console, "POST", "/api/v1/capture", {"tags": {"site": "south"}, "random_share": 1.0, "budget_bytes_per_day": 8 << 20, "duration_s": 600})
+        assert status == 202 and list(sent["devices"]) == [DEVICE] and sent["devices"][DEVICE]["acknowledged"]
+        assert sent["policy"]["public_key"] == public_key_b64(key)
         wait_for(lambda: agent.capturer.active() is not None, 15, what="the policy taken by the agent")
 
         x = sample_inputs(40 * 8, seed=21).reshape(40, 8, 16)  # 40 samples of 8 rows each
@@ -125,7 +127,3 @@ def test_capture_sealed_end_to_end_and_resumed_after_a_broker_kill(tmp_path):
         console.stop()
         broker.stop()
 
-
-def console_sender(console):
-    """The console's command sender (signer + its broker connection), as the API uses it."""
-    return console.reconciler.sender
