@@ -46,6 +46,13 @@ repository, DSSE-signed commands published to the devices' command topics.
    telemetry collector with and without folding the input and output into the reference's
    sketches. The added time over the inference time. Target: < 5%.
 
+5. **Data capture** (part ``capture``): 224x224x3 uint8 frames (and 1000 class
+   probabilities) captured by the agent's capturer under a random-share policy: the time per
+   sample (npz encode, sealed box to the console's key, SQLite spool), the sealed size and the
+   spool's bytes on disk per sample, scaled to 1 sample/s; then the spool uploaded through the
+   mosquitto by the agent's MQTT session and uploader into the console's store (chunks, each
+   sample acknowledged after it is stored).
+
 The broker runs with ``set_tcp_nodelay true`` (mosquitto's default leaves Nagle on, which
 makes the MQTT fetch several times slower; ``--broker-nagle`` measures that). Times in the
 agent's log have millisecond resolution; the bench polls the inference API every 5 ms
@@ -837,6 +844,83 @@ def measure_sketch(bundle: Path, runs: int) -> dict:
     }
 
 
+def measure_capture(work: Path, broker_url: str, samples: int) -> dict:
+    """Data capture of 224x224x3 uint8 frames (issue 17): what one captured sample costs the
+    device (encode, seal to the console's key, spool), the sealed size and the spool's size on
+    disk at 1 sample/s, and the upload through mosquitto into the console's store (chunks,
+    acknowledged after storing)."""
+    import paho.mqtt.client as mqtt
+    from nacl.public import PrivateKey
+
+    from edgeops.agent.capture import Capturer, Offer
+    from edgeops.agent.capture_spool import CaptureSpool
+    from edgeops.agent.capture_upload import CaptureUploader
+    from edgeops.agent.config import BrokerConfig
+    from edgeops.agent.session import MqttSession
+    from edgeops.fleet.capture import make_policy, public_key_b64
+    from edgeops.fleet.capture_store import CaptureStore
+    from edgeops.fleet.db import Database
+    from edgeops.protocol import DeviceState
+
+    dev = work / "capture-device"
+    dev.mkdir(parents=True, exist_ok=True)
+    key = PrivateKey.generate()
+    spool = CaptureSpool(dev / "capture.sqlite", 1 << 30)
+    cap = Capturer(dev, "cam-bench", spool, max_budget_bytes_per_day=1 << 40)
+    cap.apply(make_policy(public_key_b64(key), until=time.time() + 3600, random_share=1.0, budget_bytes_per_day=1 << 40))
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8) for _ in range(8)]
+    probs = rng.random((1, 1000), dtype=np.float32)
+    probs /= probs.sum()
+    times = []
+    for i in range(samples):
+        t0 = time.perf_counter()
+        sid = cap.offer(Offer({"image": frames[i % len(frames)]}, {"probs": probs}, "mobilenet", "3", "0" * 64))
+        times.append((time.perf_counter() - t0) * 1e3)
+        assert sid is not None
+    sealed_bytes = spool.size_bytes() / samples
+    disk = sum(p.stat().st_size for p in dev.glob("capture.sqlite*"))
+    # upload: the agent's session and uploader -> mosquitto -> the console's store
+    db = Database(f"sqlite:///{work / 'capture-console.db'}")
+    db.create_all()
+    console = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-console-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
+    store = CaptureStore(db, work / "capture-store", key, publish=lambda t, p: console.publish(t, p, qos=1))
+    console.on_connect = lambda c, *a: c.subscribe("edgeops/v1/+/capture", qos=1)
+    console.on_message = lambda c, u, m: store.handle(m.topic, m.payload)
+    host, port = broker_url.removeprefix("mqtt://").split(":")
+    console.connect(host, int(port))
+    console.loop_start()
+    session = MqttSession("cam-bench", BrokerConfig(url=broker_url, mqtt_version="5"), DeviceState(device_id="cam-bench", online=False).to_json().encode())
+    up = CaptureUploader(spool, session, "cam-bench", max_inflight=4)
+    session.on_message = lambda kind, payload: up.handle_ack(payload) if kind == "capture/ack" else None
+    session.on_loop = up.pump
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    session.start()
+    deadline = time.monotonic() + 300
+    while spool.count() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    upload_s = time.perf_counter() - t0
+    session.stop()
+    console.loop_stop()
+    console.disconnect()
+    spool.close()
+    per = median(times)
+    return {
+        "samples": samples, "frame": "1x224x224x3 uint8 + 1000 float32 probabilities",
+        "capture_ms_median": round(per, 2), "capture_ms_p95": round(float(np.percentile(times, 95)), 2),
+        "capture_samples_per_s_one_core": round(1000.0 / per, 1),
+        "cpu_share_at_1_sample_per_s": round(per / 1000.0, 4),
+        "sealed_bytes_per_sample": round(sealed_bytes),
+        "spool_on_disk_bytes_per_sample": round(disk / samples),
+        "spool_per_hour_mb_at_1_per_s": round(disk / samples * 3600 / 1e6, 1),
+        "spool_per_day_gb_at_1_per_s": round(disk / samples * 86400 / 1e9, 2),
+        "upload_s": round(upload_s, 2), "uploaded": store.counts["stored"],
+        "upload_samples_per_s": round(store.counts["stored"] / upload_s, 1),
+        "upload_mb_per_s": round(store.counts["stored"] * sealed_bytes / upload_s / 1e6, 1),
+    }
+
+
 def median(xs: list[float]) -> float:
     """Median, rounded."""
     return round(statistics.median(xs), 4)
@@ -876,6 +960,10 @@ def run(args) -> dict:
             log(f"sketch: {sk}")
             result["sketch"] = sk
             result["meets_targets"]["sketch_under_5pct"] = sk["sketch_over_inference"] < SKETCH_TARGET
+        if "capture" in parts:
+            result["capture"] = measure_capture(work, broker.url, args.capture_samples)
+            log(f"capture: {result['capture']}")
+            result["meets_targets"]["capture_all_uploaded"] = result["capture"]["uploaded"] == args.capture_samples
         for part, runtime, profile, key in (("rss", "onnxruntime", PROFILE, "rss_mb"), ("rss-litert", "litert", LITERT_PROFILE, "rss_litert_mb"),
                                             ("rss-openvino", "openvino", OPENVINO_PROFILE, "rss_openvino_mb")):
             if part not in parts:
@@ -1055,6 +1143,12 @@ def print_table(r: dict) -> None:
         out.print(f"Drift sketching, int8 MobileNetV2 {k['model']['resolution']} px, median of {k['runs']} ({k['threads']} thread(s)): inference {k['inference_ms']:.2f} ms, "
                   f"telemetry record {k['record_without_sketches_ms']:.3f} ms without sketches, {k['record_with_sketches_ms']:.3f} ms with: "
                   f"+{k['sketch_added_ms']:.3f} ms = {100 * k['sketch_over_inference']:.1f}% of the inference (target < {100 * SKETCH_TARGET:.0f}%)")
+    if "capture" in r:
+        c = r["capture"]
+        out.print(f"Data capture, {c['samples']} samples of {c['frame']}: {c['capture_ms_median']:.2f} ms per sample (p95 {c['capture_ms_p95']:.2f}; encode + seal + spool) = "
+                  f"{c['capture_samples_per_s_one_core']:.0f} samples/s on one core, {100 * c['cpu_share_at_1_sample_per_s']:.2f}% of a core at 1 sample/s; "
+                  f"sealed {c['sealed_bytes_per_sample']} B, spool on disk {c['spool_on_disk_bytes_per_sample']} B per sample = {c['spool_per_hour_mb_at_1_per_s']} MB/hour, "
+                  f"{c['spool_per_day_gb_at_1_per_s']} GB/day at 1 sample/s; upload through mosquitto into the console's store: {c['upload_samples_per_s']} samples/s ({c['upload_mb_per_s']} MB/s)")
     out.print(f"machine: {r.get('machine', {}).get('lscpu', '?')}")
     out.print(f"targets: {r['meets_targets']}")
 
@@ -1069,10 +1163,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 MB bundle, 1 repeat, 96 px MobileNetV2 (the smoke test)")
     ap.add_argument("--workdir", default=None, help="parent folder of the work folder (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, data dirs)")
-    ap.add_argument("--parts", default="update,rollback,refresh,rss,rss-litert", help="comma-separated: update, rollback, refresh (TUF in-process vs worker), rss (onnxruntime), rss-litert, rss-openvino, sketch (drift sketching cost per inference)")
+    ap.add_argument("--parts", default="update,rollback,refresh,rss,rss-litert", help="comma-separated: update, rollback, refresh (TUF in-process vs worker), rss (onnxruntime), rss-litert, rss-openvino, sketch (drift sketching cost per inference), capture (data capture of 224x224x3 frames)")
     ap.add_argument("--page-cache", choices=["cold", "as-is"], default="cold", help="RSS parts: drop the installed libraries from the page cache first, as after a reboot (cold), or measure as the machine is")
     ap.add_argument("--broker-nagle", action="store_true", help="run mosquitto without set_tcp_nodelay (its default) to show what Nagle costs the MQTT fetch")
     ap.add_argument("--sketch-runs", type=int, default=300, help="part sketch: timed inferences")
+    ap.add_argument("--capture-samples", type=int, default=200, help="part capture: samples captured and uploaded")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--save", default=None, help="also write the JSON result to this file")
     args = ap.parse_args()
@@ -1081,9 +1176,9 @@ def main() -> int:
     if args.repeats < 1 or args.size_mb <= 0:
         ap.error("--repeats must be >= 1 and --size-mb > 0")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(args.parts) - {"update", "rollback", "refresh", "rss", "rss-litert", "rss-openvino", "sketch"}
+    unknown = set(args.parts) - {"update", "rollback", "refresh", "rss", "rss-litert", "rss-openvino", "sketch", "capture"}
     if unknown or not args.parts:
-        ap.error(f"--parts: unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from update, rollback, refresh, rss, rss-litert, rss-openvino, sketch")
+        ap.error(f"--parts: unknown part(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from update, rollback, refresh, rss, rss-litert, rss-openvino, sketch, capture")
     for tool in ("cp", "sha256sum"):
         if not shutil.which(tool):
             sys.exit(f"{tool} (coreutils) not found")
