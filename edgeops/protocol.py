@@ -327,12 +327,12 @@ class CapturePolicy(Schema):
     ``sample_rate``: the share of triggering inferences kept; ``min_interval_s``: at most one
     sample this often; ``budget_bytes_per_day``: sealed bytes the device may capture per UTC
     day; ``until``: the policy ends then (unix time); ``public_key``: the console's capture key
-    (base64 Curve25519) samples are sealed to on the device.
+    (base64 Curve25519) samples are sealed to on the device (absent: the agent config's).
     """
 
     policy_id: NameText
     until: Timestamp
-    public_key: Annotated[str, Meta(pattern=whole(CAPTURE_KEY_PATTERN))]
+    public_key: Annotated[str, Meta(pattern=whole(CAPTURE_KEY_PATTERN))] | None = None
     enabled: bool = True
     triggers: CaptureTriggers = field(default_factory=CaptureTriggers)
     sample_rate: Fraction = 1.0
