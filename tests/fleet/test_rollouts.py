@@ -10,6 +10,7 @@ import json
 import math
 import time
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -833,6 +834,67 @@ def test_the_channels_a_version_was_published_to_decide_its_promotion(db, fleet_
         assert (prod["settings"]["channel"], prod["settings"]["requires_channel"]) == ("prod", "staging")
     finally:
         h.close()
+
+
+def _probs(rng, rows, top, favoured):
+    """Softmax-like rows over 3 classes: class ``favoured(i)`` gets ``top`` of the mass."""
+    out = np.full((rows, 3), 0.0)
+    for i in range(rows):
+        k = favoured(i)
+        out[i] = (1 - top) / 2
+        out[i, k] = top + rng.uniform(-0.02, 0.02)
+        out[i] /= out[i].sum()
+    return out
+
+
+def _quality_batch(h, d, version, p50, top, favoured, rng):
+    """A telemetry batch with a p50 and the drift sketch of a 3-class output (real Sketcher)."""
+    from edgeops.protocol import TelemetryBatch, VersionRef, telemetry_topic
+    from edgeops.sketch import Sketcher, make_layout
+
+    layout = make_layout("probs", [_probs(np.random.default_rng(0), 200, 0.9, lambda i: i % 3)], classes=3)
+    sk = Sketcher(layout)
+    sk.add(_probs(rng, 60, top, favoured))
+    name, ver = version.split("@")
+    now = time.time()
+    msg = TelemetryBatch(
+        device_id=d, seq=h.next_seq(d), ts_start=now - 10, ts_end=now, active=VersionRef(name=name, version=ver), inference_count=60,
+        latency_p50_ms=p50, latency_p95_ms=2 * p50, sketches={"probs": sk.state()},
+    )
+    return telemetry_topic(d), msg.to_json().encode()
+
+
+@pytest.mark.parametrize("changed", [True, False])
+def test_p50_confidence_and_class_mix_gates_read_what_devices_sent(h, changed):
+    """Through the real ingest and database: wave 1 runs 40% slower at the median, less sure of
+    its top-1 class and with its class mix shifted towards class 0, against the control on the
+    old version over the same window; the three gates fail, each with its test in the detail.
+    The same version without those changes passes them."""
+    rng = np.random.default_rng(18)
+    slower, top, favoured = (2.8, 0.6, lambda i: 0 if i % 2 else i % 3) if changed else (2.0, 0.9, lambda i: i % 3)
+    r = h.create(waves="50%,100%", max_latency_p50_regression=1.1, max_confidence_drop=0.05, max_class_mix_shift=0.1)
+    rid = r["id"]
+    service.start_rollout(h.db, rid)
+    h.rec.tick()
+    cmds = h.pub.commands(h.keys)[h.handled :]
+    h.handled += len(cmds)
+    for c in cmds:
+        d, target = c.device_id, f"{c.bundle.name}@{c.bundle.version}"
+        h.feed(event(d, h.next_seq(d), "command_accepted", c.command_id, target), event(d, h.next_seq(d), "activated", c.command_id, target))
+        h.feed(_quality_batch(h, d, target, slower * _jitter(d), top, favoured, rng))
+        h.feed(event(d, h.next_seq(d), "committed", c.command_id, target))
+    h.feed(*[_quality_batch(h, d, "digits@1.0.0", 2.0 * _jitter(d), 0.9, lambda i: i % 3, rng) for d in _not_in(h, rid)])
+    h.rec.tick()
+    st = service.rollout_status(h.db, rid)
+    gates = {g["gate"]: g for g in st["waves"][0]["gates"]}
+    if not changed:
+        assert st["waves"][0]["status"] == "passed" and all(gates[g]["outcome"] == "pass" for g in ("max_latency_p50_regression", "max_confidence_drop", "max_class_mix_shift")), gates
+        return
+    assert st["status"] == "paused", st["reason"]
+    p50, conf, mix = gates["max_latency_p50_regression"], gates["max_confidence_drop"], gates["max_class_mix_shift"]
+    assert p50["outcome"] == "fail" and p50["measured"] == pytest.approx(1.4, abs=0.05) and "latency_p50" in p50["detail"], p50
+    assert conf["outcome"] == "fail" and conf["measured"] < 0.8 and "top1_confidence" in conf["detail"] and conf["judgement"][0]["n_control"] == 10, conf
+    assert mix["outcome"] == "fail" and mix["measured"] > 0.2 and "chi-square" in mix["detail"], mix
 
 
 def test_a_console_restart_mid_judgement_keeps_the_looks(h):
