@@ -22,7 +22,7 @@ FORM_FIELDS = (
     ("max_failure_rate", "Max failure rate", "0..1", "0.05"),
     ("max_rollback_rate", "Max rollback rate", "0..1, optional", ""),
     ("max_error_rate", "Max error rate", "(errors + NaN) / inferences, optional", ""),
-    ("max_latency_regression", "Max latency regression", "p95 new / old, e.g. 1.2, optional", ""),
+    ("max_latency_regression", "Max latency regression", "largest typical per-device p95 ratio vs the control cohort, judged (1.2: 20% slower), optional", ""),
     ("min_agreement", "Min agreement", "0..1, optional", ""),
     ("min_reporting", "Min reporting", "0..1", "0.9"),
 )
@@ -145,14 +145,15 @@ def device_live(events: list[dict], series: list[dict], drift: dict | None = Non
         kind = ev["kind"]
         rows.append([e(when(ev["received_at"])), f'<span class="event event-{e(kind)}">{e(kind)}</span>', e(f"{ev['target']['name']}@{ev['target']['version']}" if ev["target"] else ""), gates, e(ev["detail"])])
     chart = {
-        "title": "p95 latency (ms) and error + NaN rate",
+        "title": "p50 and p95 latency (ms) and error + NaN rate",
         "ts": [s["ts"] for s in series],
         "series": [
             {"label": "p95 ms", "values": [s["p95_ms"] for s in series]},
+            {"label": "p50 ms", "values": [s.get("p50_ms") for s in series], "dash": True},
             {"label": "error+NaN rate", "values": [None if s["error_rate"] is None else s["error_rate"] + (s["nan_rate"] or 0) for s in series], "scale": "rate"},
         ],
     }
-    return '<h2>Latency (p95) and error + NaN rate over time</h2><div class="chart" data-chart="device-latency"></div>' + json_data("device-latency", chart, "chart-data") + drift_section(drift) + "<h2>Events</h2>" + table(["Received", "Event", "Version", "Gates", "Detail"], rows, "events", "no events yet")
+    return '<h2>Latency (p50, p95) and error + NaN rate over time</h2><div class="chart" data-chart="device-latency"></div>' + json_data("device-latency", chart, "chart-data") + drift_section(drift) + "<h2>Events</h2>" + table(["Received", "Event", "Version", "Gates", "Detail"], rows, "events", "no events yet")
 
 
 # --- rollouts -------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def fleet_summary(db: Database) -> dict:
 
 
 def telemetry_series(db: Database, device_id: str, limit: int = 500) -> list[dict]:
-    """The device's telemetry batches, oldest first: time, version, p95 latency, error and NaN rates."""
+    """The device's telemetry batches, oldest first: time, version, p50 and p95 latency, error and NaN rates."""
     t = db.t.telemetry
     with db.connect() as conn:
         rows = conn.execute(sa.select(t).where(t.c.device_id == device_id).order_by(t.c.ts_end.desc()).limit(limit)).all()
@@ -105,6 +105,7 @@ def telemetry_series(db: Database, device_id: str, limit: int = 500) -> list[dic
                 "ts": m["ts_end"],
                 "version": f"{m['version_name']}@{m['version_version']}" if m["version_name"] else "",
                 "p95_ms": m["p95_ms"],
+                "p50_ms": m["p50_ms"],
                 "error_rate": (m["error_count"] / n) if n else None,
                 "nan_rate": (m["nan_count"] / n) if n else None,
                 "agreement": m["agreement"],

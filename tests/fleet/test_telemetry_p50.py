@@ -64,3 +64,20 @@ def test_quantile_from_histogram():
     assert quantile_from_histogram([1.0, 2.0], [1, 1, 8], 0.5) == 2.0  # overflow bucket: the last bound
     assert quantile_from_histogram([1.0, 2.0], [], 0.5) is None
     assert quantile_from_histogram([1.0, 2.0], [1], 0.5) is None  # inconsistent lengths
+
+
+def test_the_device_page_series_and_chart_carry_p50(db):
+    from edgeops.fleet.ui.pages import device_live
+    from edgeops.fleet.ui.queries import telemetry_series
+
+    register_devices(db, [{"id": "d0"}])
+    ing = Ingestor(db, IngestConfig(flush_interval_s=0.02)).start()
+    try:
+        ing.submit(*telemetry("d0", 1, p50=2.5, p95=6.0))
+        assert ing.flush(30)
+    finally:
+        ing.stop()
+    series = telemetry_series(db, "d0")
+    assert [(s["p50_ms"], s["p95_ms"]) for s in series] == [(2.5, 6.0)]
+    html = device_live([], series)
+    assert '{"label":"p50 ms","values":[2.5],"dash":true}' in html and "Latency (p50, p95)" in html
