@@ -187,3 +187,90 @@ def test_policy_survives_a_restart(tmp_path, trust_repo):
         assert b.capture_spool.count() == 2
     finally:
         b.stop()
+
+
+def test_drift_trigger_captures_only_while_the_interval_drifts(tmp_path):
+    from tests.agent.helpers import TrustFixture
+    from tests.agent.test_machine import make_agent, settle
+    from edgeops.agent.statefile import State
+
+    tf = TrustFixture(tmp_path / "trust")
+    tf.v1 = tf.publish("1.0.0", 1, reference=True)
+    agent = make_agent(tmp_path, tf)
+    try:
+        agent.submit(tf.command("assign", tf.v1))
+        assert settle(agent) is State.COMMITTED
+        agent.flush_telemetry()
+        agent.submit(capture_command(tf, policy(triggers=CaptureTriggers(drift="alert", min_samples=50, alpha=0.01))))
+        agent.tick()
+        agent.capturer.clock = iter(range(10**6)).__next__  # the drift check runs at most once a (clock) second: every offer here
+        for row in sample_inputs(120, seed=31):  # data like the reference: no capture
+            agent.infer({"input": row[None]})
+        assert agent.capture_spool.count() == 0
+        agent.flush_telemetry()
+        for row in sample_inputs(120, seed=32) + 3.0:  # a brighter camera: captured once the interval scores alert
+            agent.infer({"input": row[None]})
+        n = agent.capture_spool.count()
+        assert 0 < n < 120  # not before min_samples inferences gave a readable score
+        assert json.loads(open_sample(agent.capture_spool.oldest(1)[0].blob)["meta"].tobytes())["trigger"] == "drift_alert"
+    finally:
+        agent.stop()
+
+
+def test_nonfinite_trigger(tmp_path):
+    from tests.agent.helpers import TrustFixture
+    from tests.agent.test_machine import make_agent, settle
+    from edgeops.agent.statefile import State
+    from tests.support.bundles import N_FEATURES
+
+    tf = TrustFixture(tmp_path / "trust")
+    tf.v1 = tf.publish("1.0.0", 1, trigger=100.0, variant="nan")
+    agent = make_agent(tmp_path, tf, probation={"max_nan": 1000})
+    try:
+        agent.submit(tf.command("assign", tf.v1))
+        assert settle(agent) is State.COMMITTED
+        agent.submit(capture_command(tf, policy(triggers=CaptureTriggers(nonfinite=True))))
+        agent.tick()
+        serve(agent, 5)
+        assert agent.capture_spool.count() == 0
+        x = np.full((1, N_FEATURES), 500.0, np.float32)
+        agent.infer({"input": x})
+        assert agent.capture_spool.count() == 1
+        s = open_sample(agent.capture_spool.oldest(1)[0].blob)
+        assert json.loads(s["meta"].tobytes())["trigger"] == "nonfinite" and not np.all(np.isfinite(s["out/probs"]))
+    finally:
+        agent.stop()
+
+
+def test_shadow_disagreement_trigger_during_probation(tmp_path):
+    from tests.agent.helpers import TrustFixture
+    from tests.agent.test_machine import make_agent, settle
+    from edgeops.agent.statefile import State
+
+    tf = TrustFixture(tmp_path / "trust")
+    tf.v1 = tf.publish("1.0.0", 1)
+    tf.v2 = tf.publish("2.0.0", 2, seed=5)  # other weights: some inputs get another class
+    agent = make_agent(tmp_path, tf)
+    try:
+        agent.submit(tf.command("assign", tf.v1))
+        assert settle(agent) is State.COMMITTED
+        # v2's probation stays open while the test serves (no synthetic traffic, a long window)
+        p = agent.config.probation
+        p.window_count, p.window_seconds, p.synthetic_interval_s, p.min_agreement = 10_000, 600.0, 0.0, 0.0
+        agent.config.api.shadow_sample_rate = 0.0  # the policy alone makes the shadow run on live inputs
+        agent.submit(tf.command("assign", tf.v2))
+        agent.run_until(lambda: agent.persisted.state is State.PROBATION, 30)
+        assert agent.persisted.state is State.PROBATION
+        agent.submit(capture_command(tf, policy(triggers=CaptureTriggers(shadow_disagreement=True))))
+        agent.tick()
+        x = sample_inputs(60, seed=41)
+        for row in x:
+            agent.infer({"input": row[None]})
+        samples = [open_sample(s.blob) for s in agent.capture_spool.oldest(100)]
+        assert 0 < len(samples) < 60  # the shadow ran on every live input (shadow_sample_rate 0) and only disagreements were kept
+        for s in samples:
+            assert json.loads(s["meta"].tobytes())["trigger"] == "shadow_disagreement"
+            old = agent._shadow.runtime.run({"input": s["in/input"]})
+            assert int(np.argmax(next(iter(old.values())))) != int(np.argmax(s["out/probs"]))
+    finally:
+        agent.stop()
