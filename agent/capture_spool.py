@@ -50,6 +50,9 @@ class CaptureSpool:
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
             """
         )
+        # samples waiting, kept in memory so the uploader's pump (every network loop, 20 a
+        # second) costs no query while the spool is empty, which is nearly always
+        self.waiting = int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -84,6 +87,7 @@ class CaptureSpool:
                     self._make_room(size)
                     self._db.execute("INSERT OR IGNORE INTO samples(sample_id, blob, size, created_at) VALUES(?, ?, ?, ?)", (sample_id, blob, size, now))
                 self._db.execute("COMMIT")
+                self.waiting = int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -118,7 +122,9 @@ class CaptureSpool:
     def remove(self, sample_id: str) -> bool:
         """Delete a sample (the console stored it, or refused it for good); True when it was here."""
         with self._lock:
-            return self._db.execute("DELETE FROM samples WHERE sample_id = ?", (sample_id,)).rowcount > 0
+            removed = self._db.execute("DELETE FROM samples WHERE sample_id = ?", (sample_id,)).rowcount > 0
+            self.waiting -= int(removed)
+            return removed
 
     def take_dropped(self) -> int:
         """Drops since the last call (reported once: the count is reset)."""

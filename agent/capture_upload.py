@@ -61,7 +61,7 @@ class CaptureUploader:
 
     def pump(self) -> int:
         """Send missing chunks, resend timed-out samples and start new ones; returns samples sent."""
-        if not self.session.connected:
+        if not self.session.connected or (self.spool.waiting == 0 and not self._resend):
             return 0
         now = self._monotonic()
         with self._lock:
