@@ -14,8 +14,9 @@ Tests (all one-sided, in the direction that would be a regression):
   is 20% slower";
 - rates (errors, NaN outputs per inference): the pooled two-proportion z test; effect: the
   difference of the rates;
-- class mix (counts per output class): Pearson's chi-square test of homogeneity; effect: the
-  total variation distance between the two class distributions;
+- class mix (counts per output class): Pearson's chi-square test of homogeneity, divided by the
+  Rao-Scott design effect when the per-device tables are given (inferences of one device are
+  not independent); effect: the total variation distance between the two class distributions;
 - a share against a fixed threshold (shadow agreement: the new model's answers that agree with
   the old model's on the same inputs; one cohort, the old model is the reference): the one-sample
   proportion z test, one-sided toward "below"; effect: the share.
@@ -336,6 +337,37 @@ def judge_rate(
     return Judgement(metric, FAIL if fail else PASS, test.p_value, excess, max_excess, devices_new, devices_control, alpha, detail)
 
 
+def design_effect(cohorts: Sequence[Sequence[Mapping[str, float]]]) -> float:
+    """The Rao-Scott first-order design effect of class proportions estimated from devices.
+
+    Each cohort is a list of per-device count tables (class -> count). Inferences of one device
+    are not independent (its camera, its scene, its users), so the pooled proportions vary more
+    than the binomial variance the chi-square test assumes. Per cohort and class, the ratio of
+    the between-device (cluster) variance of the pooled proportion to the binomial one; the
+    mean over classes and cohorts, weighted by the binomial variance; at least 1 (never makes
+    the test more liberal). 1.0 when a cohort has fewer than 2 devices.
+    """
+    num = den = 0.0
+    for devices in cohorts:
+        m = len(devices)
+        if m < 2:
+            return 1.0
+        totals = [float(sum(d.values())) for d in devices]
+        n = sum(totals)
+        if n <= 0:
+            return 1.0
+        classes = set().union(*(d.keys() for d in devices))
+        for k in classes:
+            p = sum(d.get(k, 0.0) for d in devices) / n
+            binom = p * (1 - p) / n
+            if binom <= 0:
+                continue
+            cluster = m / (m - 1) * sum((d.get(k, 0.0) - p * t) ** 2 for d, t in zip(devices, totals)) / (n * n)
+            num += cluster
+            den += binom
+    return max(1.0, num / den) if den > 0 else 1.0
+
+
 def judge_mix(
     metric: str,
     new: Mapping[str, float],
@@ -345,11 +377,15 @@ def judge_mix(
     max_distance: float,
     alpha: float,
     min_devices: int = DEFAULT_MIN_DEVICES,
+    per_device: tuple[Sequence[Mapping[str, float]], Sequence[Mapping[str, float]]] | None = None,
 ) -> Judgement:
     """Output class mix (class -> count) of the wave against the control.
 
     FAIL when the chi-square test of homogeneity has p < ``alpha`` and the total variation
     distance between the mixes exceeds ``max_distance``; INCONCLUSIVE below ``min_devices``.
+    With ``per_device`` (the count tables of each cohort's devices) the statistic is divided by
+    the Rao-Scott design effect (:func:`design_effect`), so devices that differ from one another
+    in what they see do not make identical versions look different.
     """
     few = _too_few(metric, devices_new, devices_control, min_devices, max_distance, alpha)
     if few:
@@ -357,11 +393,15 @@ def judge_mix(
     if sum(new.values()) <= 0 or sum(control.values()) <= 0:
         return Judgement(metric, INCONCLUSIVE, None, None, max_distance, devices_new, devices_control, alpha, "no class counts in one of the cohorts")
     test, df = chi_square_homogeneity(new, control)
+    deff = design_effect(per_device) if per_device is not None else 1.0
+    if deff > 1.0 and df >= 1:
+        test = TestResult(test.statistic / deff, chi2_sf(test.statistic / deff, df))
     tvd = total_variation(new, control)
     fail = test.p_value < alpha and tvd > max_distance
     detail = (
         f"class mix differs by {tvd:.3f} (total variation, bound {max_distance:.3f}); chi-square {test.statistic:.3g} "
-        f"on {df} df, p={test.p_value:.2g} vs alpha {alpha:.3g}; {devices_new} new vs {devices_control} control devices"
+        f"on {df} df{f' (Rao-Scott, design effect {deff:.2f})' if per_device is not None else ''}, p={test.p_value:.2g} vs alpha {alpha:.3g}; "
+        f"{devices_new} new vs {devices_control} control devices"
     )
     return Judgement(metric, FAIL if fail else PASS, test.p_value, tvd, max_distance, devices_new, devices_control, alpha, detail)
 

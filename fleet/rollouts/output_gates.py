@@ -13,8 +13,9 @@ tensor name) and sums its class counts and confidence histogram.
 - ``max_confidence_drop``: per-device mean top-1 confidence (bin midpoints), Mann-Whitney one
   sided toward lower, fails when significant and the typical device's ratio new / control is
   below ``1 - max_confidence_drop`` (:func:`~edgeops.fleet.rollouts.judge.judge_continuous`);
-- ``max_class_mix_shift``: the class counts summed per cohort, chi-square test of homogeneity,
-  fails when significant and the total variation distance is above the setting
+- ``max_class_mix_shift``: the class counts summed per cohort, chi-square test of homogeneity
+  with the Rao-Scott correction for devices that differ in what they see, fails when significant
+  and the total variation distance is above the setting
   (:func:`~edgeops.fleet.rollouts.judge.judge_mix`).
 
 Both are judged pooled and per stratum with the sequential looks of the other judged gates
@@ -183,6 +184,12 @@ def max_class_mix_shift(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
         groups, note = _groups(s, cfg, lambda d: d.device_id in both and both[d.device_id].inferences > 0)
         each = alpha / len(groups)
-        return [judge.judge_mix(_label("class_mix", key), pooled(new), pooled(ctl), len(new), len(ctl), bound, each, cfg.judge_min_devices) for key, new, ctl in groups], note
+        return [
+            judge.judge_mix(
+                _label("class_mix", key), pooled(new), pooled(ctl), len(new), len(ctl), bound, each, cfg.judge_min_devices,
+                per_device=([both[d.device_id].mix() for d in new], [both[d.device_id].mix() for d in ctl]),
+            )
+            for key, new, ctl in groups
+        ], note
 
     return _judged("max_class_mix_shift", s, cfg, decide)

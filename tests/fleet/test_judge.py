@@ -193,3 +193,32 @@ def test_one_proportion_and_judge_at_least():
     assert judge_at_least("agreement", 900, 1000, 4, 0.95, 0.01).outcome == INCONCLUSIVE  # 4 < 5 devices
     with pytest.raises(ValueError, match="trials"):
         one_proportion(1, 0, 0.5)
+
+
+def test_class_mix_holds_its_false_alarm_rate_when_devices_differ():
+    """Devices see different inputs (each its own class mix, Dirichlet around one mean), both
+    versions identical: the plain chi-square on pooled inferences reads the between-device
+    spread as a difference (measured ~28% false alarms at alpha 0.01 in 1000 seeds); divided by
+    the Rao-Scott design effect it stays near alpha. No effect bound, so only the test decides."""
+    rng = np.random.default_rng(18)
+    seeds, alpha = 500, 0.01
+
+    def cohort(n):
+        devs = [{str(k): float(c) for k, c in enumerate(rng.multinomial(200, rng.dirichlet(np.full(10, 20.0)))) if c} for _ in range(n)]
+        total: dict[str, float] = {}
+        for d in devs:
+            for k, c in d.items():
+                total[k] = total.get(k, 0.0) + c
+        return total, devs
+
+    plain = corrected = 0
+    for _ in range(seeds):
+        (a, da), (b, db) = cohort(20), cohort(20)
+        plain += j.judge_mix("class_mix", a, b, 20, 20, 0.0, alpha).outcome == j.FAIL
+        v = j.judge_mix("class_mix", a, b, 20, 20, 0.0, alpha, per_device=(da, db))
+        corrected += v.outcome == j.FAIL
+    print(f"class mix false alarms over {seeds} seeds at alpha {alpha}: plain {plain / seeds:.3f}, Rao-Scott {corrected / seeds:.3f}")
+    assert plain / seeds > 0.1  # the problem the correction answers
+    assert corrected / seeds <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / seeds)
+    assert "Rao-Scott, design effect" in v.detail
+    assert j.design_effect([[{"a": 5, "b": 5}, {"a": 5, "b": 5}], [{"a": 5, "b": 5}, {"a": 5, "b": 5}]]) == 1.0  # no spread: never below 1
