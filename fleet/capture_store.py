@@ -43,6 +43,8 @@ log = logging.getLogger("edgeops.fleet.capture")
 
 PublishFn = Callable[[str, bytes], object]
 MAX_PARTIAL_AGE_S = 7 * 86400  # partial uploads untouched this long are removed by prune_partial()
+MAX_PARTIAL_PER_DEVICE = 16  # unfinished uploads kept per device; a new one beyond it drops the oldest
+MAX_SAMPLE_BYTES = 64 << 20  # a sealed sample larger than this is refused (a device's own bound is its spool)
 
 
 class CaptureDataError(FleetError):
@@ -162,6 +164,10 @@ class CaptureStore:
                 self._answer(device_id, CaptureAck(sample_id=sid, status="stored"))
                 return Received("duplicate", sid)
             part = self.partial / device_id / sid
+            if head.size > MAX_SAMPLE_BYTES:
+                return self._refuse(device_id, sid, part, f"{head.size} bytes, over the console's bound of {MAX_SAMPLE_BYTES} per sample")
+            if not part.exists():
+                self._bound_partials(part.parent)
             part.mkdir(parents=True, exist_ok=True)
             (part / f"{head.index:05d}.tmp").write_bytes(chunk)
             os.replace(part / f"{head.index:05d}.tmp", part / f"{head.index:05d}")
@@ -173,6 +179,16 @@ class CaptureStore:
                 return Received("partial", sid)
             blob = b"".join((part / f"{i:05d}").read_bytes() for i in range(head.total))
             return self._complete(device_id, sid, blob, head.size, head.total, part)
+
+    def _bound_partials(self, device_dir: Path) -> None:
+        """Keep at most MAX_PARTIAL_PER_DEVICE - 1 unfinished uploads of a device before a new
+        one starts (oldest first): a device cannot fill the console's disk with uploads it never
+        finishes. An honest device has ``capture.max_inflight`` (default 2) open at a time."""
+        if not device_dir.exists():
+            return
+        parts = sorted(device_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in parts[: max(0, len(parts) - MAX_PARTIAL_PER_DEVICE + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _refuse(self, device_id: str, sid: str, part: Path, why: str) -> Received:
         self.counts["refused"] += 1

@@ -226,6 +226,8 @@ class FleetConsole:
                     if now - last_prune >= 3600:
                         last_prune = now
                         self.prune_telemetry()
+                        if self.capture is not None:  # uploads a device never finished (fleet/capture_store.py)
+                            self.capture.prune_partial()
             except Exception:
                 log.exception("reconciler loop iteration failed")
             self._wake.wait(interval)

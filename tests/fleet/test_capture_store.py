@@ -114,3 +114,15 @@ def test_labels_and_an_export_that_round_trips_into_edgeops_build(store, tmp_pat
                               "--validation", f.path, "-o", tmp_path / "v3b.bundle", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["manifest"]["provenance"]["validation_sha256"] == f.sha256
+
+
+def test_a_device_cannot_fill_the_console_with_unfinished_or_huge_uploads(store):
+    from edgeops.fleet import capture_store as cs
+
+    for i in range(cs.MAX_PARTIAL_PER_DEVICE + 5):  # first chunks only, never finished
+        blob = sealed(store.private_key, sample_inputs(1, seed=100 + i))
+        assert store.handle(TOPIC, chunks(blob)[0]).status == "partial"
+    assert len(list((store.partial / "cam-1").iterdir())) == cs.MAX_PARTIAL_PER_DEVICE
+    head = CaptureChunk(sample_id="b" * 64, index=0, total=4096, size=cs.MAX_SAMPLE_BYTES + 1)
+    assert store.handle(TOPIC, encode_capture_chunk(head, b"x" * 10)).status == "refused"
+    assert "over the console's bound" in store.sent[-1][1].detail
