@@ -380,7 +380,8 @@ def min_agreement(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
         for key, devices in groups:
             n = sum(d.agreement_weight for d in devices)
             k = sum((d.agreement or 0.0) * d.agreement_weight for d in devices)
-            out.append(judge.judge_at_least(_label("agreement", key), min(k, n), n, len(devices), threshold, each, cfg.judge_min_devices))
+            per = [(min((d.agreement or 0.0) * d.agreement_weight, d.agreement_weight), d.agreement_weight) for d in devices]
+            out.append(judge.judge_at_least(_label("agreement", key), min(k, n), n, len(devices), threshold, each, cfg.judge_min_devices, per_device=per))
         return out, ""
 
     return _judged("min_agreement", s, cfg, decide)

@@ -94,6 +94,39 @@ def _gammainc_upper(a: float, x: float) -> float:
     return min(1.0, math.exp(-x + a * math.log(x) - lg) * h)
 
 
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) (Lentz's continued fraction, Numerical Recipes' betacf)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below this point
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    tiny = 1e-300
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (tiny if abs(d) < tiny else d)
+    h = d
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)), -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (tiny if abs(d) < tiny else d)
+            c = 1.0 + num / c
+            c = tiny if abs(c) < tiny else c
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return min(1.0, max(0.0, front * h))
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"Student's t needs degrees of freedom above 0, got {df}")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
 def chi2_sf(x: float, df: int) -> float:
     """P(X > x) for a chi-square X with ``df`` degrees of freedom."""
     if df <= 0:
@@ -406,9 +439,12 @@ def judge_mix(
     return Judgement(metric, FAIL if fail else PASS, test.p_value, tvd, max_distance, devices_new, devices_control, alpha, detail)
 
 
-def one_proportion(k: float, n: float, p0: float) -> TestResult:
+def one_proportion(k: float, n: float, p0: float, deff: float = 1.0, clusters: int = 0) -> TestResult:
     """One-sample z test that the proportion behind k/n is below ``p0`` (one-sided: ``p_value``
-    is the chance of a share this low or lower were the true share ``p0``)."""
+    is the chance of a share this low or lower were the true share ``p0``). When trials come in
+    ``clusters`` (devices), the binomial variance is multiplied by the design effect ``deff``
+    (>= 1) and z is read on Student's t with clusters - 1 degrees of freedom (the variance is
+    estimated from that many devices)."""
     if n <= 0:
         raise ValueError(f"one-proportion test needs trials (got {n})")
     if not 0 <= k <= n:
@@ -416,12 +452,12 @@ def one_proportion(k: float, n: float, p0: float) -> TestResult:
     if not 0 <= p0 <= 1:
         raise ValueError(f"the proportion tested against must lie in [0, 1] (got {p0})")
     share = k / n
-    var = p0 * (1 - p0) / n
+    var = p0 * (1 - p0) / n * max(1.0, deff)
     if var <= 0:  # p0 is 0 or 1: any share on the wrong side of it is certain evidence
         below = share < p0
         return TestResult(share, 0.0 if below else 1.0, -math.inf if below else 0.0)
     z = (share - p0) / math.sqrt(var)
-    return TestResult(share, norm_sf(-z), z)
+    return TestResult(share, t_sf(-z, clusters - 1) if clusters > 1 else norm_sf(-z), z)
 
 
 def judge_at_least(
@@ -432,9 +468,12 @@ def judge_at_least(
     threshold: float,
     alpha: float,
     min_devices: int = DEFAULT_MIN_DEVICES,
+    per_device: Sequence[tuple[float, float]] | None = None,
 ) -> Judgement:
     """A share (e.g. shadow agreement: agreeing inferences k of n) of the wave against a fixed
-    threshold, with the one-sample proportion z test (:func:`one_proportion`).
+    threshold, with the one-sample proportion z test (:func:`one_proportion`). With
+    ``per_device`` ((k_i, n_i) of each device) the variance is widened by the design effect of
+    devices (:func:`design_effect`): one device's inferences are not independent trials.
 
     PASS when the share is at least ``threshold``; FAIL when it is below *and* significantly so
     (p < ``alpha``); INCONCLUSIVE when below but within the noise (more data decides it), or
@@ -444,14 +483,15 @@ def judge_at_least(
         return Judgement(metric, INCONCLUSIVE, None, None, threshold, devices, 0, alpha, f"{devices} devices reported; at least {min_devices} are needed")
     if n <= 0:
         return Judgement(metric, INCONCLUSIVE, None, None, threshold, devices, 0, alpha, "no trials reported")
-    test = one_proportion(k, n, threshold)
+    deff = design_effect([[{"y": ki, "n": ni - ki} for ki, ni in per_device]]) if per_device else 1.0
+    test = one_proportion(k, n, threshold, deff, len(per_device) if per_device else 0)
     share = k / n
     if share >= threshold:
         outcome = PASS
     else:
         outcome = FAIL if test.p_value < alpha else INCONCLUSIVE
     detail = (
-        f"{share:.4%} ({k:.0f} of {n:.0f}) vs threshold {threshold:.4%}; one-proportion p={test.p_value:.2g} "
+        f"{share:.4%} ({k:.0f} of {n:.0f}) vs threshold {threshold:.4%}; one-proportion p={test.p_value:.2g}{f' (design effect {deff:.2f})' if per_device else ''} "
         f"(below the threshold) vs alpha {alpha:.3g}; {devices} devices"
     )
     return Judgement(metric, outcome, test.p_value, share, threshold, devices, 0, alpha, detail)

@@ -222,3 +222,33 @@ def test_class_mix_holds_its_false_alarm_rate_when_devices_differ():
     assert corrected / seeds <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / seeds)
     assert "Rao-Scott, design effect" in v.detail
     assert j.design_effect([[{"a": 5, "b": 5}, {"a": 5, "b": 5}], [{"a": 5, "b": 5}, {"a": 5, "b": 5}]]) == 1.0  # no spread: never below 1
+
+
+def test_agreement_holds_its_false_alarm_rate_when_devices_differ():
+    """Each device's true agreement varies around the threshold itself (Beta with mean 0.95):
+    trials counted as independent fail far more often than alpha; with the design effect of
+    devices the one-proportion test stays near it."""
+    rng = np.random.default_rng(18)
+    seeds, alpha, t = 500, 0.01, 0.95
+    plain = corrected = 0
+    for _ in range(seeds):
+        per = [(float(rng.binomial(500, rng.beta(95, 5))), 500.0) for _ in range(20)]
+        k, n = sum(x for x, _ in per), sum(y for _, y in per)
+        plain += j.judge_at_least("agreement", k, n, 20, t, alpha).outcome == j.FAIL
+        corrected += j.judge_at_least("agreement", k, n, 20, t, alpha, per_device=per).outcome == j.FAIL
+    print(f"agreement false alarms over {seeds} seeds at alpha {alpha}: plain {plain / seeds:.3f}, with design effect {corrected / seeds:.3f}")
+    assert plain / seeds > 2 * alpha
+    assert corrected / seeds <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / seeds)
+    # a real drop still fails: devices at 0.90 against 0.95
+    per = [(float(rng.binomial(500, rng.beta(90, 10))), 500.0) for _ in range(20)]
+    assert j.judge_at_least("agreement", sum(x for x, _ in per), 10_000, 20, t, alpha, per_device=per).outcome == j.FAIL
+
+
+def test_student_t_tail_known_values():
+    """Against scipy.stats.t.sf (not a console dependency)."""
+    assert j.t_sf(2.0, 10) == pytest.approx(0.03669401738537018, rel=1e-10)
+    assert j.t_sf(3.5, 30) == pytest.approx(0.0007384037188221266, rel=1e-9)
+    assert j.t_sf(-1.5, 4) == pytest.approx(0.896, rel=1e-9)
+    assert j.t_sf(0.0, 7) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        j.t_sf(1.0, 0)
