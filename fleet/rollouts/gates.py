@@ -312,7 +312,8 @@ def max_error_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
             n_new, n_ctl = sum(d.inferences for d in new), sum(d.inferences for d in ctl)
             for metric, attr in (("error_rate", "errors"), ("nan_rate", "nans")):
                 k_new, k_ctl = sum(getattr(d, attr) for d in new), sum(getattr(d, attr) for d in ctl)
-                out.append(judge.judge_rate(_label(metric, key), k_new, n_new, k_ctl, n_ctl, len(new), len(ctl), bound, each, cfg.judge_min_devices))
+                per = ([(getattr(d, attr), d.inferences) for d in new], [(getattr(d, attr), d.inferences) for d in ctl])
+                out.append(judge.judge_rate(_label(metric, key), k_new, n_new, k_ctl, n_ctl, len(new), len(ctl), bound, each, cfg.judge_min_devices, per_device=per))
         return out, note
 
     return _judged("max_error_rate", s, cfg, decide)

@@ -347,12 +347,16 @@ def judge_rate(
     max_excess: float,
     alpha: float,
     min_devices: int = DEFAULT_MIN_DEVICES,
+    per_device: tuple[Sequence[tuple[float, float]], Sequence[tuple[float, float]]] | None = None,
 ) -> Judgement:
     """A rate (events per trial, e.g. errors per inference) of the wave against the control.
 
     FAIL when the two-proportion z test (one-sided: the new rate is higher) has p < ``alpha``
     and the new rate exceeds the control's by more than ``max_excess``; INCONCLUSIVE with fewer
-    than ``min_devices`` reporting devices, or no trials, in either cohort.
+    than ``min_devices`` reporting devices, or no trials, in either cohort. With ``per_device``
+    ((events, trials) of each device, per cohort) z is divided by the square root of the devices'
+    design effect (:func:`design_effect`) and read on Student's t with devices - 2 degrees of
+    freedom: one device's inferences are not independent trials.
     """
     few = _too_few(metric, devices_new, devices_control, min_devices, max_excess, alpha)
     if few:
@@ -360,11 +364,18 @@ def judge_rate(
     if n_new <= 0 or n_control <= 0:
         return Judgement(metric, INCONCLUSIVE, None, None, max_excess, devices_new, devices_control, alpha, f"no trials: {n_new:g} new vs {n_control:g} control")
     test = two_proportions(k_new, n_new, k_control, n_control, "greater")
+    deff = 1.0
+    if per_device is not None:
+        deff = design_effect([[{"e": k, "o": n - k} for k, n in side] for side in per_device])
+        df = len(per_device[0]) + len(per_device[1]) - 2
+        if test.z is not None and df > 0:
+            z = test.z / math.sqrt(deff)
+            test = TestResult(test.statistic, t_sf(z, df), z)
     excess = k_new / n_new - k_control / n_control
     fail = test.p_value < alpha and excess > max_excess
     detail = (
         f"{k_new / n_new:.4%} new ({k_new:g}/{n_new:g}) vs {k_control / n_control:.4%} control ({k_control:g}/{n_control:g}), "
-        f"excess {excess:+.4%} vs bound {max_excess:.4%}; two-proportion p={test.p_value:.2g} vs alpha {alpha:.3g}; "
+        f"excess {excess:+.4%} vs bound {max_excess:.4%}; two-proportion p={test.p_value:.2g}{f' (design effect {deff:.2f})' if per_device is not None else ''} vs alpha {alpha:.3g}; "
         f"{devices_new} new vs {devices_control} control devices"
     )
     return Judgement(metric, FAIL if fail else PASS, test.p_value, excess, max_excess, devices_new, devices_control, alpha, detail)

@@ -252,3 +252,27 @@ def test_student_t_tail_known_values():
     assert j.t_sf(0.0, 7) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="degrees of freedom"):
         j.t_sf(1.0, 0)
+
+
+def test_error_rate_holds_its_false_alarm_rate_when_devices_differ():
+    """Each device's error rate varies (Beta with mean 2%), both versions identical: pooled
+    inferences as independent trials fail far more often than alpha; with the devices' design
+    effect and Student's t the two-proportion test stays near it, and a real excess still fails."""
+    rng = np.random.default_rng(18)
+    seeds, alpha = 500, 0.01
+
+    def cohort(mean):
+        return [(float(rng.binomial(500, rng.beta(4 * mean / (1 - mean), 4))), 500.0) for _ in range(20)]
+
+    plain = corrected = 0
+    for _ in range(seeds):
+        a, b = cohort(0.02), cohort(0.02)
+        ka, kb = sum(k for k, _ in a), sum(k for k, _ in b)
+        plain += j.judge_rate("error_rate", ka, 10_000, kb, 10_000, 20, 20, 0.0, alpha).outcome == j.FAIL
+        corrected += j.judge_rate("error_rate", ka, 10_000, kb, 10_000, 20, 20, 0.0, alpha, per_device=(a, b)).outcome == j.FAIL
+    print(f"error rate false alarms over {seeds} seeds at alpha {alpha}: plain {plain / seeds:.3f}, with design effect {corrected / seeds:.3f}")
+    assert plain / seeds > 2 * alpha
+    assert corrected / seeds <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / seeds)
+    a, b = cohort(0.10), cohort(0.02)
+    v = j.judge_rate("error_rate", sum(k for k, _ in a), 10_000, sum(k for k, _ in b), 10_000, 20, 20, 0.01, alpha, per_device=(a, b))
+    assert v.outcome == j.FAIL and "design effect" in v.detail
