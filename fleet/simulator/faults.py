@@ -2,17 +2,24 @@
 
 Grammar (comma-separated rules)::
 
-    KIND[(OPTIONS)]:FRACTION[@BUNDLE=VERSION]
+    KIND[(OPTIONS)]:FRACTION[@BUNDLE=VERSION][#profile=PROFILE]
 
     nan:0.3@digits=2.0.0          30% of devices give NaN outputs on digits 2.0.0
     slow(x8):0.1@*=2.*            10% run 8x the latency budget on any bundle's 2.x versions
     crash:0.05@digits=2.0.0       5% raise in inference on digits 2.0.0
     offline:0.02@digits=2.0.0     2% drop their session (no DISCONNECT) and stay away
     nan(all):25%                  25%, every version, golden inputs included
+    slow(x0.65):1@*=2.0.0#profile=x86_64-avx2,slow(x0.5):1
+                                  every device takes half its budget on every version, but
+                                  the x86_64-avx2 devices take 0.65 of it on 2.0.0: 30% slower
+                                  there only (the first rule of a kind that covers a version wins)
 
 - KIND: ``nan`` | ``slow`` | ``crash`` | ``offline``.
 - FRACTION: ``0..1`` or a percentage (``30%``).
 - ``@BUNDLE=VERSION``: shell-style globs (``*``, ``?``); ``@*`` or no ``@`` means every version.
+- ``#profile=PROFILE``: only devices running this hardware profile (a shell-style glob, e.g.
+  ``#profile=x86_64-*``); without it every profile. FRACTION is then the share of that
+  profile's devices (the draw below is the same; devices of other profiles are never hit).
 - OPTIONS (comma-free, ``+``-separated): ``all`` (also on golden inputs, so the on-device
   self-test catches it; the default for ``nan``/``crash`` is live inputs only, so the device
   activates the version and its probation window must catch it), ``xF`` (``slow`` only: the
@@ -37,7 +44,7 @@ from edgeops.errors import ConfigError
 KINDS = ("nan", "slow", "crash", "offline")
 DEFAULT_SLOW_FACTOR = 5.0
 
-_RULE_RE = re.compile(r"^(?P<kind>[a-z]+)(?:\((?P<opts>[^()]*)\))?:(?P<fraction>[^@]+)(?:@(?P<sel>.+))?$")
+_RULE_RE = re.compile(r"^(?P<kind>[a-z]+)(?:\((?P<opts>[^()]*)\))?:(?P<fraction>[^@#]+)(?:@(?P<sel>[^#]+))?(?:#(?P<where>[^#]*))?$")
 
 
 class FaultSpecError(ConfigError):
@@ -55,14 +62,18 @@ class FaultRule:
     golden: bool = False  # also on golden inputs (self-test catches it)
     factor: float = DEFAULT_SLOW_FACTOR  # slow: times the latency budget
     text: str = ""
+    profile: str = "*"  # hardware profiles (glob) whose devices the rule may hit
 
     def draw(self, device_id: str) -> float:
         """The device's deterministic draw in [0, 1) for this rule's kind."""
         digest = hashlib.sha256(f"{self.kind}|{device_id}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
-    def hits(self, device_id: str) -> bool:
-        """True when this rule selects the device."""
+    def hits(self, device_id: str, profile: str | None = None) -> bool:
+        """True when this rule selects the device (running ``profile``; None: unknown, which
+        only a rule for every profile selects)."""
+        if self.profile != "*" and (profile is None or not fnmatch.fnmatchcase(profile, self.profile)):
+            return False
         return self.draw(device_id) < self.fraction
 
     def applies_to(self, name: str | None, version: str | None) -> bool:
@@ -94,9 +105,9 @@ class FaultPlan:
 
     rules: tuple[FaultRule, ...] = field(default_factory=tuple)
 
-    def for_device(self, device_id: str) -> DeviceFaults:
-        """The device's faults (deterministic by id)."""
-        return DeviceFaults(device_id, tuple(r for r in self.rules if r.hits(device_id)))
+    def for_device(self, device_id: str, profile: str | None = None) -> DeviceFaults:
+        """The faults of a device running ``profile`` (deterministic by id and profile)."""
+        return DeviceFaults(device_id, tuple(r for r in self.rules if r.hits(device_id, profile)))
 
     def describe(self) -> str:
         """The spec in its canonical text form."""
@@ -122,7 +133,7 @@ def parse_rule(text: str) -> FaultRule:
     rule = text.strip()
     m = _RULE_RE.match(rule)
     if not m:
-        raise FaultSpecError(f"fault rule {rule!r}: expected KIND[(OPTIONS)]:FRACTION[@BUNDLE=VERSION], e.g. nan:0.3@digits=2.0.0")
+        raise FaultSpecError(f"fault rule {rule!r}: expected KIND[(OPTIONS)]:FRACTION[@BUNDLE=VERSION][#profile=PROFILE], e.g. nan:0.3@digits=2.0.0#profile=x86_64-avx2")
     kind = m["kind"]
     if kind not in KINDS:
         raise FaultSpecError(f"fault rule {rule!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -150,7 +161,21 @@ def parse_rule(text: str) -> FaultRule:
         if not eq or not name.strip() or not ver.strip():
             raise FaultSpecError(f"fault rule {rule!r}: selector {sel!r} must be BUNDLE=VERSION (globs allowed, e.g. digits=2.0.0 or *=2.*) or *")
         bundle, version = name.strip(), ver.strip()
-    return FaultRule(kind=kind, fraction=fraction, bundle=bundle, version=version, golden=golden, factor=factor, text=rule)
+    return FaultRule(kind=kind, fraction=fraction, bundle=bundle, version=version, golden=golden, factor=factor, text=rule, profile=_profile(m["where"], rule))
+
+
+def _profile(where: str | None, rule: str) -> str:
+    """The ``#profile=PROFILE`` part (None: every profile)."""
+    if where is None:
+        return "*"
+    key, eq, value = where.partition("=")
+    if key.strip() != "profile" or not eq:
+        raise FaultSpecError(f"fault rule {rule!r}: {'#' + where!r} must be #profile=PROFILE (a hardware profile name or glob, e.g. #profile=x86_64-avx2)")
+    if not value.strip():
+        raise FaultSpecError(f"fault rule {rule!r}: #profile= names no profile (e.g. #profile=x86_64-avx2)")
+    if "@" in value:
+        raise FaultSpecError(f"fault rule {rule!r}: #profile=PROFILE comes last, after @BUNDLE=VERSION (e.g. slow:1@digits=2.0.0#profile=x86_64-avx2)")
+    return value.strip()
 
 
 def parse_faults(spec: str | None) -> FaultPlan:
