@@ -28,6 +28,24 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     return tags
 
 
+def _parse_profiles(value: str | None) -> dict[str, float]:
+    """``--profiles NAME:SHARE[,NAME:SHARE...]`` (a bare NAME has share 1) -> {name: share}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (v.strip() for v in (value or "").split(","))):
+        name, colon, share = item.rpartition(":") if ":" in item else (item, "", "1")
+        name = name.strip()
+        try:
+            value_f = float(share)
+        except ValueError:
+            raise ConfigError(f"--profiles {item!r}: share {share!r} is not a number (e.g. --profiles x86_64-avx512-vnni:0.5,x86_64-avx2:0.5)") from None
+        if not name or not value_f > 0 or value_f == float("inf"):
+            raise ConfigError(f"--profiles {item!r}: expected NAME:SHARE with a positive share (e.g. --profiles x86_64-avx512-vnni:0.5,x86_64-avx2:0.5)")
+        if name in out:
+            raise ConfigError(f"--profiles: profile {name!r} given twice")
+        out[name] = value_f
+    return out
+
+
 def _root_from_config(config_path: str) -> Path:
     from edgeops.fleet.config import load_config
 
@@ -50,6 +68,7 @@ def _summary_line(st: dict, elapsed: float) -> str:
 @click.option("--processes", type=click.IntRange(min=0), default=1, show_default=True, help="simulator processes (0: threads of this process)")
 @click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True, help="tick threads per process")
 @click.option("--profile", default="x86_64-avx512-vnni", show_default=True, help="hardware profile every device reports (bundles must be built for it)")
+@click.option("--profiles", "profiles", default=None, help="several profiles in one fleet, NAME:SHARE[,NAME:SHARE] (e.g. x86_64-avx512-vnni:0.5,x86_64-avx2:0.5); each device's is drawn deterministically from its number; overrides --profile")
 @click.option("--tags", "tags", multiple=True, help="k=v[,k=v] tags of every device")
 @click.option("--prefix", default="sim", show_default=True, help="device ids are PREFIX-00000, PREFIX-00001, ...")
 @click.option("--first-index", type=click.IntRange(min=0), default=0, show_default=True, help="number of the first device id")
@@ -68,7 +87,7 @@ def _summary_line(st: dict, elapsed: float) -> str:
 @click.option("--connect-rate", type=click.FloatRange(min=1), default=500.0, show_default=True, help="new connections per second per process")
 @click.option("--json", "as_json", is_flag=True, help="print the final figures as JSON")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True)
-def simulate(n_devices, broker_url, root, config_path, faults, processes, threads, profile, tags, prefix, first_index, workdir, duration, rate, telemetry_interval, runtime, repository, mqtt_version, username, password, cohorts, metadata_ttl, verify_memo, connect_rate, as_json, log_level) -> None:
+def simulate(n_devices, broker_url, root, config_path, faults, processes, threads, profile, profiles, tags, prefix, first_index, workdir, duration, rate, telemetry_interval, runtime, repository, mqtt_version, username, password, cohorts, metadata_ttl, verify_memo, connect_rate, as_json, log_level) -> None:
     """Run N simulated devices: the real agent state machine, trust checks, spool and probation,
     with light in-process runtimes, each device with its own MQTT session.
 
@@ -82,6 +101,11 @@ def simulate(n_devices, broker_url, root, config_path, faults, processes, thread
 
     logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
     plan = parse_faults(faults)  # errors before anything starts
+    shares = _parse_profiles(profiles)
+    from edgeops.profiles import load_profile
+
+    for name in shares or [profile]:
+        load_profile(name)  # an unknown profile fails here, naming it, before any device starts
     if root is None:
         if config_path is None:
             raise ConfigError("give --root ROOT.json (the repository's metadata/1.root.json) or --config fleet.toml")
@@ -95,6 +119,7 @@ def simulate(n_devices, broker_url, root, config_path, faults, processes, thread
         prefix=prefix,
         first_index=first_index,
         profile=profile,
+        profiles=shares,
         tags=_parse_tags(tags),
         cohorts=list(cohorts),
         faults=plan.describe() if plan else "",

@@ -22,7 +22,7 @@ from edgeops.fleet.simulator.settings import SimSettings
 log = logging.getLogger("edgeops.fleet.simulator")
 
 _SUMMED = ("devices", "connected", "offline_fault", "inferences", "rejected_messages", "tick_errors")
-_COUNTED = ("states", "active", "faulty_devices", "pool", "repo_cache")
+_COUNTED = ("states", "active", "faulty_devices", "profiles", "pool", "repo_cache")
 _NESTED = ("verify_memo",)
 
 

@@ -232,6 +232,7 @@ class SimDevice:
         u = a.persisted.update
         return {
             "device_id": self.device_id,
+            "profile": a.profile.name,
             "state": a.persisted.state.value,
             "active": f"{serving.manifest.name}@{serving.manifest.version}" if serving else None,
             "update": f"{u.name}@{u.version}" if u is not None and u.name else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class SimSettings:
     prefix: str = "sim"
     first_index: int = 0
     profile: str = "x86_64-avx512-vnni"
+    # Several profiles in one fleet: name -> share (see profile_of); empty: every device runs ``profile``.
+    profiles: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     cohorts: list[str] = field(default_factory=list)
     faults: str = ""
@@ -74,6 +77,33 @@ class SimSettings:
         for tag in self.tags:
             if not tag:
                 raise ConfigError("--tags: empty tag name")
+        for name, share in self.profiles.items():
+            if not name or not isinstance(share, (int, float)) or not share > 0 or math.isinf(share):
+                raise ConfigError(f"--profiles {name}:{share}: each profile needs a positive share (e.g. --profiles x86_64-avx512-vnni:0.5,x86_64-avx2:0.5)")
+
+    def profile_of(self, device_id: str) -> str:
+        """The hardware profile simulated device ``device_id`` runs.
+
+        With ``profiles``, device number n (``prefix-n``) takes the profile whose cumulative share
+        (shares normalised to 1, in the order given) first exceeds frac(n x 0.618...): a
+        low-discrepancy sequence, so any run of consecutive devices holds each profile in about
+        its share (every device id, every process and every run agree without coordination).
+        """
+        if not self.profiles:
+            return self.profile
+        n = int(device_id.rsplit("-", 1)[1])
+        u = (n * 0.6180339887498949) % 1.0
+        total = float(sum(self.profiles.values()))
+        acc = 0.0
+        for name, share in self.profiles.items():
+            acc += share / total
+            if u < acc:
+                return name
+        return list(self.profiles)[-1]
+
+    def all_profiles(self) -> list[str]:
+        """Every profile the fleet's devices run."""
+        return list(self.profiles) or [self.profile]
 
     def device_id(self, i: int) -> str:
         """The id of device number ``i`` (``prefix-00042``)."""
@@ -93,7 +123,7 @@ class SimSettings:
         cfg = {
             "device_id": device_id,
             "data_dir": str(Path(self.workdir) / device_id),
-            "profile": self.profile,
+            "profile": self.profile_of(device_id),
             "cohorts": list(self.cohorts),
             "tags": dict(self.tags),
             "broker": broker,

@@ -135,7 +135,7 @@ class SimWorker:
         """Create and open every device, connect them (paced), start ticking."""
         s = self.settings
         plan = parse_faults(s.faults)
-        profile = load_profile(s.profile)
+        profiles = {name: load_profile(name) for name in s.all_profiles()}  # errors before any device starts
         base = Path(s.workdir)
         base.mkdir(parents=True, exist_ok=True)
         first = parse_config(s.agent_config_dict(self.device_ids[0] if self.device_ids else "sim-0"), source="simulator agent config")
@@ -146,7 +146,8 @@ class SimWorker:
         for i, device_id in enumerate(self.device_ids):
             cfg = parse_config(s.agent_config_dict(device_id), source=f"simulated device {device_id}")
             t = self._threads[i % n_threads]
-            d = SimDevice(cfg, self.pool, self.models, self.cache, plan.for_device(device_id), profile, timing, wake=t.wake)
+            profile = profiles[s.profile_of(device_id)]
+            d = SimDevice(cfg, self.pool, self.models, self.cache, plan.for_device(device_id, profile.name), profile, timing, wake=t.wake)
             d.open()
             self.devices.append(d)
             t.add(d)
@@ -176,6 +177,7 @@ class SimWorker:
         states: Counter[str] = Counter()
         active: Counter[str] = Counter()
         faults: Counter[str] = Counter()
+        profiles: Counter[str] = Counter()
         connected = dead = inferences = rejected = 0
         for d in self.devices:
             a = d.agent
@@ -188,6 +190,7 @@ class SimWorker:
             rejected += a.counters["rejected_messages"]
             for r in d.faults.rules:
                 faults[r.kind] += 1
+            profiles[a.profile.name] += 1
         return {
             "devices": len(self.devices),
             "connected": connected,
@@ -195,6 +198,7 @@ class SimWorker:
             "states": dict(states),
             "active": dict(active),
             "faulty_devices": dict(faults),
+            "profiles": dict(profiles),
             "inferences": inferences,
             "rejected_messages": rejected,
             "tick_errors": sum(t.errors for t in self._threads),
