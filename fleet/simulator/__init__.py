@@ -1,6 +1,6 @@
 """The device simulator: many real agents with light runtimes, each with its own MQTT session.
 
-- :mod:`.faults`     fault specs (NaN, slow, crash, offline per bundle version), parsed and drawn
+- :mod:`.faults`     fault specs (NaN, slow, crash, offline per bundle version and profile), parsed and drawn
 - :mod:`.runtime`    shared in-process model functions (onnxruntime session or golden lookup) + faults
 - :mod:`.pool`       one network thread driving many paho clients (the agent's Session protocol)
 - :mod:`.repocache`  per-process verified repository cache (a documented simulation shortcut)

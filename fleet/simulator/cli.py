@@ -64,7 +64,7 @@ def _summary_line(st: dict, elapsed: float) -> str:
 @click.option("--broker", "broker_url", required=True, help="broker URL, mqtt://host:port (mqtts:// for TLS)")
 @click.option("--root", "root", type=click.Path(dir_okay=False), default=None, help="TUF root.json devices trust (default: from --config's repository: metadata/1.root.json)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="fleet.toml, to find the repository's root.json")
-@click.option("--faults", default="", help="fault spec, e.g. 'nan:0.3@digits=2.0.0,slow:0.1@*=2.*,crash:0.05@digits=2.0.0,offline:0.02@digits=2.0.0'")
+@click.option("--faults", default="", help="fault spec, e.g. 'nan:0.3@digits=2.0.0,slow:0.1@*=2.*,crash:0.05@digits=2.0.0,offline:0.02@digits=2.0.0'; '#profile=P' after a rule limits it to one profile's devices")
 @click.option("--processes", type=click.IntRange(min=0), default=1, show_default=True, help="simulator processes (0: threads of this process)")
 @click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True, help="tick threads per process")
 @click.option("--profile", default="x86_64-avx512-vnni", show_default=True, help="hardware profile every device reports (bundles must be built for it)")
