@@ -49,7 +49,9 @@ def demo(devices, broker, workdir, profile, summary_path, keep_running, as_json,
     starts an MQTT broker, the fleet console and DEVICES real agents fed with drifting camera
     frames, rolls v1 out in waves, then rolls out a v2 whose graph gives NaN on frames brighter
     than the lab data: wave 1 rolls back by itself, the console halts the rollout, and no other
-    device ever gets v2. Exit 0 only when every step behaved as expected.
+    device ever gets v2. Then the console's drift scores find the site whose cameras drift
+    brightest, a signed capture policy brings its frames back, and v3 is built with them as its
+    validation data. Exit 0 only when every step behaved as expected.
     """
     import tempfile
 

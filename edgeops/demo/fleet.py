@@ -28,13 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeops.demo.camera import DEFAULT_GAIN, Camera
+from edgeops.demo.camera import BRIGHT_GAIN, DEFAULT_GAIN, Camera
 
 log = logging.getLogger("edgeops.demo.fleet")
 
 RESTING_STATES = ("idle", "committed", "failed")
 START_BATCH = 10
 START_PAUSE_S = 0.1
+SITES = ("plant-north", "plant-south", "depot")
+BRIGHT_SITE = "depot"  # its cameras drift brighter (camera.BRIGHT_GAIN): the cohort drift finds
+
+
+def site_of(i: int) -> str:
+    """The site tag of the i-th device (round robin over SITES)."""
+    return SITES[i % len(SITES)]
 
 
 @dataclass
@@ -87,6 +94,7 @@ class DemoFleet:
         seed: int = 0,
         rate_hz: float = 10.0,
         gain_range: tuple[float, float] = DEFAULT_GAIN,
+        bright_gain: tuple[float, float] = BRIGHT_GAIN,
     ):
         self.n = n
         self.workdir = Path(workdir)
@@ -99,7 +107,10 @@ class DemoFleet:
         self.device_ids = [f"cam-{run_id}-{i + 1:03d}" for i in range(n)]
         self.tags = {"demo": run_id}
         self.agents: list = []
-        self.cameras = {d: Camera(frames, labels, seed=seed * 100_003 + i, gain_range=gain_range) for i, d in enumerate(self.device_ids)}
+        self.sites = {d: site_of(i) for i, d in enumerate(self.device_ids)}
+        self.cameras = {
+            d: Camera(frames, labels, seed=seed * 100_003 + i, gain_range=bright_gain if self.sites[d] == BRIGHT_SITE else gain_range) for i, d in enumerate(self.device_ids)
+        }
         self.records = {d: DeviceRecord(d) for d in self.device_ids}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -112,7 +123,7 @@ class DemoFleet:
         from edgeops.agent.config import parse_config
         from edgeops.agent.core import Agent, AgentHooks
 
-        site = ("plant-north", "plant-south", "depot")[i % 3]
+        site = self.sites[device_id]
         raw = agent_config(device_id, self.workdir / "devices" / device_id, self.profile, self.broker_url, self.mqtt_version, self.root, {**self.tags, "site": site})
         cfg = parse_config(raw, source=f"demo device {device_id}")
         holder: dict = {}
@@ -158,6 +169,16 @@ class DemoFleet:
                 rec.versions_ran.add(agent.serving.manifest.version)
             if state == "rolling-back":
                 rec.rollbacks += 1
+
+    def at_site(self, site: str) -> list[str]:
+        """The device ids tagged ``site``."""
+        return [d for d in self.device_ids if self.sites[d] == site]
+
+    def capture_counts(self, devices: list[str]) -> tuple[int, int]:
+        """(samples captured, samples still in the spools) on ``devices``, from the agents themselves."""
+        wanted = set(devices)
+        agents = [a for a in self.agents if a.device_id in wanted]
+        return sum(a.capturer.total_captured for a in agents), sum(a.capture_spool.count() for a in agents)
 
     def connected(self) -> int:
         """Devices whose MQTT session is up."""

@@ -127,8 +127,10 @@ def inject_range_fault(src: Path, dst: Path, limit: float) -> Path:
     return Path(dst)
 
 
-def build_bundle(model: Path, data: DemoData, profile: str, version: str, release: int, out: Path, step: Callable | None = None):
-    """Build with the real packager (validation, gates, golden vectors); returns its BuildResult."""
+def build_bundle(model: Path, data: DemoData, profile: str, version: str, release: int, out: Path, step: Callable | None = None, validation: Path | None = None):
+    """Build with the real packager (validation, gates, golden vectors); returns its BuildResult.
+
+    ``validation``: the data to validate on instead of the lab split (v3: the captured field frames)."""
     from edgeops.converters.pipeline import BuildOptions, build
 
     opts = BuildOptions.parse(
@@ -139,7 +141,7 @@ def build_bundle(model: Path, data: DemoData, profile: str, version: str, releas
         release=release,
         output=str(out),
         calibration=str(data.calibration),
-        validation=str(data.validation),
+        validation=str(validation or data.validation),
         latency_runs=50,
     )
     return build(opts, step=step)

@@ -86,6 +86,15 @@ def print_tables(narrator: Narrator, summary: dict) -> None:
         t.add_row(g["where"], g["gate"], f"[{style}]{outcome}[/]" if style else outcome, _fmt(g.get("measured")), _fmt(g.get("threshold")), (g.get("detail") or "")[:40])
     c.print(t)
 
+    loop_rows = _loop_rows(summary)
+    if loop_rows:
+        t = Table(title="Monitoring loop (drift -> capture -> export -> v3)", title_justify="left")
+        t.add_column("step")
+        t.add_column("result")
+        for step, result in loop_rows:
+            t.add_row(step, result)
+        c.print(t)
+
     t = Table(title="Time per step", title_justify="left")
     t.add_column("step")
     t.add_column("seconds", justify="right")
@@ -97,6 +106,24 @@ def print_tables(narrator: Narrator, summary: dict) -> None:
         c.print(f"[bold green]PASSED[/] every step behaved as expected in {summary['timings'].get('total', 0):.0f}s")
     else:
         c.print("[bold red]FAILED[/] " + "; ".join(summary.get("failures") or ["see above"]))
+
+
+def _loop_rows(summary: dict) -> list[tuple[str, str]]:
+    """The monitoring loop's results as (step, result) rows: drift, capture, export, v3."""
+    rows = []
+    d = summary.get("drift")
+    if d:
+        rows.append(("drift", f"{d['cohort']} on {d['bundle']}: {d['level']}, PSI {_fmt(d['psi'])}, KS p {_fmt(d['p_value'])}, {d['samples']} inferences from {d['devices']} devices"))
+    cap = summary.get("capture")
+    if cap:
+        rows.append(("capture", f"policy {cap['policy_id']} on {cap['devices_ordered']} devices: {cap['captured_on_devices']} frames captured, {cap['stored']} stored"))
+    e = summary.get("export")
+    if e:
+        rows.append(("export", f"{e['samples']} frames{' with labels' if e['labels'] else ''}, sha256 {e['sha256']}"))
+    v3 = summary.get("v3")
+    if v3:
+        rows.append(("build v3", f"{v3['version']}: gates {'passed' if v3['gates_passed'] else 'FAILED'}, top-1 agreement {_fmt(v3['top1_agreement'])}, accuracy on the field frames {_fmt(v3.get('accuracy_on_field_frames'))}, provenance.validation_sha256 {'= export' if v3['validation_is_export'] else '≠ export'}"))
+    return rows
 
 
 def write_summary(path: Path, summary: dict) -> Path:

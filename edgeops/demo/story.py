@@ -10,6 +10,11 @@
    by themselves; the console's gates fail in wave 1 and the rollout pauses; the operator
    (the demo) then aborts the halted rollout, which cancels the other waves and orders back
    any wave-1 device still on v2; no device outside wave 1 may ever get v2
+7. drift: the console scores v1's drift per site cohort from the devices' sketches; the
+   brightest site's cohort must alert (see :mod:`edgeops.demo.loop`)
+8. capture: a signed capture policy brings frames back from that cohort, sealed to the console
+9. export the frames and build v3 with them as its validation data (provenance records the
+   export's sha256)
 
 Every expectation is checked; a miss is recorded in ``failures`` and the demo exits non-zero.
 """
@@ -226,6 +231,17 @@ class Demo:
 
         self._check_v2()
 
+        # 7-9. the monitoring loop: drift -> capture -> export -> v3 (edgeops.demo.loop) ------
+        from edgeops.demo import loop
+        from edgeops.demo.fleet import BRIGHT_SITE
+
+        with n.step("drift", f"Score v1's drift per site from the devices' sketches (GET /api/v1/drift?by=tag): site={BRIGHT_SITE}'s cameras drift brightest"):
+            loop.drift_step(self, BUNDLE, V1)
+        with n.step("capture", f"Capture frames from site={BRIGHT_SITE} under a signed policy, sealed to the console, uploaded and stored"):
+            loop.capture_step(self, BUNDLE, V1)
+        with n.step("build_v3", f"Export the captured frames and build digits {loop.V3} validated on them"):
+            loop.export_and_build_v3(self, BUNDLE, V1, self.workdir)
+
     # -- pieces ------------------------------------------------------------------------------------
     def _waves_text(self) -> str:
         return ",".join(f"{w:g}%" for w in self.options.waves)
@@ -323,7 +339,13 @@ class Demo:
             rate_hz=o.rate_hz,
         ).start()
         self.wait(lambda: self.s.fleet.connected() == o.devices, f"{o.devices} devices to connect to {self.broker_url}", timeout=60)
-        self.say(f"{o.devices} devices connected, cameras drifting (gain x0.9-1.4), nothing installed yet")
+        from edgeops.demo.camera import BRIGHT_GAIN, DEFAULT_GAIN
+        from edgeops.demo.fleet import BRIGHT_SITE
+
+        self.say(
+            f"{o.devices} devices connected, cameras drifting (gain x{DEFAULT_GAIN[0]:g}-{DEFAULT_GAIN[1]:g}; "
+            f"site={BRIGHT_SITE}'s x{BRIGHT_GAIN[0]:g}-{BRIGHT_GAIN[1]:g}), nothing installed yet"
+        )
         self.wait(lambda: self._registered() >= o.devices, f"the console to register {o.devices} devices", timeout=60)
         self.say(f"console sees {o.devices} devices (tag demo={self.run_id})")
 
@@ -510,7 +532,7 @@ class Demo:
         s["gates"] = _gate_rows(s)
         s["timings"] = {**self.narrator.timings, "total": self.narrator.total()}
         s["failures"] = list(self.failures)
-        s["passed"] = not self.failures and "v2_rollout" in s
+        s["passed"] = not self.failures and "v2_rollout" in s and "v3" in s
 
     def _keep_running(self) -> None:
         c = self.s.console

@@ -1,17 +1,22 @@
 """`edgeops demo` end to end through the real CLI: embedded amqtt broker, and a private mosquitto.
 
 Each run trains the model, builds and signs v1 and v2, starts the console and 20 real agents,
-rolls v1 out and watches v2 halt in wave 1. The summary JSON is checked against the devices'
-and the console's own records, not just the ``passed`` flag.
+rolls v1 out and watches v2 halt in wave 1, then scores drift per site, captures frames from
+the brightest site, exports them and builds v3 validated on them. The summary JSON is checked
+against the devices' and the console's own records and the files written, not just ``passed``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.broker import TestBroker
@@ -74,8 +79,49 @@ def check_story(proc: subprocess.CompletedProcess, summary: dict) -> None:
     # every device back on v1
     assert summary["devices_on_v1_at_end"] == DEVICES
     assert summary["versions_at_end"] == {"1.0.0": DEVICES}
-    for key in ("train", "build_v1", "rollout_v1", "build_v2", "rollout_v2", "total"):
+    for key in ("train", "build_v1", "rollout_v1", "build_v2", "rollout_v2", "drift", "capture", "build_v3", "total"):
         assert summary["timings"][key] > 0
+    check_loop(summary)
+
+
+def check_loop(summary: dict) -> None:
+    """The monitoring loop (issue 17): the brightest cohort alerts, capture brings its frames
+    back, they are exported and v3 is built on them, checked against the files themselves."""
+    from edgeops.bundle import MANIFEST_NAME, Manifest
+    from edgeops.demo.fleet import BRIGHT_SITE, SITES, site_of
+
+    cohort_devices = sum(1 for i in range(DEVICES) if site_of(i) == BRIGHT_SITE)
+    d = summary["drift"]
+    assert d["cohort"] == f"site={BRIGHT_SITE}" and d["bundle"] == "digits@1.0.0"
+    assert set(d["cohorts"]) == set(SITES)
+    assert d["level"] == "alert" and d["psi"] >= d["thresholds"]["alert_psi"] and d["p_value"] < d["thresholds"]["alpha"]
+    assert d["samples"] >= d["thresholds"]["min_samples"] and d["devices"] == cohort_devices
+    assert all(d["psi"] > c["psi"] for site, c in d["cohorts"].items() if site != BRIGHT_SITE)  # the brightest cameras drift most
+
+    cap = summary["capture"]
+    assert cap["cohort"]["site"] == BRIGHT_SITE and cap["devices_ordered"] == cohort_devices
+    assert cap["stored"] == cap["captured_on_devices"] >= 32  # every frame the devices kept reached the console
+    assert 0 < cap["devices_with_samples"] <= cohort_devices and cap["triggers"] == ["random"]
+
+    e = summary["export"]
+    path = Path(e["path"])
+    assert e["samples"] == e["rows"] == e["labelled"] == cap["stored"] and e["labels"] is True
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == e["sha256"]
+    with np.load(path) as z:
+        frames, labels = z["input"], z["labels"]
+    assert frames.shape[:2] == (cap["stored"], 1) and frames.dtype == np.float32 and labels.shape == (cap["stored"],)
+    assert 0.0 <= frames.min() and frames.max() <= 1.0  # camera frames, clipped as a sensor saturates
+    assert set(labels.tolist()) <= set(range(10))
+
+    v3 = summary["v3"]
+    assert v3["version"] == "3.0.0" and v3["gates_passed"] is True
+    assert v3["validation_sha256"] == e["sha256"] and v3["validation_is_export"] is True
+    with tarfile.open(v3["bundle"]) as tar:  # the manifest as the bundle carries it, not the demo's word
+        member = tar.next()
+        assert member is not None and member.name == MANIFEST_NAME
+        manifest = Manifest.from_json_bytes(tar.extractfile(member).read(), source="v3")
+    assert manifest.version == "3.0.0" and manifest.provenance.validation_sha256 == e["sha256"]
+    assert manifest.monitoring is not None and manifest.monitoring.source == "validation" and manifest.monitoring.rows == cap["stored"]
 
 
 def test_demo_embedded_broker(tmp_path):
@@ -83,6 +129,7 @@ def test_demo_embedded_broker(tmp_path):
     check_story(proc, summary)
     assert summary["broker"]["kind"] == "embedded amqtt"
     assert "Roll v2 out" in proc.stderr and "HALTED" in proc.stderr
+    assert "site=depot" in proc.stderr and "Monitoring loop" in proc.stderr
 
 
 def test_demo_external_broker(tmp_path):

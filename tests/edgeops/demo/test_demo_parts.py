@@ -112,6 +112,37 @@ def test_camera_is_deterministic_and_saturates():
         camera.Camera(frames, labels, gain_range=(1.2, 1.0))
 
 
+def test_camera_remembers_the_true_label_of_its_recent_frames(monkeypatch):
+    """How the demo labels captured frames: a frame's bytes name its true digit, for the last
+    TRUTH_KEPT frames only (the memory is bounded)."""
+    rng = np.random.default_rng(1)
+    frames = rng.uniform(0, 1, size=(50, 1, 4, 4)).astype(np.float32)
+    labels = np.arange(50) % 10
+    monkeypatch.setattr(camera, "TRUTH_KEPT", 8)
+    cam = camera.Camera(frames, labels, seed=2)
+    shots = [cam.next() for _ in range(30)]
+    for frame, label, _ in shots[-5:]:
+        assert cam.label_of(frame.copy()) == label  # a copy, as a captured sample is
+    assert len(cam.truth) <= 8
+    old = [f for f, _, _ in shots[:10] if camera.frame_key(f) not in {camera.frame_key(g) for g, _, _ in shots[-8:]}]
+    assert old and all(cam.label_of(f) is None for f in old)
+    assert cam.label_of(np.full((1, 1, 4, 4), 7.0, dtype=np.float32)) is None
+
+
+def test_fleet_sites_and_the_bright_cohort(tmp_path):
+    """Devices are spread over the sites round robin; the bright site's cameras use BRIGHT_GAIN."""
+    from edgeops.demo.fleet import BRIGHT_SITE, SITES, DemoFleet, site_of
+
+    assert [site_of(i) for i in range(4)] == [SITES[0], SITES[1], SITES[2], SITES[0]]
+    frames = np.full((3, 1, 2, 2), 0.5, dtype=np.float32)
+    fleet = DemoFleet(7, tmp_path, "x86_64-avx2", "mqtt://127.0.0.1:1", "5", tmp_path / "root.json", frames, np.zeros(3, dtype=np.int64), run_id="t")
+    bright = fleet.at_site(BRIGHT_SITE)
+    assert bright == [fleet.device_ids[i] for i in range(7) if i % 3 == SITES.index(BRIGHT_SITE)]
+    for d in fleet.device_ids:
+        assert fleet.cameras[d].gain_range == (camera.BRIGHT_GAIN if d in bright else camera.DEFAULT_GAIN)
+    assert camera.BRIGHT_GAIN[0] > camera.DEFAULT_GAIN[0] and camera.BRIGHT_GAIN[1] > camera.DEFAULT_GAIN[1]
+
+
 def test_choose_profile():
     assert host.choose_profile("auto", {"avx2", "avx512f", "avx512_vnni"})[0] == "x86_64-avx512-vnni"
     assert host.choose_profile("auto", {"sse4_2", "avx2", "fma"})[0] == "x86_64-avx2"
