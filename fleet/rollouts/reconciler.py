@@ -121,19 +121,13 @@ def needs_control(settings: RolloutSettings) -> bool:
     return any(getattr(settings, g) is not None for g in CONTROL_GATES)
 
 
-# Held back beyond judge_min_devices: with exactly the minimum, one control device that goes
-# offline or stays silent leaves the last wave inconclusive until it pauses (seen in CI under
-# load: 11 new vs 4 control devices, "at least 5 of each are needed").
-CONTROL_MARGIN = 2
-
-
 def held_back(settings: RolloutSettings, matching: int) -> int:
     """Devices of the selection kept on the old version as the control until the last wave is
-    judged: ``control_share`` of it, at least ``judge_min_devices`` + :data:`CONTROL_MARGIN`, at
-    most half (0 when no configured gate needs a control, or ``control_share`` is 0)."""
+    judged: ``control_share`` of it, at least ``judge_min_devices``, at most half (0 when no
+    configured gate needs a control, or ``control_share`` is 0)."""
     if not needs_control(settings) or settings.control_share <= 0 or matching <= 1:
         return 0
-    want = max(math.ceil(settings.control_share * matching - 1e-9), settings.judge_min_devices + CONTROL_MARGIN)
+    want = max(math.ceil(settings.control_share * matching - 1e-9), settings.judge_min_devices)
     return min(want, matching // 2)
 
 
