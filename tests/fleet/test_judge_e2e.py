@@ -34,7 +34,9 @@ X86 = [f"x86-{i:02d}" for i in range(20)]
 ARM = [f"arm-{i:02d}" for i in range(12)]
 V1, V2 = "digits@1.0.0", "digits@2.0.0"
 # two looks, one a second apart at the least: the test does not wait minutes for the default spacing
-JUDGE = {"waves": "50%,100%", "max_latency_regression": 1.1, "judge_max_looks": 2, "judge_look_interval": 1}
+# control_share 0.25: 8 of the 32 devices held back for the last wave, so a control device that
+# is slow to report under load (CI) does not leave it below judge_min_devices (5)
+JUDGE = {"waves": "50%,100%", "max_latency_regression": 1.1, "judge_max_looks": 2, "judge_look_interval": 1, "control_share": 0.25}
 
 
 def jitter(device_id: str) -> float:
@@ -152,7 +154,8 @@ def test_a_version_slower_only_on_arm_halts_wave_1_naming_the_stratum(env):
     assert "latency_p95[profile=arm]: fail" in st["reason"], st["reason"]
     judged = {j["metric"]: j for j in {g["gate"]: g for g in st["waves"][0]["gates"]}["max_latency_regression"]["judgement"]}
     assert judged["latency_p95"]["outcome"] == "pass" and judged["latency_p95[profile=x86]"]["outcome"] == "pass"
-    assert judged["latency_p95[profile=arm]"]["effect"] == pytest.approx(1.3, abs=0.03)
+    # the Hodges-Lehmann ratio of jittered devices, not exactly the 1.3 applied: past the bound, near 1.3
+    assert 1.15 < judged["latency_p95[profile=arm]"]["effect"] < 1.5
     assert (judged["latency_p95[profile=arm]"]["n_new"], judged["latency_p95[profile=arm]"]["n_control"]) == (6, 6)
     back_to_v1(env, st["id"])
 
@@ -162,4 +165,4 @@ def test_the_same_version_without_the_slowdown_finishes(env):
         st = run(env)
     assert st["status"] == "finished", st["reason"]
     assert st["succeeded"] == len(X86) + len(ARM) and all(d.active == V2 for d in env["devices"].values())
-    assert [w["devices"] for w in st["waves"]] == [16, 16]  # the last wave's 11 plus the 5 held back as its control
+    assert [w["devices"] for w in st["waves"]] == [16, 16]  # the last wave's 8 plus the 8 held back as its control
