@@ -43,11 +43,21 @@ def _client(demo):
 
 def drift_step(demo, bundle: str, version: str) -> dict:
     """Score v1's drift per site cohort through the REST API; returns the bright cohort's group."""
-    report = _client(demo).drift(by="tag", bundle=f"{bundle}@{version}")
-    sites = {g["group"]["tag"].split("=", 1)[1]: g for g in report["groups"] if g["group"].get("tag", "").startswith("site=")}
-    missing = sorted(set(SITES) - set(sites))
-    if missing:
-        raise DemoError(f"drift: no score for site(s) {', '.join(missing)} of {bundle}@{version} (groups: {[g['group'] for g in report['groups']]})")
+    client = _client(demo)
+    seen: dict = {}
+
+    def scored():
+        report = client.drift(by="tag", bundle=f"{bundle}@{version}")
+        sites = {g["group"]["tag"].split("=", 1)[1]: g for g in report["groups"] if g["group"].get("tag", "").startswith("site=")}
+        seen["sites"] = {site: g["samples"] for site, g in sites.items()}
+        # a small fleet (--devices 3: one device per site) may need a few more seconds of traffic
+        enough = set(SITES) <= set(sites) and all(g["samples"] >= report["thresholds"]["min_samples"] for g in sites.values())
+        return (report, sites) if enough else None
+
+    try:
+        report, sites = demo.wait(scored, "every site's drift score to reach min_samples", timeout=60, interval=0.5)
+    except DemoError as e:
+        raise DemoError(f"drift: {e} (inferences per site so far: {seen.get('sites')})") from e
     thresholds = report["thresholds"]
     bright = sites[BRIGHT_SITE]
     ranked = sorted(sites.items(), key=lambda kv: -(kv[1]["psi"] or 0.0))

@@ -23,7 +23,9 @@ is not quantized away either; :func:`check_fault` verifies that on the built bun
 
 from __future__ import annotations
 
+import contextlib
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +146,10 @@ def build_bundle(model: Path, data: DemoData, profile: str, version: str, releas
         validation=str(validation or data.validation),
         latency_runs=50,
     )
-    return build(opts, step=step)
+    # onnxruntime's calibrators print progress on stdout (percentile/entropy, when the quantization
+    # search gets to them): keep stdout for --json, as `edgeops build` does
+    with contextlib.redirect_stdout(sys.stderr):
+        return build(opts, step=step)
 
 
 def bundle_session(bundle: Path, scratch: Path):
