@@ -356,7 +356,8 @@ class Ingestor:
             seen: dict[str, float] = {}
             health: dict[str, str] = {}
             skew: dict[str, tuple[int, float, float]] = {}  # device -> (messages, last skew s, at)
-            for group in ([[x] for x in msgs] if isolate else [msgs]):
+            # (no group at all when every message was from a device not enrolled: a fleet coming up)
+            for group in ([[x] for x in msgs] if isolate else [msgs] if msgs else []):
                 part_tally: Counter[tuple[str, str]] = Counter()
                 part_seen: dict[str, float] = {}
                 part_health: dict[str, str] = {}

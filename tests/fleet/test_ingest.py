@@ -92,6 +92,16 @@ def test_unknown_devices_counted_and_dropped(db, ingest):
     assert ingest.stats.snapshot()["stored"]["events"] == 2
 
 
+def test_a_batch_of_unknown_devices_only_is_counted_without_a_refusal(db, ingest, caplog):
+    """Every message of the batch from devices not enrolled (a fleet coming up): nothing to store,
+    and no 'refused ... one by one' retry (an empty group was indexed: IndexError)."""
+    caplog.set_level("INFO", logger="edgeops.fleet.ingest")
+    now = time.time()
+    ingest.process([("ghost", "state", state("ghost")[1], now), ("ghost2", "telemetry", telemetry("ghost2", 1)[1], now)])
+    assert ingest.stats.snapshot()["unknown_device"] == {"state": 1, "telemetry": 1}
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+
+
 def test_auto_register(db):
     ing = Ingestor(db, IngestConfig(auto_register=True, flush_interval_s=0.02)).start()
     try:
