@@ -12,10 +12,11 @@ it survives restarts, so restarting the agent never refills the budget.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgeops.agent.spool import open_spool_db
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,8 @@ class CaptureSpool:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a sample lost in a power cut is one sample; telemetry's spool stays FULL
-        self._db.execute("PRAGMA cache_size=-256")
+        # NORMAL: a sample lost in a power cut is one sample; telemetry's spool stays FULL
+        self._db = open_spool_db(self.path, synchronous="NORMAL")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS samples (

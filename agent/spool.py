@@ -24,6 +24,20 @@ TELEMETRY = "telemetry"
 EVENT = "event"
 
 
+def open_spool_db(path: Path, synchronous: str) -> sqlite3.Connection:
+    """An autocommit SQLite connection for an on-disk spool, shared by the agent's threads
+    behind the spool's own lock: WAL, the given ``synchronous`` level, a 256 KiB page cache (a
+    spool is written and read in order, a few rows at a time: SQLite's default 2 MiB would stay
+    resident in the agent)."""
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA cache_size=-256")
+    return db
+
+
 @dataclass(frozen=True)
 class SpooledMessage:
     """One message waiting for its PUBACK."""
@@ -42,12 +56,7 @@ class Spool:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        # The outbox is written and read in order, a few rows at a time: a 256 KiB page cache
-        # serves it as well as SQLite's default 2 MiB, which would stay resident in the agent.
-        self._db.execute("PRAGMA cache_size=-256")
+        self._db = open_spool_db(self.path, synchronous="FULL")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS outbox (
