@@ -319,43 +319,41 @@ def max_error_rate(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
     return _judged("max_error_rate", s, cfg, decide)
 
 
-@gate("max_latency_regression", reads=("cohorts",), when=lambda cfg: cfg.max_latency_regression is not None)
-def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """Per-device p95 latency of the wave against the control, pooled and per stratum
-    (Mann-Whitney, Hodges-Lehmann ratio): fails when significantly slower and the typical ratio
-    is above the setting. Alpha is split over the groups judged (Bonferroni)."""
-    if cfg.max_latency_regression is None:
-        return None
-    bound = cfg.max_latency_regression
+def _latency_gate(name: str, metric: str, field: str, bound: float, s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
+    """One per-device latency figure (``field``: p95_ms or p50_ms) of the wave against the
+    control, pooled and per stratum (Mann-Whitney, Hodges-Lehmann ratio): fails when
+    significantly slower and the typical ratio is above ``bound``. Alpha is split over the
+    groups judged (Bonferroni)."""
+
+    def value(d) -> float | None:
+        return getattr(d, field)
 
     def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
-        groups, note = _groups(s, cfg, lambda d: d.p95_ms is not None and d.p95_ms > 0)
+        groups, note = _groups(s, cfg, lambda d: value(d) is not None and value(d) > 0)
         each = alpha / len(groups)
         return [
-            judge.judge_continuous(_label("latency_p95", key), _positive([d.p95_ms for d in new]), _positive([d.p95_ms for d in ctl]), bound - 1.0, each, cfg.judge_min_devices)
+            judge.judge_continuous(_label(metric, key), _positive([value(d) for d in new]), _positive([value(d) for d in ctl]), bound - 1.0, each, cfg.judge_min_devices)
             for key, new, ctl in groups
         ], note
 
-    return _judged("max_latency_regression", s, cfg, decide)
+    return _judged(name, s, cfg, decide)
+
+
+@gate("max_latency_regression", reads=("cohorts",), when=lambda cfg: cfg.max_latency_regression is not None)
+def max_latency_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
+    """Per-device p95 latency of the wave against the control (the slow tail); see :func:`_latency_gate`."""
+    if cfg.max_latency_regression is None:
+        return None
+    return _latency_gate("max_latency_regression", "latency_p95", "p95_ms", cfg.max_latency_regression, s, cfg)
 
 
 @gate("max_latency_p50_regression", reads=("cohorts",), when=lambda cfg: cfg.max_latency_p50_regression is not None)
 def max_latency_p50_regression(s: WaveStats, cfg: RolloutSettings) -> Verdict | None:
-    """Per-device p50 latency of the wave against the control, judged as the p95 gate: the
-    typical inference, where the p95 gate watches the slow tail."""
+    """Per-device p50 latency of the wave against the control (the typical inference, where the
+    p95 gate watches the slow tail); see :func:`_latency_gate`."""
     if cfg.max_latency_p50_regression is None:
         return None
-    bound = cfg.max_latency_p50_regression
-
-    def decide(alpha: float) -> tuple[list[judge.Judgement], str]:
-        groups, note = _groups(s, cfg, lambda d: d.p50_ms is not None and d.p50_ms > 0)
-        each = alpha / len(groups)
-        return [
-            judge.judge_continuous(_label("latency_p50", key), _positive([d.p50_ms for d in new]), _positive([d.p50_ms for d in ctl]), bound - 1.0, each, cfg.judge_min_devices)
-            for key, new, ctl in groups
-        ], note
-
-    return _judged("max_latency_p50_regression", s, cfg, decide)
+    return _latency_gate("max_latency_p50_regression", "latency_p50", "p50_ms", cfg.max_latency_p50_regression, s, cfg)
 
 
 @gate("min_agreement", reads=("cohorts",), when=lambda cfg: cfg.min_agreement is not None)
