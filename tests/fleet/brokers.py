@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.broker import MOSQUITTO, TestBroker, free_port, wait_port
+from tests.support.broker import MOSQUITTO, TestBroker, free_port, terminate, wait_port
 
 NATS_SERVER = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -86,12 +86,7 @@ class NatsBroker:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

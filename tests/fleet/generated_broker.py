@@ -21,7 +21,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from edgeops.fleet.cli import fleet
-from tests.support.broker import MOSQUITTO, wait_port
+from tests.support.broker import MOSQUITTO, terminate, wait_port
 
 DROPS_TO_MOSQUITTO_USER = os.geteuid() == 0 and MOSQUITTO is not None and any(u.pw_name == "mosquitto" for u in pwd.getpwall())
 
@@ -83,12 +83,7 @@ class GeneratedBroker:
         return pwd.getpwuid(uid).pw_name
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "GeneratedBroker":

@@ -37,6 +37,17 @@ def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+
+def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM a test's server process if it runs, SIGKILL it after ``timeout`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
 class TestBroker:
     """A broker process owned by one test; stop()/start() keep the port.
 
@@ -94,12 +105,7 @@ class TestBroker:
 
     def stop(self) -> None:
         """Stop the broker and clean up."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         if self._embedded:
             self._embedded.stop()
             self._embedded = None

@@ -8,20 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
-from edgeops.fleet.cli import rollout
-from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole
-from edgeops.fleet.registry import get_device, register_devices
-from edgeops.fleet.simulator.controller import Simulator
+from edgeops.fleet.registry import get_device
 from edgeops.fleet.simulator.faults import parse_faults
-from edgeops.fleet.simulator.settings import SimSettings
-from tests.support.broker import MOSQUITTO, TestBroker
+from tests.support.broker import MOSQUITTO
+from tests.fleet.simulator.harness import cli, console_and_fleet
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
@@ -31,51 +25,10 @@ TOKEN = "sim-token-" + uuid.uuid4().hex[:8]
 FAULTS = "nan:1@digits=2.0.0"
 
 
-def cli(*args):
-    res = CliRunner().invoke(rollout, list(args), catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.output)
-
-
 @pytest.fixture
 def env(tmp_path, fleet_repo):
-    broker = TestBroker().start()
-    cfg = config_from_dict(
-        {
-            "broker": {"url": broker.url, "client_id": f"console-{uuid.uuid4().hex[:6]}"},
-            "database": {"url": f"sqlite:///{tmp_path / 'fleet.db'}"},
-            "repository": {"dir": str(fleet_repo["repo"]), "keys_dir": str(fleet_repo["keys"])},
-            "api": {"bind": "127.0.0.1:0", "tokens": [TOKEN]},
-            "rollouts": {"reconcile_interval_s": 0.3, "offline_timeout_s": 60},
-            "ingest": {"flush_interval_s": 0.05},
-            "base_dir": str(tmp_path),
-        }
-    )
-    console = FleetConsole(cfg)
-    console.db.create_all()
-    settings = SimSettings(
-        broker_url=broker.url,
-        root=str(fleet_repo["repo"] / "metadata" / "1.root.json"),
-        workdir=str(tmp_path / "sim"),
-        devices=N,
-        processes=0,
-        threads=2,
-        tags={"site": "berlin"},
-        faults=FAULTS,
-        rate=2.0,
-        telemetry_interval_s=1.0,
-    )
-    register_devices(console.db, [{"id": d, "tags": {"site": "berlin"}, "profile": settings.profile} for d in settings.all_device_ids()])
-    console.start()
-    sim = Simulator(settings).start()
-    try:
-        sim.wait_connected(30)
-        wait_for(lambda: all(get_device(console.db, d)["online"] for d in settings.all_device_ids()), 30, what="devices online in the registry")
+    with console_and_fleet(tmp_path, fleet_repo["repo"], fleet_repo["keys"], TOKEN, 60, devices=N, threads=2, faults=FAULTS, rate=2.0, telemetry_interval_s=1.0) as (console, sim, _):
         yield {"console": console, "sim": sim, "api": ["--url", console.api_url, "--token", TOKEN]}
-    finally:
-        sim.stop()
-        console.stop()
-        broker.stop()
 
 
 def run_to(api, rid, statuses, timeout=120):

@@ -17,25 +17,19 @@ rollout in wave 1, naming the regression; the avx512 rollout of the pass-through
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
-from edgeops.fleet.cli import rollout
-from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole
-from edgeops.fleet.registry import get_device, register_devices
-from edgeops.fleet.simulator.controller import Simulator
+from edgeops.fleet.registry import get_device
 from edgeops.fleet.simulator.faults import parse_faults
-from edgeops.fleet.simulator.settings import SimSettings
 from edgeops.trust.keys import Keyring
 from edgeops.trust.repository import Repository
-from tests.support.broker import MOSQUITTO, TestBroker
+from tests.support.broker import MOSQUITTO
 from tests.support.bundles import write_test_bundle
+from tests.fleet.simulator.harness import cli, console_and_fleet
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
@@ -51,12 +45,6 @@ FAULTS = f"slow(x0.65):1@*=2.0.0#profile={AVX2},slow(x0.5):1"
 JUDGE = ["--waves", "50%,100%", "--max-latency-regression", "1.1", "--judge-max-looks", "2", "--judge-look-interval", "1", "--judge-min-devices", "3", "--inconclusive-timeout", "60s"]
 
 
-def cli(*args):
-    res = CliRunner().invoke(rollout, list(args), catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.output)
-
-
 @pytest.fixture
 def env(tmp_path, fleet_repo):
     base = tmp_path / "base"
@@ -67,35 +55,10 @@ def env(tmp_path, fleet_repo):
         path = base / f"digits-avx2-{version}.bundle"
         write_test_bundle(path, name=BUNDLE[AVX2], version=version, release=release, profile=AVX2)
         repo.publish(path, ring)
-    broker = TestBroker().start()
-    cfg = config_from_dict(
-        {
-            "broker": {"url": broker.url, "client_id": f"console-{uuid.uuid4().hex[:6]}"},
-            "database": {"url": f"sqlite:///{tmp_path / 'fleet.db'}"},
-            "repository": {"dir": str(base / "repo"), "keys_dir": str(base / "keys")},
-            "api": {"bind": "127.0.0.1:0", "tokens": [TOKEN]},
-            "rollouts": {"reconcile_interval_s": 0.3, "offline_timeout_s": 120},
-            "ingest": {"flush_interval_s": 0.05},
-            "base_dir": str(tmp_path),
-        }
-    )
-    console = FleetConsole(cfg)
-    console.db.create_all()
-    settings = SimSettings(
-        broker_url=broker.url, root=str(base / "repo" / "metadata" / "1.root.json"), workdir=str(tmp_path / "sim"), devices=N, processes=0, threads=4,
-        profiles={VNNI: 0.5, AVX2: 0.5}, tags={"site": "berlin"}, faults=FAULTS, rate=2.0, telemetry_interval_s=1.0,
-    )
-    register_devices(console.db, [{"id": d, "tags": {"site": "berlin"}} for d in settings.all_device_ids()])  # no profile: learned
-    console.start()
-    sim = Simulator(settings).start()
-    try:
-        sim.wait_connected(30)
-        wait_for(lambda: all(get_device(console.db, d)["online"] for d in settings.all_device_ids()), 30, 0.2, "devices online in the registry")
+    # enrolled without a profile: the console learns each device's from its state messages
+    with console_and_fleet(tmp_path, base / "repo", base / "keys", TOKEN, 120, with_profile=False, devices=N, threads=4,
+                           profiles={VNNI: 0.5, AVX2: 0.5}, faults=FAULTS, rate=2.0, telemetry_interval_s=1.0) as (console, sim, settings):
         yield {"console": console, "sim": sim, "settings": settings, "api": ["--url", console.api_url, "--token", TOKEN]}
-    finally:
-        sim.stop()
-        console.stop()
-        broker.stop()
 
 
 def run_to_end(env, rid, timeout=60):

@@ -19,7 +19,6 @@ One fleet of 12 simulated devices, in order:
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -27,18 +26,13 @@ import time
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
-from edgeops.fleet.cli import rollout
-from edgeops.fleet.config import config_from_dict
-from edgeops.fleet.console import FleetConsole
-from edgeops.fleet.registry import get_device, register_devices
-from edgeops.fleet.simulator.controller import Simulator
+from edgeops.fleet.registry import get_device
 from edgeops.fleet.simulator.faults import parse_faults
-from edgeops.fleet.simulator.settings import SimSettings
 from edgeops.trust.keys import Keyring
 from edgeops.trust.repository import Repository
-from tests.support.broker import MOSQUITTO, TestBroker
+from tests.support.broker import MOSQUITTO
+from tests.fleet.simulator.harness import cli, console_and_fleet
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
@@ -49,12 +43,6 @@ FAULTS = "offline:0.1@digits=2.0.0"
 WINDOWED = "sim-00005"
 
 
-def cli(*args):
-    res = CliRunner().invoke(rollout, list(args), catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return json.loads(res.output)
-
-
 @pytest.fixture
 def env(tmp_path, fleet_repo):
     base = tmp_path / "base"
@@ -63,38 +51,11 @@ def env(tmp_path, fleet_repo):
     repo = Repository(base / "repo")
     repo.publish(base / "digits-2.0.0.bundle", ring, channel="staging")
     repo.publish(base / "digits-2.0.0.bundle", ring, channel="prod")
-    broker = TestBroker().start()
-    cfg = config_from_dict(
-        {
-            "broker": {"url": broker.url, "client_id": f"console-{uuid.uuid4().hex[:6]}"},
-            "database": {"url": f"sqlite:///{tmp_path / 'fleet.db'}"},
-            "repository": {"dir": str(base / "repo"), "keys_dir": str(base / "keys")},
-            "api": {"bind": "127.0.0.1:0", "tokens": [TOKEN]},
-            "rollouts": {"reconcile_interval_s": 0.3, "offline_timeout_s": 90},
-            "ingest": {"flush_interval_s": 0.05},
-            "base_dir": str(tmp_path),
-        }
-    )
-    console = FleetConsole(cfg)
-    console.db.create_all()
-    settings = SimSettings(
-        broker_url=broker.url, root=str(base / "repo" / "metadata" / "1.root.json"), workdir=str(tmp_path / "sim"), devices=N, processes=0, threads=2,
-        tags={"site": "berlin"}, faults=FAULTS, rate=2.0, telemetry_interval_s=1.0,
-    )
-    register_devices(console.db, [{"id": d, "tags": {"site": "berlin"}, "profile": settings.profile} for d in settings.all_device_ids()])
-    console.start()
-    # the reconciler's clock, moved forward where the test must not wait for the wall clock
-    offset = [0.0]
-    console.reconciler.clock = lambda: time.time() + offset[0]
-    sim = Simulator(settings).start()
-    try:
-        sim.wait_connected(30)
-        wait_for(lambda: all(get_device(console.db, d)["online"] for d in settings.all_device_ids()), 30, what="devices online in the registry")
+    with console_and_fleet(tmp_path, base / "repo", base / "keys", TOKEN, 90, devices=N, threads=2, faults=FAULTS, rate=2.0, telemetry_interval_s=1.0) as (console, sim, settings):
+        # the reconciler's clock, moved forward where the test must not wait for the wall clock
+        offset = [0.0]
+        console.reconciler.clock = lambda: time.time() + offset[0]
         yield {"console": console, "sim": sim, "api": ["--url", console.api_url, "--token", TOKEN], "offset": offset, "ids": settings.all_device_ids()}
-    finally:
-        sim.stop()
-        console.stop()
-        broker.stop()
 
 
 def run_to(env, rid, statuses, timeout=90):
