@@ -120,6 +120,9 @@ def test_the_reconciler_reads_the_gate_input_and_judges_the_wave(sqlite_db, drif
              "expires": now + 3600, "status": "committed", "created_at": now, "updated_at": now, "detail": ""}
             for d in ("w1", "w2")
         ])
+        # the wave began before its devices reported, as in production (an unstarted wave's window
+        # begins at the look: on a slow host the batches fed here fell outside it)
+        conn.execute(db.t.waves.update().where(db.t.waves.c.rollout_id == rid, db.t.waves.c.idx == 0).values(started_at=now - 5))
     ing = Ingestor(db, IngestConfig(flush_interval_s=0.02)).start()
     try:
         _feed(ing, *[_batch(reference, d, 1, sample_inputs(150, seed=70 + i) + 1.5) for i, d in enumerate(("w1", "w2"))])
