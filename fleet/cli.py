@@ -539,3 +539,4 @@ def rollout_devices_cmd(url, token, config_path, rollout_id, as_json) -> None:
 
 
 fleet.add_command(__import__("edgeops.fleet.simulator.cli", fromlist=["simulate"]).simulate)  # `edgeops fleet simulate` (fleet/simulator/cli.py; click only at import)
+fleet.add_command(__import__("edgeops.fleet.db_cli", fromlist=["db_group"]).db_group)  # `edgeops fleet db` (fleet/db_cli.py: telemetry partitions)

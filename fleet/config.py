@@ -15,6 +15,8 @@ Example (``edgeops fleet init`` writes one)::
 
     [database]
     url = "sqlite:///fleet.db"         # or postgresql+psycopg://user@host/db
+    # telemetry_partitions = "auto"    # PostgreSQL: daily partitions of telemetry for a new table
+                                       # ("daily": required, "off": one table); docs/scale.md
 
     [repository]
     dir = "repo"                       # the TUF repository (metadata/, targets/)
@@ -151,6 +153,11 @@ class DatabaseConfig(_Section):
     url: str = "sqlite:///fleet.db"
     schema_name: str | None = Field(default=None, alias="schema", description="PostgreSQL schema (several fleets in one database, tests)")
     table_prefix: str = Field(default="", pattern=r"^[a-z0-9_]*$")
+    telemetry_partitions: Literal["auto", "daily", "off"] = Field(
+        default="auto",
+        description="PostgreSQL: telemetry partitioned by day, retention drops whole days (fleet/partitions.py). auto: a new table is "
+        "partitioned, an existing plain one kept; daily: a plain one is refused (`edgeops fleet db partition-telemetry`); off: one table",
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

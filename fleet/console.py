@@ -35,6 +35,7 @@ from edgeops.fleet.config import FleetConfig
 from edgeops.fleet.db import Database
 from edgeops.fleet.ingest import Ingestor
 from edgeops.fleet.leader import LeaderLease
+from edgeops.fleet import partitions
 from edgeops.fleet.rollouts.reconciler import Reconciler
 from edgeops.fleet.signing import CommandSigner
 
@@ -240,10 +241,23 @@ class FleetConsole:
         self.reconciler.tick()
 
     def prune_telemetry(self) -> int:
-        """Delete telemetry older than ``ingest.telemetry_retention_s``; returns rows deleted."""
+        """Telemetry retention (``ingest.telemetry_retention_s``), run hourly by the leader.
+
+        A partitioned table (PostgreSQL, fleet/partitions.py): the days ahead are created and the
+        partitions wholly older than the retention dropped; returns the partitions dropped. A
+        plain table (SQLite): older rows are deleted; returns the rows deleted."""
+        cutoff = time.time() - self.config.ingest.telemetry_retention_s
+        if self.db.telemetry_partitioned():
+            with self.db.begin() as conn:
+                name = self.db.t.telemetry.name
+                created = partitions.ensure_partitions(conn, self.db.schema, name)
+                dropped = partitions.drop_expired(conn, self.db.schema, name, cutoff)
+            if created or dropped:
+                log.info("telemetry partitions: created %s, dropped %s", created or "-", [p.name for p in dropped] or "-")
+            return len(dropped)
         t = self.db.t.telemetry
         with self.db.begin() as conn:
-            res = conn.execute(t.delete().where(t.c.received_at < time.time() - self.config.ingest.telemetry_retention_s))
+            res = conn.execute(t.delete().where(t.c.received_at < cutoff))
         return res.rowcount or 0
 
     def stop(self, drain: bool = True) -> None:

@@ -31,6 +31,7 @@ detection uses ``INSERT .. ON CONFLICT DO NOTHING RETURNING`` on both dialects.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from edgeops.errors import ConfigError, FleetError
+from edgeops.fleet import partitions
+
+log = logging.getLogger("edgeops.fleet.db")
 
 
 def _now() -> float:
@@ -346,13 +350,21 @@ class Database:
     queries on ``db.t.<table>`` inside ``db.begin()`` / ``db.connect()``.
     """
 
-    def __init__(self, url: str, schema: str | None = None, table_prefix: str = ""):
+    def __init__(self, url: str, schema: str | None = None, table_prefix: str = "", telemetry_partitions: str = "auto"):
+        if telemetry_partitions not in partitions.MODES:
+            raise ConfigError(f"database.telemetry_partitions: {telemetry_partitions!r} is not one of {', '.join(partitions.MODES)}")
         self.url = url
         self.engine = create_db_engine(url)
         self.schema = schema if self.engine.dialect.name == "postgresql" else None
+        self.table_prefix = table_prefix
         self.t = make_tables(table_prefix, self.schema)
         self._write_engine = self.engine.execution_options(edgeops_write=True)
         self._insert = _dialect_insert(self.engine)
+        if telemetry_partitions == "daily" and self.dialect != "postgresql":
+            raise ConfigError("database.telemetry_partitions = \"daily\" needs PostgreSQL (SQLite keeps one table and deletes expired rows); set it to \"auto\" or \"off\"")
+        self.telemetry_partitions = telemetry_partitions
+        # whether the telemetry table is partitioned: known after create_all, else looked up once
+        self._tel_partitioned: bool | None = None if self.dialect == "postgresql" else False
 
     @property
     def dialect(self) -> str:
@@ -367,10 +379,42 @@ class Database:
             with self.begin() as conn:
                 if self.schema:
                     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                if self.dialect == "postgresql":
+                    self._create_telemetry_pg(conn)
                 self.t.metadata.create_all(conn)
                 self._add_missing_columns(conn)
         except sa.exc.OperationalError as e:
             raise FleetError(f"database {self.engine.url.render_as_string(hide_password=True)}: {e.orig}") from e
+
+    def _create_telemetry_pg(self, conn: Connection) -> None:
+        """PostgreSQL: the telemetry table partitioned by day (fleet/partitions.py) unless
+        ``telemetry_partitions`` is "off"; an existing plain table stays plain under "auto" (a
+        warning names the migration) and is refused under "daily"."""
+        name = self.t.telemetry.name
+        # replicas starting together: one decides and creates, the others see its table
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": partitions._LOCK_KEY})
+        kind = partitions.table_kind(conn, self.schema, name)
+        if kind is None and self.telemetry_partitions != "off":
+            partitions.create_partitioned(conn, self.t.telemetry, self.schema, self.table_prefix)
+            kind = "partitioned"
+        if kind == "plain" and self.telemetry_partitions == "daily":
+            raise FleetError(
+                f"database {self.engine.url.render_as_string(hide_password=True)}: table {partitions.qualified(self.schema, name)} is not partitioned "
+                f'but database.telemetry_partitions = "daily": run `edgeops fleet db partition-telemetry --config FLEET.toml` once (it copies the '
+                f'rows within ingest.telemetry_retention_s; consoles stopped), or set telemetry_partitions = "auto" to keep the plain table'
+            )
+        if kind == "plain" and self.telemetry_partitions == "auto":
+            log.warning("table %s is not partitioned: retention deletes rows; `edgeops fleet db partition-telemetry` partitions it by day", name)
+        self._tel_partitioned = kind == "partitioned"
+        if self._tel_partitioned:
+            partitions.ensure_partitions(conn, self.schema, name)
+
+    def telemetry_partitioned(self) -> bool:
+        """True when the telemetry table is partitioned by day (PostgreSQL)."""
+        if self._tel_partitioned is None:
+            with self.connect() as conn:
+                self._tel_partitioned = partitions.table_kind(conn, self.schema, self.t.telemetry.name) == "partitioned"
+        return self._tel_partitioned
 
     def _add_missing_columns(self, conn: Connection) -> None:
         """The migration of :data:`ADDED_COLUMNS`: add each one a table made earlier lacks."""
@@ -412,9 +456,11 @@ class Database:
             return []
         if self.dialect == "postgresql":
             cols = list(rows[0].keys())
+            # a partitioned telemetry table holds its duplicate key per day: look in every day too
+            guard = partitions.dedup_clause(self.schema, table.name, "u") if table is self.t.telemetry and self.telemetry_partitioned() else ""
             sql = (
                 f"INSERT INTO {self._qualified(table)} ({', '.join(_q(c) for c in cols)}) "
-                f"SELECT * FROM unnest({', '.join(f'%s::{_pg_type(table.c[c].type)}[]' for c in cols)}) "
+                f"SELECT * FROM unnest({', '.join(f'%s::{_pg_type(table.c[c].type)}[]' for c in cols)}) AS u({', '.join(_q(c) for c in cols)}) {guard} "
                 f"ON CONFLICT DO NOTHING RETURNING {', '.join(_q(k) for k in key)}"
             )
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in cols)).all()]
@@ -473,4 +519,7 @@ class Database:
     @classmethod
     def from_config(cls, config) -> "Database":
         """A Database for a FleetConfig."""
-        return cls(config.database_url(), schema=config.database.schema_name, table_prefix=config.database.table_prefix)
+        return cls(
+            config.database_url(), schema=config.database.schema_name, table_prefix=config.database.table_prefix,
+            telemetry_partitions=config.database.telemetry_partitions,
+        )
