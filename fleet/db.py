@@ -457,10 +457,10 @@ class Database:
         if self.dialect == "postgresql":
             cols = list(rows[0].keys())
             # a partitioned telemetry table holds its duplicate key per day: look in every day too
-            guard = partitions.dedup_clause(self.schema, table.name, "u") if table is self.t.telemetry and self.telemetry_partitioned() else ""
+            join, where = partitions.dedup_join(self.schema, table.name, "u") if table is self.t.telemetry and self.telemetry_partitioned() else ("", "")
             sql = (
                 f"INSERT INTO {self._qualified(table)} ({', '.join(_q(c) for c in cols)}) "
-                f"SELECT * FROM unnest({', '.join(f'%s::{_pg_type(table.c[c].type)}[]' for c in cols)}) AS u({', '.join(_q(c) for c in cols)}) {guard} "
+                f"SELECT u.* FROM unnest({', '.join(f'%s::{_pg_type(table.c[c].type)}[]' for c in cols)}) AS u({', '.join(_q(c) for c in cols)}) {join} {where} "
                 f"ON CONFLICT DO NOTHING RETURNING {', '.join(_q(k) for k in key)}"
             )
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in cols)).all()]

@@ -38,6 +38,9 @@ DAY_S = 86400
 AHEAD_DAYS = 3  # partitions exist this many days past today
 BACK_DAYS = 1  # and from yesterday, for rows a test or a tool stamps a little in the past
 MODES = ("auto", "daily", "off")
+# the insert's duplicate guard looks this far before a batch's own end time (a device clock running
+# further ahead than this and a redelivery on another day than the stored copy: stored twice)
+DEDUP_CLOCK_AHEAD_S = DAY_S
 _LOCK_KEY = 0x65645061  # pg_advisory_xact_lock key of partition maintenance ("edPa")
 _BOUND = re.compile(r"FROM \('?([-0-9.e+]+)'?\) TO \('?([-0-9.e+]+)'?\)")
 
@@ -145,10 +148,19 @@ def drop_expired(conn: Connection, schema: str | None, table: str, cutoff: float
     return dropped
 
 
-def dedup_clause(schema: str | None, table: str, alias: str) -> str:
-    """``WHERE NOT EXISTS`` the (device_id, seq) of row ``alias`` in any partition: the insert's
-    guard against a redelivery received on another day than the stored copy."""
-    return f"WHERE NOT EXISTS (SELECT 1 FROM {qualified(schema, table)} o WHERE o.device_id = {alias}.device_id AND o.seq = {alias}.seq)"
+def dedup_join(schema: str | None, table: str, alias: str) -> tuple[str, str]:
+    """(JOIN, WHERE) that keep row ``alias`` only when no partition holds its (device_id, seq): the
+    insert's guard against a redelivery received on another day than the stored copy.
+
+    A LATERAL probe with LIMIT 1 stays a nested loop of index lookups (a NOT EXISTS became a hash
+    anti join that read every partition whole: 0.7 s per 2,000-row batch over 30 days of 500
+    devices). The stored copy came in before this one and no earlier than the batch's own end
+    time less :data:`DEDUP_CLOCK_AHEAD_S`, so each probe is pruned at run time to those days."""
+    probe = (
+        f"LEFT JOIN LATERAL (SELECT 1 AS hit FROM {qualified(schema, table)} o WHERE o.device_id = {alias}.device_id AND o.seq = {alias}.seq "
+        f"AND o.received_at >= {alias}.ts_end - {DEDUP_CLOCK_AHEAD_S} AND o.received_at <= {alias}.received_at LIMIT 1) dup ON true"
+    )
+    return probe, "WHERE dup.hit IS NULL"
 
 
 @dataclass

@@ -91,8 +91,14 @@ def test_rows_land_in_their_day_and_redeliveries_are_dropped(make_pg):
     assert where[("d1", 1)] == partitions.partition_name("telemetry", today)
     assert where[("d1", 2)] == partitions.partition_name("telemetry", today + DAY)
     assert where[("d2", 1)] == partitions.partition_name("telemetry", today + 2 * DAY)
-    # the same batch again: the same day (the partition's key) and a later day (the insert's guard)
-    again = _insert(db, [_row("d1", 1, today + 20), _row("d1", 1, today + DAY + 20), _row("d1", 3, today + 30), _row("d1", 3, today + 40)])
+    # the same batches again (a redelivery carries the device's own times): received the same day
+    # (the partition's key) and days later (the insert's guard); and a new batch twice in one insert
+    again = _insert(db, [
+        {**_row("d1", 1, today + 10), "received_at": today + 20},
+        {**_row("d1", 1, today + 10), "received_at": today + 3 * DAY},
+        {**_row("d1", 2, today + DAY + 10), "received_at": today + 3 * DAY + 5},
+        _row("d1", 3, today + 30), _row("d1", 3, today + 40),
+    ])
     assert again == {("d1", 3)}
     assert len(_where_rows_are(db)) == 4
 
@@ -193,7 +199,8 @@ def test_daily_refuses_a_plain_table_and_the_migration_partitions_it(make_pg):
     after = make_pg("daily", schema=plain.schema)
     assert after.telemetry_partitioned()
     assert sorted(s for _, s in _where_rows_are(after)) == list(range(8))
-    assert _insert(after, [_row("d1", 3, now)]) == set()  # its old rows still count as duplicates
+    # a redelivery of a migrated batch (its own times) is still a duplicate
+    assert _insert(after, [{**_row("d1", 3, now - 3 * DAY), "received_at": now}]) == set()
 
 
 def test_daily_needs_postgresql(tmp_path):
