@@ -54,6 +54,7 @@ from edgeops.fleet.hosts import is_loopback
 from edgeops.fleet.rollouts import service
 from edgeops.fleet.rollouts.settings import BUNDLE_REF_PATTERN, RolloutRequest, RolloutSettingsError, parse_request
 from edgeops.fleet.rollouts.status import ACTION_FROM, RolloutStatus
+from edgeops.fleet.rollouts.resolution import NoMatchingTargetError
 from edgeops.fleet.targets import UnknownBundleError
 from edgeops.protocol import DEVICE_ID_PATTERN, MAX_SELF_TEST_RUNS, EventKind
 
@@ -186,7 +187,9 @@ def openapi_document() -> dict:
             "post": {
                 "summary": "Create a rollout (status created)",
                 "description": "Settings are validated here; malformed or contradictory ones are refused with 422 naming the field. "
-                "The bundle must be a signed target of the console's repository (400 otherwise).",
+                "The bundle must be a signed target of the console's repository (400 otherwise). A version published for several "
+                "hardware profiles (one bundle each) is one rollout: each device gets the target built for the profile it reported; "
+                "a selection whose devices run none of the published profiles is refused (400, naming both).",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RolloutRequest"}}}},
                 "responses": {"201": obj, "400": err, "401": err, "413": err, "422": err},
             },
@@ -194,8 +197,10 @@ def openapi_document() -> dict:
         "/api/v1/rollouts/{id}": {
             "get": {
                 "summary": "Rollout status with waves, device counts and gate verdicts",
+                "description": "`targets` maps each hardware profile to the signed target its devices get; `excluded` counts the "
+                "selected devices left out because no target of the version is built for their profile, per profile with the reason.",
                 "parameters": [rid, HISTORY.openapi()],
-                "responses": {"200": obj, "400": err, "401": err, "404": err},
+                "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RolloutStatus"}}}}, "400": err, "401": err, "404": err},
             }
         },
         "/api/v1/rollouts/{id}/devices": {"get": {"summary": "Devices of a rollout with their assignment status", "parameters": [rid], "responses": {"200": arr, "401": err, "404": err}}},
@@ -282,6 +287,31 @@ def openapi_document() -> dict:
                         "runs": {"type": "integer", "minimum": 1, "maximum": MAX_SELF_TEST_RUNS, "description": "timed inferences for the latency figures (default: the agent's self_test.latency_runs)"},
                     },
                 },
+                "RolloutStatus": {
+                    "type": "object",
+                    "required": ["id", "bundle", "status", "targets", "excluded"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "bundle": {"type": "string"},
+                        "status": {"type": "string"},
+                        "targets": {
+                            "type": "object",
+                            "description": "profile -> its signed target (`*`: one target for every device, a rollout created before per-profile targets)",
+                            "additionalProperties": {"type": "object", "properties": {"name": {"type": "string"}, "sha256": {"type": "string"}, "length": {"type": "integer"}, "release": {"type": "integer"}}},
+                        },
+                        "excluded": {
+                            "type": "object",
+                            "properties": {
+                                "devices": {"type": "integer"},
+                                "by_profile": {
+                                    "type": "object",
+                                    "description": "profile (`-`: not reported yet) -> devices, reason, a sample of their ids",
+                                    "additionalProperties": {"type": "object", "properties": {"devices": {"type": "integer"}, "reason": {"type": "string"}, "sample": {"type": "array", "items": {"type": "string"}}}},
+                                },
+                            },
+                        },
+                    },
+                },
                 "SelfTestOrder": {
                     "type": "object",
                     "required": ["command_id", "device", "bundle"],
@@ -315,6 +345,7 @@ _CLIENT_ERRORS: tuple[tuple[type, int], ...] = (
     (commands.BrokerUnavailableError, 503),
     (RolloutSettingsError, 422),
     (UnknownBundleError, 400),
+    (NoMatchingTargetError, 400),
     (commands.InvalidOrderError, 400),
 )
 

@@ -367,6 +367,12 @@ def _print_rollout(r: dict) -> None:
         f"selector {s['selector']}  bake {s['bake_s']:.0f}s  min_reporting {s['min_reporting']}  max_failure_rate {s['max_failure_rate']}"
         f"  on_gate_failure {s['on_gate_failure']}{'  approve_each_wave' if s['approve_each_wave'] else ''}"
     )
+    # the target each profile's devices get, and the selected devices left out (no target for their profile)
+    for profile, t in sorted((r.get("targets") or {}).items()):
+        con.print(f"target {'(any profile)' if profile == '*' else 'for ' + profile}: {t['name']}  sha256 {t['sha256'][:12]}  release {t['release']}", markup=False)
+    for profile, ex in sorted(((r.get("excluded") or {}).get("by_profile") or {}).items()):
+        more = f" and {ex['devices'] - len(ex['sample'])} more" if ex["devices"] > len(ex["sample"]) else ""
+        con.print(f"excluded: {ex['devices']} devices of profile {profile}: {ex['reason']} ({', '.join(ex['sample'])}{more})", markup=False)
     table = Table("wave", "percent", "status", "devices", "reported", "succeeded", "failed", "gates")
     for w in r["waves"]:
         gates = " ".join(f"{g['gate']}={'ok' if g['outcome'] == 'pass' else g['outcome']}" for g in w["gates"])

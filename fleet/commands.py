@@ -31,6 +31,7 @@ from edgeops.protocol import MAX_SELF_TEST_RUNS, Command, VersionRef, cmd_topic,
 
 if TYPE_CHECKING:
     from edgeops.fleet.rollouts.records import Rollout
+    from edgeops.fleet.rollouts.resolution import ProfileTarget
 
 # Command ids of hil self-test orders start with this (ingest: their events say nothing about device health).
 SELF_TEST_COMMAND_PREFIX = "selftest-"
@@ -60,18 +61,20 @@ class CommandSpec:
         return cmd_topic(self.command.device_id)
 
 
-def assign_command(device_id: str, command_id: str, seq: int, expires: float, rollout: Rollout) -> Command:
-    """The assign command of a rollout for one device (target exactly as signed in TUF)."""
+def assign_command(device_id: str, command_id: str, seq: int, expires: float, rollout: Rollout, target: ProfileTarget | None = None) -> Command:
+    """The assign command of a rollout for one device (target exactly as signed in TUF):
+    ``target``, the one pinned for the device's profile, default the rollout's primary one."""
+    t = target or rollout.targets.primary()
     return Command(
         device_id=device_id,
         command_id=command_id,
         seq=seq,
         expires=expires,
         kind="assign",
-        target_name=rollout.target_name,
-        target_sha256=rollout.target_sha256,
-        target_length=rollout.target_length,
-        bundle=VersionRef(name=rollout.bundle_name, version=rollout.bundle_version, release=rollout.release, sha256=rollout.target_sha256),
+        target_name=t.name,
+        target_sha256=t.sha256,
+        target_length=t.length,
+        bundle=VersionRef(name=rollout.bundle_name, version=rollout.bundle_version, release=t.release, sha256=t.sha256),
         rollout_id=rollout.id,
         reason=f"rollout {rollout.id}",
     )
@@ -176,7 +179,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
     """
     from edgeops.fleet.registry import UnknownDeviceError
     from edgeops.fleet.rollouts.status import LIVE_ROLLOUT, AssignmentStatus as A
-    from edgeops.fleet.targets import UnknownBundleError, find_target
+    from edgeops.fleet.targets import UnknownBundleError, find_targets
 
     name, version = parse_bundle_ref(bundle)
     runs = check_runs(runs)
@@ -187,7 +190,7 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
         if conn.execute(sa.select(d.c.id).where(d.c.id == device_id)).first() is None:
             raise UnknownDeviceError(f"device {device_id}: not enrolled (enrol it with `edgeops fleet enroll {device_id}`)")
     try:
-        target = find_target(repo_dir, name, version)
+        targets = find_targets(repo_dir, name, version)  # by profile: the device's is picked below
     except UnknownBundleError as e:
         raise UnpublishedBundleError(str(e)) from e
     if sender is None:
@@ -205,9 +208,13 @@ def order_self_test(db: Database, repo_dir, sender: "CommandSender | None", devi
         if not row.online:
             seen = f"last seen {now - row.last_seen:.0f}s ago" if row.last_seen else "never seen"
             raise DeviceOfflineError(f"device {device_id} is offline ({seen}); a self-test needs the device connected to the broker")
-        built_for = (target.custom or {}).get("profile")
-        if built_for and row.profile and built_for != row.profile:
-            raise CommandConflictError(f"bundle {name}@{version} is built for profile {built_for!r}; device {device_id} runs {row.profile!r}")
+        # the device's profile's target; a target signed without a profile serves any; a device
+        # that has not reported its profile gets the only one (the agent checks it)
+        target = targets.get(row.profile or "") or targets.get("") or (next(iter(targets.values())) if not row.profile and len(targets) == 1 else None)
+        if target is None:
+            built = ", ".join(repr(p) for p in sorted(targets))
+            runs_on = repr(row.profile) if row.profile else "a profile it has not reported yet"
+            raise CommandConflictError(f"bundle {name}@{version} is built for profile {built}; device {device_id} runs {runs_on}")
         queued = conn.execute(
             sa.select(a.c.rollout_id)
             .join(r, r.c.id == a.c.rollout_id)

@@ -140,6 +140,7 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("target_name", S(512), nullable=False),
         sa.Column("target_sha256", S(64), nullable=False),
         sa.Column("target_length", sa.BigInteger, nullable=False),
+        sa.Column("targets", sa.Text),  # the version's target per profile (JSON; added later: see ADDED_COLUMNS)
         sa.Column("selector", sa.Text, nullable=False),
         sa.Column("settings", sa.Text, nullable=False),
         sa.Column("status", S(32), nullable=False),
@@ -170,6 +171,7 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("wave_idx", sa.Integer, nullable=False),
         sa.Column("bundle_name", S(128), nullable=False),
         sa.Column("bundle_version", S(64), nullable=False),
+        sa.Column("target_name", S(512)),  # the profile's target it was assigned (added later: see ADDED_COLUMNS)
         sa.Column("command_id", S(128), nullable=False, unique=True),
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("expires", sa.Float, nullable=False),
@@ -247,7 +249,7 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
 # Columns added to a table after databases were made without them: (table, column). create_all
 # adds each one missing (ALTER TABLE .. ADD COLUMN, nullable, on SQLite and PostgreSQL), so an
 # earlier database gains it on the next start; rows stored before it read NULL.
-ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("telemetry", "p50_ms"),)
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("telemetry", "p50_ms"), ("rollouts", "targets"), ("assignments", "target_name"))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

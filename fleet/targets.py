@@ -8,7 +8,9 @@ read, not verified; devices verify it.
 
 A target is the device side's :class:`~edgeops.trust.targets.TargetRecord` (``name`` is the
 target path), and the path convention is :func:`edgeops.trust.targets.target_path`: bundle ``N``
-at version ``V`` is the target ``N/V/N-V.bundle``. Both have their one home there.
+at version ``V`` is the target ``N/V/N-V.bundle`` (further profiles of the version:
+``N/V/PROFILE/N-V.bundle``). Both have their one home there; :func:`find_targets` gives a
+version's targets by the profile each is built for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from edgeops.errors import FleetError
 from edgeops.trust.errors import MalformedMetadataError
-from edgeops.trust.targets import TargetRecord, target_path, target_record
+from edgeops.trust.targets import TargetRecord, parse_target_path, target_path, target_record
 
 
 class UnknownBundleError(FleetError):
@@ -73,24 +75,49 @@ def list_targets(repo_dir: str | Path) -> dict[str, TargetRecord]:
 
 
 def published_versions(targets: dict[str, TargetRecord]) -> set[tuple[str, str]]:
-    """(bundle, version) of every bundle target (``N/V/N-V.bundle``) in :func:`list_targets`' answer."""
-    out = set()
-    for path in targets:
-        parts = path.split("/")
-        if len(parts) == 3 and path == target_path(parts[0], parts[1]):
-            out.add((parts[0], parts[1]))
+    """(bundle, version) of every bundle target (``N/V/N-V.bundle``, or ``N/V/PROFILE/N-V.bundle``
+    for a further profile of a version) in :func:`list_targets`' answer."""
+    return {(p[0], p[1]) for path in targets if (p := parse_target_path(path)) is not None}
+
+
+def version_targets(targets: dict[str, TargetRecord], name: str, version: str) -> dict[str, TargetRecord]:
+    """The targets of ``name@version`` by the profile each is built for (its signed
+    ``custom.profile``), from :func:`list_targets`' answer; the plain path first when two claim
+    one profile (the publisher never signs that)."""
+    out: dict[str, TargetRecord] = {}
+    for path, record in sorted(targets.items(), key=lambda kv: kv[0].count("/")):
+        parsed = parse_target_path(path)
+        if parsed is None or parsed[:2] != (name, version) or record.bundle_name != name or record.version != version:
+            continue
+        if parsed[2] is not None and parsed[2] != record.profile:
+            continue  # a path naming one profile, signed for another: not a target of either
+        out.setdefault(record.profile, record)
     return out
 
 
+def _unknown(targets: dict[str, TargetRecord], name: str, version: str) -> UnknownBundleError:
+    known = sorted({f"{n}@{v}" for n, v in published_versions(targets)})
+    return UnknownBundleError(
+        # no filesystem path: the REST API shows this message to its clients
+        f"bundle {name}@{version}: not a signed target of the console's repository (target {target_path(name, version)}); "
+        f"published: {', '.join(known[:10]) or 'none'}; publish it with `edgeops publish`"
+    )
+
+
 def find_target(repo_dir: str | Path, name: str, version: str) -> TargetRecord:
-    """The signed target of ``name@version``; UnknownBundleError when the repository lacks it."""
-    path = target_path(name, version)
+    """The signed target of ``name@version`` at the plain path; UnknownBundleError when the repository lacks it."""
     targets = list_targets(repo_dir)
+    path = target_path(name, version)
     if path not in targets:
-        known = sorted(p.split("/")[0] + "@" + p.split("/")[1] for p in targets if p.count("/") == 2)
-        raise UnknownBundleError(
-            # no filesystem path: the REST API shows this message to its clients
-            f"bundle {name}@{version}: not a signed target of the console's repository (target {path}); "
-            f"published: {', '.join(known[:10]) or 'none'}; publish it with `edgeops publish`"
-        )
+        raise _unknown(targets, name, version)
     return targets[path]
+
+
+def find_targets(repo_dir: str | Path, name: str, version: str) -> dict[str, TargetRecord]:
+    """Every signed target of ``name@version`` by profile (:func:`version_targets`);
+    UnknownBundleError when the repository has none."""
+    targets = list_targets(repo_dir)
+    found = version_targets(targets, name, version)
+    if not found:
+        raise _unknown(targets, name, version)
+    return found

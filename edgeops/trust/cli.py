@@ -184,7 +184,7 @@ def run_verify(bundle: str, repo: str | None, root: str | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgeops-verify-") as tmp:
         client = TrustClient(Path(tmp) / "metadata", transport_for(repo), root=Path(root))
         client.refresh()
-        record = client.get_bundle(manifest.name, manifest.version)
+        record = client.get_bundle(manifest.name, manifest.version, manifest.profile)
         verdict = verify_bundle_file(bundle, record)
         versions = client.trusted_versions()
     return {"verdict": "verified", "anchor": anchor_note, "metadata_versions": versions, **verdict.to_dict(), "release": record.release}

@@ -37,6 +37,7 @@ from edgeops.trust.targets import (
     TARGETS_PREFIX,
     TargetRecord,
     download_target,
+    pick_bundle_target,
     target_file_path,
     target_path,
     target_record,
@@ -277,9 +278,13 @@ class TrustClient:
             raise errors.UnknownTargetError(f"the repository's signed targets do not list {name!r}")
         return target_record(info.path, info.length, info.hashes, info.unrecognized_fields.get("custom", {}))
 
-    def get_bundle(self, bundle_name: str, version: str) -> TargetRecord:
-        """The signed record of a bundle by name and version (target path convention)."""
-        return self.get_target(target_path(bundle_name, version))
+    def get_bundle(self, bundle_name: str, version: str, profile: str | None = None) -> TargetRecord:
+        """The signed record of a bundle by name and version (target path convention); with
+        ``profile``, the one built for that profile (the plain path when its signed profile is
+        that one, else the profile's own path: see :func:`~edgeops.trust.targets.profile_target_path`)."""
+        if profile is None:
+            return self.get_target(target_path(bundle_name, version))
+        return pick_bundle_target(self.get_target, bundle_name, version, profile)
 
     def root_field(self, name: str) -> Any:
         """A field the trusted root.json signs beyond the TUF spec (e.g. :data:`COMMAND_KEYS_FIELD`), or None."""

@@ -8,9 +8,17 @@ Layout of ``REPO``::
     metadata/<N>.snapshot.json           so a client always reads one coherent repository state
     metadata/timestamp.json              the only file rewritten in place (last, atomically)
     targets/<name>/<version>/<sha256>.<name>-<version>.bundle
+    targets/<name>/<version>/<profile>/<sha256>.<name>-<version>.bundle   further profiles of a version
 
-Target path convention: bundle ``N`` version ``V`` is the TUF target ``N/V/N-V.bundle``; its
-``custom`` field signs what devices decide on::
+Target path convention: bundle ``N`` version ``V`` is the TUF target ``N/V/N-V.bundle``; the
+same version built for further hardware profiles (one bundle per profile, published one by one)
+coexists as ``N/V/<profile>/N-V.bundle``: the first profile published keeps the plain path, so
+single-profile repositories never change. Every such target carries the same signed ``release``
+(a further profile's manifest release must equal the first's), and the same name, version and
+profile with other bytes is refused. Which profile a target serves is its signed
+``custom.profile``; the console resolves a device's target by it, and devices check the path,
+the custom fields and the bundle's manifest agree. Its ``custom`` field signs what devices
+decide on::
 
     {"name": N, "version": V, "release": <counter devices enforce>, "manifest_release": <the
      bundle manifest's release>, "profile": ..., "manifest_sha256": ..., "downgrade": bool}
@@ -54,7 +62,7 @@ from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Tar
 from tuf.api.serialization.json import JSONSerializer
 
 from edgeops.trust import errors
-from edgeops.trust.targets import COMMAND_KEYS_FIELD, target_file_path, target_path
+from edgeops.trust.targets import COMMAND_KEYS_FIELD, profile_target_path, target_file_path, target_path
 from edgeops.trust.fsutil import atomic_write, fsync_dir
 from edgeops.trust.keys import TUF_ROLES, Keyring, generate_key
 from edgeops.trust.verify import verify_bundle_file
@@ -219,12 +227,12 @@ class Repository:
         _check_channels(channel, requires_channel)
         verdict = verify_bundle_file(bundle)
         m = verdict.manifest
-        path = target_path(m.name, m.version)
         with self._locked():
             if not self.exists():
                 raise errors.RepositoryError(f"{self.repo_dir}: not a repository yet; run `edgeops repo init --repo {self.repo_dir} --keys DIR`")
             targets_md = self.targets()
             targets = targets_md.signed
+            path = _placement(targets.targets, m.name, m.version, m.profile)
             existing = targets.targets.get(path)
             if existing is not None:
                 if existing.hashes.get("sha256") == verdict.sha256 and not allow_downgrade:
@@ -240,12 +248,19 @@ class Repository:
                     versions = self._write_snapshot_and_timestamp(ring, targets.version, targets_bytes)
                     return PublishResult(path, existing.length, verdict.sha256, updated, {"targets": targets.version, **versions})
                 if existing.hashes.get("sha256") != verdict.sha256:
-                    raise errors.RepositoryError(f"{path} is already published with other content; bump the bundle version instead of replacing it")
+                    raise errors.RepositoryError(
+                        f"{m.name}@{m.version} for profile {m.profile} is already published ({path}) with other content; "
+                        "bump the bundle version instead of replacing it"
+                    )
             same_name = [t for t in targets.targets.values() if t.unrecognized_fields.get("custom", {}).get("name") == m.name]
             highest = max((int(t.unrecognized_fields["custom"].get("release", 0)) for t in same_name), default=None)
             downgrade = False
             release = m.release
-            if highest is not None and m.release <= highest:
+            siblings = [t for t in same_name if t.path != path and t.unrecognized_fields["custom"].get("version") == m.version]
+            if existing is None and siblings:
+                # another profile's bundle of this version: one version, one signed release counter
+                release, downgrade = _sibling_release(Path(bundle), m.name, m.version, m.release, siblings)
+            elif highest is not None and m.release <= highest:
                 if not allow_downgrade:
                     owner = next(t.path for t in same_name if t.unrecognized_fields["custom"].get("release") == highest)
                     raise errors.DowngradeRefusedError(
@@ -397,6 +412,33 @@ class Repository:
             for t in sorted(md["targets"].signed.targets.values(), key=lambda t: t.path)
         ]
         return {"repo": str(self.repo_dir), "roles": roles, "targets": targets, "needs_refresh": bool(due)}
+
+
+def _placement(targets: dict[str, TargetFile], name: str, version: str, profile: str) -> str:
+    """Where ``name@version`` built for ``profile`` goes: the plain target path, unless another
+    profile's bundle of the version holds it; then the profile's own path (see the module doc)."""
+    plain = target_path(name, version)
+    held = targets.get(plain)
+    if held is None or held.unrecognized_fields.get("custom", {}).get("profile") == profile:
+        return plain
+    try:
+        return profile_target_path(name, version, profile)
+    except ValueError as e:
+        raise errors.RepositoryError(f"{name}@{version}: {e}; a further profile of a published version needs a profile name that can be a path segment") from e
+
+
+def _sibling_release(bundle: Path, name: str, version: str, manifest_release: int, siblings: list[TargetFile]) -> tuple[int, bool]:
+    """The signed (release, downgrade) of a further profile's bundle of a published version: the
+    same as its siblings' (devices enforce one counter per bundle name), so its manifest must
+    carry the siblings' manifest release; RepositoryError naming them otherwise."""
+    custom = siblings[0].unrecognized_fields["custom"]
+    if int(custom.get("manifest_release", -1)) != manifest_release:
+        others = ", ".join(sorted(f"{t.unrecognized_fields['custom'].get('profile')} (release {t.unrecognized_fields['custom'].get('manifest_release')})" for t in siblings))
+        raise errors.RepositoryError(
+            f"{bundle}: {name}@{version} has release {manifest_release}, but this version is published for profile(s) {others}; "
+            "build every profile's bundle of one version with the same release"
+        )
+    return int(custom.get("release", manifest_release)), bool(custom.get("downgrade", False))
 
 
 def _default_period(role: str) -> timedelta:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from edgeops.trust import errors
@@ -29,9 +31,47 @@ BUNDLE_SUFFIX = ".bundle"
 COMMAND_KEYS_FIELD = "x-edgeops-command-keys"
 
 
+# A profile name as it may appear in a target path (one path segment, no dots-only names).
+PROFILE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 def target_path(name: str, version: str) -> str:
-    """The TUF target path of bundle ``name`` at ``version``: ``<name>/<version>/<name>-<version>.bundle``."""
+    """The TUF target path of bundle ``name`` at ``version``: ``<name>/<version>/<name>-<version>.bundle``.
+
+    The first profile a version is published for takes this path (every single-profile
+    repository has only these); each further profile of the same version takes
+    :func:`profile_target_path`. Which profile a target serves is its signed ``custom.profile``.
+    """
     return f"{name}/{version}/{name}-{version}{BUNDLE_SUFFIX}"
+
+
+def profile_target_path(name: str, version: str, profile: str) -> str:
+    """The TUF target path of ``name@version`` built for ``profile`` when another profile's bundle
+    of that version holds :func:`target_path`: ``<name>/<version>/<profile>/<name>-<version>.bundle``.
+
+    ValueError for a profile name that cannot be one path segment.
+    """
+    if not PROFILE_SEGMENT_RE.match(profile or ""):
+        raise ValueError(f"profile {profile!r} cannot name a target path (letters, digits, '.', '_', '-'; at most 128)")
+    return f"{name}/{version}/{profile}/{name}-{version}{BUNDLE_SUFFIX}"
+
+
+def bundle_target_paths(name: str, version: str, profile: str) -> tuple[str, ...]:
+    """The paths a bundle ``name@version`` built for ``profile`` may be published under (the plain
+    one, then the profile's own); a verifier accepts a signed target at either when its signed
+    custom fields describe the bundle."""
+    plain = target_path(name, version)
+    return (plain, profile_target_path(name, version, profile)) if PROFILE_SEGMENT_RE.match(profile or "") else (plain,)
+
+
+def parse_target_path(path: str) -> tuple[str, str, str | None] | None:
+    """(name, version, profile or None) of a bundle target path of either form; None for any other path."""
+    parts = path.split("/")
+    if len(parts) == 3 and path == target_path(parts[0], parts[1]):
+        return parts[0], parts[1], None
+    if len(parts) == 4 and PROFILE_SEGMENT_RE.match(parts[2]) and path == profile_target_path(parts[0], parts[1], parts[2]):
+        return parts[0], parts[1], parts[2]
+    return None
 
 
 def target_file_path(path: str, sha256: str) -> str:
@@ -44,7 +84,8 @@ def target_file_path(path: str, sha256: str) -> str:
 class TargetRecord:
     """A target as signed by the repository's targets role (only ever built from verified metadata).
 
-    ``name`` is the TUF target path (``<bundle>/<version>/<bundle>-<version>.bundle``);
+    ``name`` is the TUF target path (``<bundle>/<version>/<bundle>-<version>.bundle``, or
+    ``<bundle>/<version>/<profile>/<bundle>-<version>.bundle`` for a further profile of a version);
     ``custom`` holds what the publisher signed about the bundle: ``name``, ``version``,
     ``release`` (the counter devices enforce), ``manifest_release``, ``profile``,
     ``manifest_sha256`` (see :mod:`edgeops.trust.repository`).
@@ -103,6 +144,27 @@ class TargetRecord:
             return target_record(str(data["name"]), length, hashes, data.get("custom", {}))
         except (KeyError, TypeError) as e:
             raise errors.MalformedMetadataError(f"target record: {e}") from e
+
+
+def pick_bundle_target(get_target: Callable[[str], "TargetRecord"], name: str, version: str, profile: str) -> "TargetRecord":
+    """The signed target of ``name@version`` built for ``profile``, read through ``get_target``
+    (a verified lookup by path raising UnknownTargetError): the plain path when its signed
+    profile is ``profile``, else the profile's own path. UnknownTargetError naming both when
+    neither holds a target for that profile."""
+    plain = target_path(name, version)
+    try:
+        record = get_target(plain)
+        if record.profile == profile:
+            return record
+        found = f"{plain} is built for profile {record.profile!r}"
+    except errors.UnknownTargetError:
+        found = f"{plain} is not listed"
+    if not PROFILE_SEGMENT_RE.match(profile or ""):
+        raise errors.UnknownTargetError(f"{name}@{version}: no target for profile {profile!r} ({found})")
+    try:
+        return get_target(profile_target_path(name, version, profile))
+    except errors.UnknownTargetError as e:
+        raise errors.UnknownTargetError(f"{name}@{version}: no target built for profile {profile!r} ({found}; {e})") from e
 
 
 def download_target(transport: RepositoryTransport, record: TargetRecord, dest: str | Path) -> Path:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 from edgeops.bundle import DEFAULT_MAX_TOTAL_BYTES, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, _check_member_name
 from edgeops.errors import BundleError
 from edgeops.trust import errors
-from edgeops.trust.targets import TargetRecord, target_path
+from edgeops.trust.targets import TargetRecord, bundle_target_paths
 
 if TYPE_CHECKING:
     from _hashlib import HASH
@@ -311,10 +311,13 @@ class BundleVerdict:
 
 
 def check_target_custom(record: TargetRecord, manifest: Manifest, manifest_sha256: str) -> None:
-    """The signed custom fields must describe this very bundle (name, version, manifest hash, path)."""
-    expected_path = target_path(manifest.name, manifest.version)
-    if record.name != expected_path:
-        raise errors.UnknownTargetError(f"bundle {manifest.name} {manifest.version} should be target {expected_path!r}, not {record.name!r}")
+    """The signed custom fields must describe this very bundle (name, version, profile, manifest
+    hash, path). The path is the version's plain one or, for a further profile of the version, the
+    one carrying the bundle's own profile (:func:`~edgeops.trust.targets.bundle_target_paths`):
+    a target whose path names another profile is refused even if its custom fields match."""
+    expected = bundle_target_paths(manifest.name, manifest.version, manifest.profile)
+    if record.name not in expected:
+        raise errors.UnknownTargetError(f"bundle {manifest.name} {manifest.version} (profile {manifest.profile}) should be target {' or '.join(map(repr, expected))}, not {record.name!r}")
     c = record.custom
     for key, value in (("name", manifest.name), ("version", manifest.version), ("manifest_sha256", manifest_sha256), ("profile", manifest.profile)):
         if c.get(key) != value:

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 
 from edgeops.trust import errors
 from edgeops.trust.pubkeys import VerifyKey, verify_keys_from_field
-from edgeops.trust.targets import COMMAND_KEYS_FIELD, TargetRecord, download_target, target_path
+from edgeops.trust.targets import COMMAND_KEYS_FIELD, TargetRecord, download_target, pick_bundle_target, target_path
 from edgeops.trust.transport import RepositoryTransport
 
 # A refresh answer carries every signed target record; cap what the parent reads per line.
@@ -109,9 +109,13 @@ class IsolatedTrustClient:
             raise errors.UnknownTargetError(f"the repository's signed targets do not list {name!r}")
         return record
 
-    def get_bundle(self, bundle_name: str, version: str) -> TargetRecord:
-        """The signed record of a bundle by name and version (target path convention)."""
-        return self.get_target(target_path(bundle_name, version))
+    def get_bundle(self, bundle_name: str, version: str, profile: str | None = None) -> TargetRecord:
+        """The signed record of a bundle by name and version (target path convention); with
+        ``profile``, the one built for that profile (the plain path when its signed profile is
+        that one, else the profile's own path: see :func:`~edgeops.trust.targets.profile_target_path`)."""
+        if profile is None:
+            return self.get_target(target_path(bundle_name, version))
+        return pick_bundle_target(self.get_target, bundle_name, version, profile)
 
     def targets(self) -> list[TargetRecord]:
         """Every target the top-level targets role signs (edgeops repositories delegate none)."""

@@ -3,7 +3,8 @@
 - ``new_version``: the wave's telemetry on the rollout's version since the wave began
   (errors, NaN, p95, agreement), summed over the wave;
 - ``cohorts``: the same per device, for the wave (``new_devices``) and for the control cohort
-  (``control_devices``): devices the selector matches that are not in the rollout, on the
+  (``control_devices``): devices the selector matches that are not in the rollout (nor
+  excluded from it: :mod:`~edgeops.fleet.rollouts.resolution`), on the
   other published versions of the bundle, over the same window (since the wave began). The
   judged gates compare the two. Which devices are selected and which versions are published is
   kept for ``COHORT_TTL_S`` per rollout; ``upgrades``: how many of the wave's devices ran
@@ -83,7 +84,8 @@ def cohorts(src: WaveSource) -> dict[str, Any]:
 
     def selection() -> tuple[list[str], set[str]]:
         old = sorted(v for n, v in published_versions(src.targets()) if n == r.bundle_name and v != r.bundle_version)
-        return old, (queries.cohort(src.db, src.conn, r.settings.selector) if old else set())
+        # only devices the rollout can deliver to: an excluded profile has no wave to compare
+        return old, (queries.cohort(src.db, src.conn, r.settings.selector, lambda p: r.targets.resolve(p) is not None) if old else set())
 
     old, members = src.cached("selection", COHORT_TTL_S, selection)
     return {

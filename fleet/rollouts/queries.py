@@ -9,7 +9,7 @@ rollout on published versions over the same window, summed per device in double 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -206,16 +206,22 @@ class _Tags:
         return self._parsed[key]
 
 
-def cohort(db: Database, conn: Connection, selector: Selector) -> set[str]:
-    """Ids of the enrolled devices the selector matches."""
+def selected_devices(db: Database, conn: Connection, selector: Selector) -> list[tuple[str, str | None]]:
+    """(id, profile) of the enrolled devices the selector matches, by id."""
     d = db.t.devices
-    q = sa.select(d.c.id, d.c.profile, d.c.tags)
+    q = sa.select(d.c.id, d.c.profile, d.c.tags).order_by(d.c.id)
     if selector.profile is not None:
         q = q.where(d.c.profile == selector.profile)
     if selector.devices is not None:
         q = q.where(d.c.id.in_(selector.devices))
     tags = _Tags()
-    return {device_id for device_id, profile, text in conn.execute(q) if selector.matches(device_id, profile, tags(text))}
+    return [(device_id, profile) for device_id, profile, text in conn.execute(q) if selector.matches(device_id, profile, tags(text))]
+
+
+def cohort(db: Database, conn: Connection, selector: Selector, profile_ok: Callable[[str | None], bool] | None = None) -> set[str]:
+    """Ids of the enrolled devices the selector matches (and whose profile ``profile_ok`` accepts:
+    a rollout compares only profiles it can deliver to)."""
+    return {device_id for device_id, profile in selected_devices(db, conn, selector) if profile_ok is None or profile_ok(profile)}
 
 
 def matching_devices_for_update(db: Database, conn: Connection, selector: Selector) -> list[Any]:

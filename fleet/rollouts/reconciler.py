@@ -72,7 +72,7 @@ from edgeops.fleet.rollouts.records import Rollout, Wave
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.service import set_rollout_status, set_wave_status
 from edgeops.fleet.rollouts.status import FAILED_ASSIGNMENT, IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A, RolloutStatus as R, WaveStatus as W, wave_label
-from edgeops.fleet.targets import list_targets
+from edgeops.fleet.targets import list_targets, version_targets
 from edgeops.trust.targets import target_path
 
 log = logging.getLogger("edgeops.fleet.reconciler")
@@ -142,6 +142,17 @@ def halt_reason(idx: int, failed: list[gates_mod.Verdict]) -> str:
     return f"{wave_label(idx)} halted: " + "; ".join(
         f"{v.gate} {v.measured:.4g} vs {v.threshold:.4g} ({v.detail})" if v.measured is not None and v.threshold is not None else f"{v.gate} ({v.detail})" for v in failed
     )
+
+
+def previous_target(targets: dict, name: str | None, version: str | None, profile: str | None):
+    """The signed target of the version a device ran before (``name@version``), built for its
+    profile when the version is published per profile; None when not published."""
+    if not name or not version:
+        return None
+    found = version_targets(targets, name, version)
+    if profile in found:
+        return found[profile]
+    return targets.get(target_path(name, version))
 
 
 class Reconciler:
@@ -389,7 +400,9 @@ class Reconciler:
 
         Until ``release``, the control share (:func:`held_back`) stays out of the rollout.
         """
-        matching = queries.matching_devices_for_update(self.db, conn, r.settings.selector)
+        # devices whose profile has no target of the version are left out (resolution: never
+        # assigned a bundle they would refuse); the wave's share counts the ones it can reach
+        matching = [row for row in queries.matching_devices_for_update(self.db, conn, r.settings.selector) if r.targets.resolve(row.profile) is not None]
         assigned = queries.devices_in_rollout(self.db, conn, r.id)
         busy = queries.devices_busy_elsewhere(self.db, conn, r.id)
         target = math.ceil(r.settings.waves[idx] / 100.0 * len(matching) - 1e-9)
@@ -418,6 +431,7 @@ class Reconciler:
                     "wave_idx": idx,
                     "bundle_name": r.bundle_name,
                     "bundle_version": r.bundle_version,
+                    "target_name": r.targets.resolve(row.profile).name,  # type: ignore[union-attr]  (matching holds only resolvable ones)
                     "command_id": f"{r.id}-{row.id}-{uuid.uuid4().hex[:8]}",
                     "seq": 0 if done else seqs[row.id],
                     "expires": expires,
@@ -495,14 +509,16 @@ class Reconciler:
             rows = self._in_window(r, rows)
         sent = 0
         for i in range(0, len(rows), chunk):
-            cmds = [assign_command(m["device_id"], m["command_id"], m["seq"], m["expires"], r) for m in rows[i : i + chunk]]
+            cmds = [assign_command(m["device_id"], m["command_id"], m["seq"], m["expires"], r, r.targets.by_name(m["target_name"])) for m in rows[i : i + chunk]]
             sent += self._send(cmds, a.update().where(a.c.command_id == sa.bindparam("b_cid"), a.c.status == A.PENDING.value), "sent_at", status=A.SENT.value)
         if rb_rows:
             targets = self._targets()
+            with self.db.connect() as conn:
+                profiles = {dev: p for dev, p, _ in queries.device_profiles_and_tags(self.db, conn, [m["device_id"] for m in rb_rows])}
             for i in range(0, len(rb_rows), chunk):
                 cmds = []
                 for m in rb_rows[i : i + chunk]:
-                    prev = targets.get(target_path(m["from_name"], m["from_version"])) if m["from_name"] else None
+                    prev = previous_target(targets, m["from_name"], m["from_version"], profiles.get(m["device_id"]))
                     cmds.append(rollback_command(m["device_id"], m["rollback_command_id"], m["rollback_seq"], m["rollback_expires"], r, m["from_name"], m["from_version"], prev, f"rollout {r.id} aborted: {r.status_reason}"[:500]))
                 sent += self._send(cmds, a.update().where(a.c.rollback_command_id == sa.bindparam("b_cid")), "rollback_sent_at")
         return sent

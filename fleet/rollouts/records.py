@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgeops.fleet.rollouts.resolution import RolloutTargets
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import RolloutStatus, WaveStatus
 
@@ -45,13 +46,16 @@ class Rollout:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    targets: RolloutTargets  # the version's target per profile (one for any profile: a rollout stored before them)
 
     @classmethod
     def from_row(cls, m: Any) -> "Rollout":
         """From a ``rollouts`` row mapping."""
+        bundle = f"{m['bundle_name']}@{m['bundle_version']}"
         return _from_row(
             cls,
             m,
+            targets=RolloutTargets.from_json(m["targets"]) if m.get("targets") else RolloutTargets.single(bundle, m["target_name"], m["target_sha256"], m["target_length"], m["release"] or 0),
             release=m["release"] or 0,
             settings=RolloutSettings.model_validate_json(m["settings"]),
             status=RolloutStatus(m["status"]),

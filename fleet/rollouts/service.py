@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from edgeops.errors import IllegalTransitionError
 from edgeops.fleet.clock import resolve
 from edgeops.fleet.db import Database, dumps
-from edgeops.fleet.rollouts.queries import UnknownRolloutError, load_rollout, load_wave, load_waves  # noqa: F401  (UnknownRolloutError: the API answers 404)
+from edgeops.fleet.rollouts.queries import UnknownRolloutError, load_rollout, load_wave, load_waves, selected_devices  # noqa: F401  (UnknownRolloutError: the API answers 404)
 from edgeops.fleet.rollouts.settings import RolloutSettings
 from edgeops.fleet.rollouts.status import (
     FAILED_ASSIGNMENT,
@@ -34,7 +34,8 @@ from edgeops.fleet.rollouts.status import (
     check_wave,
     wave_label,
 )
-from edgeops.fleet.targets import find_target
+from edgeops.fleet.rollouts.resolution import RolloutTargets, check_selection, exclusions
+from edgeops.fleet.targets import find_targets
 
 
 def audit(db: Database, conn: Connection, rollout_id: str, action: str, detail: str = "", now: float | None = None) -> None:
@@ -109,12 +110,21 @@ def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path
     """Create a rollout in ``created`` with all its waves ``pending``; the bundle must be a signed
     target, and, with ``requires_channel``, have finished a rollout in that channel.
 
+    Every target of the version (one per hardware profile it is published for) is pinned with
+    the rollout; each device later gets its profile's (:mod:`~edgeops.fleet.rollouts.resolution`).
+    NoMatchingTargetError when the selection's devices run only profiles the version is not
+    published for.
+
     A target published to channels (``edgeops publish --channel``) fixes both: the rollout's
     channel defaults to the one it was last published to and must be one it was published to;
     its ``requires_channel`` defaults to the earlier channel the publisher signed for that one."""
-    target = find_target(repo_dir, settings.bundle_name, settings.bundle_version)
+    ref = f"{settings.bundle_name}@{settings.bundle_version}"
+    records = find_targets(repo_dir, settings.bundle_name, settings.bundle_version)
+    targets = RolloutTargets.from_records(ref, records)
     now = resolve(now)
-    settings = published_channel(settings, target.custom)
+    with db.connect() as conn:
+        check_selection(targets, [p for _, p in selected_devices(db, conn, settings.selector)])
+    settings = _published_channels(settings, records)
     if settings.requires_channel is not None:
         with db.connect() as conn:
             done = finished_channels(db, conn, settings.bundle_name, settings.bundle_version)
@@ -124,6 +134,7 @@ def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path
                 f"{settings.bundle_name}@{settings.bundle_version}: promotion{into} refused: no rollout of this version finished in channel "
                 f"{settings.requires_channel} (finished in: {', '.join(sorted(done)) or 'none'}); roll it out there first"
             )
+    target = targets.primary()
     rollout_id = "r-" + uuid.uuid4().hex[:10]
     with db.begin() as conn:
         conn.execute(
@@ -135,6 +146,7 @@ def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path
                 target_name=target.name,
                 target_sha256=target.sha256,
                 target_length=target.length,
+                targets=targets.to_json(),
                 selector=settings.selector.model_dump_json(),
                 settings=settings.model_dump_json(),
                 status=R.CREATED.value,
@@ -145,8 +157,29 @@ def create_rollout(db: Database, settings: RolloutSettings, repo_dir: str | Path
             )
         )
         conn.execute(db.t.waves.insert(), [{"rollout_id": rollout_id, "idx": i, "percent": p, "status": W.PENDING.value, "gates": "[]", "reason": ""} for i, p in enumerate(settings.waves)])
-        audit(db, conn, rollout_id, "create", f"{settings.bundle_name}@{settings.bundle_version} to {settings.selector.describe()} in waves {settings.waves}", now)
+        per_profile = f" (targets for {', '.join(targets.profiles)})" if len(targets.profiles) > 1 else ""
+        audit(db, conn, rollout_id, "create", f"{ref}{per_profile} to {settings.selector.describe()} in waves {settings.waves}", now)
     return rollout_status(db, rollout_id)
+
+
+def _published_channels(settings: RolloutSettings, records: dict) -> RolloutSettings:
+    """:func:`published_channel` for every profile's target of the version: each must allow the
+    rollout's channel, and they must agree on it and on the earlier channel it requires."""
+    decided: dict[tuple, list[str]] = {}
+    for profile, record in sorted(records.items()):
+        try:
+            out = published_channel(settings, record.custom)
+        except PromotionRefusedError as e:
+            raise PromotionRefusedError(f"{e} (the target built for profile {profile})" if len(records) > 1 else str(e)) from e
+        decided.setdefault((out.channel, out.requires_channel), []).append(profile)
+    if len(decided) > 1:
+        ways = "; ".join(f"{', '.join(ps)}: channel {c or '-'} requiring {req or '-'}" for (c, req), ps in decided.items())
+        raise PromotionRefusedError(
+            f"{settings.bundle_name}@{settings.bundle_version}: its profiles' targets are published to different channels ({ways}); "
+            "publish every profile's bundle to the same channels, or give --channel"
+        )
+    channel, required = next(iter(decided))
+    return settings.model_copy(update={"channel": channel, "requires_channel": required})
 
 
 def start_rollout(db: Database, rollout_id: str, actor: str = "operator", now: float | None = None) -> dict:
@@ -249,6 +282,7 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
         waves = load_waves(db, conn, rollout_id)
         counts = _wave_counts(db, conn, rollout_id)
         held = _held_for_window(db, conn, rollout_id) if r.settings.maintenance else {}
+        excluded = exclusions(r.targets, selected_devices(db, conn, r.settings.selector) if not r.targets.serves_any else [])
         hist = []
         if history:
             hist = [
@@ -263,6 +297,10 @@ def rollout_status(db: Database, rollout_id: str, history: bool = False) -> dict
         "id": r.id,
         "bundle": f"{r.bundle_name}@{r.bundle_version}",
         "target": {"name": r.target_name, "sha256": r.target_sha256, "length": r.target_length, "release": r.release},
+        # each profile's target ("*": one target for every device, a rollout stored before per-profile targets)
+        "targets": r.targets.to_dict(),
+        # selected devices the rollout leaves out (no target for their profile), with the reason
+        "excluded": excluded,
         "status": r.status.value,
         "reason": r.status_reason,
         "current_wave": r.current_wave,
@@ -323,7 +361,7 @@ def rollout_assignments(db: Database, rollout_id: str) -> list[dict]:
     """Every device of a rollout with its wave, command and status."""
     t = db.t.assignments
     with db.connect() as conn:
-        load_rollout(db, conn, rollout_id)
+        r = load_rollout(db, conn, rollout_id)
         rows = conn.execute(sa.select(t).where(t.c.rollout_id == rollout_id).order_by(t.c.wave_idx, t.c.device_id)).all()
     return [
         {
@@ -333,6 +371,7 @@ def rollout_assignments(db: Database, rollout_id: str) -> list[dict]:
             "command_id": m["command_id"],
             "seq": m["seq"],
             "from": None if m["from_name"] is None else f"{m['from_name']}@{m['from_version']}",
+            "target": r.targets.by_name(m["target_name"]).name,  # the target of the device's profile
             "detail": m["detail"],
             "sent_at": m["sent_at"],
             "updated_at": m["updated_at"],
