@@ -155,7 +155,7 @@ def publish(bundle: str, repo_dir: str, keys_dir: str, allow_downgrade: bool, ch
         return
     note = f" (downgrade: manifest release {c['manifest_release']} re-issued as {c['release']})" if c.get("downgrade") else ""
     note += channel
-    click.echo(f"published {result.target} release {c['release']}{note}: {result.length:,} bytes, sha256 {result.sha256[:16]}…; targets v{result.versions['targets']}, snapshot v{result.versions['snapshot']}, timestamp v{result.versions['timestamp']}")
+    click.echo(f"published {result.target} ({c.get('name')}@{c.get('version')} for profile {c.get('profile')}) release {c['release']}{note}: {result.length:,} bytes, sha256 {result.sha256[:16]}…; targets v{result.versions['targets']}, snapshot v{result.versions['snapshot']}, timestamp v{result.versions['timestamp']}")
 
 
 def run_verify(bundle: str, repo: str | None, root: str | None) -> dict:
