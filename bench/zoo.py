@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -56,7 +57,10 @@ class Row:
     worst_cosine: float | None = None
     gate_cosine_min: float | None = None
     build_s: float | None = None
+    load_avg: float | None = None  # 1-minute load average when the build ended (the host is shared)
+    build_cpu_s: float | None = None  # CPU seconds of the build (all threads): what a shared host's load does not inflate
     size_mb: float | None = None
+    runtime: str = ""
     passes: list[str] = field(default_factory=list)
     failed_gates: list[str] = field(default_factory=list)
 
@@ -73,16 +77,40 @@ def cpu_description() -> str:
     return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs; flags: {' '.join(simd)}"
 
 
-def interleaved_p50(models: dict[str, bytes], feed: dict, runs: int, rounds: int) -> dict[str, float]:
-    """p50 ms of each model at 1 thread; every round measures each model in turn so host load hits all alike."""
-    from edgeops.converters.runtime import OnnxRunner, measure_latency
+def interleaved_p50(runners: dict, feed: dict, runs: int, rounds: int) -> dict[str, float]:
+    """p50 ms of each runner (built at 1 thread); every round measures each in turn so host load hits all alike."""
+    from edgeops.converters.runtime import measure_latency
 
-    runners = {k: OnnxRunner(m, threads=1) for k, m in models.items()}
-    per_round: dict[str, list[float]] = {k: [] for k in models}
+    per_round: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for k, r in runners.items():
             per_round[k].append(measure_latency(r, feed, runs=max(runs // rounds, 10), warmup=5, max_seconds=5)["p50_ms"])
     return {k: float(np.median(v)) for k, v in per_round.items()}
+
+
+class DeviceRunner:
+    """The bundle's artifact as the device's agent loads it (the manifest's runtime, precision and
+    providers, 1 thread), with the specs the parity helpers pair outputs by."""
+
+    def __init__(self, bundle_path: Path, folder: Path):
+        from edgeops.agent.runtimes import load_runtime
+        from edgeops.bundle import extract_bundle
+        from edgeops.converters.runtime import make_runner
+
+        manifest = extract_bundle(bundle_path, folder)
+        self.runtime_name = manifest.runtime
+        self.runtime = load_runtime(folder / manifest.artifact, manifest, ["CPUExecutionProvider"] if manifest.runtime == "onnxruntime" else [], threads=1)
+        if manifest.runtime == "openvino":
+            from edgeops.converters.passes.openvino import _spec
+
+            self.inputs = [_spec(p) for p in self.runtime._compiled.inputs]
+            self.outputs = [_spec(p) for p in self.runtime._compiled.outputs]
+        else:
+            specs = make_runner("tflite" if manifest.runtime == "litert" else "onnx", (folder / manifest.artifact).read_bytes(), threads=1, label="built artifact")
+            self.inputs, self.outputs = specs.inputs, specs.outputs
+
+    def run(self, feed: dict) -> dict:
+        return self.runtime.run(feed)
 
 
 def worst_cosine(ref, built, feeds) -> float:
@@ -127,7 +155,7 @@ def run_entry(entry, profile: str, workdir: Path, calibration: int, validation: 
         row.outcome, row.error = "fetch failed", f"{type(e).__name__}: {e}"[:400]
         return row
     out = folder / f"{profile}.bundle"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         result = build(BuildOptions(model=model, profile=profile, name=entry.name.replace("_", "-"), version="1", output=str(out),
                                     calibration=str(data["calibration"]), validation=str(data["validation"]), quantize=quantize,
@@ -142,6 +170,8 @@ def run_entry(entry, profile: str, workdir: Path, calibration: int, validation: 
         traceback.print_exc()
         return row
     row.build_s = round(time.perf_counter() - t0, 1)
+    row.build_cpu_s = round(time.process_time() - c0, 1)
+    row.load_avg = round(os.getloadavg()[0], 1)
     r = result.report
     row.outcome = "built" if result.gates_passed else "gates_failed"
     row.scheme, row.reason, row.analysis = r["quantization"]["scheme"], r["quantization"]["reason"], r["quantization"]["model_analysis"]
@@ -152,21 +182,24 @@ def run_entry(entry, profile: str, workdir: Path, calibration: int, validation: 
     row.gate_cosine_min = min(cos) if cos else None
     contents = read_bundle(result.path)
     row.size_mb = round(sum(len(v) for v in contents.files.values()) / 1e6, 3)
-    built = contents.files[contents.manifest.artifact]
     fmt = load_profile(profile).artifact_format
     try:
-        built_runner = make_runner(fmt, built, threads=1, label="built artifact")
+        built_runner = DeviceRunner(result.path, folder / f"{profile}-extracted")
+        row.runtime = built_runner.runtime_name
         if entry.factory:
-            fp32 = build(BuildOptions(model=model, profile=profile, name="fp32", version="1", output=str(folder / "fp32.bundle"), quantize="none",
+            # the fp32 export in onnxruntime for an OpenVINO profile (its yardstick), else in the profile's runtime
+            fp32 = build(BuildOptions(model=model, profile="x86_64-avx512-vnni" if fmt == "openvino" else profile, name="fp32", version="1", output=str(folder / "fp32.bundle"), quantize="none",
                                       validation=str(data["validation"]), allow_gate_failures=True, latency_runs=1))
             fp32_bytes = read_bundle(fp32.path).files[fp32.manifest.artifact]
         else:
             fp32_bytes = Path(model).read_bytes()
-        ref_runner = make_runner("onnx" if not entry.factory else fmt, fp32_bytes, threads=1, label="original")
+        # the baseline is fp32 onnxruntime (the issue's yardstick), or the fp32 export where onnxruntime cannot read it
+        ref_fmt = "onnx" if not entry.factory or fmt == "openvino" else fmt
+        ref_runner = make_runner(ref_fmt, fp32_bytes, threads=1, label="original")
         feeds = _feeds(entry, fresh, 3, built_runner.inputs)
         row.worst_cosine = round(worst_cosine(ref_runner, built_runner, feeds), 5)
-        if fmt == "onnx":
-            lat = interleaved_p50({"fp32": fp32_bytes, "built": built}, feeds[0], runs, rounds)
+        if ref_fmt == "onnx":
+            lat = interleaved_p50({"fp32": ref_runner, "built": built_runner}, feeds[0], runs, rounds)
             row.fp32_ms, row.built_ms = round(lat["fp32"], 3), round(lat["built"], 3)
             row.speedup = round(lat["fp32"] / lat["built"], 2)
     except Exception as e:
@@ -176,13 +209,13 @@ def run_entry(entry, profile: str, workdir: Path, calibration: int, validation: 
 
 
 def markdown(rows: list[Row]) -> str:
-    head = "| model | profile | outcome | scheme (why) | fp32 ms | built ms | speedup | size ratio | worst cos (fresh) | build s |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    head = "| model | profile | outcome | runtime | scheme (why) | fp32 ms | built ms | speedup | size ratio | worst cos (fresh) | build s (cpu s) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for r in rows:
         why = f"{r.scheme}: {_short(r.reason)}" if r.scheme else _short(r.error, 200)
         lines.append(
-            f"| {r.model} | {r.profile} | {r.outcome}{': ' + ', '.join(r.failed_gates) if r.failed_gates else ''} | {why.replace('|', '/')} | {_f(r.fp32_ms)} | {_f(r.built_ms)} | {_f(r.speedup, 'x')} | "
-            f"{_f(r.size_ratio)} | {_f(r.worst_cosine)} | {_f(r.build_s)} |"
+            f"| {r.model} | {r.profile} | {r.outcome}{': ' + ', '.join(r.failed_gates) if r.failed_gates else ''} | {r.runtime or '-'} | {why.replace('|', '/')} | {_f(r.fp32_ms)} | {_f(r.built_ms)} | {_f(r.speedup, 'x')} | "
+            f"{_f(r.size_ratio)} | {_f(r.worst_cosine)} | {_f(r.build_s)} ({_f(r.build_cpu_s)}) |"
         )
     return head + "\n".join(lines)
 
@@ -210,7 +243,8 @@ def summary(rows: list[Row]) -> str:
         f"{len(built)}/{n} built (gates passed), {len([r for r in rows if r.outcome == 'gates_failed'])} gates_failed, {len(refused)} refused with a typed error, "
         f"{len(bad)} tracebacks/unloadable artifacts/fetch failures; conv nets >= 1.8x: {len(fast)}/{len(conv)}"
         + (f" (below: {', '.join(f'{r.model} {r.speedup}x' for r in conv if r.speedup < 1.8)})" if len(fast) < len(conv) else "")
-        + (f"; builds over 60 s: {', '.join(f'{r.model} {r.build_s}s' for r in slow)}" if slow else "; every build under 60 s")
+        + (f"; builds over 60 s: {', '.join(f'{r.model} {r.build_s}s ({r.build_cpu_s} cpu s)' for r in slow)}" if slow else "; every build under 60 s")
+        + (f"; load average {min(loads)}-{max(loads)}" if (loads := [r.load_avg for r in rows if r.load_avg is not None]) else "")
     )
 
 
