@@ -270,7 +270,7 @@ class IngestConfig(_Section):
     batch_size: int = Field(default=2000, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
     queue_max: int = Field(default=200_000, ge=100)
-    db_retries: int = Field(default=3, ge=0, description="retries of a batch the database refused before it is dropped (counted)")
+    db_retries: int = Field(default=3, ge=0, description="retries of a batch that failed for another reason than an unavailable database (connection cut, restart, deadlock: retried until it answers) before it is dropped (counted)")
     auto_register: bool = Field(default=False, description="register unknown devices from their state message (demo/simulator); off: unknown devices are dropped")
     telemetry_retention_s: float = Field(default=7 * 86400, gt=0)
 

@@ -21,8 +21,10 @@ Per batch:
 
 A batch the database refuses is stored again message by message, each in a savepoint
 (``process(items, isolate=True)``): a message the database refuses is dropped and counted by
-reason (``db_rejected``), the others are stored. Transient errors (connection, lock) retry the
-whole batch (``db_retries``) and drop nothing until the retries are spent (``db_errors``).
+reason (``db_rejected``), the others are stored. Transient errors (connection cut, database
+restarting, deadlock) retry the whole batch until the database answers (each counted in
+``db_errors``), acknowledging nothing meanwhile; other failures retry ``db_retries`` times, then
+the batch is dropped.
 
 When the queue is full, :meth:`submit` blocks: the MQTT client stops acknowledging, and the
 broker holds the QoS 1 messages, so a burst is slowed down rather than lost.
@@ -247,7 +249,11 @@ class Ingestor:
             # The first attempt stores the batch in one go; when the database refuses it, the
             # next attempts store each message in a savepoint of its own, so one message it
             # refuses is dropped and counted and never costs the others (issue 13).
-            isolate, failures = False, 0
+            # A transient error (the connection was cut, the database restarts, a deadlock) is
+            # retried until the database answers: nothing is acknowledged meanwhile, so the
+            # queue fills, submit() blocks and the broker holds the rest. Only while stopping,
+            # and for other errors, do the retries run out (db_retries) and the batch drop.
+            isolate, failures, waits = False, 0, 0
             while failures <= self.config.db_retries:
                 try:
                     self.process(items, isolate=isolate)
@@ -257,10 +263,15 @@ class Ingestor:
                         log.info("ingest batch of %d messages refused (%s: %s); storing its messages one by one", len(items), type(e).__name__, e)
                         isolate = True
                         continue
-                    failures += 1
-                    log.exception("ingest batch of %d messages failed (attempt %d)", len(items), failures)
                     with self.stats._lock:
                         self.stats.db_errors += 1
+                    if _transient(e) and not self._stop.is_set():
+                        waits += 1
+                        log.warning("ingest batch of %d messages: database unavailable (%s), retry %d", len(items), str(getattr(e, "orig", e)).strip().splitlines()[0][:200], waits)
+                        time.sleep(min(5.0, 0.5 * 2 ** min(waits - 1, 4)))
+                        continue
+                    failures += 1
+                    log.exception("ingest batch of %d messages failed (attempt %d)", len(items), failures)
                     if failures <= self.config.db_retries and not self._stop.is_set():
                         time.sleep(min(5.0, 0.5 * 2 ** (failures - 1)))
             try:
@@ -343,6 +354,7 @@ class Ingestor:
         final_reports = 0
         with db.begin() as conn:
             self._refresh_known(conn, {m.device_id for _, m, _ in msgs})
+            self._lock_devices(conn, {m.device_id for _, m, _ in msgs} & self._known)
             if self.config.auto_register:
                 new = [m for kind, m, _ in msgs if kind == "state" and m.device_id not in self._known]
                 for group in ([[s] for s in new] if isolate else [new]):
@@ -397,6 +409,21 @@ class Ingestor:
         self.final_reports += final_reports
         with self.stats._lock:
             self.stats.batches += 1
+
+    def _lock_devices(self, conn, ids: set[str]) -> None:
+        """PostgreSQL: lock the batch's device rows in id order before any write touches them.
+
+        Every replica receives every state message, and telemetry of one device reaches any of
+        them, so concurrent batches update overlapping device rows (state, last seen, health)
+        in several statements; without one lock order two or three replicas deadlocked (seen
+        with 3 replicas, PostgreSQL aborting one batch after its 1 s ``deadlock_timeout``).
+        The command seq allocator locks in the same order (fleet/command_seq.py)."""
+        if self.db.dialect != "postgresql" or not ids:
+            return
+        d = self.db.t.devices
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), 1000):
+            conn.execute(sa.select(d.c.id).where(d.c.id.in_(ordered[i : i + 1000])).order_by(d.c.id).with_for_update()).all()
 
     def _isolated(self, conn, isolate: bool, work: Callable[[], None], kind: str, rejected: Counter) -> bool:
         """Run ``work``; with ``isolate``, in a savepoint: a refusal of this message's data rolls it
