@@ -25,6 +25,20 @@ FORM_FIELDS = (
     ("max_latency_regression", "Max latency regression", "largest typical per-device p95 ratio vs the control cohort, judged (1.2: 20% slower), optional", ""),
     ("min_agreement", "Min agreement", "0..1, optional", ""),
     ("min_reporting", "Min reporting", "0..1", "0.9"),
+    # the judged gates and the judge (issue 18): blank takes the default
+    ("max_latency_p50_regression", "Max latency p50 regression", "typical per-device p50 ratio vs the control, judged, optional", ""),
+    ("max_confidence_drop", "Max confidence drop", "mean top-1 confidence drop vs the control, 0..1, optional", ""),
+    ("max_class_mix_shift", "Max class mix shift", "output class mix distance vs the control, 0..1, optional", ""),
+    ("max_drift", "Max drift", "PSI, or warn / alert (the console's [drift] thresholds), optional", ""),
+    ("strata_tag", "Strata tag", "a tag key that splits strata further than the profile (e.g. site), optional", ""),
+    ("control_share", "Control share", "share of the selection held back as the control, 0..1 (default 0.1)", ""),
+    ("judge_alpha", "Judge alpha", "false-alarm rate over all looks (default 0.05)", ""),
+    ("judge_max_looks", "Judge looks", "looks per judged gate (default 5)", ""),
+    ("judge_min_devices", "Judge min devices", "devices per cohort and stratum to judge (default 5)", ""),
+    ("inconclusive_timeout", "Inconclusive timeout", "pause when a gate cannot decide this long (30m)", ""),
+    ("watch", "Watch", "keep judging after the last wave (30m), optional", ""),
+    ("channel", "Channel", "release channel (dev, staging, prod), optional", ""),
+    ("requires_channel", "Requires channel", "earlier channel the version must have finished in, optional", ""),
 )
 
 
@@ -208,6 +222,9 @@ def rollout_body(r: dict, live: str) -> str:
     """One rollout: header facts; the live part is embedded by the route."""
     s = r["settings"]
     facts = [("Bundle", e(r["bundle"])), ("Devices", e(_selector_text(s.get("selector") or {}))), ("Waves", e(", ".join(f"{w:g}%" for w in s.get("waves", [])))), ("On gate failure", e(s.get("on_gate_failure"))), ("Created", e(when(r["created_at"])))]
+    # each profile's target, and the selected devices left out for want of one (with the reason)
+    facts += [(f"Target {'(any profile)' if p == '*' else 'for ' + e(p)}", e(t["name"])) for p, t in sorted((r.get("targets") or {}).items())]
+    facts += [(f"Excluded ({e(p)})", e(f"{x['devices']} devices: {x['reason']}")) for p, x in sorted(((r.get("excluded") or {}).get("by_profile") or {}).items())]
     return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>" + f'<div id="rollout-live" hx-get="/ui/rollouts/{e(r["id"])}/live" hx-trigger="{POLL}">' + live + "</div>"
 
 

@@ -53,7 +53,9 @@ def form_to_request(form) -> dict:
         value = (form.get(name) or "").strip()
         if value == "":
             continue
-        if name.startswith(("max_", "min_")):
+        if name == "max_drift" and value in ("warn", "alert"):
+            body[name] = value
+        elif name.startswith(("max_", "min_")):
             try:
                 body[name] = float(value)
             except ValueError:

@@ -145,3 +145,20 @@ def test_the_control_holds_only_profiles_the_rollout_can_deliver_to(h2):
         src = WaveSource(h2.db, conn, rollout, wave, h2.now, h2.now, h2.rec._targets)
         members = queries.cohort(h2.db, conn, rollout.settings.selector, lambda p: rollout.targets.resolve(p) is not None)
     assert not members & {"n0", "n1", "u0"} and len(members) == 8 and src.rollout.targets.profiles == [AVX2, VNNI]
+
+
+def test_the_console_form_offers_the_judge_and_the_page_names_each_profiles_target(h2):
+    from edgeops.fleet.rollouts.settings import parse_request
+    from edgeops.fleet.ui import pages
+    from edgeops.fleet.ui.routes import form_to_request
+
+    form = {"bundle": "digits@2.0.0", "waves": "50%,100%", "max_latency_regression": "1.1", "max_drift": "alert", "strata_tag": "site", "control_share": "0.2",
+            "judge_alpha": "0.01", "judge_max_looks": "3", "judge_min_devices": "4", "inconclusive_timeout": "10m", "watch": "5m"}
+    s = parse_request(form_to_request(form))
+    assert (s.strata_tag, s.control_share, s.judge_alpha, s.judge_max_looks, s.judge_min_devices, s.inconclusive_timeout_s, s.watch_s) == ("site", 0.2, 0.01, 3, 4, 600.0, 300.0)
+    html = pages.create_form({}, {}, "csrf", [], True)
+    assert all(f'name="{n}"' in html for n in ("max_drift", "strata_tag", "judge_alpha", "watch", "channel"))
+    r = h2.create(waves="50%,100%", select="tag=site=berlin")
+    body = pages.rollout_body(r, "")
+    assert f"<dt>Target for {AVX2}</dt><dd>digits/2.0.0/{AVX2}/digits-2.0.0.bundle</dd>" in body
+    assert f"<dt>Excluded ({NEON})</dt><dd>2 devices: no target of digits@2.0.0 built for profile {NEON}" in body
