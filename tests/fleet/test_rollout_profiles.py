@@ -162,3 +162,37 @@ def test_the_console_form_offers_the_judge_and_the_page_names_each_profiles_targ
     body = pages.rollout_body(r, "")
     assert f"<dt>Target for {AVX2}</dt><dd>digits/2.0.0/{AVX2}/digits-2.0.0.bundle</dd>" in body
     assert f"<dt>Excluded ({NEON})</dt><dd>2 devices: no target of digits@2.0.0 built for profile {NEON}" in body
+
+
+def test_an_earlier_database_gains_the_columns_and_its_rollouts_keep_their_one_target(db, fleet_repo):
+    """Rollouts stored before per-profile targets (no ``rollouts.targets``, no
+    ``assignments.target_name``) read as one target for every device and run to the end."""
+    import sqlalchemy as sa
+
+    h = Harness(db, fleet_repo, n=4)
+    try:
+        r = h.create(waves="50%,100%")
+        service.start_rollout(h.db, r["id"])
+        h.rec.tick()
+        for table, column in (("rollouts", "targets"), ("assignments", "target_name")):
+            name = getattr(db.t, table).name
+            qualified = f'"{db.schema}"."{name}"' if db.schema else f'"{name}"'
+            with db.begin() as c:
+                c.execute(sa.text(f"ALTER TABLE {qualified} DROP COLUMN {column}"))
+        db.create_all()
+        with db.connect() as c:
+            assert c.execute(sa.select(sa.func.count()).select_from(db.t.rollouts).where(db.t.rollouts.c.targets.is_(None))).scalar() == 1
+        t = find_targets(h.repo, "digits", "2.0.0")[VNNI]
+        st = service.rollout_status(h.db, r["id"])
+        assert st["targets"] == {"*": {"name": t.name, "sha256": t.sha256, "length": t.length, "release": t.release}} and st["excluded"]["devices"] == 0
+        assert {a["target"] for a in h.assignments(r["id"]).values()} == {t.name}
+        h.rec = h.make_reconciler()
+        for _ in range(6):
+            h.rec.tick()
+            h.respond()
+            if service.rollout_status(h.db, r["id"])["status"] == "finished":
+                break
+        assert service.rollout_status(h.db, r["id"])["succeeded"] == 4
+        assert {c.target_name for c in h.pub.commands(h.keys)} == {t.name}
+    finally:
+        h.close()
