@@ -13,8 +13,7 @@ import tarfile
 import threading
 from pathlib import Path
 
-from edgeops.fleet.targets import list_targets, published_versions
-from edgeops.trust.targets import target_path
+from edgeops.fleet.targets import list_targets, published_versions, version_targets
 
 _CACHE: dict[str, dict] = {}
 _LOCK = threading.Lock()
@@ -79,13 +78,13 @@ def published_bundles(repo_dir: str | Path) -> list[dict]:
         return [{"ref": "none", "target": "-", "length": 0, "sha256": "", "error": str(e)}]
     out = []
     for name, version in sorted(published_versions(targets)):
-        path = target_path(name, version)
-        t = targets[path]
-        sha = t.sha256
-        item = {"ref": f"{name}@{version}", "target": path, "length": t.length, "sha256": sha}
-        file = _bundle_file(repo_dir, path, sha)
-        item.update(_contents(file, sha) if file else {"error": "bundle file not found in the repository folder"})
-        out.append(item)
+        # one entry per hardware profile the version is built for (one target each)
+        for profile, t in sorted(version_targets(targets, name, version).items()):
+            path, sha = t.name, t.sha256
+            item = {"ref": f"{name}@{version}", "target": path, "length": t.length, "sha256": sha, "profile": profile}
+            file = _bundle_file(repo_dir, path, sha)
+            item.update(_contents(file, sha) if file else {"error": "bundle file not found in the repository folder"})
+            out.append(item)
     return out
 
 

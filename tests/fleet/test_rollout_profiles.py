@@ -196,3 +196,14 @@ def test_an_earlier_database_gains_the_columns_and_its_rollouts_keep_their_one_t
         assert {c.target_name for c in h.pub.commands(h.keys)} == {t.name}
     finally:
         h.close()
+
+
+def test_the_bundles_page_lists_each_profiles_bundle_of_a_version(two_profile_repo):
+    from edgeops.fleet.ui import bundles
+
+    v2 = [b for b in bundles.published_bundles(two_profile_repo["repo"]) if b["ref"] == "digits@2.0.0"]
+    assert [(b["profile"], b["target"], b["manifest"]["profile"]) for b in v2] == [
+        (AVX2, f"digits/2.0.0/{AVX2}/digits-2.0.0.bundle", AVX2),
+        (VNNI, "digits/2.0.0/digits-2.0.0.bundle", VNNI),
+    ]
+    assert bundles.bundle_refs(two_profile_repo["repo"]) == ["digits@1.0.0", "digits@2.0.0", "digits@3.0.0"]
