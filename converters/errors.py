@@ -46,3 +46,7 @@ class OpsetConversionError(InputError):
 class CustomOperatorError(UnsupportedOperatorError):
     """A node's operator (custom domain, or an op the profile's runtime has no kernel for); names node, op,
     domain and the profiles whose runtime would take it."""
+
+
+class Int8QuantizationError(InputError):
+    """The int8 quantizer (NNCF) cannot quantize the model; names the node or op OpenVINO reports and the way out."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeops.converters.choose import Choice
+from edgeops.converters.errors import Int8QuantizationError
 from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
@@ -48,8 +49,17 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
         built = create_pass("convert-openvino", compress_to_fp16=not int8)(prepared, ctx)
     if int8:
         drop = accuracy_control(options, reference, specs, profile, ctx)
-        with step("int8 quantization (NNCF" + (", accuracy-aware" if drop is not None else "") + ")"):
-            built = create_pass("quantize-openvino", transformer=kind.kind in ("transformer", "linear"), max_accuracy_drop=drop)(built, ctx)
+        try:
+            with step("int8 quantization (NNCF" + (", accuracy-aware" if drop is not None else "") + ")"):
+                built = create_pass("quantize-openvino", transformer=kind.kind in ("transformer", "linear"), max_accuracy_drop=drop)(built, ctx)
+        except Int8QuantizationError as e:
+            if options.quantize != "auto":
+                raise
+            # auto ships the int8 model that passes every gate, or float: as the onnxruntime search does
+            ctx.log.append(f"auto: {e}; the float IR ships")
+            choice = Choice("none", f"{choice.reason}; but NNCF cannot quantize it ({e}), so the float IR ships")
+            with step("converting ONNX -> OpenVINO IR (float, fp16-compressed weights)"):
+                built = create_pass("convert-openvino", compress_to_fp16=True)(prepared, PassContext(profile=profile))
         ctx.validation = None
     return reference, built, choice, kind, calib
 

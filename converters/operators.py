@@ -73,7 +73,7 @@ def _missing(profile, key: tuple[str, str]) -> bool:
         # Ops a profile bans are refused by checks.check_onnx_ops.
         return False
     if profile.runtime.name != "onnxruntime":
-        return True  # LiteRT profiles take ONNX through a converter that maps standard operators only
+        return True  # LiteRT (through a converter) and OpenVINO (its ONNX frontend) map standard operators only
     return key not in onnxruntime_kernels()
 
 
@@ -89,7 +89,8 @@ def check_operators(model, profile, label: str) -> None:
         where = ", ".join(f"'{n}'" for n in nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
         who = f"profiles whose runtime would take it: {', '.join(takers)}" if takers else "no built-in profile's runtime (onnxruntime CPU kernels, or the LiteRT converter) has it"
         parts.append(f"op '{op}' of domain '{domain}' at node {where} ({who})")
-    runtime = "onnxruntime" if profile.runtime.name == "onnxruntime" else "LiteRT (through ONNX -> TFLite)"
+    runtime = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO (its ONNX frontend takes standard operators only)"}.get(
+        profile.runtime.name, "LiteRT (through ONNX -> TFLite)")
     raise CustomOperatorError(
         f"{label}: profile '{profile.name}' runs {runtime}, which has no kernel for " + "; ".join(parts) + ". "
         "Re-export the model with standard ONNX operators (custom domains come from exporter plugins or vendor toolkits), "

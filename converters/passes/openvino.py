@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeops.bundle import TensorSpec
-from edgeops.converters.errors import CalibrationMissingError, ToolUnavailableError
+from edgeops.converters.errors import CalibrationMissingError, Int8QuantizationError, ToolUnavailableError
 from edgeops.converters.passes import Artifact, Pass, PassContext, PassOptions, register_pass
 from edgeops.errors import ModelLoadError
 
@@ -114,13 +114,30 @@ class ConvertOpenVino(Pass):
             try:
                 model = ov.convert_model(str(src))
             except Exception as e:  # OpenVINO's frontend raises its own exception types
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ModelLoadError(f"OpenVINO cannot convert the ONNX model: {first}") from e
+                raise ModelLoadError(f"OpenVINO cannot convert the ONNX model: {openvino_error_summary(e)}. An onnxruntime profile "
+                                     "(e.g. x86_64-avx512-vnni) runs the ONNX model as it is") from e
             ir = save_ir(model, self.options.compress_to_fp16)
         ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.data)
         ctx.log.append(f"convert-openvino: ONNX -> OpenVINO IR {ov.__version__.split('-')[0]} ({len(model.get_ordered_ops())} ops), "
                        f"weights {'fp16-compressed' if self.options.compress_to_fp16 else 'f32'}")
         return ir_artifact(ir)
+
+
+# Lines of an OpenVINO exception that say where in OpenVINO's sources a check failed, not what is
+# wrong with the model: dropped so the message names the node, op and reason.
+_OV_NOISE = ("Exception from ", "Check '", "FrontEnd API failed", "[ONNX Frontend]", "Model wasn't fully converted", "Failed operations detailed log",
+             "Summary:", "RuntimeError:")
+
+
+def openvino_error_summary(error: BaseException, limit: int = 500) -> str:
+    """The part of an OpenVINO/NNCF exception a user can act on: the failed-ops summary, the
+    node and the reason (OpenVINO puts source-file check locations first)."""
+    lines = [re.sub(r"Check '.*?' failed at \S+:\s*", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(_OV_NOISE) and not re.fullmatch(r"-- \S+ with a message:", line)]
+    summary = [line for line in lines if line.startswith("-- Conversion is failed for")]
+    rest = [line for line in lines if line not in summary]
+    text = " / ".join([s.lstrip("- ") for s in summary] + rest[:3]) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class NncfOptions(PassOptions):
@@ -168,18 +185,39 @@ class QuantizeOpenVino(Pass):
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         if self.options.max_accuracy_drop is not None and ctx.validation is not None:
             val_feeds, val_labels = ctx.validation
-            quantized = nncf.quantize_with_accuracy_control(
-                model, nncf.Dataset(feeds), nncf.Dataset(list(zip(val_feeds, val_labels))), validation_fn=top1_accuracy,
-                max_drop=self.options.max_accuracy_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+            try:
+                quantized = nncf.quantize_with_accuracy_control(
+                    model, nncf.Dataset(feeds), nncf.Dataset(list(zip(val_feeds, val_labels))), validation_fn=top1_accuracy,
+                    max_drop=self.options.max_accuracy_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+            except Exception as e:  # NNCF and OpenVINO raise their own (and plain Runtime) error types
+                raise Int8QuantizationError(f"NNCF's accuracy-aware quantization cannot quantize the model: {openvino_error_summary(e)}. "
+                                            "Build it with --quantize none (float IR), or without labels in the validation data") from e
             how = f"accuracy-aware (quantize_with_accuracy_control, top-1 drop <= {self.options.max_accuracy_drop} pt on {len(val_feeds)} labelled validation feeds)"
         else:
-            quantized = nncf.quantize(model, nncf.Dataset(feeds), **kwargs)
-            how = "nncf.quantize"
+            quantized, how = self._quantize(nncf, model, feeds, kwargs, ctx)
         ir = save_ir(quantized, self.options.compress_to_fp16)
         ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.module.source_onnx)
         ctx.log.append(f"quantize-openvino: NNCF {nncf.__version__} int8 ({self.options.preset} preset{', transformer' if self.options.transformer else ''}, {how}) "
                        f"on {len(feeds)} calibration feeds")
         return ir_artifact(ir)
+
+    @staticmethod
+    def _quantize(nncf, model, feeds, kwargs: dict, ctx: PassContext):
+        """nncf.quantize; when the full bias correction fails (it compiles each layer's subgraph
+        alone, which OpenVINO refuses for an LSTMSequence whose weights are not constants, e.g.
+        silero-vad), once more with the fast one; Int8QuantizationError if that fails too."""
+        try:
+            return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), "nncf.quantize"
+        except Exception as e:  # NNCF and OpenVINO raise their own (and plain Runtime) error types
+            first = openvino_error_summary(e)
+            if kwargs.get("fast_bias_correction"):
+                raise Int8QuantizationError(f"NNCF cannot quantize the model: {first}. Build it with --quantize none (float IR), or for an onnxruntime profile") from e
+        ctx.log.append(f"quantize-openvino: NNCF's full bias correction failed ({first}); retried with the fast one")
+        try:
+            return nncf.quantize(model, nncf.Dataset(feeds), **{**kwargs, "fast_bias_correction": True}), "nncf.quantize, fast bias correction (the full one failed)"
+        except Exception as e:
+            raise Int8QuantizationError(f"NNCF cannot quantize the model: {openvino_error_summary(e)} (the full bias correction failed first: {first}). "
+                                        "Build it with --quantize none (float IR), or for an onnxruntime profile") from e
 
 
 def top1_accuracy(compiled_model, items) -> tuple[float, list[float]]:
@@ -202,7 +240,7 @@ class OpenVinoRunner:
             model = read_ir(ir)
             self.compiled = ov.Core().compile_model(model, "CPU", compile_config(precision, threads, hint))
         except Exception as e:
-            raise ModelLoadError(f"{label}: OpenVINO cannot load the model: {e}") from e
+            raise ModelLoadError(f"{label}: OpenVINO cannot load the model: {openvino_error_summary(e)}") from e
         self.precision = precision
         self.request = self.compiled.create_infer_request()
         self.inputs = [_spec(p) for p in self.compiled.inputs]

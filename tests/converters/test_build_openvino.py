@@ -190,3 +190,25 @@ def test_a_preferred_candidate_that_fails_a_gate_gives_way_to_the_fastest_passin
     rows = _rows(**{"openvino-int8": (False, [5] * 5), "openvino-float": (False, [20] * 5)})
     chosen, reason = pick_candidate(rows, 1)
     assert chosen == "openvino-int8" and "no candidate passes every gate" in reason
+
+
+def test_openvino_errors_are_summarized_to_what_the_user_can_act_on():
+    """OpenVINO puts the location of the failed check in its own sources first; the summary keeps
+    the failed ops, the node and the reason (texts captured from OpenVINO on silero-vad, 2026-12-04)."""
+    from edgeops.converters.passes.openvino import openvino_error_summary
+
+    convert = RuntimeError(
+        "Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\nFrontEnd API failed with OpConversionFailure:\n"
+        "Model wasn't fully converted. Failed operations detailed log:\n-- Conv-16 with a message:\n[ONNX Frontend] Conversion failed for Conv-16\n"
+        "While validating ONNX node '<Node(Conv): If_0_then_branch__Inline_0__/decoder/decoder/2/Conv_output_0>': Check 'data.get_partial_shape().rank().is_static()' "
+        "failed at src/frontends/onnx/frontend/src/op/conv.cpp:38:\nFrontEnd API failed with GeneralFailure:\nThe input data tensor's rank has to be known (static)\n\n"
+        "Summary:\n-- Conversion is failed for: Conv-16, ReduceMean-16\n")
+    text = openvino_error_summary(convert)
+    assert text.startswith("Conversion is failed for: Conv-16, ReduceMean-16")
+    assert "If_0_then_branch__Inline_0__/decoder/decoder/2/Conv_output_0" in text and "rank has to be known" in text
+    assert "Check '" not in text and ".cpp" not in text
+    nncf = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nException from src/inference/src/dev/plugin.cpp:54:\n"
+                        "Check 'getParentEdgeAt(wIdx)->getParent()->getType() == Type::Input' failed at src/plugins/intel_cpu/src/nodes/rnn.cpp:933:\n"
+                        "LSTMSequence node with name 'LSTMSequence_at64' expects Constant for port 4\n")
+    assert openvino_error_summary(nncf) == "LSTMSequence node with name 'LSTMSequence_at64' expects Constant for port 4"
+    assert openvino_error_summary(RuntimeError("")) == "RuntimeError"
