@@ -546,3 +546,4 @@ def rollout_devices_cmd(url, token, config_path, rollout_id, as_json) -> None:
 
 fleet.add_command(__import__("edgeops.fleet.simulator.cli", fromlist=["simulate"]).simulate)  # `edgeops fleet simulate` (fleet/simulator/cli.py; click only at import)
 fleet.add_command(__import__("edgeops.fleet.db_cli", fromlist=["db_group"]).db_group)  # `edgeops fleet db` (fleet/db_cli.py: telemetry partitions)
+fleet.add_command(__import__("edgeops.fleet.broker_cli", fromlist=["broker_config_cmd"]).broker_config_cmd)  # `edgeops fleet broker-config` (fleet/broker_cli.py)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeops.errors import ConfigError, FleetError
+from edgeops.fleet.broker_configs import refresh_broker_configs
 from edgeops.fleet.broker_files import (
     BrokerAccess,
     broker_access,
@@ -353,6 +354,7 @@ def set_console_password(config: FleetConfig, password: str, access: BrokerAcces
     pw.set(config.enroll.console_username, password)
     warning = pw.save(access)
     ensure_acl(config, access)
+    refresh_broker_configs(config)  # NATS / RabbitMQ configs made before hold the console's hash too
     return [access.note] + ([warning] if warning else [])
 
 
@@ -427,7 +429,8 @@ def add_console_user(config: FleetConfig, name: str, method: str = "password", a
     acl = ensure_acl(config, access)
     toml = d / "broker.toml"
     _write_private(toml, f"# [broker] of console replica {name!r} (edgeops fleet console-user); secret: keep 0600\n" + render_toml({"broker": broker}))
-    return {"user": name, "method": method, "broker_toml": str(toml), "acl": str(acl), "notes": notes}
+    refreshed = refresh_broker_configs(config)  # NATS / RabbitMQ configs made before: the new user
+    return {"user": name, "method": method, "broker_toml": str(toml), "acl": str(acl), "notes": notes, "broker_configs": refreshed}
 
 
 def _copy_trust_files(config: FleetConfig, device_dir: Path) -> tuple[Path | None, list[Path]]:
@@ -486,6 +489,7 @@ def enroll_device(
         files += [device_dir / "client.key", device_dir / "client.crt", device_dir / "ca.crt"]
         broker.update(client_cert="client.crt", client_key="client.key", ca_file="ca.crt")
     files.append(ensure_acl(config, access))
+    files += [Path(f) for f in refresh_broker_configs(config)]  # NATS / RabbitMQ configs made before: the new user
     # the bearer token local applications present to the agent's inference API (docs/agent.md)
     _write_private(device_dir / "api-token", secrets.token_urlsafe(32) + "\n")
     files.append(device_dir / "api-token")
