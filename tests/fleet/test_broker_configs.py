@@ -223,3 +223,27 @@ def test_hashes_verify_as_the_brokers_do():
     # NATS: bcrypt $2b$; the same password hashes differently each time (salted)
     a, b = bcrypt_hash("s3cret"), bcrypt_hash("s3cret")
     assert a.startswith("$2b$04$") and a != b and len(a) == 60
+
+
+def test_mosquitto_kind_rewrites_the_include_folder(tmp_path):
+    fleet_toml = tmp_path / "fleet.toml"
+    fleet_toml.write_text(render_toml({
+        "broker": {"url": "mqtt://127.0.0.1:1883", "username": "edgeops-console", "password": "pw"},
+        "database": {"url": f"sqlite:///{tmp_path / 'fleet.db'}"},
+        "enroll": {"dir": str(tmp_path / "enroll"), "password_file": str(tmp_path / "enroll/passwd"), "acl_file": str(tmp_path / "enroll/acl"), "ca_dir": str(tmp_path / "enroll/ca")},
+    }))
+    made = cli("broker-config", "--kind", "mosquitto", "--config", str(fleet_toml))
+    assert made["include"] == f"include_dir {(tmp_path / 'enroll/broker').resolve()}"
+    assert {Path(f).name for f in made["files"]} == {"security.conf", "password-listener.conf"}
+    assert "user edgeops-console" in (tmp_path / "enroll/acl").read_text()
+
+
+def test_nats_and_rabbitmq_need_the_console_password(tmp_path):
+    fleet_toml = tmp_path / "fleet.toml"
+    fleet_toml.write_text(render_toml({
+        "broker": {"url": "mqtt://127.0.0.1:1883", "username": "edgeops-console", "password_env": "EDGEOPS_TEST_UNSET_" + uuid.uuid4().hex[:6]},
+        "database": {"url": f"sqlite:///{tmp_path / 'fleet.db'}"},
+        "enroll": {"dir": str(tmp_path / "enroll")},
+    }))
+    res = CliRunner().invoke(fleet, ["broker-config", "--kind", "nats", "--config", str(fleet_toml)])
+    assert res.exit_code != 0 and "broker password is not set" in str(res.exception or res.output)
