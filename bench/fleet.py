@@ -22,7 +22,17 @@ For each fleet size, in one run on this machine:
   database: lost = created - stored;
 * **console RSS and CPU**: sampled from the console process every second (psutil); the
   simulator processes' CPU during the rollout is reported per device update
-  (``sim_cpu_per_update_ms``, background telemetry and inference of the whole fleet included).
+  (``sim_cpu_per_update_ms``, background telemetry and inference of the whole fleet included);
+* **cost per device** (docs/scale.md projects from these): console CPU-ms per device update
+  (console CPU over the rollout / devices; ``..._net`` also takes out the telemetry the fleet
+  sent meanwhile at the measured per-batch cost) and per telemetry batch (console CPU over the
+  telemetry window / batches stored); database rows and bytes per telemetry batch and per device
+  update (SQLite ``page_count`` and row counts before and after each phase), per device per day
+  at the bench's and the agent's default telemetry interval; broker messages per device update
+  and per batch, by topic kind, counted by a subscriber to ``edgeops/v1/#``, and the broker's own
+  ``$SYS`` publish counts (messages in and out);
+* ``--profile-console FILE``: the console runs under bench/sampler.py (a stack sampler over all
+  its threads) and the hottest functions are written to FILE.
 
     python bench/fleet.py                         # 1,000, 5,000 and 10,000 devices
     python bench/fleet.py --sizes 300 --telemetry-seconds 10 --processes 2   # a quick run
@@ -66,7 +76,7 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "max_queued_messages 1000000\nmax_inflight_messages 0\nmax_connections -1\n"
-        "log_dest stderr\nlog_type error\n"
+        "log_dest stderr\nlog_type error\nsys_interval 1\n"
     )
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=open(workdir / "mosquitto.log", "ab"), preexec_fn=_raise_nofile)
     wait_port(port)
@@ -133,6 +143,66 @@ class ProcMeter:
         self._stop.set()
 
 
+class BrokerCounter:
+    """Counts the fleet's MQTT messages by topic kind (a subscriber to ``edgeops/v1/#``) and the
+    broker's own ``$SYS`` publish counters (messages in, messages out)."""
+
+    def __init__(self, port: int):
+        import paho.mqtt.client as mqtt
+
+        self.kinds: dict[str, int] = {}
+        self.sys: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-counter-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
+        self.c.on_message = self._on_message
+        self.c.on_connect = lambda c, *_: c.subscribe([("edgeops/v1/#", 0), ("$SYS/broker/publish/messages/+", 0)])
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+
+    def _on_message(self, _c, _u, msg) -> None:
+        if msg.topic.startswith("$SYS/"):
+            self.sys[msg.topic.rsplit("/", 1)[1]] = float(msg.payload or 0)
+            return
+        parts = msg.topic.split("/")
+        kind = "/".join(parts[3:]) or "?"
+        with self._lock:
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def snapshot(self) -> dict:
+        """Counts so far: {"kinds": {...}, "broker_in": n, "broker_out": n} ($SYS: last second)."""
+        time.sleep(1.5)  # $SYS publishes every second (sys_interval 1)
+        with self._lock:
+            return {"kinds": dict(self.kinds), "broker_in": self.sys.get("received", 0.0), "broker_out": self.sys.get("sent", 0.0)}
+
+    @staticmethod
+    def delta(a: dict, b: dict) -> dict:
+        """What happened between two snapshots; ``broker_out`` less this counter's own copies."""
+        kinds = {k: b["kinds"].get(k, 0) - a["kinds"].get(k, 0) for k in b["kinds"]}
+        seen = sum(kinds.values())
+        return {"kinds": {k: v for k, v in kinds.items() if v}, "broker_in": b["broker_in"] - a["broker_in"], "broker_out": b["broker_out"] - a["broker_out"] - seen}
+
+    def stop(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def db_size(db_url: str) -> dict:
+    """SQLite: bytes in use (page_count - freelist, WAL included) and rows of the growing tables."""
+    import sqlalchemy as sa
+
+    from edgeops.fleet.db import Database
+
+    db = Database(db_url)
+    try:
+        with db.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar() - conn.exec_driver_sql("PRAGMA freelist_count").scalar()
+            size = pages * conn.exec_driver_sql("PRAGMA page_size").scalar()
+            rows = {name: conn.execute(sa.select(sa.func.count()).select_from(getattr(db.t, name))).scalar() for name in ("telemetry", "events", "assignments", "audit", "sketches", "commands")}
+        return {"bytes": size, "rows": rows}
+    finally:
+        db.dispose()
+
+
 def cli(*args: str, timeout: float = 120) -> dict:
     out = subprocess.run([sys.executable, "-m", "edgeops.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
     if out.returncode != 0:
@@ -157,7 +227,7 @@ def telemetry_rows(db_url: str) -> dict[str, set[int]]:
         db.dispose()
 
 
-def run_size(n: int, args, base: Path, repo: dict, broker_url: str) -> dict:
+def run_size(n: int, args, base: Path, repo: dict, broker_url: str, counter: BrokerCounter) -> dict:
     from edgeops.fleet.client import FleetClient
     from edgeops.fleet.db import Database
     from edgeops.fleet.registry import register_devices
@@ -191,7 +261,10 @@ def run_size(n: int, args, base: Path, repo: dict, broker_url: str) -> dict:
     register_devices(db, [{"id": d, "tags": {"bench": "1"}, "profile": settings.profile} for d in settings.all_device_ids()])
     db.dispose()
 
-    console = subprocess.Popen([sys.executable, "-m", "edgeops.cli", "fleet", "serve", "--config", str(cfg_path), "--log-level", "warning"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "console.log", "ab"), preexec_fn=_raise_nofile)
+    serve = ["-m", "edgeops.cli", "fleet", "serve", "--config", str(cfg_path), "--log-level", "warning"]
+    if args.profile_console:
+        serve = [str(REPO_ROOT / "bench" / "sampler.py"), f"{args.profile_console}.n{n}.txt", "--", *serve]
+    console = subprocess.Popen([sys.executable, *serve], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "console.log", "ab"), preexec_fn=_raise_nofile)
     wait_port(api_port, timeout=60)
     meter = ProcMeter(console.pid)
     api = ["--url", f"http://127.0.0.1:{api_port}", "--token", token]
@@ -223,6 +296,7 @@ def run_size(n: int, args, base: Path, repo: dict, broker_url: str) -> dict:
         def sim_cpu() -> float:
             return sum(t.user + t.system for t in (q.cpu_times() for q in sims))
 
+        size0, msgs0 = db_size(db_url), counter.snapshot()
         sim_cpu0 = sim_cpu()
         psutil.cpu_percent(None)
         cpu0 = meter.cpu_s()
@@ -246,7 +320,9 @@ def run_size(n: int, args, base: Path, repo: dict, broker_url: str) -> dict:
         result["rollout_status"] = status["status"] if status else "?"
         result["rollout_succeeded"] = status.get("succeeded") if status else 0
         result["rollout_wave_passed_at_s"] = waves_done
-        result["console_cpu_rollout_pct"] = round(100 * (meter.cpu_s() - cpu0) / rollout_s, 1)
+        console_rollout_cpu_s = meter.cpu_s() - cpu0
+        result["console_cpu_rollout_pct"] = round(100 * console_rollout_cpu_s / rollout_s, 1)
+        result["console_cpu_per_update_ms"] = round(1000 * console_rollout_cpu_s / n, 2)
         result["host_cpu_rollout_pct"] = round(psutil.cpu_percent(None) * (os.cpu_count() or 1), 1)  # of one core
         result["sim_cpu_rollout_s"] = round(sim_cpu() - sim_cpu0, 1)
         result["sim_cpu_per_update_ms"] = round(1000 * result["sim_cpu_rollout_s"] / n, 1)
@@ -258,16 +334,39 @@ def run_size(n: int, args, base: Path, repo: dict, broker_url: str) -> dict:
         # within max_failure_rate): the figure is only meaningful with every device confirmed.
         not_ok = [a for a in client.rollout_devices(r["id"]) if a.get("status") != "succeeded"]
         result["rollout_not_succeeded"] = [{k: a.get(k) for k in ("device_id", "wave", "status", "detail")} for a in not_ok[:20]]
+        size1, msgs1 = db_size(db_url), counter.snapshot()
+        during = BrokerCounter.delta(msgs0, msgs1)
+        tel_during = during["kinds"].get("telemetry", 0)
+        result["broker_rollout"] = during
+        result["broker_msgs_per_update"] = round((sum(during["kinds"].values()) - tel_during) / n, 2)  # every topic but telemetry
+        result["broker_msgs_per_update_by_kind"] = {k: round(v / n, 3) for k, v in during["kinds"].items() if k != "telemetry"}
+        result["db_rows_per_update"] = {k: round((size1["rows"][k] - size0["rows"][k]) / n, 3) for k in size0["rows"] if k != "telemetry"}
 
         # --- telemetry ingest -------------------------------------------------------------------------
-        before = sum(len(v) for v in telemetry_rows(db_url).values())
+        size2, msgs2 = db_size(db_url), counter.snapshot()
         cpu0, t1 = meter.cpu_s(), time.monotonic()
         time.sleep(args.telemetry_seconds)
         window = time.monotonic() - t1
-        stored_window = sum(len(v) for v in telemetry_rows(db_url).values()) - before
+        cpu_window = meter.cpu_s() - cpu0
+        size3 = db_size(db_url)
+        msgs3 = counter.snapshot()
+        stored_window = size3["rows"]["telemetry"] - size2["rows"]["telemetry"]
         result["telemetry_offered_per_s"] = round(n / args.telemetry_interval, 1)
         result["telemetry_stored_per_s"] = round(stored_window / window, 1)
-        result["console_cpu_telemetry_pct"] = round(100 * (meter.cpu_s() - cpu0) / window, 1)
+        result["console_cpu_telemetry_pct"] = round(100 * cpu_window / window, 1)
+        per_batch_ms = 1000 * cpu_window / max(stored_window, 1)
+        result["console_cpu_per_batch_ms"] = round(per_batch_ms, 3)
+        # the rollout's figure less the telemetry the fleet sent meanwhile, at this per-batch cost
+        result["console_cpu_per_update_ms_net"] = round((1000 * console_rollout_cpu_s - tel_during * per_batch_ms) / n, 2)
+        tel = BrokerCounter.delta(msgs2, msgs3)
+        result["broker_telemetry"] = tel
+        batches_seen = max(tel["kinds"].get("telemetry", 0), 1)
+        result["broker_in_per_batch"] = round(tel["broker_in"] / batches_seen, 3)
+        result["broker_out_per_batch"] = round(tel["broker_out"] / batches_seen, 3)
+        bytes_per_batch = (size3["bytes"] - size2["bytes"]) / max(stored_window, 1)
+        result["db_bytes_per_batch"] = round(bytes_per_batch, 1)
+        result["db_rows_per_device_day"] = {"bench_interval": round(86400 / args.telemetry_interval), "agent_default_10s": 8640}
+        result["db_bytes_per_device_day_mb"] = {"bench_interval": round(bytes_per_batch * 86400 / args.telemetry_interval / 1e6, 2), "agent_default_10s": round(bytes_per_batch * 8640 / 1e6, 2)}
         sim.set_rate(0)
         # Loss check: snapshot what every device created, wait until spools are empty and the
         # console has stored everything up to that snapshot.
@@ -309,6 +408,11 @@ def print_table(results: list[dict]) -> None:
         ("console_cpu_idle_pct", "CPU% before rollout"),
         ("console_cpu_rollout_pct", "CPU% rollout"),
         ("console_cpu_telemetry_pct", "CPU% telemetry"),
+        ("console_cpu_per_update_ms", "CPU ms/update"),
+        ("console_cpu_per_update_ms_net", "CPU ms/update net"),
+        ("console_cpu_per_batch_ms", "CPU ms/batch"),
+        ("broker_msgs_per_update", "msgs/update"),
+        ("db_bytes_per_batch", "DB B/batch"),
         ("sim_cpu_per_update_ms", "sim CPU ms/update"),
         ("host_cpu_rollout_pct", "host CPU% rollout"),
     ]
@@ -331,20 +435,23 @@ def main() -> int:
     ap.add_argument("--connect-rate", type=float, default=400.0, help="connects per second per simulator process")
     ap.add_argument("--device-dir", default="/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir(), help="where device data folders go (tmpfs: fsync is free)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--profile-console", default=None, metavar="PREFIX", help="run the console under bench/sampler.py; its hottest functions go to PREFIX.nSIZE.txt")
     args = ap.parse_args()
     _raise_nofile()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     base = Path(tempfile.mkdtemp(prefix="edgeops-bench-fleet-"))
     broker, port = start_mosquitto(base)
     results = []
+    counter = BrokerCounter(port)
     try:
         repo = make_repository(base)
         for n in sizes:
             print(f"--- {n} devices ---", flush=True)
-            res = run_size(n, args, base, repo, f"mqtt://127.0.0.1:{port}")
+            res = run_size(n, args, base, repo, f"mqtt://127.0.0.1:{port}", counter)
             print(json.dumps(res, sort_keys=True), flush=True)
             results.append(res)
     finally:
+        counter.stop()
         broker.terminate()
         broker.wait(30)
     print()
