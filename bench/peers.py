@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 DEFAULT_MODELS = "digits,mobilenet-v2,ppocrv4-det,ppocr-cls,nudenet-320n"
 CALIBRATION = 64
 VALIDATION = 16
+LABELLED_VALIDATION = 200  # where the data has labels: enough feeds for accuracy to resolve 0.5 points
 
 
 def _lscpu_flags() -> str:
@@ -66,20 +67,23 @@ def _model(name: str, folder: Path) -> tuple[Path, dict[str, np.ndarray], dict[s
     from bench import corpus
 
     entry = corpus.by_name(name)
-    if name == "mobilenet-v2":
-        from bench import corpus_torch
+    if entry.factory:  # mobilenet-v2 (random weights), mobilenet-v2-digits (trained here): exported as the packager does
+        from importlib import import_module
 
-        module, example = corpus_torch.mobilenet_v2()
-        path = folder / "mobilenet-v2.onnx"
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=["pixel_values"], output_names=["logits"])
+        module_name, factory = entry.factory.split(":")
+        module, example = getattr(import_module(module_name), factory)()
+        path = folder / f"{name}.onnx"
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=[i.name for i in entry.inputs], output_names=["logits"])
     else:
         path = corpus.model_path(entry)
         if not path.exists():
             raise SystemExit(f"{name}: not in the corpus cache; run: python bench/corpus.py fetch {name}")
-    data = corpus.make_data(entry, CALIBRATION + VALIDATION, seed=0)
+    data = corpus.make_data(entry, CALIBRATION + LABELLED_VALIDATION, seed=0, labels=True)
+    labels = data.pop("labels", None)
+    end = CALIBRATION + (LABELLED_VALIDATION if labels is not None else VALIDATION)
     calib = {k: v[:CALIBRATION] for k, v in data.items()}
-    val = {k: v[CALIBRATION:] for k, v in data.items()}
-    return path, calib, val, None
+    val = {k: v[CALIBRATION:end] for k, v in data.items()}
+    return path, calib, val, (labels[CALIBRATION:end] if labels is not None else None)
 
 
 def _fix_shapes(path: Path, feed: dict[str, np.ndarray], folder: Path) -> Path:
@@ -265,7 +269,7 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                   "failed_peers": failed, "threads": {}}
         # parity with fp32 onnxruntime on the validation feeds (1 thread)
         ref = make("ort-fp32", 1)
-        feeds = _feeds(val)[:VALIDATION]
+        feeds = _feeds(val)[: len(labels) if labels is not None else VALIDATION]
         ref_out = [ref.run(f) for f in feeds]
         parity = {}
         for label in paths:
@@ -275,6 +279,8 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
             doc = {"cosine_mean": round(float(np.mean(cos)), 5)}
             if ref_out[0].ndim == 2 and ref_out[0].shape[1] > 1:
                 doc["top1_agreement"] = round(float(np.mean([a.argmax() == b.argmax() for a, b in zip(ref_out, outs)])), 4)
+                if labels is not None:
+                    doc["accuracy"] = round(float(np.mean([b.argmax() == y for b, y in zip(outs, labels)])), 4)
             parity[label] = doc
         result["parity"] = parity
         for threads in (1, 2):
@@ -315,11 +321,11 @@ def main(argv: list[str] | None = None) -> None:
         for label, why in r["failed_peers"].items():
             print(f"  note: {label}: {why}")
         labels = list(r["sizes"])
-        print(f"  {'path':<12} {'size KB':>9} {'cosine':>8} {'top1':>6} " + " ".join(f"{f'{t}T ms':>9} {f'{t}T x':>6}" for t in (1, 2)))
+        print(f"  {'path':<12} {'size KB':>9} {'cosine':>8} {'top1':>6} {'acc':>6} " + " ".join(f"{f'{t}T ms':>9} {f'{t}T x':>6}" for t in (1, 2)))
         for label in labels:
             p = r["parity"][label]
             cells = " ".join(f"{r['threads'][t]['p50_ms'][label]:>9.3f} {r['threads'][t]['speedup_vs_ort_fp32'][label]:>6.2f}" for t in (1, 2))
-            print(f"  {label:<12} {r['sizes'][label] / 1024:>9.0f} {p['cosine_mean']:>8.4f} {p.get('top1_agreement', float('nan')):>6.3f} {cells}")
+            print(f"  {label:<12} {r['sizes'][label] / 1024:>9.0f} {p['cosine_mean']:>8.4f} {p.get('top1_agreement', float('nan')):>6.3f} {p.get('accuracy', float('nan')):>6.3f} {cells}")
         for t in (1, 2):
             print(f"  {t} thread(s): edgeops-ov / best peer ({r['threads'][t]['best_peer']}) = {r['threads'][t]['edgeops_ov_vs_best_peer']}")
         sys.stdout.flush()
