@@ -18,8 +18,10 @@ What differs from the plain table, and why:
   partition gets them.
 
 The console's leader creates partitions ahead (:data:`AHEAD_DAYS`) and drops expired ones every
-hour; every replica also creates them at start-up (``Database.create_all``), so ingest never
-meets a day without a partition unless no replica ran for :data:`AHEAD_DAYS` days. Partition
+hour; every replica also creates them at start-up (``Database.create_all``). A row of no day (no
+replica ran for :data:`AHEAD_DAYS` days, a clock far off) lands in the DEFAULT partition rather
+than failing ingest; creating its day later moves it out, and retention deletes what stays there
+by age. Partition
 maintenance takes a transaction-level advisory lock, so replicas starting together do not race.
 SQLite keeps its plain table and DELETE retention.
 """
@@ -94,6 +96,16 @@ def create_partitioned(conn: Connection, table: sa.Table, schema: str | None, in
     conn.execute(sa.text(f"CREATE INDEX {_q(index_prefix + 'ix_telemetry_version_recv')} ON {name} (version_name, version_version, received_at)"))
     # /metrics: every version over the last 5 minutes
     conn.execute(sa.text(f"CREATE INDEX {_q(index_prefix + 'ix_telemetry_recv')} ON {name} (received_at)"))
+    # rows of no day (a console clock far off, no replica running for AHEAD_DAYS, a test's fake
+    # clock) land here instead of failing ingest; ensure_partitions moves a day out when it comes
+    default = default_name(table.name)
+    conn.execute(sa.text(f"CREATE TABLE {qualified(schema, default)} PARTITION OF {name} DEFAULT"))
+    conn.execute(sa.text(f"CREATE UNIQUE INDEX {_q(default + '_key')} ON {qualified(schema, default)} (device_id, seq)"))
+
+
+def default_name(table: str) -> str:
+    """The DEFAULT partition of ``table``."""
+    return f"{table}_default"
 
 
 def list_partitions(conn: Connection, schema: str | None, table: str) -> list[Partition]:
@@ -126,13 +138,22 @@ def ensure_partitions(conn: Connection, schema: str | None, table: str, now: flo
     first = day_start(since) if since is not None else day_start(now) - back_days * DAY_S
     last = day_start(now) + ahead_days * DAY_S
     have = {p.lo for p in list_partitions(conn, schema, table)}
+    default = qualified(schema, default_name(table)) if table_kind(conn, schema, default_name(table)) else None
     created = []
     for lo in range(first, last + 1, DAY_S):
         if float(lo) in have:
             continue
         name = partition_name(table, lo)
         part = qualified(schema, name)
-        conn.execute(sa.text(f"CREATE TABLE {part} PARTITION OF {qualified(schema, table)} FOR VALUES FROM ({lo}) TO ({lo + DAY_S})"))
+        window = f"received_at >= {lo} AND received_at < {lo + DAY_S}"
+        if default and conn.execute(sa.text(f"SELECT 1 FROM {default} WHERE {window} LIMIT 1")).first():
+            # the day's rows went to the DEFAULT partition: PostgreSQL refuses a new partition
+            # those rows would belong to, so build the day apart, move them, then attach it
+            conn.execute(sa.text(f"CREATE TABLE {part} (LIKE {qualified(schema, table)} INCLUDING DEFAULTS)"))
+            conn.execute(sa.text(f"WITH moved AS (DELETE FROM {default} WHERE {window} RETURNING *) INSERT INTO {part} SELECT * FROM moved"))
+            conn.execute(sa.text(f"ALTER TABLE {qualified(schema, table)} ATTACH PARTITION {part} FOR VALUES FROM ({lo}) TO ({lo + DAY_S})"))
+        else:
+            conn.execute(sa.text(f"CREATE TABLE {part} PARTITION OF {qualified(schema, table)} FOR VALUES FROM ({lo}) TO ({lo + DAY_S})"))
         # the per-day duplicate key (see the module doc); the parent cannot hold it
         conn.execute(sa.text(f"CREATE UNIQUE INDEX {_q(name + '_key')} ON {part} (device_id, seq)"))
         created.append(name)
@@ -145,6 +166,8 @@ def drop_expired(conn: Connection, schema: str | None, table: str, cutoff: float
     dropped = [p for p in list_partitions(conn, schema, table) if p.hi <= cutoff]
     for p in dropped:
         conn.execute(sa.text(f"DROP TABLE {qualified(schema, p.name)}"))
+    if table_kind(conn, schema, default_name(table)):  # the few rows of no day: deleted by age
+        conn.execute(sa.text(f"DELETE FROM {qualified(schema, default_name(table))} WHERE received_at < :c"), {"c": cutoff})
     return dropped
 
 
@@ -194,11 +217,9 @@ def migrate(conn: Connection, table: sa.Table, schema: str | None, index_prefix:
     oldest = conn.execute(sa.text(f"SELECT min(received_at) FROM {qualified(schema, old)} WHERE received_at >= :c"), {"c": cutoff}).scalar()
     created = ensure_partitions(conn, schema, table.name, now=now, since=min(oldest, now) if oldest is not None else None)
     cols = ", ".join(_q(c.name) for c in table.columns)
-    # rows stamped past the last partition (a console clock that was far ahead) are left out too
-    upper = day_start(now) + (AHEAD_DAYS + 1) * DAY_S
+    # rows stamped past the last day (a console clock that was ahead) go to the DEFAULT partition
     copied = conn.execute(
-        sa.text(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {qualified(schema, old)} WHERE received_at >= :c AND received_at < :u ON CONFLICT DO NOTHING"),
-        {"c": cutoff, "u": upper},
+        sa.text(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {qualified(schema, old)} WHERE received_at >= :c ON CONFLICT DO NOTHING"), {"c": cutoff},
     ).rowcount
     total = conn.execute(sa.text(f"SELECT count(*) FROM {qualified(schema, old)}")).scalar()
     conn.execute(sa.text(f"DROP TABLE {qualified(schema, old)}"))

@@ -206,3 +206,20 @@ def test_daily_refuses_a_plain_table_and_the_migration_partitions_it(make_pg):
 def test_daily_needs_postgresql(tmp_path):
     with pytest.raises(ConfigError, match="needs PostgreSQL"):
         Database(f"sqlite:///{tmp_path / 'fleet.db'}", telemetry_partitions="daily")
+
+
+def test_rows_of_no_day_go_to_the_default_partition_and_move_out_when_their_day_comes(make_pg):
+    db = make_pg()
+    today = partitions.day_start(time.time())
+    later = today + 10 * DAY  # past the days created ahead (no replica ran for a week, say)
+    assert _insert(db, [_row("d1", 1, 996400.0), _row("d1", 2, later + 50.0), _row("d1", 3, today + 5.0)]) == {("d1", 1), ("d1", 2), ("d1", 3)}
+    where = _where_rows_are(db)
+    assert where[("d1", 1)] == where[("d1", 2)] == partitions.default_name("telemetry")
+    assert _insert(db, [{**_row("d1", 2, later + 50.0), "received_at": later + 60.0}]) == set()  # still a duplicate there
+    with db.begin() as conn:
+        created = partitions.ensure_partitions(conn, db.schema, "telemetry", now=later)
+    assert partitions.partition_name("telemetry", later) in created
+    assert _where_rows_are(db)[("d1", 2)] == partitions.partition_name("telemetry", later)
+    with db.begin() as conn:  # retention deletes the default partition's rows by age
+        partitions.drop_expired(conn, db.schema, "telemetry", today - 7 * DAY)
+    assert set(_where_rows_are(db)) == {("d1", 2), ("d1", 3)}
