@@ -354,7 +354,8 @@ class Ingestor:
         final_reports = 0
         with db.begin() as conn:
             self._refresh_known(conn, {m.device_id for _, m, _ in msgs})
-            self._lock_devices(conn, {m.device_id for _, m, _ in msgs} & self._known)
+            # rows this batch must write (state, events); last seen and health skip locked rows
+            self._lock_devices(conn, {m.device_id for kind, m, _ in msgs if kind != "telemetry"} & self._known)
             if self.config.auto_register:
                 new = [m for kind, m, _ in msgs if kind == "state" and m.device_id not in self._known]
                 for group in ([[s] for s in new] if isolate else [new]):
@@ -391,7 +392,9 @@ class Ingestor:
                         tally["clock_skew", kind] += 1
                         n, _, _ = skew.get(m.device_id, (0, 0.0, 0.0))
                         skew[m.device_id] = (n + 1, off, received_at)
-            if seen or health:
+            if (seen or health) and db.dialect == "postgresql":
+                self._touch_devices_pg(conn, seen, health)
+            elif seen or health:
                 # one statement for both: sorted ids keep the row-lock order stable across replicas
                 rows = [{"id": d, "last_seen": seen.get(d), "health": health.get(d)} for d in sorted(set(seen) | set(health))]
                 full = [r for r in rows if r["last_seen"] is not None and r["health"] is not None]
@@ -411,19 +414,40 @@ class Ingestor:
             self.stats.batches += 1
 
     def _lock_devices(self, conn, ids: set[str]) -> None:
-        """PostgreSQL: lock the batch's device rows in id order before any write touches them.
+        """PostgreSQL: lock the device rows the batch writes (state, events) in id order first.
 
-        Every replica receives every state message, and telemetry of one device reaches any of
-        them, so concurrent batches update overlapping device rows (state, last seen, health)
-        in several statements; without one lock order two or three replicas deadlocked (seen
-        with 3 replicas, PostgreSQL aborting one batch after its 1 s ``deadlock_timeout``).
-        The command seq allocator locks in the same order (fleet/command_seq.py)."""
+        Every replica receives every state message, and events of one device reach any of them,
+        so concurrent batches update overlapping device rows in several statements; without one
+        lock order two or three replicas deadlocked (seen with 3 replicas, PostgreSQL aborting
+        one batch after its 1 s ``deadlock_timeout``). The command seq allocator locks in the
+        same order (fleet/command_seq.py). Telemetry alone takes no lock here: see
+        :meth:`_touch_devices_pg`."""
         if self.db.dialect != "postgresql" or not ids:
             return
         d = self.db.t.devices
         ordered = sorted(ids)
         for i in range(0, len(ordered), 1000):
             conn.execute(sa.select(d.c.id).where(d.c.id.in_(ordered[i : i + 1000])).order_by(d.c.id).with_for_update()).all()
+
+    def _touch_devices_pg(self, conn, seen: dict[str, float], health: dict[str, str]) -> None:
+        """Last seen and health of the batch's devices, skipping rows another transaction holds.
+
+        With shared subscriptions a device's telemetry batches reach every replica in turn, so
+        every replica's batch touches nearly every device row: waiting for those row locks (held
+        until the other batch commits) would serialize the replicas' writers. Both
+        values are refreshed by the device's next message, so a row another replica is writing
+        at this instant is left to it (its batch is as recent), and last seen never moves back
+        (GREATEST). Rows this batch locked itself (:meth:`_lock_devices`) are updated as usual."""
+        d = self.db.t.devices
+        ids = sorted(set(seen) | set(health))
+        table = self.db._qualified(d)  # noqa: SLF001 - the schema-qualified name, as bulk_update uses
+        conn.exec_driver_sql(
+            f"UPDATE {table} AS t SET last_seen = GREATEST(COALESCE(t.last_seen, 0), COALESCE(u.last_seen, t.last_seen, 0)), "
+            "health = COALESCE(u.health, t.health) "
+            "FROM unnest(%s::text[], %s::double precision[], %s::text[]) AS u(id, last_seen, health) "
+            f"WHERE t.id = u.id AND t.id IN (SELECT id FROM {table} WHERE id = ANY(%s::text[]) FOR UPDATE SKIP LOCKED)",
+            (ids, [seen.get(i) for i in ids], [health.get(i) for i in ids], ids),
+        )
 
     def _isolated(self, conn, isolate: bool, work: Callable[[], None], kind: str, rejected: Counter) -> bool:
         """Run ``work``; with ``isolate``, in a savepoint: a refusal of this message's data rolls it

@@ -74,6 +74,7 @@ class LeaderLease:
         if self._conn is not None:
             try:
                 self._conn.execute(sa.text("SELECT 1"))
+                self._conn.commit()  # not "idle in transaction" between ticks (idle_in_transaction_session_timeout would cut the lease)
                 return True
             except Exception:
                 log.warning("lost the leader connection; trying to take the lock again")

@@ -268,3 +268,31 @@ def test_telemetry_is_placed_on_the_console_clock_and_device_skew_is_counted(db,
     clock = get_device(db, "d0")["clock"]
     assert clock["skewed_messages"] == 2 and clock["last_skew_s"] == pytest.approx(ten_years, abs=60) and before <= clock["last_skewed_at"] <= after
     assert get_device(db, "d1")["clock"] == {"skewed_messages": 0, "last_skew_s": None, "last_skewed_at": None}
+
+
+def test_telemetry_does_not_wait_for_a_device_row_another_replica_writes(db, ingest):
+    """PostgreSQL: another replica's transaction holds d0's row; a telemetry batch of d0 and d1 is
+    stored without waiting for it, d1's last seen and health move, d0's row is left to the holder
+    (its next batch refreshes it), and last seen never moves back."""
+    if db.dialect != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite has one writer at a time)")
+    from edgeops.fleet.db import Database
+
+    other = Database(db.url, schema=db.schema)
+    d = db.t.devices
+    try:
+        with other.begin() as held:
+            held.execute(sa.select(d.c.id).where(d.c.id == "d0").with_for_update()).all()
+            feed(ingest, telemetry("d0", 1), telemetry("d1", 1, nans=3))  # flush() would time out on a wait
+            with db.connect() as c:
+                assert c.execute(sa.select(sa.func.count()).select_from(db.t.telemetry)).scalar() == 2
+        assert get_device(db, "d0")["last_seen"] is None and get_device(db, "d1")["health"] == "unhealthy"
+        seen = get_device(db, "d1")["last_seen"]
+        with db.begin() as c:  # a later value stays when an older batch comes last
+            c.execute(d.update().where(d.c.id == "d1").values(last_seen=seen + 1000))
+        feed(ingest, telemetry("d1", 2))
+        assert get_device(db, "d1")["last_seen"] == seen + 1000
+        feed(ingest, telemetry("d0", 2))  # the row is free again: the next batch refreshes it
+        assert get_device(db, "d0")["last_seen"] is not None and get_device(db, "d0")["health"] == "healthy"
+    finally:
+        other.dispose()
