@@ -14,7 +14,6 @@ Registered on import (``edgeops.fleet.rollouts`` imports this module).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,15 +26,6 @@ from edgeops.sketch import Drift, score
 DRIFT_TTL_S = 15.0  # a wave's drift score is recomputed at most this often (it merges every batch of the wave)
 
 
-def _repo_dir(src: Any) -> Path | None:
-    repo = getattr(src, "repo_dir", None)
-    if repo is None:
-        # WaveSource carries the repository's targets as the reconciler's bound method; its
-        # repository folder is where the bundles (and their references) are
-        repo = getattr(getattr(src.targets, "__self__", None), "repo_dir", None)
-    return Path(repo) if repo is not None else None
-
-
 @wave_input("new_version_drift")
 def new_version_drift(src: Any) -> dict[str, Any]:
     """``drift``: the wave's merged sketches on the new version scored against the bundle's
@@ -43,7 +33,7 @@ def new_version_drift(src: Any) -> dict[str, Any]:
     r = src.rollout
 
     def compute() -> Drift | None:
-        repo = _repo_dir(src)
+        repo = src.repo_dir
         reference = reference_store(repo).get(r.bundle_name, r.bundle_version) if repo is not None else None
         if reference is None:
             return None

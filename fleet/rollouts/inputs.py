@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -44,6 +45,7 @@ class WaveSource:
     now: float
     targets: Callable[[], dict[str, Any]]  # the repository's signed targets (edgeops.fleet.targets.list_targets)
     memo: dict[str, tuple[float, Any]] = field(default_factory=dict)  # per rollout, kept across ticks
+    repo_dir: Path | None = None  # the repository folder: bundles and their drift references
 
     def cached(self, key: str, ttl_s: float, compute: Callable[[], Any]) -> Any:
         """``compute()``, reused for ``ttl_s`` seconds of the reconciler's clock."""

@@ -461,7 +461,7 @@ class Reconciler:
         extra: dict = {}
         with self.db.connect() as conn:
             counts = queries.wave_counts(self.db, conn, r.id, wave.idx)
-            src = WaveSource(self.db, conn, r, wave, started, now, self._targets, self._memo.setdefault(r.id, {}))
+            src = WaveSource(self.db, conn, r, wave, started, now, self._targets, self._memo.setdefault(r.id, {}), self.repo_dir)
             for name in gates_mod.inputs_needed(settings):
                 for key, value in gates_mod.INPUTS[name](src).items():
                     (values if key in fields else extra)[key] = value

@@ -4,6 +4,7 @@ the sketches the wave's devices sent through the real ingest into a real databas
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -64,16 +65,6 @@ def test_settings_from_a_request_body():
     assert parse_request({"bundle": "cam@1.0.0", "max_drift": "0.3"}).max_drift == 0.3
 
 
-class _Reconciler:
-    """What the reconciler hands a WaveSource: its targets method (its repository folder with it)."""
-
-    def __init__(self, repo_dir):
-        self.repo_dir = repo_dir
-
-    def _targets(self):
-        return list_targets(self.repo_dir)
-
-
 @pytest.mark.parametrize("shift,expected", [(0.0, gates.Outcome.PASS), (1.5, gates.Outcome.FAIL)])
 def test_gate_on_the_wave_devices_sketches(sqlite_db, drift_repo, shift, expected):  # noqa: F811
     db = sqlite_db
@@ -94,7 +85,8 @@ def test_gate_on_the_wave_devices_sketches(sqlite_db, drift_repo, shift, expecte
     finally:
         ing.stop()
     with db.connect() as conn:
-        src = WaveSource(db, conn, SimpleNamespace(id="r1", bundle_name="cam", bundle_version="1.0.0"), SimpleNamespace(idx=0), now - 60, time.time(), _Reconciler(drift_repo["repo"])._targets)
+        src = WaveSource(db, conn, SimpleNamespace(id="r1", bundle_name="cam", bundle_version="1.0.0"), SimpleNamespace(idx=0), now - 60, time.time(),
+                         lambda: list_targets(drift_repo["repo"]), repo_dir=Path(drift_repo["repo"]))
         values = new_version_drift(src)
     d = values["drift"]
     assert d is not None and d.samples == 300
