@@ -394,7 +394,7 @@ class Database:
         warning names the migration) and is refused under "daily"."""
         name = self.t.telemetry.name
         # replicas starting together: one decides and creates, the others see its table
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": partitions._LOCK_KEY})
+        partitions.lock(conn, self.schema, name)
         kind = partitions.table_kind(conn, self.schema, name)
         if kind is None and self.telemetry_partitions != "off":
             partitions.create_partitioned(conn, self.t.telemetry, self.schema, self.table_prefix)

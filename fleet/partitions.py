@@ -43,7 +43,7 @@ MODES = ("auto", "daily", "off")
 # the insert's duplicate guard looks this far before a batch's own end time (a device clock running
 # further ahead than this and a redelivery on another day than the stored copy: stored twice)
 DEDUP_CLOCK_AHEAD_S = DAY_S
-_LOCK_KEY = 0x65645061  # pg_advisory_xact_lock key of partition maintenance ("edPa")
+_LOCK_KEY = 0x6550  # first key of partition maintenance's pg_advisory_xact_lock(int, int)
 _BOUND = re.compile(r"FROM \('?([-0-9.e+]+)'?\) TO \('?([-0-9.e+]+)'?\)")
 
 
@@ -126,14 +126,17 @@ def list_partitions(conn: Connection, schema: str | None, table: str) -> list[Pa
     return sorted(out, key=lambda p: p.lo)
 
 
-def _lock(conn: Connection) -> None:
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+def lock(conn: Connection, schema: str | None, table: str) -> None:
+    """Partition maintenance of one table, one transaction at a time (replicas starting together).
+
+    A two-key advisory lock: its key space is apart from the leader lease's one-key lock."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": qualified(schema, table)})
 
 
 def ensure_partitions(conn: Connection, schema: str | None, table: str, now: float | None = None, ahead_days: int = AHEAD_DAYS, back_days: int = BACK_DAYS, since: float | None = None) -> list[str]:
     """Create the daily partitions missing from ``since`` (default: ``back_days`` before today)
     to ``ahead_days`` after today; returns the names created. Run inside a transaction."""
-    _lock(conn)
+    lock(conn, schema, table)
     now = time.time() if now is None else now
     first = day_start(since) if since is not None else day_start(now) - back_days * DAY_S
     last = day_start(now) + ahead_days * DAY_S
@@ -162,7 +165,7 @@ def ensure_partitions(conn: Connection, schema: str | None, table: str, now: flo
 
 def drop_expired(conn: Connection, schema: str | None, table: str, cutoff: float) -> list[Partition]:
     """DROP every partition whose whole range is older than ``cutoff``; returns them."""
-    _lock(conn)
+    lock(conn, schema, table)
     dropped = [p for p in list_partitions(conn, schema, table) if p.hi <= cutoff]
     for p in dropped:
         conn.execute(sa.text(f"DROP TABLE {qualified(schema, p.name)}"))

@@ -223,3 +223,30 @@ def test_rows_of_no_day_go_to_the_default_partition_and_move_out_when_their_day_
     with db.begin() as conn:  # retention deletes the default partition's rows by age
         partitions.drop_expired(conn, db.schema, "telemetry", today - 7 * DAY)
     assert set(_where_rows_are(db)) == {("d1", 2), ("d1", 3)}
+
+
+def test_the_cli_lists_and_migrates(make_pg, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgeops.fleet.cli import fleet
+    from edgeops.fleet.config import render_toml
+
+    plain = make_pg("off")
+    now = time.time()
+    _insert(plain, [_row("d1", k, now - k * DAY) for k in range(10)])
+    toml = tmp_path / "fleet.toml"
+    toml.write_text(render_toml({"database": {"url": PG_URL, "schema": plain.schema}, "ingest": {"telemetry_retention_s": 7 * DAY + 60}}))
+
+    def run(*args):
+        res = CliRunner().invoke(fleet, ["db", *args, "--config", str(toml), "--json"])
+        return res.exit_code, (json.loads(res.output) if res.exit_code == 0 else str(res.exception))
+
+    assert run("partitions") == (0, {"table": "telemetry", "kind": "plain", "partitions": []})
+    code, out = run("partition-telemetry")
+    assert code == 0 and out["copied"] == 8 and out["skipped_expired"] == 2, out
+    code, out = run("partitions")
+    assert code == 0 and out["kind"] == "partitioned" and sum(p["rows"] for p in out["partitions"]) == 8
+    code, err = run("partition-telemetry")  # once only
+    assert code != 0 and "nothing to migrate" in err
