@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from edgeops.errors import FleetError
-from edgeops.protocol import DEVICE_ID_PATTERN
+from edgeops.protocol import DEVICE_ID_PATTERN, DEVICE_ID_RULE
 
 MAX_BODY_BYTES = 64 * 1024  # the largest body the API takes (a rollout request is well under 2 KiB)
 MAX_JSON_DEPTH = 16  # objects/arrays inside each other; a rollout request needs 3
@@ -102,7 +102,7 @@ class Param:
 
     def _device(self, raw: str) -> str:
         if not _DEVICE_ID_RE.fullmatch(raw):
-            self._fail(raw, "a device id (letters, digits, '_', '.', '-'; at most 64)")
+            self._fail(raw, f"a device id ({DEVICE_ID_RULE})")
         return raw
 
     def _text(self, raw: str) -> str:

@@ -100,14 +100,15 @@ def sample_meta(arrays: dict[str, np.ndarray]) -> dict:
 class Received:
     """What one chunk led to (for tests and counters)."""
 
-    status: str  # "partial", "stored", "duplicate", "refused", "malformed"
+    status: str  # "partial", "stored", "duplicate", "refused", "malformed", "foreign"
     sample_id: str | None = None
 
 
 class CaptureStore:
     """Chunk assembly, the content-addressed store and the index (see module doc)."""
 
-    def __init__(self, db: Database, folder: Path, private_key, publish: PublishFn | None = None, clock: Callable[[], float] = time.time):
+    def __init__(self, db: Database, folder: Path, private_key, publish: PublishFn | None = None, clock: Callable[[], float] = time.time,
+                 known_device: Callable[[str], bool] | None = None):
         self.db = db
         self.folder = Path(folder)
         self.objects = self.folder / "objects"
@@ -117,10 +118,14 @@ class CaptureStore:
         self.private_key = private_key
         self.publish = publish
         self.clock = clock
+        # Another fleet's console on the same broker sees this fleet's chunks too; answering
+        # them "refused" (it cannot open them) made the device drop samples its own console
+        # was storing. Chunks of devices not enrolled here are left alone: no answer, nothing kept.
+        self.known_device = known_device
         self.table = capture_table(db)
         self.table.metadata.create_all(db.engine)
         self._lock = threading.Lock()
-        self.counts = {"chunks": 0, "stored": 0, "duplicates": 0, "refused": 0, "malformed": 0}
+        self.counts = {"chunks": 0, "stored": 0, "duplicates": 0, "refused": 0, "malformed": 0, "foreign": 0}
 
     def object_path(self, sample_id: str) -> Path:
         """Where a stored sample's sealed bytes are."""
@@ -155,6 +160,9 @@ class CaptureStore:
             self.counts["malformed"] += 1
             return Received("malformed")
         device_id = parsed[0]  # type: ignore[index]
+        if self.known_device is not None and not self.known_device(device_id):
+            self.counts["foreign"] += 1
+            return Received("foreign")
         head, chunk = decoded
         sid = head.sample_id
         with self._lock:

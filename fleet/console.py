@@ -135,10 +135,11 @@ class FleetConsole:
             signer = self._signer or self._load_signer()
             from edgeops.fleet.capture import load_or_create_key
             from edgeops.fleet.capture_store import CaptureStore, default_capture_dir
-            from edgeops.fleet.registry import device_ids
+            from edgeops.fleet.registry import device_ids, device_known
 
             capture_dir = default_capture_dir(self.config)
-            self.capture = CaptureStore(self.db, capture_dir, load_or_create_key(capture_dir), lambda topic, payload: self.mqtt.publish(topic, payload, qos=1))
+            self.capture = CaptureStore(self.db, capture_dir, load_or_create_key(capture_dir), lambda topic, payload: self.mqtt.publish(topic, payload, qos=1),
+                                        known_device=lambda device_id: device_known(self.db, device_id))
 
             # known_devices: the registry names the exact state topics where retained state does not reach wildcards
             # ingest_under_lease: on a broker without $share, replicas (shared_group set) leave device

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from edgeops.errors import FleetError
 from edgeops.fleet.db import Database, dumps
-from edgeops.protocol import valid_device_id
+from edgeops.protocol import DEVICE_ID_RULE, valid_device_id
 
 
 class UnknownDeviceError(FleetError):
@@ -26,7 +26,7 @@ def register_devices(db: Database, devices: Iterable[dict]) -> int:
     now = time.time()
     for d in devices:
         if not valid_device_id(d["id"]):
-            raise FleetError(f"device id {d['id']!r} is not valid (letters, digits, '_', '.', '-'; at most 64)")
+            raise FleetError(f"device id {d['id']!r} is not valid ({DEVICE_ID_RULE})")
         rows.append({"id": d["id"], "tags": dumps(d.get("tags") or {}), "profile": d.get("profile"), "enrolled_at": now, "state": "unknown", "online": False, "health": "unknown", "agent_version": "", "reported_cmd_seq": 0, "cmd_seq": 0})
     with db.begin() as conn:
         for i in range(0, len(rows), 5000):
@@ -38,6 +38,12 @@ def device_ids(db: Database) -> set[str]:
     """Every enrolled device id."""
     with db.connect() as conn:
         return {r[0] for r in conn.execute(sa.select(db.t.devices.c.id))}
+
+
+def device_known(db: Database, device_id: str) -> bool:
+    """Whether ``device_id`` is enrolled in this fleet (one indexed lookup)."""
+    with db.connect() as conn:
+        return conn.execute(sa.select(db.t.devices.c.id).where(db.t.devices.c.id == device_id)).first() is not None
 
 
 def _devices_select(db: Database):

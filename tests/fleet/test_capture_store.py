@@ -126,3 +126,23 @@ def test_a_device_cannot_fill_the_console_with_unfinished_or_huge_uploads(store)
     head = CaptureChunk(sample_id="b" * 64, index=0, total=4096, size=cs.MAX_SAMPLE_BYTES + 1)
     assert store.handle(TOPIC, encode_capture_chunk(head, b"x" * 10)).status == "refused"
     assert "over the console's bound" in store.sent[-1][1].detail
+
+
+def test_chunks_of_devices_another_fleet_enrolled_are_left_alone(db, tmp_path):
+    """Two fleets' consoles on one broker both see a device's chunks: the one that does not know
+    the device answers nothing and keeps nothing (a "refused" from it made the device drop a
+    sample its own console was storing)."""
+    from edgeops.fleet.registry import device_known, register_devices
+
+    db.create_all()
+    register_devices(db, [{"id": "cam-1", "profile": "x86_64-avx2"}])
+    assert device_known(db, "cam-1") and not device_known(db, "cam-9")
+    sent = []
+    own_key, other_fleet_key = PrivateKey.generate(), PrivateKey.generate()
+    store = CaptureStore(db, tmp_path / "capture", own_key, publish=lambda t, p: sent.append(t), known_device=lambda d: device_known(db, d))
+    for p in chunks(sealed(other_fleet_key, sample_inputs(1), device="cam-9")):
+        assert store.handle("edgeops/v1/cam-9/capture", p).status == "foreign"
+    assert sent == [] and not (tmp_path / "capture" / "partial" / "cam-9").exists() and store.counts["foreign"] >= 1
+    for p in chunks(sealed(own_key, sample_inputs(1))):  # its own devices' samples are stored as before
+        r = store.handle(TOPIC, p)
+    assert r.status == "stored" and len(list_samples(db)) == 1
