@@ -331,6 +331,12 @@ def weighted_p95_sums(tel: sa.Table) -> tuple[sa.ColumnElement, sa.ColumnElement
     )
 
 
+def health_sums(tel: sa.Table) -> list[sa.ColumnElement]:
+    """SUM of inferences, errors and NaN outputs (as floats) and :func:`weighted_p95_sums`: the
+    columns every telemetry aggregate (rollout gates, /metrics) starts with, in this order."""
+    return [float_sum(tel.c.inference_count), float_sum(tel.c.error_count), float_sum(tel.c.nan_count), *weighted_p95_sums(tel)]
+
+
 def weighted_p50_sums(tel: sa.Table) -> tuple[sa.ColumnElement, sa.ColumnElement]:
     """As :func:`weighted_p95_sums` for the p50 column (rows stored before it: NULL, left out)."""
     reported = tel.c.p50_ms.is_not(None)

@@ -41,7 +41,7 @@ import time
 
 import sqlalchemy as sa
 
-from edgeops.fleet.db import Database, float_sum, weighted_p95_sums
+from edgeops.fleet.db import Database, health_sums
 from edgeops.fleet.rollouts.status import RolloutStatus
 from edgeops.fleet.targets import list_targets, published_versions
 
@@ -195,10 +195,7 @@ class FleetCollector:
                 sa.select(
                     tel.c.version_name,
                     tel.c.version_version,
-                    float_sum(tel.c.inference_count),
-                    float_sum(tel.c.error_count),
-                    float_sum(tel.c.nan_count),
-                    *weighted_p95_sums(tel),
+                    *health_sums(tel),
                     sa.func.sum(tel.c.agreement),
                     sa.func.count(tel.c.agreement),
                 )

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgeops.errors import FleetError
-from edgeops.fleet.db import Database, float_sum, weighted_p50_sums, weighted_p95_sums
+from edgeops.fleet.db import Database, float_sum, health_sums, weighted_p50_sums
 from edgeops.fleet.rollouts.records import DeviceTelemetry, Rollout, Wave, WaveTelemetry
 from edgeops.fleet.rollouts.settings import Selector
 from edgeops.fleet.rollouts.status import IN_FLIGHT_ASSIGNMENT, LIVE_ROLLOUT, AssignmentStatus as A
@@ -80,10 +80,7 @@ def new_version_telemetry(db: Database, conn: Connection, rollout: Rollout, idx:
     # an aggregate without GROUP BY: always exactly one row
     inferences, errors, nans, p95w, p95n, p95c, agree, agree_n = tuple(conn.execute(
         sa.select(
-            float_sum(tel.c.inference_count),
-            float_sum(tel.c.error_count),
-            float_sum(tel.c.nan_count),
-            *weighted_p95_sums(tel),
+            *health_sums(tel),
             sa.func.count(tel.c.p95_ms),
             sa.func.avg(tel.c.agreement),
             sa.func.count(tel.c.agreement),
@@ -123,10 +120,7 @@ def _per_device(db: Database, conn: Connection, where: list[Any], strata_tag: st
             tel.c.device_id,
             d.c.profile,
             d.c.tags,
-            float_sum(tel.c.inference_count),
-            float_sum(tel.c.error_count),
-            float_sum(tel.c.nan_count),
-            *weighted_p95_sums(tel),
+            *health_sums(tel),
             sa.func.sum(tel.c.agreement),
             sa.func.count(tel.c.agreement),
             *weighted_p50_sums(tel),
