@@ -128,7 +128,10 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
         sa.Column("agreement", sa.Float),
         sa.Column("dropped_batches", sa.Integer, nullable=False, default=0),
         sa.Column("received_at", sa.Float, nullable=False),
-        sa.Index(f"{prefix}ix_telemetry_version", "version_name", "version_version", "ts_end"),
+        # the gates' and /metrics' windows are on the console's receive clock (received_at), not the
+        # device's ts_end; the partitioned table (fleet/partitions.py) has these two on its parent
+        sa.Index(f"{prefix}ix_telemetry_version_recv", "version_name", "version_version", "received_at"),
+        sa.Index(f"{prefix}ix_telemetry_recv", "received_at"),
     )
     rollouts = sa.Table(
         f"{prefix}rollouts",
@@ -391,6 +394,8 @@ class Database:
                     self._create_telemetry_pg(conn)
                 self.t.metadata.create_all(conn)
                 self._add_missing_columns(conn)
+                for index in self.t.telemetry.indexes:  # added later: a table made earlier gains them
+                    index.create(conn, checkfirst=True)
         except sa.exc.OperationalError as e:
             raise FleetError(f"database {self.engine.url.render_as_string(hide_password=True)}: {e.orig}") from e
 

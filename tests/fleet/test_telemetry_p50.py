@@ -81,3 +81,20 @@ def test_the_device_page_series_and_chart_carry_p50(db):
     assert [(s["p50_ms"], s["p95_ms"]) for s in series] == [(2.5, 6.0)]
     html = device_live([], series)
     assert '{"label":"p50 ms","values":[2.5],"dash":true}' in html and "Latency (p50, p95)" in html
+
+
+def test_an_earlier_database_gains_the_receive_clock_indexes(db):
+    """The gates and /metrics filter telemetry on received_at; a table made when its only index
+    was on ts_end gets the received_at indexes on the next create_all (plain or partitioned)."""
+    def indexes() -> set[str]:
+        with db.connect() as c:
+            return {ix["name"] for ix in sa.inspect(c).get_indexes(db.t.telemetry.name, schema=db.schema)}
+
+    wanted = {ix.name for ix in db.t.telemetry.indexes}
+    assert wanted <= indexes() and any("received_at" in [c.name for c in ix.columns] for ix in db.t.telemetry.indexes)
+    with db.begin() as c:
+        for name in wanted:
+            c.execute(sa.text(f'DROP INDEX {f"{chr(34)}{db.schema}{chr(34)}." if db.schema else ""}"{name}"'))
+    assert not wanted & indexes()
+    db.create_all()
+    assert wanted <= indexes()
