@@ -272,7 +272,8 @@ class IngestConfig(_Section):
     queue_max: int = Field(default=200_000, ge=100)
     db_retries: int = Field(default=3, ge=0, description="retries of a batch that failed for another reason than an unavailable database (connection cut, restart, deadlock: retried until it answers) before it is dropped (counted)")
     auto_register: bool = Field(default=False, description="register unknown devices from their state message (demo/simulator); off: unknown devices are dropped")
-    telemetry_retention_s: float = Field(default=7 * 86400, gt=0)
+    telemetry_retention_s: float = Field(default=7 * 86400, gt=0, description="telemetry rows (and the drift sketches stored beside them) older than this are removed hourly")
+    event_retention_s: float = Field(default=30 * 86400, gt=0, description="device events (install, rollback, self-test...) older than this are removed hourly: a device's history on its page and in the API")
 
 
 class DriftConfig(_Section):

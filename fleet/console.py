@@ -233,6 +233,7 @@ class FleetConsole:
                     if now - last_prune >= 3600:
                         last_prune = now
                         self.prune_telemetry()
+                        self.prune_history()
                         if self.capture is not None:  # uploads a device never finished (fleet/capture_store.py)
                             self.capture.prune_partial()
             except Exception:
@@ -265,6 +266,17 @@ class FleetConsole:
         with self.db.begin() as conn:
             res = conn.execute(t.delete().where(t.c.received_at < cutoff))
         return res.rowcount or 0
+
+    def prune_history(self) -> dict[str, int]:
+        """Retention of the other tables that grow with every device message, run hourly by the
+        leader: drift sketches as telemetry (``ingest.telemetry_retention_s``: a wave's drift reads
+        minutes of them), device events after ``ingest.event_retention_s``. Returns rows deleted."""
+        now = time.time()
+        t = self.db.t
+        with self.db.begin() as conn:
+            sketches = conn.execute(t.sketches.delete().where(t.sketches.c.received_at < now - self.config.ingest.telemetry_retention_s)).rowcount or 0
+            events = conn.execute(t.events.delete().where(t.events.c.received_at < now - self.config.ingest.event_retention_s)).rowcount or 0
+        return {"sketches": sketches, "events": events}
 
     def stop(self, drain: bool = True) -> None:
         """Stop every component; with ``drain`` the ingest queue is stored first."""
