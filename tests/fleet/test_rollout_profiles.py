@@ -137,14 +137,16 @@ def test_the_control_holds_only_profiles_the_rollout_can_deliver_to(h2):
     service.start_rollout(h2.db, r["id"])
     h2.rec.tick()
     from edgeops.fleet.rollouts import queries
-    from edgeops.fleet.rollouts.inputs import WaveSource
+    from edgeops.fleet.rollouts.inputs import WaveSource, cohorts
 
     with h2.db.connect() as conn:
         rollout = queries.load_rollout(h2.db, conn, r["id"])
         wave = queries.load_wave(h2.db, conn, r["id"], 0)
         src = WaveSource(h2.db, conn, rollout, wave, h2.now, h2.now, h2.rec._targets)
-        members = queries.cohort(h2.db, conn, rollout.settings.selector, lambda p: rollout.targets.resolve(p) is not None)
-    assert not members & {"n0", "n1", "u0"} and len(members) == 8 and src.rollout.targets.profiles == [AVX2, VNNI]
+        cohorts(src)  # the control's provider, as the reconciler calls it
+    old_versions, members = src.memo["selection"][1]
+    assert old_versions == ["1.0.0", "3.0.0"]
+    assert members == {f"v{i}" for i in range(4)} | {f"a{i}" for i in range(4)}  # never n0, n1 (no target for their profile), u0 (none reported)
 
 
 def test_the_console_form_offers_the_judge_and_the_page_names_each_profiles_target(h2):
