@@ -221,10 +221,11 @@ def cohort(db: Database, conn: Connection, selector: Selector, profile_ok: Calla
 def matching_devices_for_update(db: Database, conn: Connection, selector: Selector) -> list[Any]:
     """Rows (id, profile, active_name, active_version) of every device the selector matches.
 
-    FOR UPDATE (PostgreSQL): one replica at a time decides which devices join a rollout.
+    FOR UPDATE (PostgreSQL): one replica at a time decides which devices join a rollout. In id
+    order, as ingest locks device rows: two orders of the same rows can deadlock each other.
     """
     d = db.t.devices
-    rows = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version).with_for_update()).all()
+    rows = conn.execute(sa.select(d.c.id, d.c.tags, d.c.profile, d.c.active_name, d.c.active_version).order_by(d.c.id).with_for_update()).all()
     tags = _Tags()
     return [row for row in rows if selector.matches(row.id, row.profile, tags(row.tags))]
 
