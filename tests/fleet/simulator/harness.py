@@ -28,6 +28,18 @@ def cli(*args) -> dict:
     return json.loads(res.output)
 
 
+def run_to_end(env: dict, rollout_id: str, timeout: float = 60) -> dict:
+    """`rollout status --json` once the rollout has ended (finished, paused or aborted); ``env``
+    holds the ``console`` (woken each look, so its reconciler does not wait out its interval)
+    and the ``api`` arguments (--url, --token)."""
+    def check():
+        env["console"].wake()
+        r = cli("status", rollout_id, *env["api"], "--json")
+        return r if r["status"] in ("finished", "paused", "aborted") else None
+
+    return wait_for(check, timeout, 0.4, f"rollout {rollout_id} to end")
+
+
 @contextlib.contextmanager
 def console_and_fleet(tmp_path: Path, repo_dir: Path, keys_dir: Path, token: str, offline_timeout_s: float, with_profile: bool = True, **sim) -> Iterator[tuple[FleetConsole, Simulator, SimSettings]]:
     """A console (SQLite, ``repo_dir``) and ``SimSettings(**sim)`` devices of tag site=berlin on one

@@ -29,7 +29,7 @@ from edgeops.trust.keys import Keyring
 from edgeops.trust.repository import Repository
 from tests.support.broker import MOSQUITTO
 from tests.support.bundles import write_test_bundle
-from tests.fleet.simulator.harness import cli, console_and_fleet
+from tests.fleet.simulator.harness import cli, console_and_fleet, run_to_end
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto")]
@@ -59,15 +59,6 @@ def env(tmp_path, fleet_repo):
     with console_and_fleet(tmp_path, base / "repo", base / "keys", TOKEN, 120, with_profile=False, devices=N, threads=4,
                            profiles={VNNI: 0.5, AVX2: 0.5}, faults=FAULTS, rate=2.0, telemetry_interval_s=1.0) as (console, sim, settings):
         yield {"console": console, "sim": sim, "settings": settings, "api": ["--url", console.api_url, "--token", TOKEN]}
-
-
-def run_to_end(env, rid, timeout=60):
-    def check():
-        env["console"].wake()
-        r = cli("status", rid, *env["api"], "--json")
-        return r if r["status"] in ("finished", "paused", "aborted") else None
-
-    return wait_for(check, timeout, 0.4, f"rollout {rid} to end")
 
 
 def test_a_version_30_percent_slower_only_on_one_profile_halts_while_the_other_finishes(env):

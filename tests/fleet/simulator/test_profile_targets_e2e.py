@@ -30,7 +30,7 @@ from edgeops.fleet.registry import get_device
 from edgeops.trust.keys import Keyring
 from edgeops.trust.repository import Repository
 from edgeops.trust.targets import profile_target_path, target_path
-from tests.fleet.simulator.harness import cli, console_and_fleet
+from tests.fleet.simulator.harness import cli, console_and_fleet, run_to_end
 from tests.support.broker import MOSQUITTO
 from tests.support.bundles import write_test_bundle
 from tests.support.wait import wait_for
@@ -80,15 +80,6 @@ def env(tmp_path):
     with console_and_fleet(tmp_path, base / "repo", base / "keys", TOKEN, 120, with_profile=False, devices=N, threads=16,
                            profiles={VNNI: 0.5, AVX2: 0.5}, faults=FAULTS, rate=8.0, telemetry_interval_s=1.0, runtime="golden") as (console, sim, settings):
         yield {"console": console, "sim": sim, "settings": settings, "api": ["--url", console.api_url, "--token", TOKEN], "published": published, "base": base}
-
-
-def run_to_end(env, rid, timeout=60):
-    def check():
-        env["console"].wake()
-        r = cli("status", rid, *env["api"], "--json")
-        return r if r["status"] in ("finished", "paused", "aborted") else None
-
-    return wait_for(check, timeout, 0.4, f"rollout {rid} to end")
 
 
 def test_one_rollout_per_version_over_two_profiles_finishes_plain_and_halts_the_slow_profile(env):
