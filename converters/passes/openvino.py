@@ -149,6 +149,9 @@ class NncfOptions(PassOptions):
     # 95.8% vs 98.6%, failing the 1-point gate) and the full one 99.7% (98.3%).
     fast_bias_correction: bool = Field(default=False, description="NNCF's fast bias correction instead of the full one (faster build, less accurate on small nets)")
     compress_to_fp16: bool = Field(default=True, description="store the float weights left (biases, float layers) as fp16")
+    min_cosine: float | None = Field(default=None, gt=0.0, le=1.0, description=(
+        "parity-aware: nncf.quantize_with_accuracy_control on the validation feeds in ctx.validation (feeds, the original model's "
+        "outputs), keeping layers float until every feed's worst output cosine with the original is at least this (None: off)"))
     max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=100.0, description=(
         "accuracy-aware: nncf.quantize_with_accuracy_control on the labelled validation feeds in ctx.validation, keeping layers "
         "float until top-1 accuracy drops at most this many points (None: plain nncf.quantize)"))
@@ -183,7 +186,17 @@ class QuantizeOpenVino(Pass):
         }
         if self.options.transformer:
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-        if self.options.max_accuracy_drop is not None and ctx.validation is not None:
+        if self.options.min_cosine is not None and ctx.validation is not None:
+            val_feeds, references = ctx.validation
+            try:
+                # the fp32 IR scores ~1.0 against the original: a drop of 1 - min_cosine leaves the worst feed at min_cosine
+                quantized = nncf.quantize_with_accuracy_control(
+                    model, nncf.Dataset(feeds), nncf.Dataset(list(zip(val_feeds, references))), validation_fn=worst_cosine,
+                    max_drop=1.0 - self.options.min_cosine, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+            except Exception as e:  # NNCF and OpenVINO raise their own (and plain Runtime) error types
+                raise Int8QuantizationError(f"NNCF's parity-aware quantization cannot quantize the model: {openvino_error_summary(e)}") from e
+            how = f"parity-aware (quantize_with_accuracy_control, worst output cosine >= {self.options.min_cosine} on {len(val_feeds)} validation feeds)"
+        elif self.options.max_accuracy_drop is not None and ctx.validation is not None:
             val_feeds, val_labels = ctx.validation
             try:
                 quantized = nncf.quantize_with_accuracy_control(
@@ -228,6 +241,22 @@ def top1_accuracy(compiled_model, items) -> tuple[float, list[float]]:
         logits = np.asarray(compiled_model(feed)[0])
         per_item.append(float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels).reshape(-1))))
     return (float(np.mean(per_item)) if per_item else 0.0), per_item
+
+
+def worst_cosine(compiled_model, items) -> tuple[float, list[float]]:
+    """NNCF's validation_fn for parity: over (feed, the original model's outputs in graph order)
+    items, each item's worst output cosine with the original, and the worst of all (the parity
+    gate's min_cosine looks at the worst feed, so NNCF restores layers until that one passes)."""
+    per_item = []
+    for feed, references in items:
+        outputs = compiled_model(feed)
+        worst = 1.0
+        for i, ref in enumerate(references):
+            a, b = np.asarray(ref, np.float64).ravel(), np.asarray(outputs[i], np.float64).ravel()
+            na, nb = np.linalg.norm(a), np.linalg.norm(b)
+            worst = min(worst, 1.0 if na == nb == 0 else float(a @ b / (na * nb)) if na and nb else 0.0)
+        per_item.append(worst)
+    return (min(per_item) if per_item else 0.0), per_item
 
 
 class OpenVinoRunner:

@@ -212,3 +212,36 @@ def test_openvino_errors_are_summarized_to_what_the_user_can_act_on():
                         "LSTMSequence node with name 'LSTMSequence_at64' expects Constant for port 4\n")
     assert openvino_error_summary(nncf) == "LSTMSequence node with name 'LSTMSequence_at64' expects Constant for port 4"
     assert openvino_error_summary(RuntimeError("")) == "RuntimeError"
+
+
+def test_worst_cosine_scores_each_feed_by_its_worst_output():
+    from edgeops.converters.passes.openvino import worst_cosine
+
+    def compiled(feed):  # a stand-in compiled model: two outputs, the second flipped for feed 1
+        x = feed["x"]
+        return [x, -x if x[0] == 1 else x]
+
+    items = [({"x": np.array([2.0, 1.0])}, [np.array([2.0, 1.0]), np.array([2.0, 1.0])]),
+             ({"x": np.array([1.0, 0.0])}, [np.array([1.0, 0.0]), np.array([1.0, 0.0])])]
+    score, per_item = worst_cosine(compiled, items)
+    assert per_item == pytest.approx([1.0, -1.0]) and score == pytest.approx(-1.0)
+
+
+def test_a_plain_int8_ir_failing_parity_brings_a_parity_aware_candidate(cnn_files, tmp_path):
+    """With a cosine gate the plain NNCF int8 IR cannot meet, auto builds a fourth candidate:
+    NNCF's accuracy control on the worst output cosine, layers back to float until it clears
+    the gate (with a margin); it ships only by passing every gate."""
+    from edgeops.converters.openvino_build import PARITY, missing_cpu_features
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    if missing_cpu_features(load_profile(PROFILE)):
+        pytest.skip("this host lacks the profile's CPU features: nothing is timed, no candidates")
+    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(tmp_path / "p.bundle"),
+                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=6,
+                                min_cosine=0.99995, allow_gate_failures=True))
+    table = result.host_latency["candidates"]["candidates"]
+    assert not table["openvino-int8"]["gates_passed"] and PARITY in table
+    decision = result.report["conversions"]["runtime_choice"]
+    if decision["chosen"] == PARITY:
+        assert table[PARITY]["gates_passed"] and result.gates_passed and result.manifest.quantization == "static-int8"
+        assert "parity-aware" in result.report["quantization"]["reason"]
