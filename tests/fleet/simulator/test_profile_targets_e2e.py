@@ -138,7 +138,7 @@ def test_one_rollout_per_version_over_two_profiles_finishes_plain_and_halts_the_
     assert (stratum["n_new"], stratum["n_control"]) == (N // 4, N // 4), stratum
     assert judged[f"latency_p95[profile={VNNI}]"]["outcome"] != "fail", judged
     assert slow["waves"][0]["devices"] == N // 2 and slow["waves"][1]["status"] == "pending"
-    # wave 1 drew both profiles; each device runs its own profile's 4.0.0 bundle
+    # wave 1 drew both profiles; each device runs its own profile's bundle of that version
     active = {x["device_id"]: x["active"] for x in sim.devices()}
     rows = cli("devices", slow_id, *api, "--json")
     wave1 = {a["device_id"]: a["target"] for a in rows}
