@@ -16,6 +16,7 @@ from tests.agent.test_e2e_cli import REPO_ROOT, start_cli
 from tests.support.broker import free_port
 
 TOKEN = "api-token-for-tests-0123456789"
+API_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,10 @@ def agent_process(tmp_path_factory, trust_repo):
     token_file.chmod(0o600)
     port = free_port()
     cfg = agent_config_dict(tmp, trust_repo, device_id="api-proc", api=f"127.0.0.1:{port}")
-    cfg["api"].update(token_file=str(token_file), workers=2, max_queued=1, timeout_s=2.0, max_body_bytes=1 << 20)
+    # timeout_s: the stalled connections of the last test must still hold both workers and the
+    # queue slot while its 40 probes run; at 2 s a loaded CI host took longer than that, the held
+    # ones were closed at their deadline, and a probe got a worker (and an empty answer) instead of 503
+    cfg["api"].update(token_file=str(token_file), workers=2, max_queued=1, timeout_s=API_TIMEOUT_S, max_body_bytes=1 << 20)
     config = tmp / "agent.toml"
     config.write_text(to_toml(cfg))
     proc = start_cli(config, tmp / "agent.log")
@@ -86,7 +90,7 @@ def test_content_length_minus_one_is_refused_before_the_body(agent_process, auth
 
 def test_stalled_connections_cost_no_thread_and_are_closed(agent_process):
     """Before: 300 stalled requests = 306 threads, held forever. Now 2 workers + 1 queue slot
-    hold three; the rest get 503 at once; the held ones are closed at the 2 s deadline."""
+    hold three; the rest get 503 at once; the held ones are closed at their deadline (API_TIMEOUT_S)."""
     proc, port = agent_process["proc"], agent_process["port"]
     threads_before = _threads(proc.pid)
     partial = f"POST /v1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n".encode()  # never finished
