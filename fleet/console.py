@@ -34,7 +34,7 @@ from edgeops.fleet.commands import CommandSender
 from edgeops.fleet.config import FleetConfig
 from edgeops.fleet.db import Database
 from edgeops.fleet.ingest import Ingestor
-from edgeops.fleet.leader import LeaderLease, schema_lock
+from edgeops.fleet.leader import LeaderLease
 from edgeops.fleet import partitions
 from edgeops.fleet.rollouts.reconciler import Reconciler
 from edgeops.fleet.signing import CommandSigner
@@ -121,12 +121,10 @@ class FleetConsole:
             from edgeops.fleet.broker_identity import check_console_identity
 
             check_console_identity(self.config.broker)
-        with schema_lock(self.db):  # replicas starting together: one creates the tables, the others find them
-            self.db.create_all()
-            if self._use_mqtt:
-                from edgeops.fleet.capture_store import capture_table
+        from edgeops.fleet.capture_store import capture_table
 
-                capture_table(self.db).metadata.create_all(self.db.engine)  # CaptureStore then finds it made
+        # the capture index in the same (locked) transaction: CaptureStore then finds it made
+        self.db.create_all(extra_tables=[capture_table(self.db)] if self._use_mqtt else [])
         self.ingest.start()
         sender = None
         if self._use_mqtt:

@@ -252,6 +252,8 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
 # Columns added to a table after databases were made without them: (table, column). create_all
 # adds each one missing (ALTER TABLE .. ADD COLUMN, nullable, on SQLite and PostgreSQL), so an
 # earlier database gains it on the next start; rows stored before it read NULL.
+SCHEMA_LOCK_ID = 0x65646753  # PostgreSQL advisory lock key held while create_all creates or migrates tables
+
 ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("telemetry", "p50_ms"), ("rollouts", "targets"), ("assignments", "target_name"))
 
 
@@ -382,12 +384,18 @@ class Database:
         """'sqlite' or 'postgresql'."""
         return self.engine.dialect.name
 
-    def create_all(self) -> None:
-        """Create the schema (and the PostgreSQL schema namespace) when missing."""
+    def create_all(self, extra_tables: Iterable[sa.Table] = ()) -> None:
+        """Create the schema (and the PostgreSQL schema namespace) when missing, with
+        ``extra_tables`` (tables other modules define on this database, e.g. the capture index)."""
         try:
             # a write transaction (SQLite: BEGIN IMMEDIATE): two consoles starting on one file
             # do not both decide a column is missing
             with self.begin() as conn:
+                if self.dialect == "postgresql":
+                    # replicas (or `fleet enroll`) starting together: DDL is transactional, so the
+                    # others wait here and then find the tables made (two concurrent CREATE TABLE of
+                    # one name fail one of them on pg_type's unique index, and that replica exited)
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_ID})
                 if self.schema:
                     conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                 if self.dialect == "postgresql":
@@ -396,6 +404,8 @@ class Database:
                 self._add_missing_columns(conn)
                 for index in self.t.telemetry.indexes:  # added later: a table made earlier gains them
                     index.create(conn, checkfirst=True)
+                for table in extra_tables:
+                    table.create(conn, checkfirst=True)
         except sa.exc.OperationalError as e:
             raise FleetError(f"database {self.engine.url.render_as_string(hide_password=True)}: {e.orig}") from e
 

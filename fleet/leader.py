@@ -5,18 +5,15 @@ connection dies the lock is released and another replica takes over on its next 
 SQLite: an exclusive ``flock`` on ``<database>.leader`` (replicas on one host only, which is
 all SQLite supports anyway).
 
-:func:`schema_lock` serializes the schema's creation and migration between replicas that start
-at once (PostgreSQL: two concurrent ``CREATE TABLE`` of one name fail one of them on
-``pg_type``'s unique index, and the replica exits).
+Replicas starting at once create the schema one after the other inside
+:meth:`~edgeops.fleet.db.Database.create_all` (an advisory lock of its own).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,31 +21,6 @@ import sqlalchemy as sa
 from edgeops.fleet.db import Database
 
 log = logging.getLogger("edgeops.fleet.leader")
-
-SCHEMA_LOCK_ID = 0x65646753  # PostgreSQL advisory lock key held while a replica creates/migrates tables
-
-
-@contextlib.contextmanager
-def schema_lock(db: Database) -> Iterator[None]:
-    """Hold the schema lock (PostgreSQL advisory lock on a connection of its own) for the block.
-
-    Replicas starting together create tables one after the other: the second finds them made.
-    SQLite needs nothing here (``create_all`` runs in a ``BEGIN IMMEDIATE`` transaction)."""
-    if db.dialect != "postgresql":
-        yield
-        return
-    with db.engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_ID})
-        conn.commit()
-        try:
-            yield
-        finally:
-            try:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_ID})
-                conn.commit()
-            except Exception:  # the connection died: PostgreSQL released the lock with it
-                conn.invalidate()
-
 
 class LeaderLease:
     """Try to become (and stay) the leader; :meth:`acquire` is cheap to call every tick."""
