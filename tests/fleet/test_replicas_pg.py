@@ -244,8 +244,10 @@ def check_nothing_twice_nothing_lost(db: Database, sim: Simulator, rid: str) -> 
     assert all(n > 5 for n in created.values()), created
 
 
-def test_leader_sigkilled_mid_rollout(fleet):
-    replicas, db, sim, lock_id = fleet["replicas"], fleet["db"], fleet["sim"], fleet["lock_id"]
+def leader_mid_rollout(fleet):
+    """(the lease holder, the other replicas, a started ApiPoller over all three, the rollout id)
+    once a rollout started through a non-leader is mid-way."""
+    replicas, db, lock_id = fleet["replicas"], fleet["db"], fleet["lock_id"]
     first = wait_for(lambda: leader_name(db, lock_id), 30, 0.1, "a leader")
     leader = next(r for r in replicas if r.name == first)
     others = [r for r in replicas if r is not leader]
@@ -253,6 +255,12 @@ def test_leader_sigkilled_mid_rollout(fleet):
     poller.start()
     rid = start_rollout(others[0])["id"]
     wait_mid_rollout(db, rid)
+    return leader, others, poller, rid
+
+
+def test_leader_sigkilled_mid_rollout(fleet):
+    db, sim, lock_id = fleet["db"], fleet["sim"], fleet["lock_id"]
+    leader, others, poller, rid = leader_mid_rollout(fleet)
 
     poller.watched.discard(leader.name)
     leader.proc.send_signal(signal.SIGKILL)
@@ -278,13 +286,7 @@ def test_leader_sigkilled_mid_rollout(fleet):
 
 def test_leader_database_connections_cut_mid_rollout(fleet):
     replicas, db, sim, lock_id = fleet["replicas"], fleet["db"], fleet["sim"], fleet["lock_id"]
-    first = wait_for(lambda: leader_name(db, lock_id), 30, 0.1, "a leader")
-    leader = next(r for r in replicas if r.name == first)
-    others = [r for r in replicas if r is not leader]
-    poller = ApiPoller(replicas)
-    poller.start()
-    rid = start_rollout(others[0])["id"]
-    wait_mid_rollout(db, rid)
+    leader, others, poller, rid = leader_mid_rollout(fleet)
 
     # cut every connection of the leader, again and again for a few seconds: ingest writes, API
     # reads and reconciler ticks in flight fail, not only idle pooled connections
