@@ -61,6 +61,11 @@ class OpenVinoRuntime:
         self.input_names = [p.get_any_name() for p in self._compiled.inputs]
         self.output_names = [p.get_any_name() for p in self._ports]
 
+    @property
+    def compiled(self):
+        """The OpenVINO compiled model (its ports name and shape the inputs and outputs)."""
+        return self._compiled
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference (outputs copied out of the request's buffers)."""
         with self._lock:

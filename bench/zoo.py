@@ -101,10 +101,10 @@ class DeviceRunner:
         self.runtime_name = manifest.runtime
         self.runtime = load_runtime(folder / manifest.artifact, manifest, ["CPUExecutionProvider"] if manifest.runtime == "onnxruntime" else [], threads=1)
         if manifest.runtime == "openvino":
-            from edgeops.converters.passes.openvino import _spec
+            from edgeops.converters.passes.openvino import port_spec
 
-            self.inputs = [_spec(p) for p in self.runtime._compiled.inputs]
-            self.outputs = [_spec(p) for p in self.runtime._compiled.outputs]
+            self.inputs = [port_spec(p) for p in self.runtime.compiled.inputs]
+            self.outputs = [port_spec(p) for p in self.runtime.compiled.outputs]
         else:
             specs = make_runner("tflite" if manifest.runtime == "litert" else "onnx", (folder / manifest.artifact).read_bytes(), threads=1, label="built artifact")
             self.inputs, self.outputs = specs.inputs, specs.outputs

@@ -279,8 +279,8 @@ class OpenVinoRunner:
             raise ModelLoadError(f"{label}: OpenVINO cannot load the model: {openvino_error_summary(e)}") from e
         self.precision = precision
         self.request = self.compiled.create_infer_request()
-        self.inputs = [_spec(p) for p in self.compiled.inputs]
-        self.outputs = [_spec(p) for p in self.compiled.outputs]
+        self.inputs = [port_spec(p) for p in self.compiled.inputs]
+        self.outputs = [port_spec(p) for p in self.compiled.outputs]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
@@ -296,6 +296,7 @@ def compile_config(precision: str, threads: int, hint: str = "LATENCY") -> dict:
 _OV_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i64": "int64", "i32": "int32", "i8": "int8", "u8": "uint8", "boolean": "bool", "i16": "int16"}
 
 
-def _spec(port) -> TensorSpec:
+def port_spec(port) -> TensorSpec:
+    """A compiled OpenVINO model's input or output port as a TensorSpec (dynamic dims named ``dimN``)."""
     shape = [d.get_length() if d.is_static else f"dim{i}" for i, d in enumerate(port.get_partial_shape())]
     return TensorSpec(name=port.get_any_name(), dtype=_OV_TYPES.get(port.get_element_type().get_type_name(), port.get_element_type().get_type_name()), shape=shape)
