@@ -7,14 +7,19 @@ quantization tool (``quantize_static``), none hand written:
 1. the profile's calibration method (or ``--calibration-method``);
 2. another calibration method: percentile (clips the rare outliers that stretch a MinMax range
    and crush the resolution of everything else), or entropy when percentile was the first;
-3. the better of 1-2 with the sensitive nodes kept float32: the output-side heads (from each
-   graph output back through weightless ops such as Sigmoid/Softmax/Reshape to the Conv/MatMul/Gemm
-   feeding it), the first Conv on each graph input, and the :data:`WORST_ACTIVATIONS` nodes whose
-   activations that better attempt quantizes worst (onnxruntime's ``qdq_loss_debug``, lowest SQNR).
+3. the better of 1-2 with the output-side heads kept float32 (from each graph output back
+   through weightless ops such as Sigmoid/Softmax/Reshape to the Conv/MatMul/Gemm feeding it) and
+   the first Conv on each graph input: the cheapest exclusion, a softmax or sigmoid head quantized
+   to 8 bits is the usual culprit (Inception-v1's ``prob`` output: cosine 0.0 in attempts 1-2);
+4. the same plus the :data:`WORST_ACTIVATIONS` nodes whose activations that better attempt
+   quantizes worst (onnxruntime's ``qdq_loss_debug``, lowest SQNR). These are often early,
+   high-resolution layers, where int8 pays most: attempt 3 comes first so they stay int8 whenever
+   the heads alone explain the failure (bench/zoo.py, Inception-v1: see docs/benchmarks.md).
+   Skipped when the ranking adds no node to attempt 3's.
 
-(A fourth attempt, the remaining calibration method with the same nodes float32, was dropped:
-on the corpus (bench/zoo.py, 2026-12-04) it passed for none of the 17 models, never beat
-attempt 3, and its entropy calibration was the slowest step of the failing builds, e.g. ~25 s
+(An earlier fifth attempt, the remaining calibration method with the same nodes float32, was
+dropped: on the corpus (bench/zoo.py, 2026-12-04) it passed for none of the 17 models, never beat
+the others, and its entropy calibration was the slowest step of the failing builds, e.g. ~25 s
 of PP-OCRv4 det's 127 s.)
 
 At most :data:`MAX_ATTEMPTS` quantizations; each calibration method calibrates once (its tensor
@@ -36,7 +41,7 @@ from pathlib import Path
 
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates, is_classifier
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 4
 SEARCH_FEEDS = 64  # validation feeds each attempt is compared on (the final validation uses them all)
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 # Weightless ops a head may pass through between its last weighted node and the graph output.
@@ -54,10 +59,13 @@ class AttemptSpec:
     method: str
     per_channel: bool
     exclude_sensitive: bool
+    worst_activations: bool = False  # besides the heads, the layers qdq_loss_debug ranks worst
 
     def label(self) -> str:
-        return (f"static int8, {self.method} calibration, {'per-channel' if self.per_channel else 'per-tensor'} weights"
-                + (", sensitive nodes float32" if self.exclude_sensitive else ""))
+        kept = ""
+        if self.exclude_sensitive:
+            kept = ", heads and worst-quantized layers float32" if self.worst_activations else ", output heads and first conv float32"
+        return f"static int8, {self.method} calibration, {'per-channel' if self.per_channel else 'per-tensor'} weights{kept}"
 
 
 @dataclass
@@ -97,6 +105,7 @@ def plan(first_method: str, per_channel: bool) -> list[AttemptSpec]:
         AttemptSpec(first_method, per_channel, False),
         AttemptSpec(second, per_channel, False),
         AttemptSpec("", per_channel, True),  # method filled in: the better of the first two
+        AttemptSpec("", per_channel, True, worst_activations=True),
     ][:MAX_ATTEMPTS]
 
 
@@ -124,7 +133,7 @@ def worst_gate(gates: list[dict]) -> str:
 
 
 def sensitive_nodes(model) -> list[str]:
-    """Nodes kept float32 by attempt 3: each output's head back to (and including) the weighted
+    """Nodes kept float32 by attempts 3 and 4: each output's head back to (and including) the weighted
     node feeding it, and the first weighted Conv on each graph input. Unnamed nodes get the names
     the quantize-static pass gives them (``{op_type}_{index}``)."""
     producer = {}
@@ -185,26 +194,32 @@ def search(built, run_quantize, validate, first_method: str, per_channel: bool, 
     specs = plan(first_method, per_channel)
     attempts: list[Attempt] = []
     heads = sensitive_nodes(model)
-    nodes = list(heads)
     artifacts = {}
     calibrated: set[str] = set()
+    better = None  # the better of the attempts without float32 nodes, once they have run
     with tempfile.TemporaryDirectory(prefix="edgeops-calib-") as tmp:
-        for number, spec in enumerate(specs, start=1):
-            if spec.exclude_sensitive and not nodes and rank_nodes is None:
-                continue
-            if not spec.method:
-                best = max(attempts, key=lambda a: gate_margin(a.gates))
-                spec = AttemptSpec(best.method, spec.per_channel, True)
-                if rank_nodes is not None:
-                    nodes = heads + [n for n in rank_nodes(artifacts[best.attempt]) if n not in heads]
+        for spec in specs:
+            nodes: list[str] = []
+            if spec.exclude_sensitive:
+                better = better or max(attempts, key=lambda a: gate_margin(a.gates))
+                spec = AttemptSpec(better.method, spec.per_channel, True, spec.worst_activations)
+                nodes = list(heads)
+                if spec.worst_activations:
+                    ranked = rank_nodes(artifacts[better.attempt]) if rank_nodes is not None else []
+                    nodes = heads + [n for n in ranked if n not in heads]
+                    if nodes == heads and attempts[-1].nodes_float32 == heads:
+                        continue  # the ranking adds nothing: attempt 3 already ran these nodes
+                if not nodes:
+                    continue
+            number = len(attempts) + 1
             cache = str(Path(tmp) / f"{spec.method}.json")
             reused = spec.method in calibrated
             calibrated.add(spec.method)
-            artifact = run_quantize(spec, nodes if spec.exclude_sensitive else [], cache)
+            artifact = run_quantize(spec, nodes, cache)
             artifacts[number] = artifact
             gates = validate(artifact)
             passed = all(g["passed"] for g in gates)
-            attempt = Attempt(number, spec.label(), spec.method, spec.per_channel, nodes if spec.exclude_sensitive else [], gates, passed,
+            attempt = Attempt(number, spec.label(), spec.method, spec.per_channel, nodes, gates, passed,
                               worst_gate=worst_gate(gates), calibration=f"{spec.method} ranges {'reused from the cache' if reused else 'calibrated'}")
             attempts.append(attempt)
             if passed:

@@ -75,7 +75,7 @@ def test_sensitive_nodes_are_tried_with_the_better_method_reusing_its_calibratio
 def test_nothing_passes_bounded_attempts_then_the_float_model():
     result, asked = _run({("minmax", False): 0.3, ("percentile", False): 0.2, ("minmax", True): 0.6, ("entropy", True): 0.5})
     assert not result.passed and result.artifact == "float model"
-    assert len(asked) == quant_search.MAX_ATTEMPTS == 3
+    assert quant_search.MAX_ATTEMPTS == 4 and len(asked) == 3  # no ranking: attempt 4 would repeat attempt 3's nodes
     assert [(a.method, bool(a.nodes_float32)) for a in result.attempts] == [("minmax", False), ("percentile", False), ("minmax", True)]
     assert all(a.verdict.startswith("rejected: min_cosine[y]") for a in result.attempts)
     assert all(set(a.doc()) >= {"attempt", "tried", "gates", "passed", "verdict", "nodes_float32"} for a in result.attempts)
@@ -88,6 +88,7 @@ def test_plan_starts_from_the_given_method_and_never_repeats_one():
         methods = [s.method for s in specs if s.method]
         assert len(set(methods)) == len(methods) == 2
         assert specs[-1].exclude_sensitive and not specs[-1].method  # the better of the two, chosen when it runs
+        assert [s.worst_activations for s in specs if s.exclude_sensitive] == [False, True]  # heads alone first
 
 
 def test_a_gate_that_could_not_be_measured_counts_as_the_worst():
@@ -95,7 +96,7 @@ def test_a_gate_that_could_not_be_measured_counts_as_the_worst():
     assert quant_search.gate_margin(rows) < quant_search.gate_margin([_gate(0.1)])
 
 
-def test_attempt_3_adds_the_ranked_nodes_of_the_better_attempt_to_the_heads():
+def test_attempt_4_adds_the_ranked_nodes_of_the_better_attempt_to_the_heads_of_attempt_3():
     ranked_from = []
 
     def quantize(spec, nodes, cache):
@@ -110,8 +111,24 @@ def test_attempt_3_adds_the_ranked_nodes_of_the_better_attempt_to_the_heads():
 
     result = quant_search.search("float", quantize, validate, "minmax", True, _tiny_model(), rank_nodes=rank)
     assert ranked_from == [("percentile", ())]  # ranked once, on the better of attempts 1-2
-    assert result.attempts[2].nodes_float32 == ["Sigmoid_4", "Conv_3", "Conv_0", "Conv_2"]
-    assert not result.passed and len(result.attempts) == 3
+    assert result.attempts[2].nodes_float32 == ["Sigmoid_4", "Conv_3", "Conv_0"]  # heads and the first conv only
+    assert result.attempts[3].nodes_float32 == ["Sigmoid_4", "Conv_3", "Conv_0", "Conv_2"]
+    assert "heads and worst-quantized layers float32" in result.attempts[3].tried
+    assert not result.passed and len(result.attempts) == 4
+
+
+def test_when_the_heads_alone_pass_the_worst_layers_stay_int8_and_are_not_ranked():
+    ranked = []
+
+    def quantize(spec, nodes, cache):
+        return (spec.method, tuple(nodes))
+
+    def validate(artifact):
+        return [_gate(0.99 if artifact[1] else 0.5)]
+
+    result = quant_search.search("float", quantize, validate, "minmax", True, _tiny_model(), rank_nodes=lambda a: ranked.append(a) or ["Conv_2"])
+    assert result.passed and len(result.attempts) == 3 and ranked == []
+    assert result.artifact[1] == ("Sigmoid_4", "Conv_3", "Conv_0")
 
 
 def test_activation_error_nodes_names_float_model_nodes_from_qdq_loss_debug(tmp_path):
