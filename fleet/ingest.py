@@ -52,6 +52,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from edgeops.fleet.acks import acknowledge
 from edgeops.fleet.commands import SELF_TEST_COMMAND_PREFIX
 from edgeops.fleet.config import IngestConfig
 from edgeops.fleet.db import Database, dumps
@@ -275,9 +276,8 @@ class Ingestor:
                     if failures <= self.config.db_retries and not self._stop.is_set():
                         time.sleep(min(5.0, 0.5 * 2 ** (failures - 1)))
             try:
-                for item in items:
-                    if item[4] is not None:
-                        item[4]()
+                # after the commit, all at once: one PUBACK packet per connection (fleet/acks.py)
+                acknowledge(item[4] for item in items)
             except Exception:
                 log.exception("acknowledging messages failed")
             finally:

@@ -33,6 +33,7 @@ next one; the persistent session lives in the cluster, so it resumes there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import threading
@@ -40,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from edgeops.errors import FleetError
+from edgeops.fleet.acks import Ack
 from edgeops.fleet.config import BrokerConfig
 from edgeops.fleet.retained_state import probe_state_topic, retained_reaches_wildcards, sweep
 from edgeops.fleet.subscription_health import SubscriptionProbe, is_probe_topic
@@ -68,10 +70,14 @@ def _make_client(cfg: BrokerConfig, protocol: str, client_id: str):
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from edgeops.fleet import paho_client
+
+    # read-ahead and batched acknowledgements (fleet/paho_client.py), where this paho allows them
+    cls = paho_client.FastClient if paho_client.supported() else mqtt.Client
     if protocol == "5":
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client = cls(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     else:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False)
+        client = cls(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False)
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.resolved_password())
     if cfg.tls:
@@ -166,6 +172,7 @@ class ConsoleMqtt:
         self.on_fetch = on_fetch
         self.protocol: str | None = None
         self.client = None
+        self._send_acks = None  # the client's batch acknowledger (start())
         self.connected = threading.Event()
         self.connects = 0
         self._endpoints = cfg.endpoints()
@@ -236,6 +243,7 @@ class ConsoleMqtt:
         self._endpoint = self._first_reachable()
         self.protocol = self.cfg.protocol if self.cfg.protocol != "auto" else probe_protocol(self.cfg, endpoint=self.endpoint)
         self.client = _make_client(self.cfg, self.protocol, self.cfg.client_id)
+        self._send_acks = functools.partial(self._ack_many, self.client)  # one per client: Acks group by it
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
@@ -369,31 +377,45 @@ class ConsoleMqtt:
             client._host, client._port = self.endpoint
             log.warning("reconnecting to broker node %s:%d", *self.endpoint)
 
-    def _on_message(self, client, userdata, msg):
-        mid, qos = msg.mid, msg.qos
+    def _ack_many(self, client, mids: list[int]) -> None:
+        """Acknowledge QoS 1 messages ``client`` received (none once it was replaced or stopped)."""
+        if self.client is not client:
+            return
+        if hasattr(client, "ack_many"):  # fleet/paho_client.FastClient
+            client.ack_many(mids)  # one packet, one wake-up of the network thread
+        else:
+            for mid in mids:
+                client.ack(mid, 1)
 
-        def ack() -> None:
-            if qos > 0 and self.client is client:
-                client.ack(mid, qos)
+    def _on_message(self, client, userdata, msg):
+        qos, topic = msg.qos, msg.topic  # (paho decodes the topic on every access)
+        if qos == 1:
+            ack = Ack(self._send_acks if client is self.client else functools.partial(self._ack_many, client), msg.mid)
+        else:
+            mid = msg.mid
+
+            def ack() -> None:  # QoS 0: nothing to send; QoS 2 (never subscribed): paho's PUBCOMP
+                if qos > 1 and self.client is client:
+                    client.ack(mid, qos)
 
         try:
-            if is_probe_topic(msg.topic):  # a replica's probe: never device data
-                if msg.topic == self.state_probe_topic:
+            if is_probe_topic(topic):  # a replica's probe: never device data
+                if topic == self.state_probe_topic:
                     if msg.retain and msg.payload:
                         self._retained_seen.set()
                 else:
-                    self.probe.received(msg.topic, msg.payload)
+                    self.probe.received(topic, msg.payload)
                 ack()
-            elif msg.topic.endswith("/capture") and self.on_capture is not None:
-                self.on_capture(msg.topic, msg.payload, ack)  # acknowledged once the chunk is on disk
-            elif msg.topic.endswith("/fetch/req"):
+            elif topic.endswith("/capture") and self.on_capture is not None:
+                self.on_capture(topic, msg.payload, ack)  # acknowledged once the chunk is on disk
+            elif topic.endswith("/fetch/req"):
                 ack()  # a lost request is simply asked again by the device
                 if self.on_fetch:
-                    self.on_fetch(msg.topic, msg.payload)
+                    self.on_fetch(topic, msg.payload)
             else:
-                self.on_device_message(msg.topic, msg.payload, ack)
+                self.on_device_message(topic, msg.payload, ack)  # ingest acknowledges a batch at once
         except Exception:  # never let a message kill the network thread
-            log.exception("handling a message on %s failed", msg.topic)
+            log.exception("handling a message on %s failed", topic)
             ack()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> _Handle:
