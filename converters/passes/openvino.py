@@ -42,6 +42,9 @@ class IrModel:
     bin: bytes
     # the ONNX model the IR was converted from: other candidates (the float IR) are built from it
     source_onnx: bytes | None = field(default=None, compare=False, repr=False)
+    # how NNCF quantized it (None: float IR): {"fast_bias_correction": bool, "transformer": bool}; a
+    # candidate with the other bias correction is built from source_onnx with the same settings
+    nncf: dict | None = field(default=None, compare=False, repr=False)
 
     def members(self, artifact_name: str = "model/model.xml") -> dict[str, bytes]:
         """Bundle members: ``model/model.xml`` and ``model/model.bin`` beside it (OpenVINO finds the
@@ -148,7 +151,10 @@ class NncfOptions(PassOptions):
     max_calibration_samples: int = Field(default=300, ge=1, le=100000, description="calibration feeds used at most (NNCF subset_size)")
     # The full bias correction re-runs the model per layer: slower to build, but on the digits CNN
     # (16x16, 128 calibration feeds) NNCF's fast one kept 96.4% top-1 agreement with fp32 (accuracy
-    # 95.8% vs 98.6%, failing the 1-point gate) and the full one 99.7% (98.3%).
+    # 95.8% vs 98.6%, failing the 1-point gate) and the full one 99.7% (98.3%). It compiles each
+    # layer's subgraph alone, so its cost grows with depth: 74 s of DenseNet-121's 118 s build
+    # (2026-12-05). `--quantize auto` therefore starts with the fast one and builds the full one only
+    # when the fast one fails a gate (converters/openvino_build.py).
     fast_bias_correction: bool = Field(default=False, description="NNCF's fast bias correction instead of the full one (faster build, less accurate on small nets)")
     compress_to_fp16: bool = Field(default=True, description="store the float weights left (biases, float layers) as fp16")
     min_cosine: float | None = Field(default=None, gt=0.0, le=1.0, description=(
@@ -216,7 +222,8 @@ class QuantizeOpenVino(Pass):
         else:
             quantized, how = self._quantize(nncf, model, feeds, kwargs, ctx)
         ir = save_ir(quantized, self.options.compress_to_fp16)
-        ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.module.source_onnx)
+        ir = IrModel(ir.xml, ir.bin, source_onnx=artifact.module.source_onnx,
+                     nncf={"fast_bias_correction": bool(kwargs["fast_bias_correction"]), "transformer": self.options.transformer})
         ctx.log.append(f"quantize-openvino: NNCF {nncf.__version__} int8 ({self.options.preset} preset{', transformer' if self.options.transformer else ''}, {how}) "
                        f"on {len(feeds)} calibration feeds")
         return ir_artifact(ir)
@@ -226,15 +233,17 @@ class QuantizeOpenVino(Pass):
         """nncf.quantize; when the full bias correction fails (it compiles each layer's subgraph
         alone, which OpenVINO refuses for an LSTMSequence whose weights are not constants, e.g.
         silero-vad), once more with the fast one; Int8QuantizationError if that fails too."""
+        bias = "fast" if kwargs.get("fast_bias_correction") else "full"
         try:
-            return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), "nncf.quantize"
+            return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), f"nncf.quantize, {bias} bias correction"
         except Exception as e:  # NNCF and OpenVINO raise their own (and plain Runtime) error types
             first = openvino_error_summary(e)
             if kwargs.get("fast_bias_correction"):
                 raise Int8QuantizationError(f"NNCF cannot quantize the model: {first}. Build it with --quantize none (float IR), or for an onnxruntime profile") from e
         ctx.log.append(f"quantize-openvino: NNCF's full bias correction failed ({first}); retried with the fast one")
+        kwargs["fast_bias_correction"] = True
         try:
-            return nncf.quantize(model, nncf.Dataset(feeds), **{**kwargs, "fast_bias_correction": True}), "nncf.quantize, fast bias correction (the full one failed)"
+            return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), "nncf.quantize, fast bias correction (the full one failed)"
         except Exception as e:
             raise Int8QuantizationError(f"NNCF cannot quantize the model: {openvino_error_summary(e)} (the full bias correction failed first: {first}). "
                                         "Build it with --quantize none (float IR), or for an onnxruntime profile") from e

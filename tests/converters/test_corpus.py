@@ -38,7 +38,7 @@ CI_PAIRS = {
     ("ddddocr-ocr-int8", "x86_64-avx512-vnni"),
     ("ddddocr-det", "x86_64-avx512-vnni"), ("ddddocr-ocr", "x86_64-avx2"),
     ("ort-logreg-iris", "x86_64-avx512-vnni"),
-    # OpenVINO: NNCF's full bias correction fails on silero's LSTM (auto ships the float IR);
+    # OpenVINO: NNCF's full bias correction fails on silero's LSTM (auto quantizes with the fast one first);
     # If branches of unknown rank and com.microsoft ops are typed refusals naming OpenVINO
     ("silero-vad-sequence", "x86_64-openvino-int8"), ("silero-vad", "x86_64-openvino-int8"), ("ddddocr-ocr-int8", "x86_64-openvino-int8"),
 }
