@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -249,6 +250,7 @@ def make_tables(prefix: str = "", schema: str | None = None) -> Tables:
     return Tables(md, devices, events, telemetry, rollouts, waves, assignments, audit, commands, device_clock, sketches)
 
 
+SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999  # host parameters per statement
 # Columns added to a table after databases were made without them: (table, column). create_all
 # adds each one missing (ALTER TABLE .. ADD COLUMN, nullable, on SQLite and PostgreSQL), so an
 # earlier database gains it on the next start; rows stored before it read NULL.
@@ -297,6 +299,11 @@ def _dialect_insert(engine: Engine):
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert
+
+
+def _bound_values(row: dict, cols: Sequence[str], binds: list) -> list:
+    """The row's values of ``cols`` as SQLAlchemy would bind them (each column's processor, if any)."""
+    return [v if p is None or v is None else p(v) for v, p in zip(map(row.__getitem__, cols), binds)]
 
 
 def _q(name: str) -> str:
@@ -372,6 +379,7 @@ class Database:
         self.table_prefix = table_prefix
         self.t = make_tables(table_prefix, self.schema)
         self._write_engine = self.engine.execution_options(edgeops_write=True)
+        self._binds: dict[tuple, list | None] = {}  # (table, columns, every) -> _sqlite_binds' answer
         self._insert = _dialect_insert(self.engine)
         if telemetry_partitions == "daily" and self.dialect != "postgresql":
             raise ConfigError("database.telemetry_partitions = \"daily\" needs PostgreSQL (SQLite keeps one table and deletes expired rows); set it to \"auto\" or \"off\"")
@@ -487,8 +495,36 @@ class Database:
                 f"ON CONFLICT DO NOTHING RETURNING {', '.join(_q(k) for k in key)}"
             )
             return [tuple(r) for r in conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in cols)).all()]
+        cols = list(rows[0].keys())
+        binds = self._sqlite_binds(table, cols, every=True)
+        if binds is not None:
+            # the statement SQLAlchemy would build (a multi-row insert), without building it: at a
+            # few rows per batch, constructing and caching the statement cost more than running it
+            one = f"({', '.join('?' * len(cols))})"
+            head = f"INSERT INTO {_q(table.name)} ({', '.join(_q(c) for c in cols)}) VALUES "
+            tail = f" ON CONFLICT DO NOTHING RETURNING {', '.join(_q(k) for k in key)}"
+            per = max(1, SQLITE_MAX_VARIABLES // len(cols))
+            out: list[tuple] = []
+            for i in range(0, len(rows), per):
+                chunk = rows[i : i + per]
+                params = tuple(v for r in chunk for v in _bound_values(r, cols, binds))
+                out += [tuple(r) for r in conn.exec_driver_sql(head + ", ".join([one] * len(chunk)) + tail, params).all()]
+            return out
         stmt = self._insert(table).on_conflict_do_nothing().returning(*(table.c[k] for k in key), sort_by_parameter_order=False)
         return [tuple(r) for r in conn.execute(stmt, list(rows)).all()]
+
+    def _sqlite_binds(self, table: sa.Table, cols: Sequence[str], every: bool = False) -> list | None:
+        """SQLite: the bind processor of each column (None where the driver takes the value as it
+        is), for statements run through the driver; None when not SQLite, or (``every``) when the
+        rows do not name every column (a Python-side default would be left to fill)."""
+        if self.dialect != "sqlite":
+            return None
+        key = (table.name, tuple(cols), every)
+        if key not in self._binds:
+            dialect = self.engine.dialect
+            ok = all(c in table.c for c in cols) and (not every or set(cols) == set(table.c.keys()))
+            self._binds[key] = [table.c[c].type.bind_processor(dialect) for c in cols] if ok else None
+        return self._binds[key]
 
     def bulk_update(self, conn: Connection, table: sa.Table, key: str, rows: Sequence[dict]) -> None:
         """``UPDATE table SET col = value WHERE key = id`` for many rows (dicts with ``key`` and the same columns)."""
@@ -503,6 +539,12 @@ class Database:
                 f"WHERE t.{_q(key)} = u.{_q(key)}"
             )
             conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in all_cols))
+            return
+        binds = self._sqlite_binds(table, [*cols, key])
+        if binds is not None:
+            # executemany of one plain statement, as SQLAlchemy would run it, without building it
+            sql = f"UPDATE {_q(table.name)} SET {', '.join(f'{_q(c)} = ?' for c in cols)} WHERE {_q(key)} = ?"
+            conn.exec_driver_sql(sql, [tuple(_bound_values(r, [*cols, key], binds)) for r in rows])
             return
         stmt = table.update().where(table.c[key] == sa.bindparam(f"b_{key}")).values({c: sa.bindparam(f"b_{c}") for c in cols})
         conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])

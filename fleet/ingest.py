@@ -185,6 +185,7 @@ class Ingestor:
         self._pending = 0
         self._pending_lock = threading.Condition()
         self.final_reports = 0  # stored events that can end an assignment (see module doc)
+        self._state_stmts: tuple | None = None  # _state_statements()
 
     # -- producer side (MQTT thread) ------------------------------------------------------
     def submit(self, topic: str, payload: bytes, ack: Callable[[], None] | None = None) -> None:
@@ -487,10 +488,36 @@ class Ingestor:
         ]
         self.db.upsert(conn, self.db.t.devices, rows, ["id"], [])
 
+    def _state_statements(self) -> tuple:
+        """The UPDATEs of device state (online; offline; offline and not older), built once."""
+        if self._state_stmts is None:
+            t = self.db.t.devices
+            values = {
+                "online": sa.bindparam("b_online"),
+                "state": sa.bindparam("b_state"),
+                "profile": sa.func.coalesce(sa.bindparam("b_profile", type_=sa.String), t.c.profile),
+                "active_name": sa.bindparam("b_an"),
+                "active_version": sa.bindparam("b_av"),
+                "active_release": sa.bindparam("b_ar"),
+                "active_sha256": sa.bindparam("b_as"),
+                "previous_name": sa.bindparam("b_pn"),
+                "previous_version": sa.bindparam("b_pv"),
+                "pending_name": sa.bindparam("b_qn"),
+                "pending_version": sa.bindparam("b_qv"),
+                "agent_version": sa.bindparam("b_agent"),
+                "reported_cmd_seq": sa.bindparam("b_seq"),
+                "state_ts": sa.bindparam("b_ts"),
+            }
+            self._state_stmts = (
+                t.update().where(t.c.id == sa.bindparam("b_id")).values(**values),
+                t.update().where(t.c.id == sa.bindparam("b_id")).values(online=False),
+                t.update().where(t.c.id == sa.bindparam("b_id"), sa.or_(t.c.state_ts.is_(None), t.c.state_ts <= sa.bindparam("b_ts"))).values(**values),
+            )
+        return self._state_stmts
+
     def _store_states(self, conn, states: list[DeviceState], seen: dict[str, float], tally: Counter) -> None:
         if not states:
             return
-        t = self.db.t.devices
         full, offline = [], []
         for s in states:
             row = {
@@ -513,32 +540,14 @@ class Ingestor:
             (full if s.online else offline).append(row)
             if s.online:
                 seen[s.device_id] = max(seen.get(s.device_id, 0.0), time.time())
-        values = {
-            "online": sa.bindparam("b_online"),
-            "state": sa.bindparam("b_state"),
-            "profile": sa.func.coalesce(sa.bindparam("b_profile", type_=sa.String), t.c.profile),
-            "active_name": sa.bindparam("b_an"),
-            "active_version": sa.bindparam("b_av"),
-            "active_release": sa.bindparam("b_ar"),
-            "active_sha256": sa.bindparam("b_as"),
-            "previous_name": sa.bindparam("b_pn"),
-            "previous_version": sa.bindparam("b_pv"),
-            "pending_name": sa.bindparam("b_qn"),
-            "pending_version": sa.bindparam("b_qv"),
-            "agent_version": sa.bindparam("b_agent"),
-            "reported_cmd_seq": sa.bindparam("b_seq"),
-            "state_ts": sa.bindparam("b_ts"),
-        }
+        full_stmt, offline_stmt, newer_stmt = self._state_statements()
         if full:
-            conn.execute(t.update().where(t.c.id == sa.bindparam("b_id")).values(**values), full)
+            conn.execute(full_stmt, full)
         if offline:
             # The last will is composed when the device connects, so its versions may be stale:
             # always take online=false, the rest only when it is not older than what we have.
-            conn.execute(t.update().where(t.c.id == sa.bindparam("b_id")).values(online=False), [{"b_id": r["b_id"]} for r in offline])
-            conn.execute(
-                t.update().where(t.c.id == sa.bindparam("b_id"), sa.or_(t.c.state_ts.is_(None), t.c.state_ts <= sa.bindparam("b_ts"))).values(**values),
-                offline,
-            )
+            conn.execute(offline_stmt, [{"b_id": r["b_id"]} for r in offline])
+            conn.execute(newer_stmt, offline)
         progress.apply_states(self.db, conn, states)
         tally["stored", "state"] += len(states)
 

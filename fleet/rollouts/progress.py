@@ -10,6 +10,7 @@ abort's rollback order turns ``reverting`` into ``reverted``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -58,6 +59,40 @@ def _detail(ev: DeviceEvent) -> str:
     return f"{ev.kind.value}: {text}"[:2000] if (text or ev.kind in _FAILURE_EVENTS) else ev.kind.value
 
 
+@functools.lru_cache(maxsize=256)
+def _transition(t: sa.Table, kind: E, match: str) -> sa.Update:
+    """The UPDATE moving ``kind``'s assignments on, matched by command id, target or neither.
+
+    Built once per table and kind: at a few events per ingest batch, building the statement cost
+    more than running it."""
+    new, allowed = EVENT_TRANSITIONS[kind]
+    values = {"status": new.value, "updated_at": sa.bindparam("b_now"), "detail": sa.bindparam("b_detail")}
+    if match == "command_id":
+        where = (t.c.device_id == sa.bindparam("b_dev"), t.c.command_id == sa.bindparam("b_cid"), _in(t.c.status, allowed))
+    elif match == "target":
+        where = (t.c.device_id == sa.bindparam("b_dev"), t.c.bundle_name == sa.bindparam("b_name"), t.c.bundle_version == sa.bindparam("b_ver"), _in(t.c.status, allowed))
+    else:  # a rollback without a command id or target: the device's in-flight assignment
+        where = (t.c.device_id == sa.bindparam("b_dev"), _in(t.c.status, _FLIGHT + (A.FAILED,)))
+    return t.update().where(*where).values(**values)
+
+
+@functools.lru_cache(maxsize=16)
+def _statements(t: sa.Table) -> dict[str, sa.Update]:
+    """The other UPDATEs of this module, built once per assignments table."""
+    return {
+        # answers to an abort's rollback order
+        "reverted_by_command": t.update()
+        .where(t.c.device_id == sa.bindparam("b_dev"), t.c.rollback_command_id == sa.bindparam("b_cid"), t.c.status == A.REVERTING.value)
+        .values(status=A.REVERTED.value, updated_at=sa.bindparam("b_now"), detail=sa.bindparam("b_detail")),
+        "resting_on_target": t.update()
+        .where(t.c.device_id == sa.bindparam("b_dev"), t.c.bundle_name == sa.bindparam("b_name"), t.c.bundle_version == sa.bindparam("b_ver"), _in(t.c.status, (A.SENT, A.ACCEPTED)))
+        .values(status=A.SUCCEEDED.value, updated_at=sa.bindparam("b_now"), detail="device reports the target version active"),
+        "back_on_previous": t.update()
+        .where(t.c.device_id == sa.bindparam("b_dev"), t.c.status == A.REVERTING.value, t.c.from_name == sa.bindparam("b_name"), t.c.from_version == sa.bindparam("b_ver"))
+        .values(status=A.REVERTED.value, updated_at=sa.bindparam("b_now"), detail="back on the previous version"),
+    }
+
+
 def apply_events(db: Database, conn: Connection, events: Sequence[DeviceEvent], now: float | None = None) -> None:
     """Move assignments forward for newly stored events (already de-duplicated)."""
     now = resolve(now)
@@ -65,7 +100,7 @@ def apply_events(db: Database, conn: Connection, events: Sequence[DeviceEvent], 
     by_kind: dict[E, list[DeviceEvent]] = {}
     for ev in events:
         by_kind.setdefault(ev.kind, []).append(ev)
-    for kind, (new, allowed) in EVENT_TRANSITIONS.items():
+    for kind in EVENT_TRANSITIONS:
         evs = by_kind.get(kind)
         if not evs:
             continue
@@ -75,33 +110,18 @@ def apply_events(db: Database, conn: Connection, events: Sequence[DeviceEvent], 
             for e in evs
             if not e.command_id and e.target is not None
         ]
-        values = {"status": new.value, "updated_at": sa.bindparam("b_now"), "detail": sa.bindparam("b_detail")}
         if with_id:
-            conn.execute(
-                t.update().where(t.c.device_id == sa.bindparam("b_dev"), t.c.command_id == sa.bindparam("b_cid"), _in(t.c.status, allowed)).values(**values),
-                with_id,
-            )
+            conn.execute(_transition(t, kind, "command_id"), with_id)
         if with_target:
-            conn.execute(
-                t.update()
-                .where(t.c.device_id == sa.bindparam("b_dev"), t.c.bundle_name == sa.bindparam("b_name"), t.c.bundle_version == sa.bindparam("b_ver"), _in(t.c.status, allowed))
-                .values(**values),
-                with_target,
-            )
+            conn.execute(_transition(t, kind, "target"), with_target)
         if kind is E.ROLLED_BACK:
-            # a rollback without a command id or target: the device's in-flight assignment
             bare = [{"b_dev": e.device_id, "b_detail": _detail(e), "b_now": now} for e in evs if not e.command_id and e.target is None]
             if bare:
-                conn.execute(t.update().where(t.c.device_id == sa.bindparam("b_dev"), _in(t.c.status, _FLIGHT + (A.FAILED,))).values(**values), bare)
+                conn.execute(_transition(t, kind, "bare"), bare)
     # answers to an abort's rollback order
     reverted = [{"b_dev": e.device_id, "b_cid": e.command_id, "b_detail": _detail(e), "b_now": now} for e in by_kind.get(E.ROLLED_BACK, []) if e.command_id]
     if reverted:
-        conn.execute(
-            t.update()
-            .where(t.c.device_id == sa.bindparam("b_dev"), t.c.rollback_command_id == sa.bindparam("b_cid"), t.c.status == A.REVERTING.value)
-            .values(status=A.REVERTED.value, updated_at=sa.bindparam("b_now"), detail=sa.bindparam("b_detail")),
-            reverted,
-        )
+        conn.execute(_statements(t)["reverted_by_command"], reverted)
 
 
 RESTING_STATES = ("idle", "committed")
@@ -119,16 +139,6 @@ def apply_states(db: Database, conn: Connection, states: Sequence[DeviceState], 
     rows = [{"b_dev": s.device_id, "b_name": s.active.name, "b_ver": s.active.version, "b_now": now} for s in states if s.active is not None and s.online]
     resting = [r for r, s in zip(rows, [s for s in states if s.active is not None and s.online]) if s.state in RESTING_STATES and s.pending is None]
     if resting:
-        conn.execute(
-            t.update()
-            .where(t.c.device_id == sa.bindparam("b_dev"), t.c.bundle_name == sa.bindparam("b_name"), t.c.bundle_version == sa.bindparam("b_ver"), _in(t.c.status, (A.SENT, A.ACCEPTED)))
-            .values(status=A.SUCCEEDED.value, updated_at=sa.bindparam("b_now"), detail="device reports the target version active"),
-            resting,
-        )
+        conn.execute(_statements(t)["resting_on_target"], resting)
     if rows:
-        conn.execute(
-            t.update()
-            .where(t.c.device_id == sa.bindparam("b_dev"), t.c.status == A.REVERTING.value, t.c.from_name == sa.bindparam("b_name"), t.c.from_version == sa.bindparam("b_ver"))
-            .values(status=A.REVERTED.value, updated_at=sa.bindparam("b_now"), detail="back on the previous version"),
-            rows,
-        )
+        conn.execute(_statements(t)["back_on_previous"], rows)
