@@ -179,7 +179,7 @@ def parity_target(limits: GateLimits) -> float:
     return round(1.0 - (1.0 - limits.min_cosine) * ACCURACY_MARGIN, 6)
 
 
-def parity_int8_candidate(profile, source_onnx: bytes, ref_runner, feeds, limits: GateLimits, ctx: PassContext) -> Artifact | None:
+def parity_int8_candidate(profile, built: Artifact, ref_runner, feeds, limits: GateLimits, ctx: PassContext) -> Artifact | None:
     """NNCF int8 with layers restored to float (``quantize_with_accuracy_control`` on the worst
     output cosine against the original) until it clears the parity gate, or None when there is
     no calibration data or NNCF cannot. A fourth candidate, built only when the plain NNCF int8
@@ -187,12 +187,14 @@ def parity_int8_candidate(profile, source_onnx: bytes, ref_runner, feeds, limits
     at about half of int8's speed (bench/peers.py, 2026-12-04)."""
     if ctx.calibration is None:
         return None
-    float_ir = create_pass("convert-openvino", compress_to_fp16=False)(Artifact("onnx", data=source_onnx), PassContext(profile=profile))
+    settings = built.module.nncf or {}  # the plain int8's NNCF settings: the same bias correction and model type
+    float_ir = create_pass("convert-openvino", compress_to_fp16=False)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
     references = [[ref_runner.run(f)[o.name] for o in ref_runner.outputs] for f in feeds]
     side = PassContext(profile=profile, calibration=ctx.calibration, validation=(feeds, references))  # its log stays out of the report
     try:
         with ctx.step("int8 quantization (NNCF, parity-aware: the plain one failed a gate)"):
-            return create_pass("quantize-openvino", min_cosine=parity_target(limits))(float_ir, side)
+            return create_pass("quantize-openvino", min_cosine=parity_target(limits), transformer=settings.get("transformer", False),
+                               fast_bias_correction=settings.get("fast_bias_correction", False))(float_ir, side)
     except Int8QuantizationError as e:
         ctx.log.append(f"auto: no parity-aware int8 candidate ({e})")
         return None
@@ -273,7 +275,7 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
             candidates[FULL_BIAS] = (full, precision, why)
             evaluate(FULL_BIAS, full, precision)
     if not rows[PREFERRED]["gates_passed"] and not rows.get(FULL_BIAS, {}).get("gates_passed"):
-        parity = parity_int8_candidate(profile, built.module.source_onnx, ref_runner, feeds, limits, ctx)
+        parity = parity_int8_candidate(profile, built, ref_runner, feeds, limits, ctx)
         if parity is not None:
             candidates[PARITY] = (parity, precision, why)
             evaluate(PARITY, parity, precision)
