@@ -5,17 +5,22 @@ and the console works in its ingest, MQTT and reconciler threads).
 
 Runs the program (``-m MODULE args`` or ``SCRIPT args``) with a thread that reads every other
 thread's stack each ``EDGEOPS_SAMPLE_S`` seconds (default 0.005); at exit (a normal exit, also
-after SIGTERM where the program handles it) writes to OUT.txt the functions most often on top of
-a stack that was not waiting (self) and anywhere on it (inclusive), as shares of the samples.
-Only threads the kernel shows running (``R`` in /proc/self/task/TID/stat) count: a thread
-blocked in ``select``, a lock, a queue or a socket read, or waiting for the GIL, is left out, so
-the shares are of the program's CPU time.
+after SIGTERM where the program handles it) writes to OUT.txt the functions on top of the stack
+(self) and anywhere on it (inclusive), as shares of the program's CPU time, and the CPU seconds
+of each thread by name.
+
+Each sample is weighted by the CPU time the thread used since the previous sample (its own CPU
+clock, ``pthread_getcpuclockid``): a thread blocked in ``select``, a lock, a queue or a socket
+read, or waiting for the GIL or for a CPU, weighs nothing. (Counting the threads the kernel shows
+runnable instead over-counted, on a busy host, threads that had just woken another one and were
+waiting for a CPU.)
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import runpy
 import sys
 import threading
@@ -24,12 +29,12 @@ from collections import Counter
 
 
 
-def _running(native_id: int) -> bool:
+def _cpu_s(ident: int) -> float | None:
+    """CPU seconds a thread has used (None once it is gone)."""
     try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"R"
-    except OSError:
-        return False
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, OverflowError):
+        return None
 
 
 def _where(code) -> str:
@@ -45,28 +50,42 @@ def main() -> None:
     samples = [0]
     stop = threading.Event()
 
+    last: dict[int, float] = {}
+    per_thread: Counter = Counter()
+
     def sample() -> None:
         while not stop.wait(interval):
-            natives = {t.ident: t.native_id for t in threading.enumerate()}
+            names = {t.ident: t.name for t in threading.enumerate()}
             for tid, frame in sys._current_frames().items():
-                if tid == sampler.ident or not _running(natives.get(tid) or 0):
+                if tid == sampler.ident:
+                    continue
+                cpu = _cpu_s(tid)
+                if cpu is None:
+                    continue
+                used = cpu - last.get(tid, cpu)
+                last[tid] = cpu
+                if used <= 0:
                     continue
                 samples[0] += 1
-                own[_where(frame.f_code)] += 1
+                per_thread[re.sub(r"\d+", "N", names.get(tid, "?"))] += used  # pools' threads together
+                own[_where(frame.f_code)] += used
                 seen = set()
                 f = frame
                 while f is not None:
                     w = _where(f.f_code)
                     if w not in seen:
                         seen.add(w)
-                        incl[w] += 1
+                        incl[w] += used
                     f = f.f_back
 
     def report() -> None:
         stop.set()
-        n = max(samples[0], 1)
+        n = max(sum(own.values()), 1e-9)
         with open(out, "w") as fh:
-            fh.write(f"{samples[0]} busy samples every {interval * 1000:.1f} ms over {time.monotonic() - t0:.0f} s\n\nself:\n")
+            fh.write(f"{samples[0]} busy samples every {interval * 1000:.1f} ms over {time.monotonic() - t0:.0f} s: {n:.2f} CPU-s of the threads sampled\n\nthreads (CPU s):\n")
+            for name, c in per_thread.most_common(20):
+                fh.write(f"{c:8.2f}  {100 * c / n:5.1f}%  {name}\n")
+            fh.write("\nself:\n")
             for w, c in own.most_common(40):
                 fh.write(f"{100 * c / n:6.1f}%  {w}\n")
             fh.write("\ninclusive:\n")
