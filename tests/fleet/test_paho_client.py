@@ -86,6 +86,15 @@ def _publish_all(port: int, payloads: list[bytes]) -> None:
     pub.loop_stop()
 
 
+def _disconnect(c) -> None:
+    """Disconnect once everything queued before the DISCONNECT was written (paho writes in order)."""
+    gone = threading.Event()
+    c.on_disconnect = lambda *a: gone.set()
+    c.disconnect()
+    assert gone.wait(10)  # loop_stop() right away could end the loop before it wrote the queue
+    c.loop_stop()
+
+
 def _wait_for(pred, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -118,8 +127,7 @@ def test_read_ahead_delivers_every_message_intact_and_in_order(broker, monkeypat
     sub = _client(FastClient, cid, protocol, manual_ack=False)
     sub.on_message = lambda c, u, m: got.append(m.payload)
     _connect(sub, broker.port, protocol)
-    sub.disconnect()
-    sub.loop_stop()
+    _disconnect(sub)
     # queued in the session while the subscriber is away: they arrive back to back on reconnect
     _publish_all(broker.port, payloads)
     reads = _count_socket_reads(monkeypatch)
@@ -147,8 +155,14 @@ def test_ack_many_acknowledges_exactly_the_ids_given(broker, protocol):
     _publish_all(broker.port, [str(i).encode() for i in range(200)])
     assert _wait_for(lambda: len(got) == 200)
     sub.ack_many([mid for mid, _ in got[:150]])
-    sub.disconnect()  # written after the PUBACKs queued before it
-    sub.loop_stop()
+    # a round trip on the same connection: the broker reads a connection's packets in order, so
+    # once the SUBACK is back it has taken the PUBACKs (a reconnect could otherwise take the session
+    # over while they still wait, unread, in the old connection)
+    synced = threading.Event()
+    sub.on_subscribe = lambda *a: synced.set()
+    sub.subscribe("edgeops/test/sync", qos=1)
+    assert synced.wait(10)
+    _disconnect(sub)
 
     again: list[bytes] = []
     sub2 = _client(FastClient, cid, protocol, manual_ack=True)
