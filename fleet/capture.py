@@ -46,9 +46,21 @@ def load_or_create_key(folder: Path, create: bool = True):
             raise FleetError(f"{path}: no capture key; the console creates one when it first orders a capture (`edgeops fleet capture`) or with `edgeops data key`") from None
         key = PrivateKey.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64encode(bytes(key)) + b"\n")
+        # Replicas on one host may share the folder and start together: the key is written whole
+        # to a file of this process's own, then linked into place (atomic, fails if another got
+        # there first), so no console ever reads a half-written key or dies on another's.
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64encode(bytes(key)) + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create_key(folder, create=False)  # another console created it first: use that one
+        finally:
+            tmp.unlink(missing_ok=True)
         return key
     try:
         return PrivateKey(base64.b64decode(raw.strip(), validate=True))
