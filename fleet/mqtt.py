@@ -388,7 +388,7 @@ class ConsoleMqtt:
                 client.ack(mid, 1)
 
     def _on_message(self, client, userdata, msg):
-        qos, topic = msg.qos, msg.topic  # (paho decodes the topic on every access)
+        qos, topic = msg.qos, "(not UTF-8)"
         if qos == 1:
             ack = Ack(self._send_acks if client is self.client else functools.partial(self._ack_many, client), msg.mid)
         else:
@@ -399,6 +399,7 @@ class ConsoleMqtt:
                     client.ack(mid, qos)
 
         try:
+            topic = msg.topic  # decoded once (paho decodes on every access); bytes that are not UTF-8 raise here, inside the guard
             if is_probe_topic(topic):  # a replica's probe: never device data
                 if topic == self.state_probe_topic:
                     if msg.retain and msg.payload:
