@@ -135,7 +135,11 @@ def test_one_rollout_per_version_over_two_profiles_finishes_plain_and_halts_the_
     assert f"latency_p95[profile={AVX2}]: fail" in slow["reason"], (slow["reason"], judged)
     stratum = judged[f"latency_p95[profile={AVX2}]"]
     assert stratum["outcome"] == "fail" and 1.1 < stratum["effect"] < 2.0, stratum  # about 1.3 (0.65 / 0.5 of the budget slept, plus overhead)
-    assert (stratum["n_new"], stratum["n_control"]) == (N // 4, N // 4), stratum
+    # each stratum holds one profile's devices only (pooled, it would hold N // 2): all 8 of a
+    # cohort, less any device whose assignment failed on an overloaded host before it reported
+    # (the rollout lets a fifth of a wave fail; CI saw 7 new of 8 once)
+    for n in (stratum["n_new"], stratum["n_control"]):
+        assert N // 4 - N // 10 <= n <= N // 4, stratum
     assert judged[f"latency_p95[profile={VNNI}]"]["outcome"] != "fail", judged
     assert slow["waves"][0]["devices"] == N // 2 and slow["waves"][1]["status"] == "pending"
     # wave 1 drew both profiles; each device runs its own profile's bundle of that version
