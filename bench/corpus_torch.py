@@ -18,6 +18,7 @@ licence, task.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -158,12 +159,15 @@ def digits_photos(images: np.ndarray, rng) -> np.ndarray:
     return (out - mean) / std
 
 
-def mobilenet_v2_digits(epochs: int = 3, train_images: int = 768):
+def mobilenet_v2_digits(epochs: int = 3, train_images: int = 768, target_accuracy: float = 0.9, max_epochs: int = 10):
     """MobileNetV2 1.0 at 224 (10 classes) trained here on scikit-learn's digits rendered as 224x224
     colour photos (:func:`digits_photos`): a MobileNetV2 with a trained classifier's confident
     logits, without hub weights. A random-weight MobileNetV2 has near-equal logits, so every int8
     path, peers' included, fails the top-1 agreement gate on it and nothing about int8 speed can be
-    shown. Training takes a few minutes on 2 cores; the weights are cached in the corpus cache."""
+    shown. Training runs at least ``epochs`` epochs, then until ``target_accuracy`` on 200 training-split
+    digits it never trained on (not the validation split the benchmarks score), at most ``max_epochs``:
+    a fixed 3 epochs reached 0.745 held-out on one host and 0.23 on another (torch's CPU kernels
+    differ, and so does the run). Minutes on 2 cores; the weights are cached in the corpus cache."""
     import hashlib
 
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
@@ -172,7 +176,7 @@ def mobilenet_v2_digits(epochs: int = 3, train_images: int = 768):
 
     torch = _torch()
     config = MobileNetV2Config(num_labels=DIGITS_CLASSES)
-    key = hashlib.sha256(f"{config.to_json_string()}|{epochs}|{train_images}|{SEED}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{config.to_json_string()}|{epochs}|{train_images}|{target_accuracy}|{max_epochs}|{SEED}".encode()).hexdigest()[:12]
     try:
         from corpus import cache_dir  # bench/ on sys.path (bench scripts, the corpus)
     except ImportError:
@@ -187,8 +191,9 @@ def mobilenet_v2_digits(epochs: int = 3, train_images: int = 768):
         x_train, y_train, _, _, _ = digits_arrays(size=8, seed=SEED)
         rng = np.random.default_rng(SEED)
         opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
-        module.train()
-        for _ in range(epochs):
+        check = x_train[train_images : train_images + 200], y_train[train_images : train_images + 200]
+        for epoch in range(1, max_epochs + 1):
+            module.train()
             order = rng.permutation(train_images)
             for b in range(0, train_images, 32):
                 idx = order[b : b + 32]
@@ -197,11 +202,26 @@ def mobilenet_v2_digits(epochs: int = 3, train_images: int = 768):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            if epoch >= epochs:
+                accuracy = _accuracy(module, *check)
+                print(f"mobilenet-v2-digits: epoch {epoch}, accuracy {accuracy:.3f} on 200 unseen training-split digits", file=sys.stderr)
+                if accuracy >= target_accuracy:
+                    break
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.save(module.state_dict(), cached)
     module.eval()
     example = torch.from_numpy(digits_photos(digits_arrays(size=8, seed=SEED)[2][:1], np.random.default_rng(SEED)))
     return module, (example,)
+
+
+def _accuracy(module, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``module`` (eval mode) on ``images`` rendered as photos with a fixed seed."""
+    torch = _torch()
+    module.eval()
+    photos = digits_photos(images, np.random.default_rng(SEED + 2))
+    with torch.no_grad():
+        predicted = np.concatenate([module(torch.from_numpy(photos[i : i + 50])).argmax(1).numpy() for i in range(0, len(photos), 50)])
+    return float(np.mean(predicted == labels))
 
 
 def digits_photo_data(count: int, rng) -> dict:
@@ -265,7 +285,7 @@ ENTRIES: list[dict] = [
     {"name": "mobilenet-v2", "factory": "bench.corpus_torch:mobilenet_v2", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,
      "source": f"MobileNetV2 1.0/224, {_HF}", "licence": "Apache-2.0 (transformers)", "task": "image classification", "conv_net": True},
     {"name": "mobilenet-v2-digits", "factory": "bench.corpus_torch:mobilenet_v2_digits", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,
-     "data": "digits_photo", "source": "MobileNetV2 1.0/224 (transformers implementation), 10 classes, trained here for 3 epochs on 768 of scikit-learn's digits "
+     "data": "digits_photo", "source": "MobileNetV2 1.0/224 (transformers implementation), 10 classes, trained here (3 to 10 epochs, until 0.9 top-1 on unseen digits) on 768 of scikit-learn's digits "
      "rendered as 224x224 colour photos (no download)", "licence": "Apache-2.0 (transformers); digits: BSD-3-Clause (scikit-learn)",
      "task": "image classification (10 digits)", "conv_net": True, "notes": "trained by bench/corpus_torch.py, weights cached in the corpus cache"},
     {"name": "convnext-tiny", "factory": "bench.corpus_torch:convnext_tiny", "input_shape": list(IMAGE_SHAPE), "inputs": _IMAGE_INPUT,

@@ -14,8 +14,10 @@ threads, measured in interleaved rounds so load from other jobs hits every path 
 * ``edgeops-ort``: the bundle `edgeops build --profile x86_64-avx512-vnni` makes.
 
 Printed per model and thread count: p50 ms, speed-up over ort-fp32, the edgeops-ov latency as a
-ratio to the best peer path (target: at most 1.0), size, and parity with fp32 (cosine, top-1
-agreement for classifiers). The host's CPU flags (lscpu) are printed first.
+ratio to the best peer path (target: at most 1.0) and to the best one within the profile's gates,
+with the number of rounds edgeops-ov was the faster of the two, the peers whose IR holds the same
+weights as edgeops-ov's (the same network: their ratio is the run's noise), size, and parity with
+fp32 (cosine, top-1 agreement for classifiers). The host's CPU flags (lscpu) are printed first.
 
     python bench/peers.py [--models digits,mobilenet-v2,ppocrv4-det,...] [--rounds 5] [--runs 30] [--json OUT]
 
@@ -246,6 +248,15 @@ def _size(path: Path) -> int:
     return size
 
 
+def _weights_digest(path: Path) -> str | None:
+    """sha256 of an OpenVINO IR's weights file (None for other formats): two IRs with one digest
+    hold the same quantized network, so their latency ratio is the run's noise."""
+    import hashlib
+
+    weights = path.with_suffix(".bin")
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if path.suffix == ".xml" and weights.exists() else None
+
+
 def bench_model(name: str, rounds: int, runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"peers-{name}-") as tmp:
         folder = Path(tmp)
@@ -283,6 +294,8 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                                  "metrics": {k: ov_report["metrics"].get(k) for k in ("top1_agreement", "accuracy_drop_points")}, "build_s": round(ov_seconds, 1)},
                   "edgeops_ort": {"scheme": ort_report["quantization"]["scheme"], "status": ort_report["status"], "build_s": round(ort_seconds, 1)},
                   "failed_peers": failed, "threads": {}}
+        ours = _weights_digest(paths["edgeops-ov"])
+        result["same_weights_as_edgeops_ov"] = sorted(k for k, p in paths.items() if k != "edgeops-ov" and ours and _weights_digest(p) == ours)
         # parity with fp32 onnxruntime on the validation feeds (1 thread)
         ref = make("ort-fp32", 1)
         feeds = _feeds(val)[: len(labels) if labels is not None else VALIDATION]
@@ -322,6 +335,8 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                 "edgeops_ov_vs_best_peer": round(p50["edgeops-ov"] / p50[best], 3),
                 "best_peer_within_gates": best_gated,
                 "edgeops_ov_vs_best_peer_within_gates": round(p50["edgeops-ov"] / p50[best_gated], 3),
+                # how many interleaved rounds edgeops-ov was the faster of the two: the ratio's spread
+                "rounds_edgeops_ov_faster_than_best_within_gates": f"{sum(a < b for a, b in zip(samples['edgeops-ov'], samples[best_gated]))}/{rounds}",
             }
             del runners
         return result
@@ -351,7 +366,10 @@ def main(argv: list[str] | None = None) -> None:
         for t in (1, 2):
             th = r["threads"][t]
             print(f"  {t} thread(s): edgeops-ov / best peer ({th['best_peer']}) = {th['edgeops_ov_vs_best_peer']}; "
-                  f"/ best peer within the profile's gates ({th['best_peer_within_gates']}) = {th['edgeops_ov_vs_best_peer_within_gates']}")
+                  f"/ best peer within the profile's gates ({th['best_peer_within_gates']}) = {th['edgeops_ov_vs_best_peer_within_gates']} "
+                  f"(edgeops-ov faster in {th['rounds_edgeops_ov_faster_than_best_within_gates']} rounds)")
+        if r["same_weights_as_edgeops_ov"]:
+            print(f"  edgeops-ov holds the same weights as: {', '.join(r['same_weights_as_edgeops_ov'])} (their ratio is this run's noise)")
         sys.stdout.flush()
     if args.json:
         args.json.write_text(json.dumps({"host": _lscpu_flags(), "results": results}, indent=1))
