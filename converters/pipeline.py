@@ -450,7 +450,7 @@ def _tflite_path(source: SourceModel, profile, options: BuildOptions, ctx: PassC
         with step("converting PyTorch -> TFLite (litert-torch)"):
             reference = create_pass("export-tflite")(torch_art, ctx)
     else:
-        reference = Artifact("tflite", data=source.data)
+        reference = Artifact("tflite", data=_prepared_tflite(source, ctx))
         kind = ModelKind("other", 0.0, 0.0, False)
         already = _tflite_is_quantized(source.data)
         if options.quantize == "auto" and already:
@@ -469,11 +469,30 @@ def _tflite_path(source: SourceModel, profile, options: BuildOptions, ctx: PassC
     if choice.scheme in ("dynamic-int8", "static-int8", "full-int8"):
         with step(f"{choice.scheme} quantization (ai-edge-quantizer)"):
             built = create_pass("quantize-tflite", scheme=choice.scheme)(reference, ctx)
+        if not _tflite_is_quantized(built.data):
+            # the recipe found no op it quantizes: say so rather than name a scheme the model does not have
+            ops = sorted({op for _, op in _tflite_ops(reference.data)})
+            ctx.warn(f"{choice.scheme} quantization changed nothing in this model (ai-edge-quantizer quantizes none of its ops: {', '.join(ops)}); the bundle is float")
+            choice = Choice("none", f"{choice.reason}; but ai-edge-quantizer's recipe quantized no tensor of this model: packaged float")
+            built = reference
         if choice.scheme == "full-int8" and "EdgeTpuDelegate" in profile.runtime.providers:
             ctx.warn("full-int8 model built; compile it for the Edge TPU with edgetpu_compiler on a supported host (not run here)")
     else:
         ctx.log.append("tflite: packaged without quantization")
     return reference, built, choice, kind, calib
+
+
+def _prepared_tflite(source: SourceModel, ctx: PassContext) -> bytes:
+    """The user's .tflite as the packager and the agent run it (converters/tflite_intake.py: operator
+    codes, float16 weights, a signature), each repair recorded in the report and the build log."""
+    from edgeops.converters.tflite_intake import prepare_tflite
+
+    data, done = prepare_tflite(source.data)
+    if done:
+        ctx.report["tflite_intake"] = {**done, "bytes_as_given": len(source.data), "bytes_prepared": len(data)}
+        for what, detail in done.items():
+            ctx.log.append(f"tflite intake: {what}: " + (detail if isinstance(detail, str) else f"wrote '{detail['written']}' with inputs {detail['inputs']} and outputs {detail['outputs']}"))
+    return data
 
 
 def _onnx_intake(reference: Artifact, source: SourceModel, profile, options: BuildOptions, ctx: PassContext, step: StepFn, label: str):
@@ -536,7 +555,12 @@ def _tflite_is_quantized(data: bytes) -> bool:
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=data)
-    return any(np.dtype(t["dtype"]).kind in "iu" and t.get("quantization", (0.0, 0))[0] for t in it.get_tensor_details())
+
+    def scaled(t) -> bool:
+        # per-channel tensors carry their scales in quantization_parameters; "quantization" reads (0.0, 0)
+        return bool(t.get("quantization", (0.0, 0))[0]) or len(t.get("quantization_parameters", {}).get("scales", ())) > 0
+
+    return any(np.dtype(t["dtype"]).kind in "iu" and scaled(t) for t in it.get_tensor_details())
 
 
 def _tflite_ops(data: bytes) -> list[tuple[str, str]]:

@@ -41,6 +41,7 @@ from pydantic import Field
 
 from edgeops.converters.errors import ConversionMismatchError, ToolUnavailableError
 from edgeops.converters.passes import Artifact, Pass, PassContext, PassOptions, register_pass
+from edgeops.converters.tflite_intake import with_signature
 from edgeops.errors import ModelLoadError, UnsupportedOperatorError
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -189,46 +190,12 @@ def convert_in_child(data: bytes, timeout_s: int) -> tuple[bytes, dict[str, str]
         model = onnx.load_model_from_string(data)
         initializers = {t.name for t in model.graph.initializer}
         inputs = [i.name for i in model.graph.input if i.name not in initializers]
-        tflite = with_signature((Path(tmp) / result["tflite"]).read_bytes(), inputs, [o.name for o in model.graph.output])
+        try:
+            # named as the ONNX model's inputs and outputs (onnx2tf keeps their order; the parity check that follows catches a mix-up)
+            tflite = with_signature((Path(tmp) / result["tflite"]).read_bytes(), inputs, [o.name for o in model.graph.output])
+        except ConversionMismatchError as e:
+            raise ConversionMismatchError(f"ONNX -> TFLite: {e} (the ONNX model's)") from e
         return tflite, result.get("versions", {})
-
-
-def with_signature(tflite: bytes, input_names: list[str], output_names: list[str]) -> bytes:
-    """The model with a ``serving_default`` signature naming its inputs and outputs as the ONNX model does.
-
-    onnx2tf's .tflite has no signature when TensorFlow's converter fell back to concrete
-    functions (seen on Paddle exports); bundles are run through their signature (edgeops.litert),
-    so one is written into the flatbuffer here: subgraph 0's inputs and outputs in order, which
-    onnx2tf keeps in the ONNX graph's order (the parity check that follows catches any mix-up).
-    A model that has a signature is returned unchanged.
-    """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as fb
-
-    model = fb.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
-    if model.signatureDefs:
-        return tflite
-    graph = model.subgraphs[0]
-    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
-        raise ConversionMismatchError(
-            f"ONNX -> TFLite: the .tflite has {len(graph.inputs)} input(s) and {len(graph.outputs)} output(s), "
-            f"the ONNX model {input_names} and {output_names}"
-        )
-
-    def tensor_map(name: str, index: int):
-        t = fb.TensorMapT()
-        t.name, t.tensorIndex = name, int(index)
-        return t
-
-    sig = fb.SignatureDefT()
-    sig.signatureKey = "serving_default"
-    sig.subgraphIndex = 0
-    sig.inputs = [tensor_map(n, i) for n, i in zip(input_names, graph.inputs)]
-    sig.outputs = [tensor_map(n, i) for n, i in zip(output_names, graph.outputs)]
-    model.signatureDefs = [sig]
-    builder = flatbuffers.Builder(len(tflite) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _last_json(stdout: str) -> dict | None:
