@@ -475,6 +475,13 @@ def _tflite_path(source: SourceModel, profile, options: BuildOptions, ctx: PassC
             ctx.warn(f"{choice.scheme} quantization changed nothing in this model (ai-edge-quantizer quantizes none of its ops: {', '.join(ops)}); the bundle is float")
             choice = Choice("none", f"{choice.reason}; but ai-edge-quantizer's recipe quantized no tensor of this model: packaged float")
             built = reference
+        elif options.quantize == "auto" and choice.scheme != "full-int8":  # the Edge TPU runs integer models only
+            from edgeops.converters.litert_check import int8_or_float
+
+            data = load_dataset(options.validation, ref_runner.inputs, "validation", options.image) if options.validation else generated_dataset(ref_runner.inputs, label="auto check")
+            limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
+            with step(f"checking the {choice.scheme} model's parity (auto)"):
+                built, choice = int8_or_float(reference, built, choice, data, limits, ctx)
         if choice.scheme == "full-int8" and "EdgeTpuDelegate" in profile.runtime.providers:
             ctx.warn("full-int8 model built; compile it for the Edge TPU with edgetpu_compiler on a supported host (not run here)")
     else:

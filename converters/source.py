@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeops.errors import ModelLoadError
+from edgeops.errors import ModelLoadError, UnsupportedOperatorError
 
 ONNX_SUFFIXES = (".onnx",)
 TFLITE_SUFFIXES = (".tflite",)
@@ -126,6 +127,14 @@ def _check_tflite(path: Path, raw: bytes) -> bytes:
         interpreter = Interpreter(model_content=raw)
         interpreter.allocate_tensors()
     except Exception as e:
+        custom = re.search(r"unresolved custom op: (\S+?)\.?\s.*?Node number (\d+)", str(e), re.S)
+        if custom:
+            # MediaPipe ships models with its own ops (Landmarks2TransformMatrix, Convolution2DTransposeBias)
+            raise UnsupportedOperatorError(
+                f"{path}: node {custom.group(2)} is custom op '{custom.group(1)}', which LiteRT's built-in op set lacks, so no LiteRT profile "
+                "runs this model (nor the onnxruntime or OpenVINO profiles, which take ONNX); use a variant of the model without it, "
+                "or a runtime build that registers the op"
+            ) from e
         raise ModelLoadError(f"{path}: LiteRT cannot load this model ({type(e).__name__}: {e})") from e
     return raw
 

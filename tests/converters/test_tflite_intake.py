@@ -109,6 +109,42 @@ def tiny_add_model(input_names=("x",), output_name="y") -> bytes:
     return bytes(builder.Output())
 
 
+def fully_connected_model(custom_op: str | None = None) -> bytes:
+    """y = W x ([1, 64] -> [1, 8]) where each row of W holds one weight of 1000 and 63 of 1: per-channel
+    int8 rounds the 1s to 0 (scale 1000/127), so on inputs whose first value is 0 the int8 model
+    computes 0 and the float one does not. With ``custom_op``, the op is a custom one of that name."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    def tensor(name: str, shape: list[int], buffer: int):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name.encode(), np.array(shape, np.int32), FLOAT32, buffer
+        return t
+
+    model = fb.ModelT()
+    model.version = 3
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = 32 if custom_op else 9  # CUSTOM, FULLY_CONNECTED
+    code.customCode, code.version = custom_op, 1
+    model.operatorCodes = [code]
+    w = np.ones((8, 64), np.float32)
+    w[:, 0] = 1000.0
+    weights = fb.BufferT()
+    weights.data = w.view(np.uint8).ravel()
+    model.buffers = [fb.BufferT(), weights]
+    graph = fb.SubGraphT()
+    graph.tensors = [tensor("x", [1, 64], 0), tensor("w", [8, 64], 1), tensor("y", [1, 8], 0)]
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, np.array([0, 1, -1], np.int32), np.array([2], np.int32)
+    if not custom_op:
+        op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.FullyConnectedOptions, fb.FullyConnectedOptionsT()
+    graph.operators, graph.inputs, graph.outputs = [op], np.array([0], np.int32), np.array([2], np.int32)
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def test_the_face_detector_is_repaired_and_computes_exactly_what_it_did(face_detector):
     from edgeops.converters.tflite_intake import SIGNATURE_KEY, prepare_tflite
     from edgeops.litert import SignatureModel
@@ -197,3 +233,38 @@ def test_a_model_the_int8_recipe_cannot_touch_is_reported_float(tmp_path, capsys
     report = json.loads(stdout)["report"]
     assert report["quantization"]["scheme"] == "none" and "quantized no tensor" in report["quantization"]["reason"], report["quantization"]
     assert any("changed nothing" in w for w in report["warnings"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_input", [0.0, 1.0])
+def test_under_auto_an_int8_model_that_fails_a_parity_gate_gives_way_to_the_float_one(first_input, tmp_path, capsys):
+    """First input 0: int8 computes 0 where float computes ~32 (cosine 0): the float model ships and
+    the report names the gate. First input 1: the 1000 term dominates both, int8 passes and ships."""
+    model = tmp_path / "fc.tflite"
+    model.write_bytes(fully_connected_model())
+    x = np.random.default_rng(0).uniform(0, 1, (16, 64)).astype(np.float32)
+    x[:, 0] = first_input
+    np.savez(tmp_path / "validation.npz", x=x)
+    code, stdout, err = run_cli(["build", model, "--profile", "arm64-litert", "--name", "fc", "--version", "1", "--validation", tmp_path / "validation.npz",
+                                 "--json", "-o", tmp_path / "fc.bundle"], capsys)
+    assert code == 0, err
+    q = json.loads(stdout)["report"]["quantization"]
+    (attempt,) = q["attempts"]
+    if first_input == 0.0:
+        assert q["scheme"] == "none" and "failed a parity gate (min_cosine[y] 0.0 vs 0.98), so the float model ships" in q["reason"], q
+        assert not attempt["passed"] and attempt["worst_gate"].startswith("min_cosine[y]")
+    else:
+        assert q["scheme"] == "dynamic-int8" and attempt["passed"], q
+    # --quantize dynamic-int8 asks for int8 whatever it costs: no fallback, the gate failure stands
+    if first_input == 0.0:
+        code, _, err = run_cli(["build", model, "--profile", "arm64-litert", "--name", "fc", "--version", "1", "--quantize", "dynamic-int8",
+                                "--validation", tmp_path / "validation.npz", "-o", tmp_path / "forced.bundle"], capsys)
+        assert code != 0 and "min_cosine[y]" in err, err
+
+
+def test_a_custom_op_is_refused_naming_the_op_and_node(tmp_path, capsys):
+    model = tmp_path / "custom.tflite"
+    model.write_bytes(fully_connected_model(custom_op="Landmarks2TransformMatrix"))
+    code, _, err = run_cli(["build", model, "--profile", "arm64-litert", "--name", "c", "--version", "1", "-o", tmp_path / "c.bundle"], capsys)
+    assert code != 0
+    assert "node 0 is custom op 'Landmarks2TransformMatrix'" in err and "no LiteRT profile runs this model" in err, err
