@@ -46,7 +46,7 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
         p._trial_run(OnnxRunner(reference.data, threads=1, label="original model"), calib.batches(specs, limit=1), "calibration", calib)
     int8 = choice.scheme == "static-int8"
     with step("converting ONNX -> OpenVINO IR"):
-        built = create_pass("convert-openvino", compress_to_fp16=not int8)(prepared, ctx)
+        built = create_pass("convert-openvino", compress_to_fp16=not int8 and float_weights_compressed(profile))(prepared, ctx)
     if int8:
         drop = accuracy_control(options, reference, specs, profile, ctx)
         # auto without labels: NNCF's fast bias correction first; finish() builds the full one (a
@@ -62,8 +62,8 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
             # auto ships the int8 model that passes every gate, or float: as the onnxruntime search does
             ctx.log.append(f"auto: {e}; the float IR ships")
             choice = Choice("none", f"{choice.reason}; but NNCF cannot quantize it ({e}), so the float IR ships")
-            with step("converting ONNX -> OpenVINO IR (float, fp16-compressed weights)"):
-                built = create_pass("convert-openvino", compress_to_fp16=True)(prepared, PassContext(profile=profile))
+            with step("converting ONNX -> OpenVINO IR (float)"):
+                built = create_pass("convert-openvino", compress_to_fp16=float_weights_compressed(profile))(prepared, PassContext(profile=profile))
         ctx.validation = None
     return reference, built, choice, kind, calib
 
@@ -200,6 +200,16 @@ def parity_int8_candidate(profile, built: Artifact, ref_runner, feeds, limits: G
                        min_cosine=parity_target(limits), fast_bias_correction=(built.module.nncf or {}).get("fast_bias_correction", False))
 
 
+def float_weights_compressed(profile) -> bool:
+    """Whether a float IR stores its weights as fp16. Not for a CPU device: OpenVINO computes there
+    in f32 or bf16, so fp16 storage rounds every weight once more and, measured, costs latency
+    (PP-OCR cls in bf16 at 1 thread, 15 interleaved rounds on an AMD Zen 4, 2026-12-05: the
+    fp16-compressed IR 0.4601 ms, the f32 IR 0.4541, the ONNX file itself 0.4527; bench/peers.py
+    had the shipped float IR 1.5% behind OpenVINO on the ONNX file in 5 of 7 rounds). A GPU or NPU
+    computes in fp16 anyway, where the halved bundle costs nothing."""
+    return profile.runtime.openvino_device != "CPU"
+
+
 def int8_worth_mending(rows: dict[str, dict]) -> tuple[bool, str, str]:
     """Whether the int8 IR that failed a gate is worth NNCF's mitigations (the full bias correction,
     the parity-aware search), from the first timed rounds (``samples_ms``) of the candidates.
@@ -272,7 +282,7 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
                                         "reason": f"this host lacks the profile's CPU feature(s) {', '.join(missing)}: the profile's declared scheme (NNCF int8) is used; latency was NOT measured"}
         ctx.log.append("runtime choice: " + ctx.report["runtime_choice"]["reason"])
         return built, choice, precision, why
-    float_ir = create_pass("convert-openvino", compress_to_fp16=True)(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
+    float_ir = create_pass("convert-openvino", compress_to_fp16=float_weights_compressed(profile))(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
     float_precision, float_why = choose_precision(profile, float_ir, ref_runner, feeds, labels, classifier, limits, float_ir.module.size, PassContext(profile=profile))
     candidates = {"openvino-int8": (built, precision, why), "openvino-float": (float_ir, float_precision, float_why)}
     ort_int8 = onnxruntime_int8_candidate(profile, built.module.source_onnx, ctx)
