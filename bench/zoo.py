@@ -10,12 +10,13 @@ made by the corpus, and reports:
 * the scheme ``auto`` picked and why, and the model analysis;
 * fp32 vs built p50 latency at 1 thread, measured in interleaved rounds (fp32 is the original
   ONNX file as a user would run it in onnxruntime; for module:factory entries the exported
-  fp32 model);
+  fp32 model; for the ``.tflite`` entries, ``corpus.TFLITE_ENTRIES``, the file as given in LiteRT);
 * size ratio (built / original), worst cosine of the built model against the original on fresh
   inputs (a third data seed, never seen by calibration or validation), build time;
 * that the artifact in the bundle loads and runs in the profile's runtime.
 
     python bench/zoo.py [--profile x86_64-avx512-vnni] [--models a,b] [--json OUT] [--quick]
+    python bench/zoo.py --profile arm64-litert --models mediapipe-face-detection-short,...   # .tflite entries
 
 Prints the host's CPU model and ``lscpu`` flags first (latency depends on them: VNNI, AVX-512).
 """
@@ -191,14 +192,19 @@ def run_entry(entry, profile: str, workdir: Path, calibration: int, validation: 
             fp32 = build(BuildOptions(model=model, profile="x86_64-avx512-vnni" if fmt == "openvino" else profile, name="fp32", version="1", output=str(folder / "fp32.bundle"), quantize="none",
                                       validation=str(data["validation"]), allow_gate_failures=True, latency_runs=1))
             fp32_bytes = read_bundle(fp32.path).files[fp32.manifest.artifact]
+        elif model.endswith(".tflite"):
+            from edgeops.converters.tflite_intake import prepare_tflite
+
+            fp32_bytes = prepare_tflite(Path(model).read_bytes())[0]  # the file with a signature to run it by; it computes the same
         else:
             fp32_bytes = Path(model).read_bytes()
-        # the baseline is fp32 onnxruntime (the issue's yardstick), or the fp32 export where onnxruntime cannot read it
-        ref_fmt = "onnx" if not entry.factory or fmt == "openvino" else fmt
+        # the baseline is fp32 onnxruntime (the issue's yardstick), or the fp32 export where onnxruntime cannot read it,
+        # or for a .tflite the file as given in LiteRT
+        ref_fmt = "tflite" if model.endswith(".tflite") else ("onnx" if not entry.factory or fmt == "openvino" else fmt)
         ref_runner = make_runner(ref_fmt, fp32_bytes, threads=1, label="original")
         feeds = _feeds(entry, fresh, 3, built_runner.inputs)
         row.worst_cosine = round(worst_cosine(ref_runner, built_runner, feeds), 5)
-        if ref_fmt == "onnx":
+        if ref_fmt in ("onnx", "tflite"):
             lat = interleaved_p50({"fp32": ref_runner, "built": built_runner}, feeds[0], runs, rounds)
             row.fp32_ms, row.built_ms = round(lat["fp32"], 3), round(lat["built"], 3)
             row.speedup = round(lat["fp32"] / lat["built"], 2)
