@@ -62,66 +62,67 @@ def prepare_tflite(tflite: bytes) -> tuple[bytes, dict]:
 
 def fold_float16_weights(model) -> int:
     """Replace each DEQUANTIZE of a float16 constant (in a ``ModelT``) by a float32 constant holding
-    the same values; returns how many were folded. The float16 tensors stay, unused."""
+    the same values, and drop the float16 tensors no op uses any more; returns how many were folded."""
     import numpy as np
 
     fb = _schema()
     folded = 0
-    for graph in model.subgraphs:
+    for g_index, graph in enumerate(model.subgraphs):
         keep = []
         for op in graph.operators:
             code = model.operatorCodes[op.opcodeIndex]
             source = graph.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) == 1 else None
             data = model.buffers[source.buffer].data if source is not None and source.buffer else None
-            if max(code.builtinCode, code.deprecatedBuiltinCode) != DEQUANTIZE or source.type != FLOAT16 or data is None or len(data) == 0:
-                keep.append(op)
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != DEQUANTIZE or source is None or source.type != FLOAT16 or data is None or len(data) == 0:
+                keep.append(op)  # a DEQUANTIZE of a computed tensor (after DENSIFY, say) stays
                 continue
             target = graph.tensors[op.outputs[0]]
             buffer = fb.BufferT()
             buffer.data = np.frombuffer(bytes(bytearray(data)), np.float16).astype(np.float32).view(np.uint8)
             model.buffers.append(buffer)
             target.buffer, target.type = len(model.buffers) - 1, FLOAT32
-            folded += 1
-        graph.operators = keep
-    if folded:
-        _drop_unused_tensors(model)
+        if len(keep) < len(graph.operators):
+            folded += len(graph.operators) - len(keep)
+            graph.operators = keep
+            _drop_unused_tensors(model, g_index)
     return folded
 
 
-def _drop_unused_tensors(model) -> None:
-    """Remove tensors that no operator, graph input/output or signature uses (the float16 constants
-    a fold left behind), renumbering the rest, and empty the buffers only they held."""
+def _drop_unused_tensors(model, g_index: int) -> None:
+    """Remove the tensors of subgraph ``g_index`` that no operator, graph input/output or signature
+    uses (the float16 constants a fold left behind), renumbering the rest, and empty the buffers
+    only they held."""
     import numpy as np
 
-    for g_index, graph in enumerate(model.subgraphs):
-        used: set[int] = set()
-        for op in graph.operators:
-            for field in (op.inputs, op.outputs, op.intermediates):
-                used.update(int(i) for i in (field if field is not None else ()) if i >= 0)
-        used.update(int(i) for i in (graph.inputs if graph.inputs is not None else ()))
-        used.update(int(i) for i in (graph.outputs if graph.outputs is not None else ()))
-        signatures = [sig for sig in (model.signatureDefs or []) if sig.subgraphIndex == g_index]
-        for sig in signatures:
-            used.update(t.tensorIndex for t in (sig.inputs or []) + (sig.outputs or []))
-        if len(used) == len(graph.tensors):
-            continue
-        new_index = {old: new for new, old in enumerate(sorted(used))}
-        dropped_buffers = {graph.tensors[i].buffer for i in range(len(graph.tensors)) if i not in used}
-        graph.tensors = [graph.tensors[i] for i in sorted(used)]
-        kept_buffers = {t.buffer for g in model.subgraphs for t in g.tensors}
+    graph = model.subgraphs[g_index]
+    used: set[int] = set()
+    for op in graph.operators:
+        for field in (op.inputs, op.outputs, op.intermediates):
+            used.update(int(i) for i in (field if field is not None else ()) if i >= 0)
+    used.update(int(i) for i in (graph.inputs if graph.inputs is not None else ()))
+    used.update(int(i) for i in (graph.outputs if graph.outputs is not None else ()))
+    signatures = [sig for sig in (model.signatureDefs or []) if sig.subgraphIndex == g_index]
+    for sig in signatures:
+        used.update(t.tensorIndex for t in (sig.inputs or []) + (sig.outputs or []))
+    if len(used) == len(graph.tensors):
+        return
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    dropped_buffers = {graph.tensors[i].buffer for i in range(len(graph.tensors)) if i not in used}
+    graph.tensors = [graph.tensors[i] for i in sorted(used)]
+    kept_buffers = {t.buffer for g in model.subgraphs for t in g.tensors}
 
-        def renumber(indices):
-            return None if indices is None else np.asarray([new_index[int(i)] if i >= 0 else -1 for i in indices], np.int32)
+    def renumber(indices):
+        return None if indices is None else np.asarray([new_index[int(i)] if i >= 0 else -1 for i in indices], np.int32)
 
-        for op in graph.operators:
-            op.inputs, op.outputs, op.intermediates = renumber(op.inputs), renumber(op.outputs), renumber(op.intermediates)
-        graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
-        for sig in signatures:
-            for t in (sig.inputs or []) + (sig.outputs or []):
-                t.tensorIndex = new_index[t.tensorIndex]
-        for b in dropped_buffers - kept_buffers:
-            if b:  # buffer 0 is the empty sentinel every schema writer keeps
-                model.buffers[b].data = None
+    for op in graph.operators:
+        op.inputs, op.outputs, op.intermediates = renumber(op.inputs), renumber(op.outputs), renumber(op.intermediates)
+    graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
+    for sig in signatures:
+        for t in (sig.inputs or []) + (sig.outputs or []):
+            t.tensorIndex = new_index[t.tensorIndex]
+    for b in dropped_buffers - kept_buffers:
+        if b:  # buffer 0 is the empty sentinel every schema writer keeps
+            model.buffers[b].data = None
 
 
 def _schema():
