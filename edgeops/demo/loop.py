@@ -104,10 +104,20 @@ def capture_step(demo, bundle: str, version: str) -> list[dict]:
     # still uploading. Wait until every captured frame is stored and the spools are empty.
     t_off = time.monotonic()
 
+    last: list[tuple[int, float]] = []
+
     def settled():
         captured, spooled = fleet.capture_counts(devices)
         policies = sum(1 for a in fleet.agents if a.device_id in devices and a.capturer.active() is not None)
-        return not policies and not spooled and len(list_samples(db, SampleFilter(tag=f"site={BRIGHT_SITE}"))) == captured
+        if not (not policies and not spooled and len(list_samples(db, SampleFilter(tag=f"site={BRIGHT_SITE}"))) == captured):
+            last.clear()
+            return False
+        # and still so a second later: a frame served while the off command arrived may be
+        # captured just after the policy went inactive (CI saw 33 captured, 32 stored, once)
+        if not last or last[0][0] != captured:
+            last[:] = [(captured, time.monotonic())]
+            return False
+        return time.monotonic() - last[0][1] >= 1.0
 
     demo.wait(settled, f"capture to stop on site={BRIGHT_SITE} and every captured frame to reach the console", timeout=60)
     captured, _ = fleet.capture_counts(devices)
