@@ -70,6 +70,15 @@ def _op_codes(tflite: bytes) -> list[tuple[int, int]]:
     return [(oc.builtinCode, oc.deprecatedBuiltinCode) for oc in model.operatorCodes]
 
 
+def _tensor(name: str, shape: list[int], buffer: int):
+    """A float32 tensor of the schema's object API (buffer 0: computed, not a constant)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    t = fb.TensorT()
+    t.name, t.shape, t.type, t.buffer = name.encode(), np.array(shape, np.int32), FLOAT32, buffer
+    return t
+
+
 def tiny_add_model(input_names=("x",), output_name="y") -> bytes:
     """y = x + c ([1, 4] float32; one ADD per input, summed left to right), written with the
     schema's object API: no signature, nothing an int8 recipe quantizes."""
@@ -77,9 +86,7 @@ def tiny_add_model(input_names=("x",), output_name="y") -> bytes:
     from ai_edge_litert import schema_py_generated as fb
 
     def tensor(name: str, buffer: int):
-        t = fb.TensorT()
-        t.name, t.shape, t.type, t.buffer = name.encode(), np.array([1, 4], np.int32), FLOAT32, buffer
-        return t
+        return _tensor(name, [1, 4], buffer)
 
     model = fb.ModelT()
     model.version = 3
@@ -116,11 +123,7 @@ def fully_connected_model(custom_op: str | None = None) -> bytes:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
-    def tensor(name: str, shape: list[int], buffer: int):
-        t = fb.TensorT()
-        t.name, t.shape, t.type, t.buffer = name.encode(), np.array(shape, np.int32), FLOAT32, buffer
-        return t
-
+    tensor = _tensor
     model = fb.ModelT()
     model.version = 3
     code = fb.OperatorCodeT()
