@@ -227,11 +227,14 @@ class Capturer:
             }
             sealed = seal(self.key_of(p), encode_sample(offer.inputs, offer.outputs, meta))  # type: ignore[arg-type]
             sample_id = hashlib.sha256(sealed).hexdigest()
-            if not self.spool.append(sample_id, sealed, now, day, p.budget_bytes_per_day):
-                with self._lock:
-                    self.over_budget += 1
-                return None
             with self._lock:
+                # sealing runs outside the lock; a policy applied meanwhile (capture turned off, or
+                # replaced) wins: once apply() returns, nothing more is spooled under the old policy
+                if self.policy is not p:
+                    return None
+                if not self.spool.append(sample_id, sealed, now, day, p.budget_bytes_per_day):
+                    self.over_budget += 1
+                    return None
                 self.captured += 1
                 self.total_captured += 1
             return sample_id

@@ -83,6 +83,32 @@ def test_capture_is_off_by_default_and_a_signed_policy_turns_it_on_sealed_to_the
     assert agent.capture_spool.count() == 3 and agent.capturer.active() is None
 
 
+def test_capture_turned_off_while_a_sample_is_sealed_spools_nothing(agent, trust_repo, monkeypatch):
+    """An inference whose sample is being sealed when the off command is applied is not captured:
+    once the agent took "capture off", nothing more reaches the spool (the demo saw one such frame
+    reach the console after its labels were written)."""
+    from edgeops.agent import capture as capture_module
+
+    agent.submit(capture_command(trust_repo, policy()))
+    agent.tick()
+    real_seal = capture_module.seal
+    off_applied = []
+
+    def seal_while_the_off_command_lands(key, plaintext):
+        if not off_applied:
+            agent.submit(capture_command(trust_repo, policy(enabled=False)))
+            agent.tick()  # the command thread's work, run here between the trigger check and the spool
+            off_applied.append(agent.capturer.active())
+        return real_seal(key, plaintext)
+
+    monkeypatch.setattr(capture_module, "seal", seal_while_the_off_command_lands)
+    serve(agent, 1)
+    assert off_applied == [None]  # the off command was applied mid-capture
+    assert agent.capture_spool.count() == 0 and agent.capturer.total_captured == 0
+    serve(agent, 2)
+    assert agent.capture_spool.count() == 0
+
+
 def test_low_confidence_trigger(agent, trust_repo):
     agent.submit(capture_command(trust_repo, policy(triggers=CaptureTriggers(min_confidence=1e-6))))
     agent.tick()
