@@ -328,15 +328,16 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         worth, because, mend_figures = int8_worth_mending(rows)
         ctx.log.append(f"auto: {PREFERRED} fails a gate; {because}")
         if worth:
+            # a mended IR gets its own precision decision: bf16 may pass on it where the plain IR failed in both
             mixed = mixed_int8_candidate(profile, built, ctx)
             if mixed is not None:
-                candidates[MIXED] = (mixed, precision, why)
-                evaluate(MIXED, mixed, precision)
+                candidates[MIXED] = (mixed, *choose_precision(profile, mixed, ref_runner, feeds, labels, classifier, limits, mixed.module.size, PassContext(profile=profile)))
+                evaluate(MIXED, mixed, candidates[MIXED][1])
             if not rows.get(MIXED, {}).get("gates_passed"):
                 parity = parity_int8_candidate(profile, built, ref_runner, feeds, limits, ctx, mixed)
                 if parity is not None:
-                    candidates[PARITY] = (parity, precision, why)
-                    evaluate(PARITY, parity, precision)
+                    candidates[PARITY] = (parity, *choose_precision(profile, parity, ref_runner, feeds, labels, classifier, limits, parity.module.size, PassContext(profile=profile)))
+                    evaluate(PARITY, parity, candidates[PARITY][1])
             if MIXED in rows or PARITY in rows:
                 time_all()  # again, the new candidates interleaved with the others
     chosen, reason = pick_candidate(rows, threads)
@@ -352,11 +353,13 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     if chosen == MIXED:
         scheme = Choice("static-int8", f"{choice.reason}; NNCF's int8 failed a gate, with asymmetric activations, histogram activation ranges and the full "
                         f"bias correction it passes ({ctx.report['runtime_choice']['reason']})")
-        return candidates[MIXED][0], scheme, precision, why
+        art, prec, prec_why = candidates[MIXED]
+        return art, scheme, prec, prec_why
     if chosen == PARITY:
         scheme = Choice("static-int8", f"{choice.reason}; NNCF's int8 failed a parity gate, so its parity-aware variant (layers restored to float until every "
                         f"validation feed's worst output cosine reaches {parity_target(limits)}) ships ({ctx.report['runtime_choice']['reason']})")
-        return candidates[PARITY][0], scheme, precision, why
+        art, prec, prec_why = candidates[PARITY]
+        return art, scheme, prec, prec_why
     if chosen == "onnxruntime-int8":
         # the bundle is an onnxruntime one (manifest runtime "onnxruntime"): every edgeops agent has onnxruntime
         scheme = Choice("static-int8", f"{choice.reason}; onnxruntime's static int8 measured faster than OpenVINO's candidates on this host ({ctx.report['runtime_choice']['reason']})")

@@ -288,6 +288,8 @@ def test_auto_without_labels_quantizes_with_the_fast_bias_correction_and_builds_
     assert table[decision["chosen"]]["gates_passed"] and strict.gates_passed
     if decision["chosen"] == MIXED:
         assert "asymmetric activations" in strict.report["quantization"]["reason"] and strict.manifest.quantization == "static-int8"
+        # its precision was decided on it, and the device compiles it with that
+        assert strict.manifest.runtime_options["inference_precision"] == table[MIXED]["precision"]
 
 
 def _timed(samples: dict[str, list[float]], passing: set[str]) -> dict[str, dict]:
