@@ -257,6 +257,17 @@ def _weights_digest(path: Path) -> str | None:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if path.suffix == ".xml" and weights.exists() else None
 
 
+def ratio_verdict(ours: list[float], theirs: list[float], resamples: int = 2000) -> dict:
+    """The per-round latency ratio ours/theirs: its median, a 95% bootstrap interval of that median,
+    and the verdict the interval allows: "faster" (all of it under 1.0), "slower" (all over), else
+    "tie" (this run cannot tell the two apart; two byte-identical networks should land here)."""
+    ratios = np.array([a / b for a, b in zip(ours, theirs) if b > 0])
+    medians = np.median(np.random.default_rng(0).choice(ratios, size=(resamples, len(ratios))), axis=1)
+    lo, hi = (round(float(q), 3) for q in np.quantile(medians, [0.025, 0.975]))
+    return {"round_ratio_median": round(float(np.median(ratios)), 3), "round_ratio_ci95": [lo, hi],
+            "verdict": "faster" if hi < 1.0 else "slower" if lo > 1.0 else "tie"}
+
+
 def bench_model(name: str, rounds: int, runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"peers-{name}-") as tmp:
         folder = Path(tmp)
@@ -319,9 +330,12 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                 for _ in range(5):
                     r.run(first)
             samples: dict[str, list[float]] = {label: [] for label in runners}
-            for _ in range(rounds):  # interleaved: every round measures every path in turn
-                for label, r in runners.items():
-                    samples[label].append(_p50(r, first, runs))
+            order = list(runners)
+            shuffle = np.random.default_rng(threads)
+            for _ in range(rounds):  # interleaved: every round measures every path in turn,
+                shuffle.shuffle(order)  # in a new order each round, so no path always follows the same one
+                for label in order:
+                    samples[label].append(_p50(runners[label], first, runs))
             p50 = {label: round(float(np.median(v)), 3) for label, v in samples.items()}
             peers = {k: v for k, v in p50.items() if not k.startswith("edgeops")}
             best = min(peers, key=peers.get)
@@ -337,6 +351,7 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                 "edgeops_ov_vs_best_peer_within_gates": round(p50["edgeops-ov"] / p50[best_gated], 3),
                 # how many interleaved rounds edgeops-ov was the faster of the two: the ratio's spread
                 "rounds_edgeops_ov_faster_than_best_within_gates": f"{sum(a < b for a, b in zip(samples['edgeops-ov'], samples[best_gated]))}/{rounds}",
+                **ratio_verdict(samples["edgeops-ov"], samples[best_gated]),
             }
             del runners
         return result
@@ -367,7 +382,8 @@ def main(argv: list[str] | None = None) -> None:
             th = r["threads"][t]
             print(f"  {t} thread(s): edgeops-ov / best peer ({th['best_peer']}) = {th['edgeops_ov_vs_best_peer']}; "
                   f"/ best peer within the profile's gates ({th['best_peer_within_gates']}) = {th['edgeops_ov_vs_best_peer_within_gates']} "
-                  f"(edgeops-ov faster in {th['rounds_edgeops_ov_faster_than_best_within_gates']} rounds)")
+                  f"(edgeops-ov faster in {th['rounds_edgeops_ov_faster_than_best_within_gates']} rounds; per-round ratio {th['round_ratio_median']}, "
+                  f"95% interval {th['round_ratio_ci95'][0]}-{th['round_ratio_ci95'][1]}: {th['verdict']})")
         if r["same_weights_as_edgeops_ov"]:
             print(f"  edgeops-ov holds the same weights as: {', '.join(r['same_weights_as_edgeops_ov'])} (their ratio is this run's noise)")
         sys.stdout.flush()

@@ -1,0 +1,25 @@
+"""bench/peers.py's verdict on a latency ratio: faster, slower, or a tie this run cannot resolve."""
+
+from __future__ import annotations
+
+from bench.peers import ratio_verdict
+
+
+def test_a_clearly_faster_path_is_faster_and_a_clearly_slower_one_slower():
+    assert ratio_verdict([0.80, 0.82, 0.79, 0.85, 0.81, 0.80, 0.83], [1.0] * 7)["verdict"] == "faster"
+    assert ratio_verdict([1.20, 1.10, 1.15, 1.30, 1.12, 1.10, 1.20], [1.0] * 7)["verdict"] == "slower"
+
+
+def test_the_same_network_measured_twice_is_a_tie_whichever_way_the_median_falls():
+    ours = [1.00, 1.02, 0.99, 1.01, 0.98, 1.03, 1.00]
+    verdict = ratio_verdict(ours, [1.0] * 7)
+    assert verdict["verdict"] == "tie"
+    lo, hi = verdict["round_ratio_ci95"]
+    assert lo <= verdict["round_ratio_median"] <= hi and lo < 1.0 < hi
+
+
+def test_ratios_are_taken_per_round_so_load_that_slows_a_whole_round_cancels():
+    ours = [0.9, 1.8, 0.9, 2.7, 0.9]  # rounds 2 and 4 ran under load: both paths slowed alike
+    theirs = [1.0, 2.0, 1.0, 3.0, 1.0]
+    verdict = ratio_verdict(ours, theirs)
+    assert verdict["round_ratio_median"] == 0.9 and verdict["verdict"] == "faster"
