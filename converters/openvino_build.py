@@ -50,7 +50,7 @@ def openvino_path(source, profile, options, ctx: PassContext, step):
     if int8:
         drop = accuracy_control(options, reference, specs, profile, ctx)
         # auto without labels: NNCF's fast bias correction first; finish() builds the full one (a
-        # per-layer pass, most of a deep net's build time) only when this one fails a gate (MIXED)
+        # per-layer pass, most of a deep net's build time) only when this one fails a gate, as part of MIXED_SETTINGS
         fast = options.quantize == "auto" and drop is None
         try:
             with step("int8 quantization (NNCF" + (", accuracy-aware" if drop is not None else ", fast bias correction" if fast else "") + ")"):

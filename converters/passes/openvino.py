@@ -151,7 +151,7 @@ class NncfOptions(PassOptions):
     # estimator fits the range that minimises the quantization error instead, so one outlier feed
     # does not stretch the range for all. With asymmetric activations (mixed) and the full bias
     # correction it kept every validation page of RapidLayout over 0.98 (worst 0.989; the defaults
-    # 0.917) at 0.82x the float IR's latency (2026-12-05, converters/openvino_build.py MIXED).
+    # 0.917) at 0.79x the float IR's latency (bench/ov_int8_settings.py, 2026-12-05; converters/openvino_build.py MIXED_SETTINGS).
     activation_ranges: Literal["minmax", "histogram"] = Field(default="minmax", description="how activation ranges are estimated from the calibration feeds (NNCF's default min/max, or its histogram estimator)")
     transformer: bool = Field(default=False, description="NNCF model_type TRANSFORMER (keeps softmax/normalization inputs float): for Linear-heavy models")
     max_calibration_samples: int = Field(default=300, ge=1, le=100000, description="calibration feeds used at most (NNCF subset_size)")
