@@ -32,15 +32,12 @@ SETTINGS = {
 }
 
 
-def worst_cosine(runner, feeds, references) -> float:
-    """The smallest output cosine with the reference over every feed and output."""
-    worst = 1.0
-    for feed, ref in zip(feeds, references):
-        out = runner.run(feed)
-        for name, r in ref.items():
-            a, b = np.asarray(out[name], np.float64).ravel(), np.asarray(r, np.float64).ravel()
-            worst = min(worst, float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
-    return worst
+def worst_cosine(reference, runner, feeds) -> float:
+    """The smallest output cosine with the reference over every feed and output (the packager's own comparison)."""
+    from edgeops.converters.validate import compare_models
+
+    metrics, _ = compare_models(reference, runner, feeds, None, False)
+    return min(o["cosine_min"] for o in metrics["outputs"].values() if o["cosine_min"] is not None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,17 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         path = _fix_shapes(src, feeds[0], Path(tmp))
         source = Artifact("onnx", data=path.read_bytes())
         reference = OnnxRunner(source.data, threads=1, label="fp32")
-        references = [reference.run(f) for f in feeds]
         float_ir = create_pass("convert-openvino", compress_to_fp16=False)(source, PassContext(profile=profile))
         runners = {"float IR": OpenVinoRunner(float_ir.module, threads=1, precision=args.precision, label="float IR")}
-        print(f"{args.model}: float IR ({args.precision}) worst cosine {worst_cosine(runners['float IR'], feeds, references):.5f}")
+        print(f"{args.model}: float IR ({args.precision}) worst cosine {worst_cosine(reference, runners['float IR'], feeds):.5f}")
         for name in args.settings.split(","):
             ctx = PassContext(profile=profile, calibration=Dataset(source="calibration", arrays=calib, labels=None, sha256=""))
             start = time.perf_counter()
             built = create_pass("quantize-openvino", compress_to_fp16=False, **SETTINGS[name])(float_ir, ctx)
             seconds = time.perf_counter() - start
             runners[name] = OpenVinoRunner(built.module, threads=1, precision=args.precision, label=name)
-            print(f"{args.model}: {name:<22} build {seconds:5.0f} s  worst cosine {worst_cosine(runners[name], feeds, references):.5f}", flush=True)
+            print(f"{args.model}: {name:<22} build {seconds:5.0f} s  worst cosine {worst_cosine(reference, runners[name], feeds):.5f}", flush=True)
         samples: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(args.rounds):  # interleaved: load from other jobs hits every setting alike
             for name, runner in runners.items():
