@@ -16,6 +16,11 @@ threads, measured in interleaved rounds so load from other jobs hits every path 
   path of its own and never counted as a peer: its ratio to ``ov-nncf`` is what this run measures
   between two instances of one network (the resolution of every ratio above it).
 
+Every path is compiled (OpenVINO) or loaded (onnxruntime) anew at the start of each round
+(``--no-fresh-instances`` keeps one instance a path for the whole run): two instances of one
+network differ by about 1% on a host like this one, an offset that stays for an instance's life,
+so with one instance a path the per-round ratios share it and their interval cannot cover it.
+
 Printed per model and thread count: p50 ms, speed-up over ort-fp32, the edgeops-ov latency as a
 ratio to the best peer path (target: at most 1.0) and to the best one within the profile's gates,
 with the number of rounds edgeops-ov was the faster of the two and a verdict from a 95% interval
@@ -245,6 +250,28 @@ def _p50(runner, feed, runs: int) -> float:
     return float(np.median(times)) * 1000
 
 
+def timed_rounds(make, labels: list[str], feed: dict, rounds: int, runs: int, fresh: bool = True, seed: int = 0) -> dict[str, list[float]]:
+    """p50 ms of each path per round. Interleaved: every round measures every path in turn, in a
+    new order each round (no path always follows the same one); with ``fresh``, every path is
+    made anew (``make(label)``) at the start of each round: two compilations of one network differ
+    by ~1% (where their buffers land), a per-instance offset the rounds then average over."""
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    order = list(labels)
+    shuffle = np.random.default_rng(seed)
+    runners: dict = {}
+    for i in range(rounds):
+        if fresh or i == 0:
+            runners.clear()  # the previous instances go first: two copies of a big model at once cost memory
+            runners.update({label: make(label) for label in labels})
+            for r in runners.values():
+                for _ in range(5):
+                    r.run(feed)
+        shuffle.shuffle(order)
+        for label in order:
+            samples[label].append(_p50(runners[label], feed, runs))
+    return samples
+
+
 def _size(path: Path) -> int:
     size = path.stat().st_size
     for extra in (path.with_suffix(".bin"), Path(str(path) + ".data")):
@@ -273,7 +300,7 @@ def ratio_verdict(ours: list[float], theirs: list[float], resamples: int = 2000)
             "verdict": "faster" if hi < 1.0 else "slower" if lo > 1.0 else "tie"}
 
 
-def bench_model(name: str, rounds: int, runs: int, control: bool = False) -> dict:
+def bench_model(name: str, rounds: int, runs: int, control: bool = False, fresh: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"peers-{name}-") as tmp:
         folder = Path(tmp)
         src, calib, val, labels = _model(name, folder)
@@ -332,17 +359,7 @@ def bench_model(name: str, rounds: int, runs: int, control: bool = False) -> dic
         result["parity"] = parity
         result["within_gates"] = sorted(label for label, doc in parity.items() if _within_gates(doc, parity["ort-fp32"]))
         for threads in (1, 2):
-            runners = {label: make(label, threads) for label in paths}
-            for r in runners.values():
-                for _ in range(5):
-                    r.run(first)
-            samples: dict[str, list[float]] = {label: [] for label in runners}
-            order = list(runners)
-            shuffle = np.random.default_rng(threads)
-            for _ in range(rounds):  # interleaved: every round measures every path in turn,
-                shuffle.shuffle(order)  # in a new order each round, so no path always follows the same one
-                for label in order:
-                    samples[label].append(_p50(runners[label], first, runs))
+            samples = timed_rounds(lambda label: make(label, threads), list(paths), first, rounds, runs, fresh, seed=threads)
             p50 = {label: round(float(np.median(v)), 3) for label, v in samples.items()}
             peers = {k: v for k, v in p50.items() if not k.startswith("edgeops") and k != CONTROL}
             best = min(peers, key=peers.get)
@@ -362,7 +379,6 @@ def bench_model(name: str, rounds: int, runs: int, control: bool = False) -> dic
             }
             if CONTROL in samples:
                 result["threads"][threads]["control"] = ratio_verdict(samples[CONTROL], samples["ov-nncf"])
-            del runners
         return result
 
 
@@ -372,12 +388,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--control", action="store_true", help=f"also time the ov-nncf IR compiled a second time ({CONTROL}): the run's resolution")
+    ap.add_argument("--fresh-instances", action=argparse.BooleanOptionalAction, default=True,
+                    help="compile/load every path anew each round (default), so a per-instance offset is averaged over, not measured as a difference")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     print(f"host: {_lscpu_flags()}")
     results = []
     for name in args.models.split(","):
-        r = bench_model(name, args.rounds, args.runs, args.control)
+        r = bench_model(name, args.rounds, args.runs, args.control, args.fresh_instances)
         results.append(r)
         print(f"\n{name} {r['inputs']}  edgeops-ov: {r['edgeops_ov']}  edgeops-ort: {r['edgeops_ort']}")
         for label, why in r["failed_peers"].items():

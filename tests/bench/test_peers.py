@@ -23,3 +23,28 @@ def test_ratios_are_taken_per_round_so_load_that_slows_a_whole_round_cancels():
     theirs = [1.0, 2.0, 1.0, 3.0, 1.0]
     verdict = ratio_verdict(ours, theirs)
     assert verdict["round_ratio_median"] == 0.9 and verdict["verdict"] == "faster"
+
+
+class _Counting:
+    """A path that records which instance ran: stands in for an OpenVINO/onnxruntime model."""
+
+    made: list[str] = []
+
+    def __init__(self, label):
+        self.label = label
+        _Counting.made.append(label)
+
+    def run(self, feed):
+        return feed
+
+
+def test_fresh_instances_make_every_path_anew_each_round_and_interleave_all_of_them():
+    from bench.peers import timed_rounds
+
+    _Counting.made = []
+    samples = timed_rounds(_Counting, ["a", "b", "c"], {}, rounds=4, runs=3, fresh=True)
+    assert sorted(_Counting.made) == sorted(["a", "b", "c"] * 4)
+    assert all(len(v) == 4 for v in samples.values())
+    _Counting.made = []
+    timed_rounds(_Counting, ["a", "b", "c"], {}, rounds=4, runs=3, fresh=False)
+    assert sorted(_Counting.made) == ["a", "b", "c"]  # one instance a path for the whole run
