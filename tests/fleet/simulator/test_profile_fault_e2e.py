@@ -79,8 +79,12 @@ def test_a_version_30_percent_slower_only_on_one_profile_halts_while_the_other_f
         assert st["status"] == "finished" and st["succeeded"] == 12, st
     assert sim.stats()["active"] == {"digits@1.0.0": 12, "digits-avx2@1.0.0": 12}
 
-    # 2.0.0 on both profiles at once, judged against each profile's devices still on 1.0.0
-    rids = {p: cli("create", "--bundle", f"{BUNDLE[p]}@2.0.0", "--select", f"profile={p}", *JUDGE, "--start", *api, "--json")["id"] for p in (VNNI, AVX2)}
+    # 2.0.0 on both profiles at once, judged against each profile's devices still on 1.0.0. The judge
+    # halts an unchanged version in up to --judge-alpha of waves by design (a false alarm: on a loaded
+    # CI host the per-device p95 of a few seconds' inferences is noisy, and one such halt was seen), so
+    # the avx512 rollout, whose point is that it finishes, is judged at alpha 0.01: 1 in 100 at most
+    rids = {p: cli("create", "--bundle", f"{BUNDLE[p]}@2.0.0", "--select", f"profile={p}", *JUDGE, *(["--judge-alpha", "0.01"] if p == VNNI else []),
+                   "--start", *api, "--json")["id"] for p in (VNNI, AVX2)}
     t0 = time.monotonic()
     slow = run_to_end(env, rids[AVX2], 90)
     plain = run_to_end(env, rids[VNNI], 90)
