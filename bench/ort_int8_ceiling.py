@@ -29,6 +29,7 @@ Prints the host's CPU model and ``lscpu`` flags first. Corpus models come from t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -90,10 +91,13 @@ def quantize_variant(float_path: Path, feeds: list[dict], label: str, folder: Pa
     fmt, per_channel, act, which = VARIANTS[label]
     pre = folder / "pre.onnx"
     if not pre.exists():
-        try:
-            quant_pre_process(str(float_path), str(pre))
-        except Exception:  # symbolic shape inference fails on some exports; ORT's own fallback
-            quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+        # where symbolic shape inference fails, onnxruntime saves its half-inferred model (and a
+        # uuid-named .data file) to the working directory: keep that in the scratch folder
+        with contextlib.chdir(folder):
+            try:
+                quant_pre_process(str(float_path), str(pre))
+            except Exception:  # symbolic shape inference fails on some exports; ORT's own fallback
+                quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
     out = folder / f"{label}.onnx"
     quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
                     activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8, weight_type=QuantType.QInt8,

@@ -36,6 +36,7 @@ Corpus models are read from the corpus cache (``python bench/corpus.py fetch NAM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -157,11 +158,13 @@ def _ort_paths(path: Path, calib: list[dict], folder: Path, notes: dict[str, str
             try:
                 if make == "qdq":
                     pre = folder / "pre.onnx"
-                    try:
-                        quant_pre_process(str(src), str(pre))
-                    except Exception as e:
-                        notes[f"{label} pre-process"] = f"quant_pre_process failed ({_why(e)}); run with skip_symbolic_shape=True"
-                        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                    # a failing symbolic shape inference saves its half-inferred model to the working directory
+                    with contextlib.chdir(folder):
+                        try:
+                            quant_pre_process(str(src), str(pre))
+                        except Exception as e:
+                            notes[f"{label} pre-process"] = f"quant_pre_process failed ({_why(e)}); run with skip_symbolic_shape=True"
+                            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
                     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
                 else:

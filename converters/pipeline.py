@@ -205,6 +205,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
         "runtime": {"name": runtime_name, "host_providers": {"onnx": ["CPUExecutionProvider"], "openvino": ["CPU"]}.get(target, ["XNNPACK"]), "device_providers": _device_providers(profile, target)},
         "quantization": {"requested": options.quantize, "scheme": choice.scheme, "reason": choice.reason, "model_analysis": kind.describe(),
                          **({"attempts": ctx.report["quantization_attempts"]} if "quantization_attempts" in ctx.report else {}),
+                         **({"int8_layout": ctx.report["int8_layout"]} if "int8_layout" in ctx.report else {}),
                          **({"speed_check": ctx.report["speed_check"]} if "speed_check" in ctx.report else {})},
         "passes": ctx.log,
         "conversions": ctx.report,
@@ -368,7 +369,8 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
         with step(f"static int8 quantization ({spec.label()})"):
             return create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=spec.per_channel,
                                calibration_method=spec.method, reduce_range=reduce_range, float_shallow_convs=profile.device.arch == "x86_64",
-                               nodes_to_exclude=nodes, calibration_cache=cache, max_calibration_samples=limit)(built, ctx)
+                               nodes_to_exclude=nodes, calibration_cache=cache, max_calibration_samples=limit,
+                               op_types=sorted(quant_search.WEIGHTED_OPS) if spec.weighted_only else [])(built, ctx)
 
     def rank(artifact):  # the nodes the int8 model distorts most, by onnxruntime's qdq_loss_debug
         debug_feeds = min(quant_search.DEBUG_FEEDS, histogram_cap // 4)  # two models, the int8 one with ~2x the tensors
@@ -377,15 +379,22 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
         with step("ranking int8 activation errors (qdq_loss_debug)"):
             return quant_search.activation_error_nodes(built.data, artifact.data, feeds[:debug_feeds])
 
+    # the weighted-only layout is worth building only where the two can be timed (a host with the profile's CPU features)
+    from edgeops.converters.speed_check import missing_cpu_features
+
     result = quant_search.search(built, quantize, validate, options.calibration_method or q.calibration_method, q.per_channel,
-                                 float_model, rank_nodes=rank)
+                                 float_model, rank_nodes=rank, alternative=not missing_cpu_features(profile))
     ctx.report["quantization_attempts"] = [a.doc() for a in result.attempts]
     ctx.log.extend(a.line() for a in result.attempts)
     if result.passed:
-        if len(result.attempts) > 1:
-            choice = Choice(choice.scheme, f"{choice.reason}; the profile's int8 settings failed a parity gate, attempt {len(result.attempts)} "
-                            f"({result.attempts[-1].tried}) passes every gate")
-        return _int8_if_not_slower(result.artifact, built, profile, options, feeds[0], ctx, step, choice)
+        kept = next(a for a in result.attempts if a.verdict.startswith("kept"))
+        if kept.attempt > 1:
+            choice = Choice(choice.scheme, f"{choice.reason}; the profile's int8 settings failed a parity gate, attempt {kept.attempt} "
+                            f"({kept.tried}) passes every gate")
+        int8 = result.artifact
+        if result.alternative is not None:
+            int8, choice = _faster_int8_layout(int8, result.alternative, profile, options, feeds[0], ctx, step, choice)
+        return _int8_if_not_slower(int8, built, profile, options, feeds[0], ctx, step, choice)
     tried = "; ".join(f"{a.tried}: {a.worst_gate}" for a in result.attempts)
     ctx.log.append("auto: no int8 attempt passed the gates; float32 model kept (onnxruntime CPU runs float32)")
     return built, Choice("none", f"{choice.reason}; but no static int8 attempt passed the parity gates ({tried}), so the float32 model ships")
@@ -395,6 +404,26 @@ def _timing_feed(options: BuildOptions, specs) -> dict:
     """One feed to time candidates on: the first validation feed, else a generated one."""
     data = load_dataset(options.validation, specs, "validation", options.image) if options.validation else generated_dataset(specs, label="timing")
     return data.batches(specs, limit=1)[0]
+
+
+def _faster_int8_layout(full: Artifact, weighted_only: Artifact, profile, options: BuildOptions, feed, ctx: PassContext, step: StepFn, choice: Choice):
+    """The full-graph int8 artifact, or the weighted-only one where it measured faster here (:func:`speed_check.compare_layouts`)."""
+    from edgeops.converters import speed_check
+
+    with step("timing full-graph int8 against int8 on Conv/MatMul/Gemm only (auto)"):
+        verdict = speed_check.compare_layouts(full.data, weighted_only.data, profile, feed, options.latency_runs)
+    # figure-free in the report (the bundle must be reproducible); the figures and the reason go to the build output
+    ctx.log.append("auto int8 layout: " + ("not measured: full-graph int8 kept" if not verdict.measured
+                                           else ("int8 on Conv/MatMul/Gemm only ships" if verdict.use_alternative else "full-graph int8 kept")
+                                           + f" (the two timed on this host, {speed_check.ALTERNATIVE_MARGIN}x margin; figures in the build output)"))
+    if verdict.figures:
+        ctx.measurements = {**(getattr(ctx, "measurements", None) or {}), "int8_layout": {**verdict.figures, "reason": verdict.reason}}
+    ctx.report["int8_layout"] = {"measured": verdict.measured, "shipped": "weighted-only" if verdict.use_alternative else "full-graph",
+                                 "rule": f"int8 on Conv/MatMul/Gemm only ships when it measures under 1/{speed_check.ALTERNATIVE_MARGIN} of the full-graph int8 latency "
+                                         "on a host with the profile's CPU features; both passed every gate"}
+    if not verdict.use_alternative:
+        return full, choice
+    return weighted_only, Choice(choice.scheme, f"{choice.reason}; int8 on Conv/MatMul/Gemm only (the ops between them float32) measured faster than full-graph int8 on this host")
 
 
 def _int8_if_not_slower(int8: Artifact, float_built: Artifact, profile, options: BuildOptions, feed, ctx: PassContext, step: StepFn, choice: Choice):
@@ -407,7 +436,7 @@ def _int8_if_not_slower(int8: Artifact, float_built: Artifact, profile, options:
     ctx.log.append("auto speed check: " + ("not measured: " + verdict.reason if not verdict.measured
                                            else ("int8 kept" if verdict.keep_int8 else "float32 ships") + f" (int8 vs float32 timed on this host, {speed_check.SLOWER_MARGIN}x margin; figures in the build output)"))
     if verdict.figures:
-        ctx.measurements = {"speed_check": verdict.figures, "reason": verdict.reason}
+        ctx.measurements = {**(getattr(ctx, "measurements", None) or {}), "speed_check": verdict.figures, "reason": verdict.reason}
     # the report records the decision, not the figures (they vary run to run; the bundle must not)
     ctx.report["speed_check"] = {"measured": verdict.measured, "shipped": choice.scheme if verdict.keep_int8 else "none",
                                  "rule": f"float32 ships when int8 measures over {speed_check.SLOWER_MARGIN}x its latency on a host with the profile's CPU features"}

@@ -22,7 +22,14 @@ dropped: on the corpus (bench/zoo.py, 2026-12-04) it passed for none of the 17 m
 the others, and its entropy calibration was the slowest step of the failing builds, e.g. ~25 s
 of PP-OCRv4 det's 127 s.)
 
-At most :data:`MAX_ATTEMPTS` quantizations; each calibration method calibrates once (its tensor
+Where the build host can time the result (it has the profile's CPU features), the passing
+attempt is built once more with int8 on :data:`WEIGHTED_OPS` only (the Add, Concat, pooling and
+activation ops between them float32; same calibration ranges, same float32 nodes) and validated;
+when it passes too, the pipeline times the two layouts side by side and ships the faster
+(:func:`edgeops.converters.speed_check.compare_layouts`): neither wins on every network
+(:func:`weighted_only_alternative`).
+
+At most :data:`MAX_ATTEMPTS` quantizations, and that one more; each calibration method calibrates once (its tensor
 ranges go to onnxruntime's ``calibration_cache_path`` and the later attempt with the same method
 reuses them). The first attempt passing every gate ships (the attempts go from most to least
 int8, and int8 is the fast path on the CPUs these profiles describe). When none passes, the
@@ -60,11 +67,14 @@ class AttemptSpec:
     per_channel: bool
     exclude_sensitive: bool
     worst_activations: bool = False  # besides the heads, the layers qdq_loss_debug ranks worst
+    weighted_only: bool = False  # int8 on WEIGHTED_OPS only: the ops between them stay float32
 
     def label(self) -> str:
         kept = ""
         if self.exclude_sensitive:
             kept = ", heads and worst-quantized layers float32" if self.worst_activations else ", output heads and first conv float32"
+        if self.weighted_only:
+            kept += ", int8 on Conv/MatMul/Gemm only (the ops between them float32)"
         return f"static int8, {self.method} calibration, {'per-channel' if self.per_channel else 'per-tensor'} weights{kept}"
 
 
@@ -96,6 +106,7 @@ class SearchResult:
     artifact: object
     passed: bool
     attempts: list[Attempt] = field(default_factory=list)
+    alternative: object = None  # the passing attempt with int8 on WEIGHTED_OPS only, where that passes too
 
 
 def plan(first_method: str, per_channel: bool) -> list[AttemptSpec]:
@@ -185,12 +196,16 @@ def sensitive_nodes(model) -> list[str]:
     return names
 
 
-def search(built, run_quantize, validate, first_method: str, per_channel: bool, model, rank_nodes=None) -> SearchResult:
+def search(built, run_quantize, validate, first_method: str, per_channel: bool, model, rank_nodes=None, alternative: bool = False) -> SearchResult:
     """Try :func:`plan`'s attempts in order until one passes every gate.
 
     ``run_quantize(spec, nodes, cache)`` returns the quantized artifact; ``validate(artifact)``
     returns its gate rows; ``rank_nodes(artifact)`` (optional) names the nodes whose activations
-    the quantized artifact distorts most. All are given by the pipeline (real onnxruntime)."""
+    the quantized artifact distorts most. All are given by the pipeline (real onnxruntime).
+    With ``alternative``, the passing attempt is also built with int8 on :data:`WEIGHTED_OPS` only
+    (same calibration, same float32 nodes) and validated: when it passes too it is the result's
+    ``alternative``, for the pipeline to time against the attempt (neither layout is faster on
+    every network: see :func:`weighted_only_alternative`)."""
     specs = plan(first_method, per_channel)
     attempts: list[Attempt] = []
     heads = sensitive_nodes(model)
@@ -224,12 +239,35 @@ def search(built, run_quantize, validate, first_method: str, per_channel: bool, 
             attempts.append(attempt)
             if passed:
                 attempt.verdict = "kept: passes every gate" + (" (the first int8 attempt that does)" if number > 1 else "")
-                return SearchResult(artifact, True, attempts)
+                result = SearchResult(artifact, True, attempts)
+                if alternative:
+                    result.alternative = weighted_only_alternative(spec, nodes, cache, attempt, run_quantize, validate, attempts)
+                return result
             attempt.verdict = f"rejected: {attempt.worst_gate}"
             if all(g["passed"] for g in gates if g["gate"] != "max_bundle_mb"):
                 attempt.verdict += " (not a parity gate: other calibrations or float32 nodes cannot help; no further attempt)"
                 break
     return SearchResult(built, False, attempts)
+
+
+def weighted_only_alternative(spec: AttemptSpec, nodes: list[str], cache: str, passed: Attempt, run_quantize, validate, attempts: list[Attempt]):
+    """The passing attempt ``passed`` again with int8 on :data:`WEIGHTED_OPS` only (its
+    calibration ranges reused), recorded as one more row of ``attempts``; the artifact when it
+    passes every gate too, else None. Full-graph int8 also runs Add, Concat, pooling and
+    activations in int8, with a requantization at each; on a Concat-heavy network that costs more
+    than it saves (bench/ort_int8_ceiling.py, 2026-12-05, AMD EPYC: DenseNet-121 1.70x over fp32
+    full-graph vs 2.19x weighted-only), on others it pays (DDDDOCR det 2.28x vs 1.98x), so the
+    pipeline times the two."""
+    alt_spec = AttemptSpec(spec.method, spec.per_channel, spec.exclude_sensitive, spec.worst_activations, weighted_only=True)
+    artifact = run_quantize(alt_spec, nodes, cache)
+    gates = validate(artifact)
+    ok = all(g["passed"] for g in gates)
+    row = Attempt(len(attempts) + 1, alt_spec.label(), spec.method, spec.per_channel, nodes, gates, ok, worst_gate=worst_gate(gates),
+                  verdict=(f"alternative to attempt {passed.attempt}: passes every gate; the faster of the two ships" if ok
+                           else f"alternative to attempt {passed.attempt} rejected: {worst_gate(gates)}"),
+                  calibration=f"{spec.method} ranges reused from the cache")
+    attempts.append(row)
+    return artifact if ok else None
 
 
 def validator(reference_bytes: bytes, feeds, labels, limits: GateLimits, emulate_vnni: bool):

@@ -43,18 +43,31 @@ def missing_cpu_features(profile) -> list[str]:
     return [f for f in profile.device.cpu_features if f not in flags]
 
 
+def interleaved_p50s(runners: dict, feed: dict[str, np.ndarray], runs_per_round: int, measure) -> dict[str, list[float]]:
+    """p50 ms of each runner in each of :data:`ROUNDS` rounds; every round measures every runner
+    in turn, so load from other jobs hits all alike. ``measure(runner, feed, runs)`` returns a
+    dict with ``p50_ms``."""
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(ROUNDS):
+        for name, runner in runners.items():
+            samples[name].append(measure(runner, feed, runs_per_round)["p50_ms"])
+    return samples
+
+
+def round_ratio(num: list[float], den: list[float]) -> float | None:
+    """Median of the per-round ratios ``num / den`` (None when no round can be divided)."""
+    ratios = [n / d for n, d in zip(num, den) if d > 0]
+    return round(float(np.median(ratios)), 3) if ratios else None
+
+
 def compare_int8_float(int8_runner, float_runner, feed: dict[str, np.ndarray], runs_per_round: int, measure) -> dict:
     """p50 per candidate over :data:`ROUNDS` interleaved rounds, and the median per-round ratio
     int8 / float. ``measure(runner, feed, runs)`` returns a dict with ``p50_ms``."""
-    samples: dict[str, list[float]] = {"int8": [], "float": []}
-    for _ in range(ROUNDS):
-        for name, runner in (("int8", int8_runner), ("float", float_runner)):
-            samples[name].append(measure(runner, feed, runs_per_round)["p50_ms"])
-    ratios = [i / f for i, f in zip(samples["int8"], samples["float"]) if f > 0]
+    samples = interleaved_p50s({"int8": int8_runner, "float": float_runner}, feed, runs_per_round, measure)
     return {
         "int8_p50_ms": round(float(np.median(samples["int8"])), 4),
         "float_p50_ms": round(float(np.median(samples["float"])), 4),
-        "int8_over_float": round(float(np.median(ratios)), 3) if ratios else None,
+        "int8_over_float": round_ratio(samples["int8"], samples["float"]),
         "rounds": ROUNDS,
     }
 
@@ -83,3 +96,48 @@ def check(int8_bytes: bytes, float_bytes: bytes, profile, feed: dict[str, np.nda
     runs = max(5, latency_runs // ROUNDS)
     figures = compare_int8_float(int8_runner, float_runner, feed, runs, lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0))
     return decide(figures, threads)
+
+
+# --- which int8 layout: full graph or weighted ops only ------------------------------------------
+
+ALTERNATIVE_MARGIN = 1.05  # the weighted-only int8 replaces the full-graph one only when this much faster
+
+
+@dataclass
+class LayoutVerdict:
+    """Whether the weighted-only int8 model ships instead of the full-graph one, and why."""
+
+    use_alternative: bool
+    measured: bool
+    reason: str
+    figures: dict
+
+
+def decide_layout(figures: dict, threads: int) -> LayoutVerdict:
+    """The verdict from :func:`compare_layouts`' figures: the full-graph int8 model (the search's)
+    unless the weighted-only one measured over :data:`ALTERNATIVE_MARGIN` faster."""
+    ratio, full_ms = figures["weighted_only_over_full"], figures["full_p50_ms"]
+    if ratio is None or full_ms < MIN_TIMED_MS:
+        return LayoutVerdict(False, False, f"the int8 model runs in under {MIN_TIMED_MS} ms here, too fast to time two layouts apart: full-graph int8 kept", figures)
+    how = f"{threads} thread(s), {ROUNDS} interleaved rounds"
+    if ratio < 1 / ALTERNATIVE_MARGIN:
+        return LayoutVerdict(True, True, f"int8 on Conv/MatMul/Gemm only measured {ratio}x the full-graph int8 latency on this host ({how}): it ships", figures)
+    return LayoutVerdict(False, True, f"int8 on Conv/MatMul/Gemm only measured {ratio}x the full-graph int8 latency on this host ({how}; "
+                         f"it must be under {round(1 / ALTERNATIVE_MARGIN, 3)}x): full-graph int8 kept", figures)
+
+
+def compare_layouts(full_bytes: bytes, weighted_only_bytes: bytes, profile, feed: dict[str, np.ndarray], latency_runs: int) -> LayoutVerdict:
+    """Time the full-graph and the weighted-only int8 models in onnxruntime side by side, when
+    this host has the profile's CPU features (else the full-graph one is kept, unmeasured)."""
+    missing = missing_cpu_features(profile)
+    if missing:
+        return LayoutVerdict(False, False, f"this host lacks the profile's CPU feature(s) {', '.join(missing)}: full-graph int8 kept; latency was NOT compared", {})
+    from edgeops.converters.runtime import OnnxRunner, measure_latency
+
+    threads = profile.runtime.threads
+    runners = {"full": OnnxRunner(full_bytes, threads=threads, label="full-graph int8"),
+               "weighted_only": OnnxRunner(weighted_only_bytes, threads=threads, label="weighted-only int8")}
+    samples = interleaved_p50s(runners, feed, max(5, latency_runs // ROUNDS), lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0))
+    figures = {"full_p50_ms": round(float(np.median(samples["full"])), 4), "weighted_only_p50_ms": round(float(np.median(samples["weighted_only"])), 4),
+               "weighted_only_over_full": round_ratio(samples["weighted_only"], samples["full"]), "rounds": ROUNDS}
+    return decide_layout(figures, threads)

@@ -45,6 +45,7 @@ class StaticQuantOptions(PassOptions):
     )
     max_calibration_samples: int = Field(default=256, ge=1, le=100000, description="calibration feeds used at most")
     nodes_to_exclude: list[str] = Field(default_factory=list, description="node names kept in float32 (e.g. the sensitive output heads `--quantize auto` excludes after a failed gate)")
+    op_types: list[str] = Field(default_factory=list, description="only these op types get int8 (e.g. Conv, MatMul, Gemm; the ops between them stay float32); empty: every op onnxruntime quantizes")
     calibration_cache: str | None = Field(default=None, description="onnxruntime calibration cache (JSON tensor ranges): written on first use, reused by later attempts with the same method")
 
 
@@ -92,6 +93,7 @@ class QuantizeStatic(Pass):
                 calibrate_method=method[self.options.calibration_method],
                 calibration_providers=["CPUExecutionProvider"],
                 nodes_to_exclude=excluded,
+                op_types_to_quantize=self.options.op_types or None,
                 calibration_cache_path=self.options.calibration_cache,
                 extra_options={"ActivationSymmetric": self.options.activation_type == "int8", "WeightSymmetric": True},
             )
@@ -105,6 +107,8 @@ class QuantizeStatic(Pass):
             ctx.log.append(f"quantize-static: kept float32 (too shallow for int8 kernels to pay off): {', '.join(shallow)}")
         if self.options.nodes_to_exclude:
             ctx.log.append(f"quantize-static: kept float32 (sensitive to int8): {', '.join(self.options.nodes_to_exclude)}")
+        if self.options.op_types:
+            ctx.log.append(f"quantize-static: int8 on {', '.join(self.options.op_types)} only; every other op float32")
         return Artifact("onnx", data=out)
 
 

@@ -131,6 +131,72 @@ def test_when_the_heads_alone_pass_the_worst_layers_stay_int8_and_are_not_ranked
     assert result.artifact[1] == ("Sigmoid_4", "Conv_3", "Conv_0")
 
 
+def _alternative_run(weighted_only_cosine: float):
+    asked = []
+
+    def quantize(spec, nodes, cache):
+        asked.append((spec.method, tuple(nodes), Path(cache).name, spec.weighted_only))
+        return (spec.method, bool(nodes), spec.weighted_only)
+
+    def validate(artifact):
+        return [_gate(weighted_only_cosine if artifact[2] else {"minmax": 0.5, "percentile": 0.99}[artifact[0]])]
+
+    return quant_search.search("float", quantize, validate, "minmax", True, _tiny_model(), alternative=True), asked
+
+
+def test_the_passing_attempt_is_built_again_weighted_only_with_its_calibration_and_nodes():
+    result, asked = _alternative_run(0.985)
+    assert result.passed and result.artifact == ("percentile", False, False)  # the search's own pick stays the artifact
+    assert result.alternative == ("percentile", False, True)
+    assert asked[-1] == ("percentile", (), "percentile.json", True)  # the passing attempt's cache: ranges reused
+    row = result.attempts[-1]
+    assert row.attempt == 3 and row.passed and "Conv/MatMul/Gemm only" in row.tried
+    assert row.verdict.startswith("alternative to attempt 2: passes every gate")
+
+
+def test_a_weighted_only_layout_that_fails_a_gate_is_no_alternative():
+    result, _ = _alternative_run(0.95)
+    assert result.passed and result.alternative is None
+    assert result.attempts[-1].verdict == "alternative to attempt 2 rejected: min_cosine[y] 0.95 vs 0.98"
+
+
+def test_without_alternative_nothing_is_built_weighted_only():
+    asked = []
+
+    def quantize(spec, nodes, cache):
+        asked.append(spec.weighted_only)
+        return spec.method
+
+    result = quant_search.search("float", quantize, lambda a: [_gate(0.99)], "minmax", True, _tiny_model())
+    assert result.passed and result.alternative is None and asked == [False]
+
+
+def test_weighted_only_quantization_leaves_the_ops_between_convs_float(tmp_path):
+    """Real onnxruntime: with op_types, only the Convs compute in int8; the Sigmoid head takes and gives float."""
+    import numpy as np
+    import onnx
+
+    from edgeops.converters.data import Dataset
+    from edgeops.converters.passes import Artifact, PassContext, create_pass
+
+    model = _tiny_model()
+    from edgeops.profiles import load_profile
+
+    calib = Dataset("calibration", {"x": np.random.default_rng(0).random((4, 3, 8, 8), np.float32)}, None, "")
+    art = Artifact("onnx", data=model.SerializeToString())
+    ctx = PassContext(profile=load_profile("x86_64-avx512-vnni"), calibration=calib)
+
+    def int8_outputs(data):  # op types whose output is quantized (feeds a QuantizeLinear)
+        q = onnx.load_model_from_string(data)
+        q_in = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+        return {n.op_type for n in q.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(o in q_in for o in n.output)}
+
+    full = create_pass("quantize-static")(art, ctx)
+    only = create_pass("quantize-static", op_types=["Conv"])(art, ctx)
+    assert "Sigmoid" in int8_outputs(full.data)
+    assert "Sigmoid" not in int8_outputs(only.data)  # quantized only where a Conv reads it (the Relu's output)
+
+
 def test_activation_error_nodes_names_float_model_nodes_from_qdq_loss_debug(tmp_path):
     """Real onnxruntime: quantize the tiny model, rank its layers; names are the float model's (unnamed nodes named as the pass names them)."""
     import numpy as np
@@ -156,7 +222,8 @@ def test_activation_error_nodes_names_float_model_nodes_from_qdq_loss_debug(tmp_
 
 
 def test_auto_on_the_digits_cnn_ships_the_profiles_int8_model_after_one_attempt(cnn_files, tmp_path, capsys):
-    """Where the profile's int8 passes, auto makes one attempt and ships exactly what --quantize static-int8 builds."""
+    """Where the profile's int8 passes, auto makes one attempt and ships exactly what --quantize static-int8 builds,
+    unless the weighted-only layout of it passes too and measured faster here."""
     import json
 
     from edgeops.bundle import read_bundle
@@ -171,11 +238,17 @@ def test_auto_on_the_digits_cnn_ships_the_profiles_int8_model_after_one_attempt(
         return stdout
 
     doc = json.loads(build(tmp_path / "auto.bundle", "--json"))
-    (attempt,) = doc["report"]["quantization"]["attempts"]
+    attempt, *alternative = doc["report"]["quantization"]["attempts"]
     assert attempt["passed"] and attempt["method"] == "minmax" and attempt["verdict"] == "kept: passes every gate"
+    layout = doc["report"]["quantization"].get("int8_layout")
+    if alternative:  # a host with the profile's CPU features: the weighted-only layout was built and timed against it
+        (alt,) = alternative
+        assert "Conv/MatMul/Gemm only" in alt["tried"] and alt["verdict"].startswith("alternative to attempt 1")
+        assert alt["passed"] == (layout is not None)
     build(tmp_path / "static.bundle", "--quantize", "static-int8")
     model = "model/model.onnx"
-    assert read_bundle(tmp_path / "auto.bundle").files[model] == read_bundle(tmp_path / "static.bundle").files[model]
+    same = read_bundle(tmp_path / "auto.bundle").files[model] == read_bundle(tmp_path / "static.bundle").files[model]
+    assert same == (layout is None or layout["shipped"] == "full-graph"), layout
 
 
 # --- a real corpus model ---------------------------------------------------------------------

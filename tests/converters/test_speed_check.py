@@ -57,3 +57,40 @@ def test_missing_cpu_features_names_only_what_the_host_lacks(monkeypatch, profil
     p = load_profile(profile)
     monkeypatch.setattr(speed_check, "host_cpu_flags", lambda: set(p.device.cpu_features))
     assert speed_check.missing_cpu_features(p) == []
+
+
+# --- full-graph int8 against int8 on Conv/MatMul/Gemm only ------------------------------------------
+
+def _layouts(full_ms, weighted_ms):
+    return {"full_p50_ms": full_ms, "weighted_only_p50_ms": weighted_ms, "weighted_only_over_full": round(weighted_ms / full_ms, 3), "rounds": speed_check.ROUNDS}
+
+
+def test_the_weighted_only_layout_ships_only_when_faster_beyond_the_margin():
+    faster = speed_check.decide_layout(_layouts(10.0, 7.8), threads=1)  # DenseNet-121's 1.70x vs 2.19x
+    assert faster.use_alternative and faster.measured and "0.78x" in faster.reason
+    close = speed_check.decide_layout(_layouts(10.0, 9.7), threads=1)  # within the margin: noise, not a layout
+    assert not close.use_alternative and close.measured and "full-graph int8 kept" in close.reason
+    assert not speed_check.decide_layout(_layouts(10.0, 11.5), threads=1).use_alternative
+
+
+def test_layouts_too_fast_to_time_keep_the_full_graph_unmeasured():
+    verdict = speed_check.decide_layout(_layouts(0.1, 0.05), threads=1)
+    assert not verdict.use_alternative and not verdict.measured and "too fast" in verdict.reason
+
+
+def test_layouts_are_not_timed_on_a_host_without_the_profiles_features(monkeypatch):
+    monkeypatch.setattr(speed_check, "host_cpu_flags", lambda: {"sse4_2"})
+    verdict = speed_check.compare_layouts(b"", b"", load_profile("x86_64-avx512-vnni"), {}, 50)
+    assert not verdict.use_alternative and not verdict.measured and "NOT compared" in verdict.reason
+
+
+def test_layout_timing_is_interleaved_per_round():
+    order = []
+
+    def measure(runner, feed, runs):
+        order.append(runner)
+        return {"p50_ms": 1.0}
+
+    samples = speed_check.interleaved_p50s({"full": "full", "weighted_only": "weighted_only"}, {}, 3, measure)
+    assert order == ["full", "weighted_only"] * speed_check.ROUNDS and len(samples["full"]) == speed_check.ROUNDS
+    assert speed_check.round_ratio([2.0, 1.0, 9.0], [1.0, 1.0, 3.0]) == 2.0 and speed_check.round_ratio([], []) is None
