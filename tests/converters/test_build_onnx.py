@@ -178,3 +178,10 @@ def test_auto_reports_its_int8_versus_float_speed_check(cnn_files, tmp_path, cap
     if check["measured"]:
         figures = candidates["speed_check"]
         assert speed_check.decide(figures, threads=1).keep_int8 == (check["shipped"] == "static-int8")
+    layout = doc["report"]["quantization"].get("int8_layout")
+    if layout is not None:  # the weighted-only alternative passed: the same rule for the layout decision
+        assert "ms" not in json.dumps(layout)
+        if layout["measured"]:
+            assert speed_check.decide_layout(candidates["int8_layout"], threads=1).use_alternative == (layout["shipped"] == "weighted-only")
+        else:  # this digits CNN runs in microseconds: too fast to time two layouts apart, the full graph stays
+            assert layout["shipped"] == "full-graph"
