@@ -11,6 +11,8 @@ threads, measured in interleaved rounds so load from other jobs hits every path 
   on AVX512_BF16/AMX CPUs, else f32);
 * ``ov-nncf``: OpenVINO + ``nncf.quantize`` with NNCF's defaults;
 * ``edgeops-ov``: the bundle `edgeops build --profile x86_64-openvino-int8` makes (as its agent runs it);
+  at 2 threads, the bundle built for that profile with ``runtime.threads = 2`` (a device that runs
+  2 threads says so in its profile, and the build times its candidates there);
 * ``edgeops-ort``: the bundle `edgeops build --profile x86_64-avx512-vnni` makes;
 * with ``--control``, ``ov-nncf-again``: the ``ov-nncf`` IR compiled a second time, timed as a
   path of its own and never counted as a peer: its ratio to ``ov-nncf`` is what this run measures
@@ -188,18 +190,35 @@ def _ov_nncf(path: Path, calib: list[dict], folder: Path) -> Path:
     return out
 
 
+def _profile_for_threads(name: str, threads: int, folder: Path) -> str:
+    """The built-in profile ``name`` as a file of its own with ``runtime.threads = threads``: the
+    profile of a device that runs inference on that many threads (its build times the candidates there)."""
+    import re
+
+    from edgeops.profiles import builtin_profiles_dir
+
+    text = (builtin_profiles_dir() / f"{name}.toml").read_text()
+    new, count = re.subn(r"(?m)^threads = \d+$", f"threads = {threads}", text)
+    if count != 1:
+        raise SystemExit(f"{name}.toml: expected one 'threads = N' line, found {count}")
+    out = folder / f"{name}-{threads}t.toml"
+    out.write_text(new)
+    return str(out)
+
+
 def _edgeops(path: Path, calib: dict, val: dict, labels, profile: str, folder: Path):
     from edgeops.bundle import extract_bundle
     from edgeops.converters.pipeline import BuildOptions, build
 
     np.savez(folder / "calibration.npz", **calib)
     np.savez(folder / "validation.npz", **val, **({"labels": labels} if labels is not None else {}))
-    out = folder / f"{profile}.bundle"
+    stem = Path(profile).stem
+    out = folder / f"{stem}.bundle"
     t0 = time.perf_counter()
     result = build(BuildOptions(model=str(path), profile=profile, name="m", version="1", output=str(out), calibration=str(folder / "calibration.npz"),
                                 validation=str(folder / "validation.npz"), latency_runs=1, allow_gate_failures=True))
     seconds = time.perf_counter() - t0
-    files = folder / profile
+    files = folder / stem
     manifest = extract_bundle(result.path, files)
     return files / manifest.artifact, manifest, result.report, seconds
 
@@ -318,16 +337,22 @@ def bench_model(name: str, rounds: int, runs: int, control: bool = False, fresh:
         except Exception as e:
             failed["ov-nncf"] = _why(e)
         ov_ir, ov_manifest, ov_report, ov_seconds = _edgeops(path, calib, val, labels, PROFILE_OV, folder)
+        # the device that runs 2 threads has a profile saying so: its bundle's candidates were timed at 2 threads
+        ov2_ir, ov2_manifest, ov2_report, ov2_seconds = _edgeops(path, calib, val, labels, _profile_for_threads(PROFILE_OV, 2, folder), folder)
         ort_art, _, ort_report, ort_seconds = _edgeops(path, calib, val, labels, "x86_64-avx512-vnni", folder)
         paths["edgeops-ov"], paths["edgeops-ort"] = ov_ir, ort_art
-        # under auto the OpenVINO profile may ship onnxruntime's int8 (an onnxruntime bundle): run it as its agent would
+        edgeops_ov = {1: (ov_ir, ov_manifest), 2: (ov2_ir, ov2_manifest)}
         precision = {"ov-nncf": None, "ov-default": None, CONTROL: None}
         if control and "ov-nncf" in paths:
             paths[CONTROL] = paths["ov-nncf"]
-        if ov_manifest.runtime == "openvino":
-            precision["edgeops-ov"] = ov_manifest.runtime_options.get("inference_precision", "f32")
 
         def make(label, threads):
+            if label == "edgeops-ov":
+                # under auto the OpenVINO profile may ship onnxruntime's int8 (an onnxruntime bundle): run it as its agent would
+                artifact, manifest = edgeops_ov[threads]
+                if manifest.runtime == "openvino":
+                    return _Ov(artifact, threads, manifest.runtime_options.get("inference_precision", "f32"))
+                return _Ort(artifact, threads)
             return _Ov(paths[label], threads, precision[label]) if label in precision else _Ort(paths[label], threads)
 
         for label in list(paths):  # a peer tool that wrote a model its runtime refuses is a result too
@@ -337,9 +362,14 @@ def bench_model(name: str, rounds: int, runs: int, control: bool = False, fresh:
                 failed[f"{label} (refused by its runtime)"] = _why(e)
                 del paths[label]
 
+        def bundle_doc(manifest, report, seconds):
+            cos = [o["cosine_min"] for o in report["metrics"]["outputs"].values() if o.get("cosine_min") is not None]
+            return {"runtime": manifest.runtime, "precision": manifest.runtime_options.get("inference_precision") if manifest.runtime == "openvino" else None,
+                    "scheme": report["quantization"]["scheme"], "status": report["status"], "build_s": round(seconds, 1),
+                    "metrics": {**{k: report["metrics"].get(k) for k in ("top1_agreement", "accuracy_drop_points")}, "worst_cosine": min(cos) if cos else None}}
+
         result = {"model": name, "inputs": {k: list(v.shape) for k, v in first.items()}, "sizes": {k: _size(p) for k, p in paths.items()},
-                  "edgeops_ov": {"runtime": ov_manifest.runtime, "precision": precision.get("edgeops-ov"), "scheme": ov_report["quantization"]["scheme"], "status": ov_report["status"],
-                                 "metrics": {k: ov_report["metrics"].get(k) for k in ("top1_agreement", "accuracy_drop_points")}, "build_s": round(ov_seconds, 1)},
+                  "edgeops_ov": bundle_doc(ov_manifest, ov_report, ov_seconds), "edgeops_ov_2t": bundle_doc(ov2_manifest, ov2_report, ov2_seconds),
                   "edgeops_ort": {"scheme": ort_report["quantization"]["scheme"], "status": ort_report["status"], "build_s": round(ort_seconds, 1)},
                   "failed_peers": failed, "threads": {}}
         ours = _weights_digest(paths["edgeops-ov"])
@@ -400,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models.split(","):
         r = bench_model(name, args.rounds, args.runs, args.control, args.fresh_instances)
         results.append(r)
-        print(f"\n{name} {r['inputs']}  edgeops-ov: {r['edgeops_ov']}  edgeops-ort: {r['edgeops_ort']}")
+        print(f"\n{name} {r['inputs']}  edgeops-ov: {r['edgeops_ov']}  edgeops-ov built for 2 threads: {r['edgeops_ov_2t']}  edgeops-ort: {r['edgeops_ort']}")
         for label, why in r["failed_peers"].items():
             print(f"  note: {label}: {why}")
         labels = list(r["sizes"])
