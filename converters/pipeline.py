@@ -346,6 +346,7 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
 
     from edgeops.converters import quant_search
     from edgeops.converters.runtime import OnnxRunner
+    from edgeops.converters.speed_check import missing_cpu_features
 
     q = profile.quantization
     ref_runner = OnnxRunner(reference.data, threads=1, label="original model")
@@ -380,14 +381,12 @@ def _auto_static_int8(built: Artifact, reference: Artifact, profile, options: Bu
             return quant_search.activation_error_nodes(built.data, artifact.data, feeds[:debug_feeds])
 
     # the weighted-only layout is worth building only where the two can be timed (a host with the profile's CPU features)
-    from edgeops.converters.speed_check import missing_cpu_features
-
     result = quant_search.search(built, quantize, validate, options.calibration_method or q.calibration_method, q.per_channel,
                                  float_model, rank_nodes=rank, alternative=not missing_cpu_features(profile))
     ctx.report["quantization_attempts"] = [a.doc() for a in result.attempts]
     ctx.log.extend(a.line() for a in result.attempts)
     if result.passed:
-        kept = next(a for a in result.attempts if a.verdict.startswith("kept"))
+        kept = result.kept
         if kept.attempt > 1:
             choice = Choice(choice.scheme, f"{choice.reason}; the profile's int8 settings failed a parity gate, attempt {kept.attempt} "
                             f"({kept.tried}) passes every gate")

@@ -107,6 +107,7 @@ class SearchResult:
     passed: bool
     attempts: list[Attempt] = field(default_factory=list)
     alternative: object = None  # the passing attempt with int8 on WEIGHTED_OPS only, where that passes too
+    kept: Attempt | None = None  # the attempt that passed (the alternative's row, if any, comes after it)
 
 
 def plan(first_method: str, per_channel: bool) -> list[AttemptSpec]:
@@ -239,7 +240,7 @@ def search(built, run_quantize, validate, first_method: str, per_channel: bool, 
             attempts.append(attempt)
             if passed:
                 attempt.verdict = "kept: passes every gate" + (" (the first int8 attempt that does)" if number > 1 else "")
-                result = SearchResult(artifact, True, attempts)
+                result = SearchResult(artifact, True, attempts, kept=attempt)
                 if alternative:
                     result.alternative = weighted_only_alternative(spec, nodes, cache, attempt, run_quantize, validate, attempts)
                 return result

@@ -147,6 +147,7 @@ def _alternative_run(weighted_only_cosine: float):
 def test_the_passing_attempt_is_built_again_weighted_only_with_its_calibration_and_nodes():
     result, asked = _alternative_run(0.985)
     assert result.passed and result.artifact == ("percentile", False, False)  # the search's own pick stays the artifact
+    assert result.kept is result.attempts[1]
     assert result.alternative == ("percentile", False, True)
     assert asked[-1] == ("percentile", (), "percentile.json", True)  # the passing attempt's cache: ranges reused
     row = result.attempts[-1]
