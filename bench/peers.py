@@ -401,6 +401,7 @@ def bench_model(name: str, rounds: int, runs: int, control: bool = False, fresh:
             best_gated = min(gated, key=gated.get)  # ort-fp32 is always within them
             result["threads"][threads] = {
                 "p50_ms": p50,
+                "samples_ms": {k: [round(x, 4) for x in v] for k, v in samples.items()},  # per round: to check any verdict rule against the control later
                 "speedup_vs_ort_fp32": {k: round(p50["ort-fp32"] / v, 2) for k, v in p50.items()},
                 "best_peer": best,
                 "edgeops_ov_vs_best_peer": round(p50["edgeops-ov"] / p50[best], 3),
