@@ -14,9 +14,8 @@ layouts its CPU kernels take (after ``quant_pre_process``, minmax calibration):
 * ``qdq-pc-u8s8-no-depthwise``: the profile's recipe with depthwise (grouped) convolutions in float.
 
 Every variant, and the packager's float model itself, is timed at 1 thread against the model as
-given in fp32 onnxruntime, in
-interleaved rounds, with its worst output cosine on fresh inputs (a data seed calibration never
-saw). No parity gate is applied: the fastest variant is the most any onnxruntime int8 bundle
+given in fp32 onnxruntime, in interleaved rounds, with its worst output cosine on fresh inputs (a
+data seed calibration never saw). No parity gate is applied: the fastest variant is the most any onnxruntime int8 bundle
 of this model could reach on this host, so a model whose ceiling is under a speed target cannot
 meet it on an onnxruntime profile, whatever the quantizer's settings.
 

@@ -88,14 +88,21 @@ def check(int8_bytes: bytes, float_bytes: bytes, profile, feed: dict[str, np.nda
     missing = missing_cpu_features(profile)
     if missing:
         return SpeedVerdict(True, False, f"this host lacks the profile's CPU feature(s) {', '.join(missing)}: int8 kept by the profile's declared scheme; latency was NOT compared", {})
-    from edgeops.converters.runtime import OnnxRunner, measure_latency
+    from edgeops.converters.runtime import OnnxRunner
 
     threads = profile.runtime.threads
     int8_runner = OnnxRunner(int8_bytes, threads=threads, label="int8 candidate")
     float_runner = OnnxRunner(float_bytes, threads=threads, label="float32 candidate")
-    runs = max(5, latency_runs // ROUNDS)
-    figures = compare_int8_float(int8_runner, float_runner, feed, runs, lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0))
+    figures = compare_int8_float(int8_runner, float_runner, feed, *_round_timing(latency_runs))
     return decide(figures, threads)
+
+
+def _round_timing(latency_runs: int):
+    """(runs per round, measure) for timing candidates in onnxruntime, shared by :func:`check` and
+    :func:`compare_layouts`: ``--latency-runs`` spread over the rounds, at least 5 each."""
+    from edgeops.converters.runtime import measure_latency
+
+    return max(5, latency_runs // ROUNDS), lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0)
 
 
 # --- which int8 layout: full graph or weighted ops only ------------------------------------------
@@ -132,12 +139,12 @@ def compare_layouts(full_bytes: bytes, weighted_only_bytes: bytes, profile, feed
     missing = missing_cpu_features(profile)
     if missing:
         return LayoutVerdict(False, False, f"this host lacks the profile's CPU feature(s) {', '.join(missing)}: full-graph int8 kept; latency was NOT compared", {})
-    from edgeops.converters.runtime import OnnxRunner, measure_latency
+    from edgeops.converters.runtime import OnnxRunner
 
     threads = profile.runtime.threads
     runners = {"full": OnnxRunner(full_bytes, threads=threads, label="full-graph int8"),
                "weighted_only": OnnxRunner(weighted_only_bytes, threads=threads, label="weighted-only int8")}
-    samples = interleaved_p50s(runners, feed, max(5, latency_runs // ROUNDS), lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0))
+    samples = interleaved_p50s(runners, feed, *_round_timing(latency_runs))
     figures = {"full_p50_ms": round(float(np.median(samples["full"])), 4), "weighted_only_p50_ms": round(float(np.median(samples["weighted_only"])), 4),
                "weighted_only_over_full": round_ratio(samples["weighted_only"], samples["full"]), "rounds": ROUNDS}
     return decide_layout(figures, threads)
