@@ -102,10 +102,10 @@ def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(
     table = result.host_latency["candidates"]
     chosen = table["candidates"][decision["chosen"]]
     assert chosen["gates_passed"]
-    # the declared int8 IR, or a passing candidate over the margin faster than it (median per-round ratio)
-    from edgeops.converters.speed_check import SLOWER_MARGIN
+    # the declared int8 IR, or a passing candidate over the margin faster than it (median per-round ratio) in nearly every round
+    from edgeops.converters.openvino_build import SWITCH_MARGIN, SWITCH_ROUNDS
 
-    assert decision["chosen"] == "openvino-int8" or chosen["vs_preferred"] * SLOWER_MARGIN < 1.0
+    assert decision["chosen"] == "openvino-int8" or (chosen["vs_preferred"] * SWITCH_MARGIN < 1.0 and chosen["rounds_faster"] >= SWITCH_ROUNDS)
     assert result.manifest.quantization == ("none" if decision["chosen"] == "openvino-float" else "static-int8")
     # an onnxruntime candidate ships as an onnxruntime bundle under the OpenVINO profile
     expected_runtime = "onnxruntime" if decision["chosen"] == "onnxruntime-int8" else "openvino"
@@ -170,16 +170,23 @@ def _rows(**candidates):
 def test_the_declared_int8_ir_ships_unless_another_candidate_is_clearly_faster():
     from edgeops.converters.openvino_build import pick_candidate
 
-    # 5% faster in every round: noise on a shared host, not a reason to switch runtimes
-    rows = _rows(**{"openvino-int8": (True, [10, 12, 10, 11, 10]), "onnxruntime-int8": (True, [9.5, 11.4, 9.5, 10.4, 9.5]), "openvino-float": (True, [20] * 5)})
+    # 2% faster in every round: within what two instances of one network differ by, no reason to switch runtimes
+    rows = _rows(**{"openvino-int8": (True, [10, 12, 10, 11, 10]), "onnxruntime-int8": (True, [9.8, 11.76, 9.8, 10.78, 9.8]), "openvino-float": (True, [20] * 5)})
     chosen, reason = pick_candidate(rows, 1)
-    assert chosen == "openvino-int8" and rows["onnxruntime-int8"]["vs_preferred"] == 0.95 and "rule:" in reason
+    assert chosen == "openvino-int8" and rows["onnxruntime-int8"]["vs_preferred"] == 0.98 and rows["onnxruntime-int8"]["rounds_faster"] == 5
+    assert "rule:" in reason and "1.03x" in reason
     # one lucky round does not win either: the median of per-round ratios decides
     rows = _rows(**{"openvino-int8": (True, [10, 10, 10, 10, 10]), "onnxruntime-int8": (True, [5, 11, 11, 11, 5])})
     assert pick_candidate(rows, 1)[0] == "openvino-int8"
+    # a low median from two noisy rounds out of five is not "faster in nearly every round"
+    rows = _rows(**{"openvino-int8": (True, [10, 10, 10, 10, 10]), "openvino-float": (True, [9, 9, 9, 10.5, 11])})
+    assert pick_candidate(rows, 1)[0] == "openvino-int8" and rows["openvino-float"]["rounds_faster"] == 3
     # clearly faster (0.8x in most rounds): it ships
     rows = _rows(**{"openvino-int8": (True, [10, 10, 10, 10, 10]), "openvino-float": (True, [8, 8, 8, 12, 8]), "onnxruntime-int8": (True, [9.5] * 5)})
     assert pick_candidate(rows, 1)[0] == "openvino-float" and rows["openvino-float"]["p50_ms"] == 8.0
+    # 0.88x in every round (PP-OCR cls's float IR at 2 threads, 2026-12-05): the old 1.10x margin kept the int8 IR; now the float one ships
+    rows = _rows(**{"openvino-int8": (True, [0.30, 0.31, 0.30, 0.32, 0.30]), "openvino-float": (True, [0.264, 0.273, 0.264, 0.282, 0.264])})
+    assert pick_candidate(rows, 2)[0] == "openvino-float"
 
 
 def test_a_preferred_candidate_that_fails_a_gate_gives_way_to_the_fastest_passing_one():
