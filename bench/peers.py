@@ -216,7 +216,7 @@ def _edgeops(path: Path, calib: dict, val: dict, labels, profile: str, folder: P
     out = folder / f"{stem}.bundle"
     t0 = time.perf_counter()
     result = build(BuildOptions(model=str(path), profile=profile, name="m", version="1", output=str(out), calibration=str(folder / "calibration.npz"),
-                                validation=str(folder / "validation.npz"), latency_runs=1, allow_gate_failures=True))
+                                validation=str(folder / "validation.npz"), allow_gate_failures=True))  # latency runs: the default, as a user builds
     seconds = time.perf_counter() - t0
     files = folder / stem
     manifest = extract_bundle(result.path, files)
@@ -263,20 +263,15 @@ def _within_gates(doc: dict, fp32: dict) -> bool:
     return not ("accuracy" in doc and "accuracy" in fp32 and (fp32["accuracy"] - doc["accuracy"]) * 100 > b.max_accuracy_drop)
 
 
-def _p50(runner, feed, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        runner.run(feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1000
-
-
 def timed_rounds(make, labels: list[str], feed: dict, rounds: int, runs: int, fresh: bool = True, seed: int = 0) -> dict[str, list[float]]:
-    """p50 ms of each path per round. Interleaved: every round measures every path in turn, in a
-    new order each round (no path always follows the same one); with ``fresh``, every path is
-    made anew (``make(label)``) at the start of each round: two compilations of one network differ
-    by ~1% (where their buffers land), a per-instance offset the rounds then average over."""
+    """p50 ms of each path per round. Interleaved: every round times every path in short turns
+    (:func:`edgeops.converters.runtime.p50s_in_turns`, as the packager times its candidates), in a
+    new order each round (no path always follows the same one), so a burst of load from other jobs
+    lands on all paths alike; with ``fresh``, every path is made anew (``make(label)``) at the start
+    of each round: two compilations of one network differ by ~1% (where their buffers land), a
+    per-instance offset the rounds then average over."""
+    from edgeops.converters.runtime import p50s_in_turns
+
     samples: dict[str, list[float]] = {label: [] for label in labels}
     order = list(labels)
     shuffle = np.random.default_rng(seed)
@@ -285,12 +280,9 @@ def timed_rounds(make, labels: list[str], feed: dict, rounds: int, runs: int, fr
         if fresh or i == 0:
             runners.clear()  # the previous instances go first: two copies of a big model at once cost memory
             runners.update({label: make(label) for label in labels})
-            for r in runners.values():
-                for _ in range(5):
-                    r.run(feed)
         shuffle.shuffle(order)
-        for label in order:
-            samples[label].append(_p50(runners[label], feed, runs))
+        for label, p50 in p50s_in_turns({label: runners[label] for label in order}, feed, runs, warmup=5).items():
+            samples[label].append(p50)
     return samples
 
 

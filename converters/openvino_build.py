@@ -22,7 +22,7 @@ from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
 from edgeops.errors import ConfigError
-from edgeops.converters.runtime import measure_latency
+from edgeops.converters.runtime import p50s_in_turns
 from edgeops.converters import speed_check
 from edgeops.converters.speed_check import missing_cpu_features
 from edgeops.profiles import host_cpu_flags
@@ -318,7 +318,7 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         candidates["onnxruntime-int8"] = (ort_int8, None, "onnxruntime static int8 (QDQ): no OpenVINO precision")
     threads = profile.runtime.threads
     rows = {}
-    runners = {}
+    makers = {}
 
     def evaluate(name: str, art: Artifact, prec: str | None) -> None:
         val = _candidate_runner(art, prec, 1, name)
@@ -327,15 +327,19 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         gates = evaluate_gates(metrics, size, limits)
         rows[name] = {"runtime": "onnxruntime" if art.format == "onnx" else "openvino", "precision": prec or "int8 (QDQ)",
                       "gates_passed": all(g["passed"] for g in gates), "samples_ms": []}
-        runners[name] = _candidate_runner(art, prec, threads, name)
+        makers[name] = lambda: _candidate_runner(art, prec, threads, name)
 
     def time_all() -> None:
-        feed = feeds[0]
+        runs = max(10, options.latency_runs // speed_check.ROUNDS)
         for row in rows.values():
             row["samples_ms"] = []
-        for _ in range(speed_check.ROUNDS):  # interleaved rounds: load from other jobs hits every candidate alike
-            for name, runner in runners.items():
-                rows[name]["samples_ms"].append(measure_latency(runner, feed, runs=max(10, options.latency_runs // speed_check.ROUNDS), warmup=3)["p50_ms"])
+        # interleaved rounds, each candidate timed in short turns so load from other jobs hits all alike; every
+        # round compiles/loads each candidate anew: two instances of one network differ by 1-3% for their whole
+        # life (where their buffers land), an offset the rounds then average over instead of measuring it
+        for _ in range(speed_check.ROUNDS):
+            runners = {name: make() for name, make in makers.items()}
+            for name, p50 in p50s_in_turns(runners, feeds[0], runs, max_seconds=3.0 * len(runners)).items():
+                rows[name]["samples_ms"].append(p50)
 
     for name, (art, prec, _) in candidates.items():
         evaluate(name, art, prec)

@@ -43,14 +43,14 @@ def missing_cpu_features(profile) -> list[str]:
     return [f for f in profile.device.cpu_features if f not in flags]
 
 
-def interleaved_p50s(runners: dict, feed: dict[str, np.ndarray], runs_per_round: int, measure) -> dict[str, list[float]]:
-    """p50 ms of each runner in each of :data:`ROUNDS` rounds; every round measures every runner
-    in turn, so load from other jobs hits all alike. ``measure(runner, feed, runs)`` returns a
-    dict with ``p50_ms``."""
+def interleaved_p50s(runners: dict, feed: dict[str, np.ndarray], runs_per_round: int, measure_round) -> dict[str, list[float]]:
+    """p50 ms of each runner in each of :data:`ROUNDS` rounds; every round times every runner,
+    in short turns (``measure_round(runners, feed, runs)`` returns a p50 per runner:
+    :func:`edgeops.converters.runtime.p50s_in_turns`), so load from other jobs hits all alike."""
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(ROUNDS):
-        for name, runner in runners.items():
-            samples[name].append(measure(runner, feed, runs_per_round)["p50_ms"])
+        for name, p50 in measure_round(runners, feed, runs_per_round).items():
+            samples[name].append(p50)
     return samples
 
 
@@ -60,10 +60,10 @@ def round_ratio(num: list[float], den: list[float]) -> float | None:
     return round(float(np.median(ratios)), 3) if ratios else None
 
 
-def compare_int8_float(int8_runner, float_runner, feed: dict[str, np.ndarray], runs_per_round: int, measure) -> dict:
+def compare_int8_float(int8_runner, float_runner, feed: dict[str, np.ndarray], runs_per_round: int, measure_round) -> dict:
     """p50 per candidate over :data:`ROUNDS` interleaved rounds, and the median per-round ratio
-    int8 / float. ``measure(runner, feed, runs)`` returns a dict with ``p50_ms``."""
-    samples = interleaved_p50s({"int8": int8_runner, "float": float_runner}, feed, runs_per_round, measure)
+    int8 / float (``measure_round`` as in :func:`interleaved_p50s`)."""
+    samples = interleaved_p50s({"int8": int8_runner, "float": float_runner}, feed, runs_per_round, measure_round)
     return {
         "int8_p50_ms": round(float(np.median(samples["int8"])), 4),
         "float_p50_ms": round(float(np.median(samples["float"])), 4),
@@ -98,11 +98,12 @@ def check(int8_bytes: bytes, float_bytes: bytes, profile, feed: dict[str, np.nda
 
 
 def _round_timing(latency_runs: int):
-    """(runs per round, measure) for timing candidates in onnxruntime, shared by :func:`check` and
-    :func:`compare_layouts`: ``--latency-runs`` spread over the rounds, at least 5 each."""
-    from edgeops.converters.runtime import measure_latency
+    """(runs per round, measure_round) for timing candidates in onnxruntime, shared by :func:`check`
+    and :func:`compare_layouts`: ``--latency-runs`` spread over the rounds, at least 5 each."""
+    from edgeops.converters.runtime import p50s_in_turns
 
-    return max(5, latency_runs // ROUNDS), lambda r, f, n: measure_latency(r, f, runs=n, warmup=2, max_seconds=1.0)
+    # at most ~1 s per candidate a round, as a deep model's build must not take minutes to time
+    return max(5, latency_runs // ROUNDS), lambda runners, feed, runs: p50s_in_turns(runners, feed, runs, max_seconds=1.0 * len(runners))
 
 
 # --- which int8 layout: full graph or weighted ops only ------------------------------------------

@@ -29,20 +29,16 @@ def test_a_model_too_fast_to_time_keeps_int8_unmeasured():
 
 
 def test_rounds_are_interleaved_and_the_ratio_is_the_median_of_rounds():
-    order = []
+    rounds = []
 
-    class Runner:
-        def __init__(self, name):
-            self.name = name
-
-    def measure(runner, feed, runs):
-        order.append(runner.name)
+    def measure_round(runners, feed, runs):
+        rounds.append(sorted(runners))
         # a noisy neighbour slows round 3 for both candidates alike
-        slow = 5.0 if len(order) in (5, 6) else 1.0
-        return {"p50_ms": (2.0 if runner.name == "int8" else 1.0) * slow}
+        slow = 5.0 if len(rounds) == 3 else 1.0
+        return {name: (2.0 if name == "int8" else 1.0) * slow for name in runners}
 
-    figures = speed_check.compare_int8_float(Runner("int8"), Runner("float"), {}, 3, measure)
-    assert order == ["int8", "float"] * speed_check.ROUNDS
+    figures = speed_check.compare_int8_float("int8 runner", "float runner", {}, 3, measure_round)
+    assert rounds == [["float", "int8"]] * speed_check.ROUNDS
     assert figures["int8_over_float"] == 2.0 and figures["rounds"] == speed_check.ROUNDS
 
 
@@ -85,12 +81,12 @@ def test_layouts_are_not_timed_on_a_host_without_the_profiles_features(monkeypat
 
 
 def test_layout_timing_is_interleaved_per_round():
-    order = []
+    rounds = []
 
-    def measure(runner, feed, runs):
-        order.append(runner)
-        return {"p50_ms": 1.0}
+    def measure_round(runners, feed, runs):
+        rounds.append(list(runners))
+        return {name: 1.0 for name in runners}
 
-    samples = speed_check.interleaved_p50s({"full": "full", "weighted_only": "weighted_only"}, {}, 3, measure)
-    assert order == ["full", "weighted_only"] * speed_check.ROUNDS and len(samples["full"]) == speed_check.ROUNDS
+    samples = speed_check.interleaved_p50s({"full": "full", "weighted_only": "weighted_only"}, {}, 3, measure_round)
+    assert rounds == [["full", "weighted_only"]] * speed_check.ROUNDS and len(samples["full"]) == speed_check.ROUNDS
     assert speed_check.round_ratio([2.0, 1.0, 9.0], [1.0, 1.0, 3.0]) == 2.0 and speed_check.round_ratio([], []) is None
