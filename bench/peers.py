@@ -264,13 +264,12 @@ def _within_gates(doc: dict, fp32: dict) -> bool:
 
 
 def timed_rounds(make, labels: list[str], feed: dict, rounds: int, runs: int, fresh: bool = True, seed: int = 0) -> dict[str, list[float]]:
-    """p50 ms of each path per round. Interleaved: every round times every path in short turns
-    (:func:`edgeops.converters.runtime.p50s_in_turns`, as the packager times its candidates), in a
-    new order each round (no path always follows the same one), so a burst of load from other jobs
-    lands on all paths alike; with ``fresh``, every path is made anew (``make(label)``) at the start
+    """p50 ms of each path per round. Interleaved: every round times every path, one after the
+    other (:func:`edgeops.converters.runtime.p50s_in_order`, as the packager times its
+    candidates), in a new order each round (no path always follows the same one); with ``fresh``, every path is made anew (``make(label)``) at the start
     of each round: two compilations of one network differ by ~1% (where their buffers land), a
     per-instance offset the rounds then average over."""
-    from edgeops.converters.runtime import p50s_in_turns
+    from edgeops.converters.runtime import p50s_in_order
 
     samples: dict[str, list[float]] = {label: [] for label in labels}
     order = list(labels)
@@ -281,7 +280,7 @@ def timed_rounds(make, labels: list[str], feed: dict, rounds: int, runs: int, fr
             runners.clear()  # the previous instances go first: two copies of a big model at once cost memory
             runners.update({label: make(label) for label in labels})
         shuffle.shuffle(order)
-        for label, p50 in p50s_in_turns({label: runners[label] for label in order}, feed, runs, warmup=5).items():
+        for label, p50 in p50s_in_order({label: runners[label] for label in order}, feed, runs, warmup=5).items():
             samples[label].append(p50)
     return samples
 

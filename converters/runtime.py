@@ -87,35 +87,26 @@ def make_runner(fmt: str, model_bytes: bytes, threads: int = 1, label: str = "mo
     return TfliteRunner(model_bytes, threads, label) if fmt == "tflite" else OnnxRunner(model_bytes, threads, label)
 
 
-TURN = 5  # inferences per turn in :func:`p50s_in_turns`; the first of each is untimed
-MIN_TIMED_RUNS = 12  # p50s_in_turns' early stop waits for this many timed inferences per runner
+def p50s_in_order(runners: dict, feed: dict[str, np.ndarray], runs: int, warmup: int = 3, max_seconds: float = 3.0) -> dict[str, float]:
+    """p50 ms of each runner's single-feed latency, one runner after the other in the dict's order
+    (each warmed up, then timed ``runs`` times back to back, as a device runs one model).
+
+    Why not shorter turns (A A A A A, B B B B B, A ...), which would spread a burst of load from
+    other jobs over all runners: measured, they slow OpenVINO at 2 threads on a 2-core host by
+    whatever ran before it, a pause between turns notwithstanding (MobileNetV2 NNCF int8 beside
+    onnxruntime's int8, 5 rounds, 2026-12-05: 2.66 ms in turns of five, 1.80-1.84 ms timed on
+    its own or one after the other; onnxruntime 2.21 vs 2.11), so a build picked onnxruntime's
+    int8 at 2 threads where OpenVINO's ran faster on the device. Callers rotate the order from
+    round to round instead."""
+    return {name: measure_latency(runner, feed, runs=runs, warmup=warmup, max_seconds=max_seconds)["p50_ms"] for name, runner in runners.items()}
 
 
-def p50s_in_turns(runners: dict, feed: dict[str, np.ndarray], runs: int, warmup: int = 3, max_seconds: float | None = None) -> dict[str, float]:
-    """p50 ms of each runner's single-feed latency, the runners timed in turns of :data:`TURN`
-    inferences (A A A A A, B B B B B, A ..., until each has ``runs`` timed ones).
-
-    Timing one runner's ``runs`` inferences and then the next's lets a burst of load from other
-    jobs (a noisy neighbour on a shared host: seen at 2 threads on a 2-vCPU VM, where one path's
-    p50 moved 1.5x between rounds) land on one runner only; in short turns it lands on all alike.
-    Each turn's first inference is not timed: it brings the model's weights back into cache after
-    the other runners ran, and a device running one model never pays that. With ``max_seconds``
-    it stops early once past it, when each runner has at least :data:`MIN_TIMED_RUNS`."""
-    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner.run(feed)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    while any(len(t) < runs for t in times.values()):
-        if deadline is not None and time.perf_counter() > deadline and all(len(t) >= min(runs, MIN_TIMED_RUNS) for t in times.values()):
-            break
-        for name, runner in runners.items():
-            runner.run(feed)
-            for _ in range(min(TURN - 1, runs - len(times[name]))):
-                t0 = time.perf_counter()
-                runner.run(feed)
-                times[name].append((time.perf_counter() - t0) * 1000)
-    return {name: float(np.median(t)) for name, t in times.items()}
+def rotated(names: list[str], by: int) -> list[str]:
+    """``names`` rotated left by ``by`` (round i of an interleaved timing starts with a different runner)."""
+    if not names:
+        return []
+    k = by % len(names)
+    return names[k:] + names[:k]
 
 
 def measure_latency(runner: Runner, feed: dict[str, np.ndarray], runs: int = 200, warmup: int = 20, max_seconds: float = 3.0) -> dict[str, float]:

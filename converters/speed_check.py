@@ -44,12 +44,15 @@ def missing_cpu_features(profile) -> list[str]:
 
 
 def interleaved_p50s(runners: dict, feed: dict[str, np.ndarray], runs_per_round: int, measure_round) -> dict[str, list[float]]:
-    """p50 ms of each runner in each of :data:`ROUNDS` rounds; every round times every runner,
-    in short turns (``measure_round(runners, feed, runs)`` returns a p50 per runner:
-    :func:`edgeops.converters.runtime.p50s_in_turns`), so load from other jobs hits all alike."""
+    """p50 ms of each runner in each of :data:`ROUNDS` rounds; every round times every runner, the
+    order rotated from round to round (``measure_round(runners, feed, runs)`` returns a p50 per
+    runner: :func:`edgeops.converters.runtime.p50s_in_order`), so load from other jobs hits all alike."""
+    from edgeops.converters.runtime import rotated
+
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(ROUNDS):
-        for name, p50 in measure_round(runners, feed, runs_per_round).items():
+    for i in range(ROUNDS):
+        order = rotated(list(runners), i)
+        for name, p50 in measure_round({name: runners[name] for name in order}, feed, runs_per_round).items():
             samples[name].append(p50)
     return samples
 
@@ -99,11 +102,11 @@ def check(int8_bytes: bytes, float_bytes: bytes, profile, feed: dict[str, np.nda
 
 def _round_timing(latency_runs: int):
     """(runs per round, measure_round) for timing candidates in onnxruntime, shared by :func:`check`
-    and :func:`compare_layouts`: ``--latency-runs`` spread over the rounds, at least 5 each."""
-    from edgeops.converters.runtime import p50s_in_turns
+    and :func:`compare_layouts`: ``--latency-runs`` spread over the rounds, at least 5 each, at
+    most ~1 s a candidate (a deep model's build must not take minutes to time)."""
+    from edgeops.converters.runtime import p50s_in_order
 
-    # at most ~1 s per candidate a round, as a deep model's build must not take minutes to time
-    return max(5, latency_runs // ROUNDS), lambda runners, feed, runs: p50s_in_turns(runners, feed, runs, max_seconds=1.0 * len(runners))
+    return max(5, latency_runs // ROUNDS), lambda runners, feed, runs: p50s_in_order(runners, feed, runs, warmup=2, max_seconds=1.0)
 
 
 # --- which int8 layout: full graph or weighted ops only ------------------------------------------

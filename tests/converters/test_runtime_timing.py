@@ -1,4 +1,4 @@
-"""converters/runtime.py's p50s_in_turns: candidates timed in short turns, each turn's first run untimed."""
+"""converters/runtime.py's timing helpers: runners timed one after the other, the order rotated per round."""
 
 from __future__ import annotations
 
@@ -17,35 +17,21 @@ class _Recorder:
         _Recorder.log.append(self.name)
 
 
-def test_runners_take_turns_of_five_and_each_gets_its_timed_runs():
+def test_each_runner_is_warmed_up_then_timed_back_to_back_in_the_given_order():
     _Recorder.log = []
-    p50 = runtime.p50s_in_turns({"a": _Recorder("a"), "b": _Recorder("b")}, {}, runs=8, warmup=1)
+    p50 = runtime.p50s_in_order({"b": _Recorder("b"), "a": _Recorder("a")}, {}, runs=4, warmup=2)
     assert set(p50) == {"a", "b"} and all(v >= 0 for v in p50.values())
-    after_warmup = _Recorder.log[2:]
-    # a turn: one untimed run that brings the model back into cache, then up to TURN-1 timed ones
-    assert after_warmup == ["a"] * 5 + ["b"] * 5 + ["a"] * 5 + ["b"] * 5
-    assert runtime.TURN == 5
+    assert _Recorder.log == ["b"] * 6 + ["a"] * 6
 
 
-def test_a_burst_of_load_lands_on_every_runner_alike(monkeypatch):
-    """A slow period lasting one turn pair slows a few runs of each runner, not all of one."""
-    clock = {"t": 0.0, "runs": 0}
-
-    class Timed:
-        def __init__(self, cost):
-            self.cost = cost
-
-        def run(self, feed):
-            clock["runs"] += 1
-            slow = 10.0 if 40 <= clock["runs"] < 60 else 1.0  # a noisy neighbour for 20 runs
-            clock["t"] += self.cost * slow
-
-    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock["t"])
-    p50 = runtime.p50s_in_turns({"fast": Timed(0.001), "slow": Timed(0.002)}, {}, runs=40, warmup=0)
-    assert round(p50["slow"] / p50["fast"], 6) == 2.0
+def test_rounds_start_with_a_different_runner():
+    names = ["int8", "float", "ort"]
+    assert [runtime.rotated(names, i) for i in range(4)] == [
+        ["int8", "float", "ort"], ["float", "ort", "int8"], ["ort", "int8", "float"], ["int8", "float", "ort"]]
+    assert runtime.rotated([], 3) == []
 
 
-def test_an_early_stop_waits_for_a_minimum_of_timed_runs(monkeypatch):
+def test_a_slow_model_stops_early_after_max_seconds(monkeypatch):
     clock = {"t": 0.0}
 
     class Slow:
@@ -53,14 +39,6 @@ def test_an_early_stop_waits_for_a_minimum_of_timed_runs(monkeypatch):
             clock["t"] += 1.0  # one second a run: past the deadline at once
 
     monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock["t"])
-    counted = {}
-
-    original = runtime.np.median
-
-    def median(values):
-        counted[len(counted)] = len(values)
-        return original(values)
-
-    monkeypatch.setattr(runtime.np, "median", median)
-    runtime.p50s_in_turns({"a": Slow(), "b": Slow()}, {}, runs=200, warmup=0, max_seconds=0.5)
-    assert sorted(counted.values()) == [runtime.MIN_TIMED_RUNS, runtime.MIN_TIMED_RUNS]
+    p50 = runtime.p50s_in_order({"slow": Slow()}, {}, runs=200, warmup=0, max_seconds=0.5)
+    assert p50["slow"] == 1000.0
+    assert clock["t"] < 30  # measure_latency's floor of 20 runs, not 200
