@@ -28,7 +28,6 @@ Prints the host's CPU model and ``lscpu`` flags first. Corpus models come from t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
+from ort_quant import feeds_reader, pre_process  # noqa: E402
 from zoo import _feeds, cpu_description, interleaved_p50, worst_cosine  # noqa: E402
 
 PROFILE = "x86_64-avx512-vnni"
@@ -77,28 +77,14 @@ def depthwise_convs(path: Path) -> list[str]:
 
 def quantize_variant(float_path: Path, feeds: list[dict], label: str, folder: Path) -> Path:
     """``float_path`` quantized by onnxruntime in the layout ``label`` names."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     fmt, per_channel, act, which = VARIANTS[label]
     pre = folder / "pre.onnx"
     if not pre.exists():
-        # where symbolic shape inference fails, onnxruntime saves its half-inferred model (and a
-        # uuid-named .data file) to the working directory: keep that in the scratch folder
-        with contextlib.chdir(folder):
-            try:
-                quant_pre_process(str(float_path), str(pre))
-            except Exception:  # symbolic shape inference fails on some exports; ORT's own fallback
-                quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+        pre_process(float_path, pre, folder)  # in the scratch folder: a failing shape inference litters the working directory
     out = folder / f"{label}.onnx"
-    quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
+    quantize_static(str(pre), str(out), feeds_reader(feeds), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
                     activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=MATMUL_OPS if which == "matmul" else None,
                     nodes_to_exclude=depthwise_convs(pre) if which == "no-depthwise" else None,

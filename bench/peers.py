@@ -38,7 +38,6 @@ Corpus models are read from the corpus cache (``python bench/corpus.py fetch NAM
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -133,15 +132,9 @@ def _why(e: Exception) -> str:
 def _ort_paths(path: Path, calib: list[dict], folder: Path, notes: dict[str, str]) -> dict[str, Path]:
     """fp32, ORT's best static QDQ and quantize_dynamic defaults. Where ORT's tools fail on the model
     as given, they get it after onnxslim (the packager's normalize pass), and the note says so."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
+    from bench.ort_quant import feeds_reader, pre_process
 
     def normalized() -> Path:
         import onnx
@@ -160,14 +153,10 @@ def _ort_paths(path: Path, calib: list[dict], folder: Path, notes: dict[str, str
             try:
                 if make == "qdq":
                     pre = folder / "pre.onnx"
-                    # a failing symbolic shape inference saves its half-inferred model to the working directory
-                    with contextlib.chdir(folder):
-                        try:
-                            quant_pre_process(str(src), str(pre))
-                        except Exception as e:
-                            notes[f"{label} pre-process"] = f"quant_pre_process failed ({_why(e)}); run with skip_symbolic_shape=True"
-                            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-                    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    failed = pre_process(src, pre, folder)
+                    if failed:
+                        notes[f"{label} pre-process"] = f"quant_pre_process failed ({failed}); run with skip_symbolic_shape=True"
+                    quantize_static(str(pre), str(out), feeds_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
                 else:
                     quantize_dynamic(str(src), str(out))
