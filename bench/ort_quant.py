@@ -21,11 +21,11 @@ def feeds_reader(feeds: list[dict]):
     return Reader()
 
 
-def pre_process(src: Path, out: Path, folder: Path) -> str | None:
+def pre_process(src: Path, out: Path, folder: Path) -> Exception | None:
     """onnxruntime's ``quant_pre_process`` of ``src`` into ``out``, run inside ``folder``: where its
     symbolic shape inference fails, onnxruntime saves the half-inferred model (and a uuid-named
     ``.data`` file) to the working directory, and retries with ``skip_symbolic_shape=True`` (its
-    own fallback). Returns why the first try failed, or None."""
+    own fallback). Returns the first try's exception, or None."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with contextlib.chdir(folder):
@@ -33,6 +33,5 @@ def pre_process(src: Path, out: Path, folder: Path) -> str | None:
             quant_pre_process(str(src), str(out))
             return None
         except Exception as e:
-            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
             quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
-            return why
+            return e

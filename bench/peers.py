@@ -155,7 +155,7 @@ def _ort_paths(path: Path, calib: list[dict], folder: Path, notes: dict[str, str
                     pre = folder / "pre.onnx"
                     failed = pre_process(src, pre, folder)
                     if failed:
-                        notes[f"{label} pre-process"] = f"quant_pre_process failed ({failed}); run with skip_symbolic_shape=True"
+                        notes[f"{label} pre-process"] = f"quant_pre_process failed ({_why(failed)}); run with skip_symbolic_shape=True"
                     quantize_static(str(pre), str(out), feeds_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
                 else:
@@ -255,9 +255,10 @@ def _within_gates(doc: dict, fp32: dict) -> bool:
 def timed_rounds(make, labels: list[str], feed: dict, rounds: int, runs: int, fresh: bool = True, seed: int = 0) -> dict[str, list[float]]:
     """p50 ms of each path per round. Interleaved: every round times every path, one after the
     other (:func:`edgeops.converters.runtime.p50s_in_order`, as the packager times its
-    candidates), in a new order each round (no path always follows the same one); with ``fresh``, every path is made anew (``make(label)``) at the start
-    of each round: two compilations of one network differ by ~1% (where their buffers land), a
-    per-instance offset the rounds then average over."""
+    candidates), in a new order each round (no path always follows the same one); with
+    ``fresh``, every path is made anew (``make(label)``) at the start of each round: two
+    compilations of one network differ by ~1% (where their buffers land), a per-instance offset
+    the rounds then average over."""
     from edgeops.converters.runtime import p50s_in_order
 
     samples: dict[str, list[float]] = {label: [] for label in labels}

@@ -22,7 +22,7 @@ from edgeops.converters.passes import Artifact, PassContext, create_pass
 from edgeops.converters.passes.openvino import BF16_FLAGS, OpenVinoRunner
 from edgeops.converters.validate import GateLimits, compare_models, evaluate_gates
 from edgeops.errors import ConfigError
-from edgeops.converters.runtime import p50s_in_order, rotated
+from edgeops.converters.runtime import p50s_in_order
 from edgeops.converters import speed_check
 from edgeops.converters.speed_check import missing_cpu_features
 from edgeops.profiles import host_cpu_flags
@@ -330,17 +330,12 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         makers[name] = lambda: _candidate_runner(art, prec, threads, name)
 
     def time_all() -> None:
-        runs = max(10, options.latency_runs // speed_check.ROUNDS)
-        for row in rows.values():
-            row["samples_ms"] = []
-        # interleaved rounds, the order rotated each round, so load from other jobs hits every candidate alike; every
-        # round compiles/loads each candidate anew: two instances of one network differ by 1-3% for their whole
-        # life (where their buffers land), an offset the rounds then average over instead of measuring it
-        for i in range(speed_check.ROUNDS):
-            runners = {name: makers[name]() for name in rotated(list(makers), i)}
-            for name, p50 in p50s_in_order(runners, feeds[0], runs).items():
-                rows[name]["samples_ms"].append(p50)
-            del runners
+        # every round compiles/loads each candidate anew: two instances of one network differ by 1-3% for their
+        # whole life (where their buffers land), an offset the rounds then average over instead of measuring it
+        samples = speed_check.interleaved_p50s(lambda: {name: make() for name, make in makers.items()}, feeds[0],
+                                               max(10, options.latency_runs // speed_check.ROUNDS), p50s_in_order)
+        for name, row in rows.items():
+            row["samples_ms"] = samples[name]
 
     for name, (art, prec, _) in candidates.items():
         evaluate(name, art, prec)

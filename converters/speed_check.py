@@ -43,17 +43,22 @@ def missing_cpu_features(profile) -> list[str]:
     return [f for f in profile.device.cpu_features if f not in flags]
 
 
-def interleaved_p50s(runners: dict, feed: dict[str, np.ndarray], runs_per_round: int, measure_round) -> dict[str, list[float]]:
+def interleaved_p50s(runners_for_round, feed: dict[str, np.ndarray], runs_per_round: int, measure_round) -> dict[str, list[float]]:
     """p50 ms of each runner in each of :data:`ROUNDS` rounds; every round times every runner, the
-    order rotated from round to round (``measure_round(runners, feed, runs)`` returns a p50 per
-    runner: :func:`edgeops.converters.runtime.p50s_in_order`), so load from other jobs hits all alike."""
+    order rotated from round to round, so load from other jobs hits all alike.
+    ``runners_for_round()`` gives the round's runners by name (the same instances each time, or
+    new ones: the OpenVINO choice compiles its candidates anew every round);
+    ``measure_round(runners, feed, runs)`` returns a p50 per runner
+    (:func:`edgeops.converters.runtime.p50s_in_order`)."""
     from edgeops.converters.runtime import rotated
 
-    samples: dict[str, list[float]] = {name: [] for name in runners}
+    samples: dict[str, list[float]] = {}
     for i in range(ROUNDS):
+        runners = runners_for_round()
         order = rotated(list(runners), i)
         for name, p50 in measure_round({name: runners[name] for name in order}, feed, runs_per_round).items():
-            samples[name].append(p50)
+            samples.setdefault(name, []).append(p50)
+        del runners  # a round's instances go before the next round's are made: two copies of a big model cost memory
     return samples
 
 
@@ -66,7 +71,7 @@ def round_ratio(num: list[float], den: list[float]) -> float | None:
 def compare_int8_float(int8_runner, float_runner, feed: dict[str, np.ndarray], runs_per_round: int, measure_round) -> dict:
     """p50 per candidate over :data:`ROUNDS` interleaved rounds, and the median per-round ratio
     int8 / float (``measure_round`` as in :func:`interleaved_p50s`)."""
-    samples = interleaved_p50s({"int8": int8_runner, "float": float_runner}, feed, runs_per_round, measure_round)
+    samples = interleaved_p50s(lambda: {"int8": int8_runner, "float": float_runner}, feed, runs_per_round, measure_round)
     return {
         "int8_p50_ms": round(float(np.median(samples["int8"])), 4),
         "float_p50_ms": round(float(np.median(samples["float"])), 4),
@@ -148,7 +153,7 @@ def compare_layouts(full_bytes: bytes, weighted_only_bytes: bytes, profile, feed
     threads = profile.runtime.threads
     runners = {"full": OnnxRunner(full_bytes, threads=threads, label="full-graph int8"),
                "weighted_only": OnnxRunner(weighted_only_bytes, threads=threads, label="weighted-only int8")}
-    samples = interleaved_p50s(runners, feed, *_round_timing(latency_runs))
+    samples = interleaved_p50s(lambda: runners, feed, *_round_timing(latency_runs))
     figures = {"full_p50_ms": round(float(np.median(samples["full"])), 4), "weighted_only_p50_ms": round(float(np.median(samples["weighted_only"])), 4),
                "weighted_only_over_full": round_ratio(samples["weighted_only"], samples["full"]), "rounds": ROUNDS}
     return decide_layout(figures, threads)

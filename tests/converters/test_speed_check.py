@@ -87,7 +87,14 @@ def test_layout_timing_is_interleaved_per_round():
         rounds.append(list(runners))
         return {name: 1.0 for name in runners}
 
-    samples = speed_check.interleaved_p50s({"full": "full", "weighted_only": "weighted_only"}, {}, 3, measure_round)
+    made = []
+
+    def runners_for_round():
+        made.append(len(made))  # a round's runners are asked for at its start: fresh instances where the caller makes them
+        return {"full": "full", "weighted_only": "weighted_only"}
+
+    samples = speed_check.interleaved_p50s(runners_for_round, {}, 3, measure_round)
+    assert len(made) == speed_check.ROUNDS
     # every round times both, the one that goes first alternating
     assert rounds == [["full", "weighted_only"], ["weighted_only", "full"]] * (speed_check.ROUNDS // 2) + [["full", "weighted_only"]] * (speed_check.ROUNDS % 2)
     assert len(samples["full"]) == speed_check.ROUNDS
