@@ -31,6 +31,7 @@ weights as edgeops-ov's (the same network: their ratio is the run's noise), size
 fp32 (cosine, top-1 agreement for classifiers). The host's CPU flags (lscpu) are printed first.
 
     python bench/peers.py [--models digits,mobilenet-v2,ppocrv4-det,...] [--rounds 5] [--runs 30] [--control] [--json OUT]
+    python bench/peers.py --markdown-from OUT    # the table docs/benchmarks.md quotes
 
 Corpus models are read from the corpus cache (``python bench/corpus.py fetch NAME`` first).
 """
@@ -404,7 +405,45 @@ def bench_model(name: str, rounds: int, runs: int, control: bool = False, fresh:
             }
             if CONTROL in samples:
                 result["threads"][threads]["control"] = ratio_verdict(samples[CONTROL], samples["ov-nncf"])
+            # the speed-up target (e.g. MobileNetV2 >= 2.5x) with the same per-round interval as the ratios
+            speedup = ratio_verdict(samples["ort-fp32"], samples["edgeops-ov"])
+            result["threads"][threads]["edgeops_ov_speedup_rounds"] = {"geomean": speedup["round_ratio_geomean"], "ci95": speedup["round_ratio_ci95"]}
         return result
+
+
+def _shipped(bundle: dict) -> str:
+    """What a build shipped, in a table cell: runtime, inference precision, int8 or float."""
+    kind = "int8" if bundle["scheme"] == "static-int8" else "float"
+    if bundle["runtime"] == "openvino":
+        return f"OV {bundle['precision'] or 'f32'} {kind}"
+    return f"ORT {kind}"
+
+
+def _versus(th: dict) -> str:
+    cell = f"{th['best_peer_within_gates']} {th['round_ratio_geomean']} [{th['round_ratio_ci95'][0]}-{th['round_ratio_ci95'][1]}]"
+    return f"{cell} **{th['verdict']}**" if th["verdict"] != "tie" else f"{cell} tie"
+
+
+def markdown_table(doc: dict) -> str:
+    """The run's verdicts as the markdown table docs/benchmarks.md quotes: per model, what each
+    bundle shipped, edgeops-ov's speed-up over fp32 onnxruntime (the p50s' ratio, and in brackets
+    the per-round geometric mean with its 95% interval where the run has it), its ratio to the best peer within
+    the gates with the interval and verdict, and the control beside it (where the run had one).
+    Rendered from the --json file so the quoted figures are the measured ones, not retyped."""
+    head = "| model | shipped 1T / 2T | 1T x | 1T vs best within gates | 1T control | 2T x | 2T vs best within gates | 2T control |"
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in doc["results"]:
+        one, two = _shipped(r["edgeops_ov"]), _shipped(r["edgeops_ov_2t"])
+        cells = [r["model"], f"{one} / {'same' if two == one else two}"]
+        for t in ("1", "2"):
+            th = r["threads"].get(t) or r["threads"][int(t)]
+            control = th.get("control")
+            up = th.get("edgeops_ov_speedup_rounds")
+            x = f"{th['speedup_vs_ort_fp32']['edgeops-ov']:.2f}" + (f" ({up['geomean']:.2f} [{up['ci95'][0]:.2f}-{up['ci95'][1]:.2f}])" if up else "")
+            cells += [x, _versus(th),
+                      f"{control['round_ratio_geomean']} {control['verdict']}" if control else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -416,7 +455,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fresh-instances", action=argparse.BooleanOptionalAction, default=True,
                     help="compile/load every path anew each round (default), so a per-instance offset is averaged over, not measured as a difference")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown-from", type=Path, metavar="JSON", help="print the markdown table of an earlier run's --json file and exit")
     args = ap.parse_args(argv)
+    if args.markdown_from:
+        print(markdown_table(json.loads(args.markdown_from.read_text())))
+        return
     print(f"host: {_lscpu_flags()}")
     results = []
     for name in args.models.split(","):
@@ -437,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"/ best peer within the profile's gates ({th['best_peer_within_gates']}) = {th['edgeops_ov_vs_best_peer_within_gates']} "
                   f"(edgeops-ov faster in {th['rounds_edgeops_ov_faster_than_best_within_gates']} rounds; per-round ratio {th['round_ratio_median']}, "
                   f"geometric mean {th['round_ratio_geomean']}, 95% interval {th['round_ratio_ci95'][0]}-{th['round_ratio_ci95'][1]}: {th['verdict']})")
+            up = th["edgeops_ov_speedup_rounds"]
+            print(f"  {t} thread(s): edgeops-ov over ort-fp32, per-round geometric mean {up['geomean']}x, 95% interval {up['ci95'][0]}-{up['ci95'][1]}")
             if "control" in th:
                 c = th["control"]
                 print(f"  {t} thread(s) control: {CONTROL} / ov-nncf (one network, two instances) = {c['round_ratio_median']}, geometric mean {c['round_ratio_geomean']}, "

@@ -48,3 +48,28 @@ def test_fresh_instances_make_every_path_anew_each_round_and_interleave_all_of_t
     _Counting.made = []
     timed_rounds(_Counting, ["a", "b", "c"], {}, rounds=4, runs=3, fresh=False)
     assert sorted(_Counting.made) == ["a", "b", "c"]  # one instance a path for the whole run
+
+
+def _thread_doc(x: float, geomean: float, ci: list[float], verdict: str, control: dict | None) -> dict:
+    doc = {"speedup_vs_ort_fp32": {"edgeops-ov": x}, "best_peer_within_gates": "ov-nncf", "round_ratio_geomean": geomean,
+           "round_ratio_ci95": ci, "verdict": verdict}
+    return {**doc, "control": control} if control else doc
+
+
+def test_the_markdown_table_quotes_the_json_run_cell_for_cell():
+    import json
+
+    from bench.peers import markdown_table
+
+    run = {"results": [{
+        "model": "mobilenet-v2-digits",
+        "edgeops_ov": {"runtime": "openvino", "precision": "bf16", "scheme": "static-int8"},
+        "edgeops_ov_2t": {"runtime": "onnxruntime", "precision": None, "scheme": "static-int8"},
+        "threads": {1: {**_thread_doc(2.554, 0.981, [0.95, 0.99], "faster", {"round_ratio_geomean": 1.002, "verdict": "tie"}),
+                        "edgeops_ov_speedup_rounds": {"geomean": 2.5, "ci95": [2.414, 2.6]}},
+                    2: _thread_doc(1.6, 1.01, [0.97, 1.05], "tie", None)},
+    }]}
+    table = markdown_table(json.loads(json.dumps(run))).splitlines()  # as read back from --json: thread keys are strings
+    assert len(table) == 3 and table[0].count("|") == table[1].count("|") == table[2].count("|") == 9
+    assert table[2] == ("| mobilenet-v2-digits | OV bf16 int8 / ORT int8 | 2.55 (2.50 [2.41-2.60]) | ov-nncf 0.981 [0.95-0.99] **faster** | 1.002 tie "
+                        "| 1.60 | ov-nncf 1.01 [0.97-1.05] tie | - |")
