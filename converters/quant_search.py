@@ -103,11 +103,18 @@ class Attempt:
 
 @dataclass
 class SearchResult:
+    """The search's outcome: the artifact to ship (the last attempt's, or the float model's when
+    nothing passed), every attempt made, and the one kept."""
+
     artifact: object
-    passed: bool
     attempts: list[Attempt] = field(default_factory=list)
     alternative: object = None  # the passing attempt with int8 on WEIGHTED_OPS only, where that passes too
     kept: Attempt | None = None  # the attempt that passed (the alternative's row, if any, comes after it)
+
+    @property
+    def passed(self) -> bool:
+        """Whether an int8 attempt passed every gate (the one in ``kept``)."""
+        return self.kept is not None
 
 
 def plan(first_method: str, per_channel: bool) -> list[AttemptSpec]:
@@ -240,7 +247,7 @@ def search(built, run_quantize, validate, first_method: str, per_channel: bool, 
             attempts.append(attempt)
             if passed:
                 attempt.verdict = "kept: passes every gate" + (" (the first int8 attempt that does)" if number > 1 else "")
-                result = SearchResult(artifact, True, attempts, kept=attempt)
+                result = SearchResult(artifact, attempts, kept=attempt)
                 if alternative:
                     result.alternative = weighted_only_alternative(spec, nodes, cache, attempt, run_quantize, validate, attempts)
                 return result
@@ -248,7 +255,7 @@ def search(built, run_quantize, validate, first_method: str, per_channel: bool, 
             if all(g["passed"] for g in gates if g["gate"] != "max_bundle_mb"):
                 attempt.verdict += " (not a parity gate: other calibrations or float32 nodes cannot help; no further attempt)"
                 break
-    return SearchResult(built, False, attempts)
+    return SearchResult(built, attempts)
 
 
 def weighted_only_alternative(spec: AttemptSpec, nodes: list[str], cache: str, passed: Attempt, run_quantize, validate, attempts: list[Attempt]):
