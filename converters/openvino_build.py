@@ -109,6 +109,16 @@ def onnxruntime_int8_candidate(profile, source_onnx: bytes, ctx: PassContext) ->
     return art
 
 
+def onnxruntime_float_candidate(profile, source_onnx: bytes) -> Artifact:
+    """The float model as the onnxruntime profiles build it with ``--quantize none`` (shape
+    inference and onnxruntime's offline graph optimization): the path a user of this profile would
+    otherwise take. Where no int8 candidate passes the gates and bf16 fails them too, OpenVINO's
+    f32 IR is what is left, and it can be slower than this: a transformers MobileNetV2 with random
+    weights on an AMD EPYC (Zen 4) at 2 threads, 4.42 ms against 4.16 ms (bench/peers.py, 2026-12-05)."""
+    side = PassContext(profile=profile)  # its log stays out of the report
+    return create_pass("preprocess", optimize=True)(Artifact("onnx", data=source_onnx), side)
+
+
 def _candidate_runner(art: Artifact, precision: str | None, threads: int, label: str):
     """A host runner of one candidate: OpenVINO at its precision, or onnxruntime."""
     if art.format == "onnx":
@@ -147,6 +157,8 @@ def choose_precision(profile, built: Artifact, ref_runner, feeds, labels, classi
 
 
 PREFERRED = "openvino-int8"  # what the profile declares: it ships unless another candidate is clearly faster
+ORT_FLOAT = "onnxruntime-float"  # the float model in onnxruntime: what a float IR in f32 must beat
+ONNXRUNTIME_PRECISION = {"onnxruntime-int8": "int8 (QDQ)", ORT_FLOAT: "f32"}  # the table's precision column for the onnxruntime candidates
 
 
 PARITY = "openvino-int8-parity"  # NNCF's accuracy control on output cosine: built only when the plain int8 IR fails a gate
@@ -316,6 +328,8 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     ort_int8 = onnxruntime_int8_candidate(profile, built.module.source_onnx, ctx)
     if ort_int8 is not None:
         candidates["onnxruntime-int8"] = (ort_int8, None, "onnxruntime static int8 (QDQ): no OpenVINO precision")
+    ort_float = onnxruntime_float_candidate(profile, built.module.source_onnx)
+    candidates[ORT_FLOAT] = (ort_float, None, "onnxruntime float32: no OpenVINO precision")
     threads = profile.runtime.threads
     rows = {}
     makers = {}
@@ -325,7 +339,7 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
         metrics, _ = compare_models(ref_runner, val, feeds, labels, classifier)
         size = art.module.size if art.format == "openvino" else len(art.data)
         gates = evaluate_gates(metrics, size, limits)
-        rows[name] = {"runtime": "onnxruntime" if art.format == "onnx" else "openvino", "precision": prec or "int8 (QDQ)",
+        rows[name] = {"runtime": "onnxruntime" if art.format == "onnx" else "openvino", "precision": prec or ONNXRUNTIME_PRECISION[name],
                       "gates_passed": all(g["passed"] for g in gates), "samples_ms": []}
         makers[name] = lambda: _candidate_runner(art, prec, threads, name)
 
@@ -376,6 +390,10 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
                         f"validation feed's worst output cosine reaches {parity_target(limits)}) ships ({ctx.report['runtime_choice']['reason']})")
         art, prec, prec_why = candidates[PARITY]
         return art, scheme, prec, prec_why
+    if chosen == ORT_FLOAT:
+        scheme = Choice("none", f"{choice.reason}; but onnxruntime's float model measured fastest of the candidates passing every gate on this host "
+                        f"({ctx.report['runtime_choice']['reason']})")
+        return ort_float, scheme, None, "onnxruntime candidate: no OpenVINO inference precision"
     if chosen == "onnxruntime-int8":
         # the bundle is an onnxruntime one (manifest runtime "onnxruntime"): every edgeops agent has onnxruntime
         scheme = Choice("static-int8", f"{choice.reason}; onnxruntime's static int8 measured faster than OpenVINO's candidates on this host ({ctx.report['runtime_choice']['reason']})")

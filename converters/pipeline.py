@@ -157,7 +157,7 @@ def build(options: BuildOptions, step: StepFn | None = None) -> BuildResult:
             limits = GateLimits.from_profile(profile, options.max_accuracy_drop, options.max_size_mb, options.min_agreement, options.min_cosine)
             # the precision, and under auto the candidate (int8 / float IR) measured fastest among those passing the gates
             built, choice, precision, why = finish(profile, options, built, choice, ref_runner, feeds, labels, classifier, limits, ctx)
-            if built.format == "onnx":  # onnxruntime's int8 measured fastest: an onnxruntime bundle
+            if built.format == "onnx":  # an onnxruntime candidate (int8 or float) measured fastest: an onnxruntime bundle
                 target, runtime_name = "onnx", "onnxruntime"
                 built_runner = make_runner("onnx", built.data, threads=1, label="built model")
             else:

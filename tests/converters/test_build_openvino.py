@@ -98,7 +98,7 @@ def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(
     decision = result.report["conversions"]["runtime_choice"]
     if missing_cpu_features(load_profile(PROFILE)):
         pytest.skip("this host lacks the profile's CPU features: the unmeasured case is tested below")
-    assert decision["measured"] is True and decision["candidates"] == ["onnxruntime-int8", "openvino-float", "openvino-int8"]
+    assert decision["measured"] is True and decision["candidates"] == ["onnxruntime-float", "onnxruntime-int8", "openvino-float", "openvino-int8"]
     table = result.host_latency["candidates"]
     chosen = table["candidates"][decision["chosen"]]
     assert chosen["gates_passed"]
@@ -106,9 +106,9 @@ def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(
     from edgeops.converters.openvino_build import SWITCH_MARGIN, SWITCH_ROUNDS
 
     assert decision["chosen"] == "openvino-int8" or (chosen["vs_preferred"] * SWITCH_MARGIN < 1.0 and chosen["rounds_faster"] >= SWITCH_ROUNDS)
-    assert result.manifest.quantization == ("none" if decision["chosen"] == "openvino-float" else "static-int8")
+    assert result.manifest.quantization == ("none" if decision["chosen"] in ("openvino-float", "onnxruntime-float") else "static-int8")
     # an onnxruntime candidate ships as an onnxruntime bundle under the OpenVINO profile
-    expected_runtime = "onnxruntime" if decision["chosen"] == "onnxruntime-int8" else "openvino"
+    expected_runtime = "onnxruntime" if decision["chosen"].startswith("onnxruntime") else "openvino"
     assert result.manifest.runtime == expected_runtime == result.report["runtime"]["name"]
     assert result.manifest.artifact == ("model/model.onnx" if expected_runtime == "onnxruntime" else "model/model.xml")
     assert "p50" not in json.dumps(result.report) and " ms" not in json.dumps(result.report)  # host figures never enter the bundle
@@ -116,6 +116,31 @@ def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(
 
     hil = run_local(result.path, runs=5)
     assert [c.name for c in hil.checks if not c.passed and c.name != "latency_p95_budget"] == []
+
+
+def test_where_only_float_passes_onnxruntimes_float_model_competes_with_the_f32_ir(cnn_files, tmp_path):
+    """A cosine gate no int8 candidate (and, on this small net, maybe not bf16) can meet leaves the
+    float paths: OpenVINO's float IR and onnxruntime's float model, the path a user of the profile
+    would otherwise take. The faster of those passing ships; an onnxruntime one as an onnxruntime
+    bundle with scheme none."""
+    from edgeops.converters.openvino_build import ORT_FLOAT, PREFERRED, missing_cpu_features
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    if missing_cpu_features(load_profile(PROFILE)):
+        pytest.skip("this host lacks the profile's CPU features: nothing is timed, no candidates")
+    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(tmp_path / "f.bundle"),
+                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=6,
+                                min_cosine=0.99999, allow_gate_failures=True))
+    table = result.host_latency["candidates"]["candidates"]
+    assert table[ORT_FLOAT]["gates_passed"] and table[ORT_FLOAT]["runtime"] == "onnxruntime" and table[ORT_FLOAT]["precision"] == "f32"
+    assert not table[PREFERRED]["gates_passed"]
+    passing = [n for n, row in table.items() if row["gates_passed"]]
+    chosen = result.report["conversions"]["runtime_choice"]["chosen"]
+    assert chosen == min(passing, key=lambda n: table[n]["p50_ms"])  # the declared int8 failed: the fastest passing one
+    if chosen == ORT_FLOAT:
+        assert result.manifest.runtime == "onnxruntime" and result.manifest.quantization == "none" and result.manifest.artifact == "model/model.onnx"
+        assert "onnxruntime's float model measured fastest" in result.report["quantization"]["reason"]
+    assert result.gates_passed
 
 
 def test_the_onnxruntime_candidate_is_a_qdq_int8_model_with_the_profiles_settings(cnn_files):
