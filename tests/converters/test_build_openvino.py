@@ -118,19 +118,27 @@ def test_auto_picks_by_measurement_where_the_host_has_the_profiles_cpu_features(
     assert [c.name for c in hil.checks if not c.passed and c.name != "latency_p95_budget"] == []
 
 
+def _timed_auto_build(cnn_files, out, **options):
+    """A ``--quantize auto`` build of the digits CNN whose candidates are timed; the test is skipped
+    on a host without the profile's CPU features (nothing is timed there, no candidates)."""
+    from edgeops.converters.openvino_build import missing_cpu_features
+    from edgeops.converters.pipeline import BuildOptions, build
+
+    if missing_cpu_features(load_profile(PROFILE)):
+        pytest.skip("this host lacks the profile's CPU features: nothing is timed, no candidates")
+    return build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(out),
+                              calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=6,
+                              allow_gate_failures=True, **options))
+
+
 def test_where_only_float_passes_onnxruntimes_float_model_competes_with_the_f32_ir(cnn_files, tmp_path):
     """A cosine gate no int8 candidate (and, on this small net, maybe not bf16) can meet leaves the
     float paths: OpenVINO's float IR and onnxruntime's float model, the path a user of the profile
     would otherwise take. The faster of those passing ships; an onnxruntime one as an onnxruntime
     bundle with scheme none."""
-    from edgeops.converters.openvino_build import ORT_FLOAT, PREFERRED, missing_cpu_features
-    from edgeops.converters.pipeline import BuildOptions, build
+    from edgeops.converters.openvino_build import ORT_FLOAT, PREFERRED
 
-    if missing_cpu_features(load_profile(PROFILE)):
-        pytest.skip("this host lacks the profile's CPU features: nothing is timed, no candidates")
-    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(tmp_path / "f.bundle"),
-                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=6,
-                                min_cosine=0.99999, allow_gate_failures=True))
+    result = _timed_auto_build(cnn_files, tmp_path / "f.bundle", min_cosine=0.99999)
     table = result.host_latency["candidates"]["candidates"]
     assert table[ORT_FLOAT]["gates_passed"] and table[ORT_FLOAT]["runtime"] == "onnxruntime" and table[ORT_FLOAT]["precision"] == "f32"
     assert not table[PREFERRED]["gates_passed"]
@@ -263,14 +271,9 @@ def test_a_plain_int8_ir_failing_parity_brings_a_parity_aware_candidate(cnn_file
     """With a cosine gate the plain NNCF int8 IR cannot meet, auto builds the mixed candidate and,
     when that fails too, NNCF's accuracy control on the worst output cosine, layers back to float
     until it clears the gate (with a margin); each ships only by passing every gate."""
-    from edgeops.converters.openvino_build import MIXED, PARITY, missing_cpu_features
-    from edgeops.converters.pipeline import BuildOptions, build
+    from edgeops.converters.openvino_build import MIXED, PARITY
 
-    if missing_cpu_features(load_profile(PROFILE)):
-        pytest.skip("this host lacks the profile's CPU features: nothing is timed, no candidates")
-    result = build(BuildOptions(model=str(cnn_files["onnx"]), profile=PROFILE, name="digits-cnn", version="1.0.0", output=str(tmp_path / "p.bundle"),
-                                calibration=str(cnn_files["calibration"]), validation=str(cnn_files["validation"]), latency_runs=6,
-                                min_cosine=0.99995, allow_gate_failures=True))
+    result = _timed_auto_build(cnn_files, tmp_path / "p.bundle", min_cosine=0.99995)
     table = result.host_latency["candidates"]["candidates"]
     assert not table["openvino-int8"]["gates_passed"]
     mend = next(p for p in result.report["passes"] if p.startswith("auto: openvino-int8 fails a gate; "))
