@@ -103,8 +103,8 @@ class Attempt:
 
 @dataclass
 class SearchResult:
-    """The search's outcome: the artifact to ship (the last attempt's, or the float model's when
-    nothing passed), every attempt made, and the one kept."""
+    """The search's outcome: the artifact to ship (the passing attempt's, or the float model when
+    none passed), every attempt made, and the one kept."""
 
     artifact: object
     attempts: list[Attempt] = field(default_factory=list)
