@@ -90,10 +90,21 @@ def accuracy_control(options, reference: Artifact, specs, profile, ctx: PassCont
     return round(limits.max_accuracy_drop * ACCURACY_MARGIN, 4)
 
 
-def onnxruntime_int8_candidate(profile, source_onnx: bytes, ctx: PassContext) -> Artifact | None:
-    """onnxruntime's static int8 of the same ONNX model with the profile's quantization settings
-    (the passes the onnxruntime profiles use), or None without calibration data: a third
-    candidate, since on some networks (the digits CNN, YOLOv8n) onnxruntime's int8 beats
+def onnxruntime_float_candidate(profile, source_onnx: bytes) -> Artifact:
+    """The float model as the onnxruntime profiles build it with ``--quantize none`` (shape
+    inference and onnxruntime's offline graph optimization): the path a user of this profile would
+    otherwise take, and the start of :func:`onnxruntime_int8_candidate`. Where no int8 candidate
+    passes the gates and bf16 fails them too, OpenVINO's f32 IR is what is left, and it can be
+    slower than this: a transformers MobileNetV2 with random weights on an AMD EPYC (Zen 4) at 2
+    threads, 4.42 ms against 4.16 ms (bench/peers.py, 2026-12-05)."""
+    side = PassContext(profile=profile)  # its log stays out of the report
+    return create_pass("preprocess", optimize=True)(Artifact("onnx", data=source_onnx), side)
+
+
+def onnxruntime_int8_candidate(profile, ort_float: Artifact, ctx: PassContext) -> Artifact | None:
+    """onnxruntime's static int8 of :func:`onnxruntime_float_candidate`'s model with the profile's
+    quantization settings (the passes the onnxruntime profiles use), or None without calibration
+    data: a candidate since on some networks (the digits CNN, YOLOv8n) onnxruntime's int8 beats
     OpenVINO's on the same CPU (docs/benchmarks.md, bench/peers.py)."""
     from edgeops.converters import pipeline as p
 
@@ -101,22 +112,11 @@ def onnxruntime_int8_candidate(profile, source_onnx: bytes, ctx: PassContext) ->
         return None
     q = profile.quantization
     side = PassContext(profile=profile, calibration=ctx.calibration)  # its log stays out of the report
-    art = create_pass("preprocess", optimize=True)(Artifact("onnx", data=source_onnx), side)
-    art = create_pass("fuse-graph", global_pool=True)(art, side)
+    art = create_pass("fuse-graph", global_pool=True)(ort_float, side)
     art = create_pass("quantize-static", activation_type=q.activation_type, weight_type=q.weight_type, per_channel=q.per_channel,
                       calibration_method=q.calibration_method, reduce_range=p._needs_reduce_range(profile),
                       float_shallow_convs=profile.device.arch == "x86_64")(art, side)
     return art
-
-
-def onnxruntime_float_candidate(profile, source_onnx: bytes) -> Artifact:
-    """The float model as the onnxruntime profiles build it with ``--quantize none`` (shape
-    inference and onnxruntime's offline graph optimization): the path a user of this profile would
-    otherwise take. Where no int8 candidate passes the gates and bf16 fails them too, OpenVINO's
-    f32 IR is what is left, and it can be slower than this: a transformers MobileNetV2 with random
-    weights on an AMD EPYC (Zen 4) at 2 threads, 4.42 ms against 4.16 ms (bench/peers.py, 2026-12-05)."""
-    side = PassContext(profile=profile)  # its log stays out of the report
-    return create_pass("preprocess", optimize=True)(Artifact("onnx", data=source_onnx), side)
 
 
 def _candidate_runner(art: Artifact, precision: str | None, threads: int, label: str):
@@ -325,10 +325,10 @@ def finish(profile, options, built: Artifact, choice: Choice, ref_runner, feeds,
     float_ir = create_pass("convert-openvino", compress_to_fp16=float_weights_compressed(profile))(Artifact("onnx", data=built.module.source_onnx), PassContext(profile=profile))
     float_precision, float_why = choose_precision(profile, float_ir, ref_runner, feeds, labels, classifier, limits, float_ir.module.size, PassContext(profile=profile))
     candidates = {"openvino-int8": (built, precision, why), "openvino-float": (float_ir, float_precision, float_why)}
-    ort_int8 = onnxruntime_int8_candidate(profile, built.module.source_onnx, ctx)
+    ort_float = onnxruntime_float_candidate(profile, built.module.source_onnx)  # pre-processed once: the int8 one starts from it
+    ort_int8 = onnxruntime_int8_candidate(profile, ort_float, ctx)
     if ort_int8 is not None:
         candidates["onnxruntime-int8"] = (ort_int8, None, "onnxruntime static int8 (QDQ): no OpenVINO precision")
-    ort_float = onnxruntime_float_candidate(profile, built.module.source_onnx)
     candidates[ORT_FLOAT] = (ort_float, None, "onnxruntime float32: no OpenVINO precision")
     threads = profile.runtime.threads
     rows = {}

@@ -155,16 +155,20 @@ def test_the_onnxruntime_candidate_is_a_qdq_int8_model_with_the_profiles_setting
     import onnx
 
     from edgeops.converters.data import load_dataset
-    from edgeops.converters.openvino_build import onnxruntime_int8_candidate
+    from edgeops.converters.openvino_build import onnxruntime_float_candidate, onnxruntime_int8_candidate
     from edgeops.converters.passes import PassContext
     from edgeops.converters.runtime import OnnxRunner
 
     source = open(cnn_files["onnx"], "rb").read()
     profile = load_profile(PROFILE)
     specs = OnnxRunner(source, label="cnn").inputs
-    assert onnxruntime_int8_candidate(profile, source, PassContext(profile=profile)) is None  # no calibration data: no candidate
+    ort_float = onnxruntime_float_candidate(profile, source)
+    assert ort_float.format == "onnx" and not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in onnx.load_model_from_string(ort_float.data).graph.node}
+    assert onnxruntime_int8_candidate(profile, ort_float, PassContext(profile=profile)) is None  # no calibration data: no candidate
     ctx = PassContext(profile=profile, calibration=load_dataset(str(cnn_files["calibration"]), specs, "calibration"))
-    art = onnxruntime_int8_candidate(profile, source, ctx)
+    float_bytes = ort_float.data
+    art = onnxruntime_int8_candidate(profile, ort_float, ctx)
+    assert ort_float.data == float_bytes  # the float candidate is still the float model
     ops = {n.op_type for n in onnx.load_model_from_string(art.data).graph.node}
     assert art.format == "onnx" and {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert ctx.log == [] and ctx.report == {}  # its passes do not write into the build's report
